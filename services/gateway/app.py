@@ -1,0 +1,54 @@
+"""The gateway: FastAPI app on a NATS connection that follows the cluster state."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from shared import subjects
+from shared.bus import StateFollower, connect
+from shared.service import register
+
+from services.gateway import completions, instances
+from services.gateway.errors import OpenAIError, not_found_handler, openai_error_handler, unexpected_error_handler
+from services.gateway.generation_client import GenerationClient
+
+
+class Gateway:
+    """What the routes share: the bus connection, the followed state, the generation client."""
+
+    def __init__(self, nats_url: str, node_id: str) -> None:
+        self.nats_url = nats_url
+        self.node_id = node_id
+
+    async def start(self) -> None:
+        self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}")
+        self.client = GenerationClient(self.nc)
+        self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
+        await self.follower.start()
+        self.service = await register(self.nc, subjects.SERVICE_GATEWAY, self.node_id, "OpenAI API")
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.nc.drain()
+
+
+def create_app(nats_url: str, node_id: str) -> FastAPI:
+    gateway = Gateway(nats_url, node_id)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        await gateway.start()
+        app.state.gateway = gateway
+        yield
+        await gateway.stop()
+
+    app = FastAPI(title="exo-distributed gateway", lifespan=lifespan)
+    app.add_exception_handler(OpenAIError, openai_error_handler)
+    app.add_exception_handler(404, not_found_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    app.include_router(completions.router)
+    app.include_router(instances.router)
+    return app
+

@@ -1,0 +1,144 @@
+"""/v1/chat/completions and /v1/completions: streaming (SSE) and not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from shared.generation import GenerateRequest
+from shared.ids import new_request_id
+from shared.models import UnknownModel, get_card
+
+from services.gateway.errors import OpenAIError
+from services.gateway.generation_client import pick_instance
+from services.gateway.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    bad_request,
+    chat_chunk,
+    chat_completion,
+    decode_body,
+    openai_finish_reason,
+    text_completion,
+    usage,
+)
+
+router = APIRouter()
+
+DISCONNECT_POLL_S = 0.5
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):  # noqa: ANN201
+    body = decode_body(await request.body(), ChatCompletionRequest)
+    assert isinstance(body, ChatCompletionRequest)
+    if not body.messages:
+        raise bad_request("messages must not be empty", param="messages")
+    messages = tuple(m.as_chat_message() for m in body.messages)
+    return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, messages=messages), chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):  # noqa: ANN201
+    body = decode_body(await request.body(), CompletionRequest)
+    assert isinstance(body, CompletionRequest)
+    if isinstance(body.prompt, list):
+        if len(body.prompt) != 1:
+            raise bad_request("exactly one prompt is supported", param="prompt")
+        prompt = body.prompt[0]
+    else:
+        prompt = body.prompt
+    return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, prompt=prompt), chat=False)
+
+
+async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # noqa: ANN001, ANN202
+    gateway = request.app.state.gateway
+    try:
+        card = get_card(body.model)
+    except UnknownModel:
+        raise OpenAIError(404, f"the model {body.model!r} does not exist", code="model_not_found", param="model") from None
+    sampling = body.sampling(card.context_length)
+    instance_id = pick_instance(gateway.follower.state, body.model, gateway.client.next_turn())
+    rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
+    chunks = gateway.client.stream(instance_id, build(rid, sampling))
+    first = await anext(chunks)  # the submit: raises the OpenAI error (429, 400, 503) before any byte is sent
+    if body.stream:
+        events = _sse_chat(rid, body, first.prompt_tokens, chunks) if chat else _sse_text(rid, body, first.prompt_tokens, chunks)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return await _collect(request, rid, body, first.prompt_tokens, chunks, chat)
+
+
+async def _collect(request: Request, rid: str, body: SamplingFields, prompt_tokens: int, chunks, chat: bool):  # noqa: ANN001, ANN202
+    async def gather() -> tuple[str, str, int]:
+        parts, finish, tokens = [], "stop", 0
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            tokens = chunk.completion_tokens
+            finish = openai_finish_reason(chunk.finish_reason) or finish
+        return "".join(parts), finish, tokens
+
+    task = asyncio.create_task(gather())
+    while not task.done():
+        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()  # closing the chunk iterator cancels the generation on the runner
+            await asyncio.gather(task, return_exceptions=True)
+            await chunks.aclose()
+            return JSONResponse({}, status_code=499)
+    text, finish, tokens = task.result()
+    use = usage(prompt_tokens, tokens)
+    if chat:
+        return chat_completion(rid, body.model, text, finish, use)
+    return text_completion(rid, body.model, text, finish, use)
+
+
+def _sse(data: dict | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+async def _sse_chat(rid: str, body: SamplingFields, prompt_tokens: int, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
+    created = int(time.time())
+    yield _sse(chat_chunk(rid, body.model, created, {"role": "assistant", "content": ""}, None))
+    tokens = 0
+    try:
+        async for chunk in chunks:
+            tokens = chunk.completion_tokens
+            finish = openai_finish_reason(chunk.finish_reason)
+            if chunk.text:
+                yield _sse(chat_chunk(rid, body.model, created, {"content": chunk.text}, None))
+            if finish is not None:
+                yield _sse(chat_chunk(rid, body.model, created, {}, finish))
+    except OpenAIError as exc:
+        yield _sse(exc.body())
+        return
+    finally:
+        await chunks.aclose()
+    if body.include_usage:
+        final = chat_chunk(rid, body.model, created, {}, None) | {"choices": [], "usage": usage(prompt_tokens, tokens)}
+        yield _sse(final)
+    yield _sse("[DONE]")
+
+
+async def _sse_text(rid: str, body: SamplingFields, prompt_tokens: int, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
+    tokens = 0
+    try:
+        async for chunk in chunks:
+            tokens = chunk.completion_tokens
+            finish = openai_finish_reason(chunk.finish_reason)
+            if chunk.text or finish is not None:
+                yield _sse(text_completion(rid, body.model, chunk.text, finish, None))
+    except OpenAIError as exc:
+        yield _sse(exc.body())
+        return
+    finally:
+        await chunks.aclose()
+    if body.include_usage:
+        yield _sse(text_completion(rid, body.model, "", None, usage(prompt_tokens, tokens)) | {"choices": []})
+    yield _sse("[DONE]")

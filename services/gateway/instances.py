@@ -1,0 +1,110 @@
+"""/instances: list, create and delete model instances (commands to the master), /v1/models, /health."""
+
+from __future__ import annotations
+
+import msgspec
+from fastapi import APIRouter, Request
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from shared import subjects
+from shared.commands import CommandReply, DeleteInstance, PlaceInstance, decode, encode
+from shared.models import MODEL_CARDS
+from shared.state import ClusterState
+
+from services.gateway.errors import OpenAIError, bad_request, unavailable
+
+router = APIRouter()
+
+COMMAND_TIMEOUT_S = 10.0
+
+
+def instance_view(state: ClusterState, instance_id: str) -> dict:
+    instance = state.instances[instance_id]
+    runners = state.instance_runners(instance_id)
+    return msgspec.to_builtins(instance) | {
+        "ready": state.instance_ready(instance_id),
+        "runners": [msgspec.to_builtins(r) if r else None for r in runners],
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    state: ClusterState = request.app.state.gateway.follower.state
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": card.model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "exo",
+                "name": card.display_name,
+                "context_length": card.context_length,
+                "ready": any(state.instance_ready(i.instance_id) for i in state.instances_of(card.model_id)),
+            }
+            for card in MODEL_CARDS.values()
+        ],
+    }
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    gateway = request.app.state.gateway
+    state: ClusterState = gateway.follower.state
+    return {
+        "status": "ok" if gateway.nc.is_connected else "degraded",
+        "nats_connected": gateway.nc.is_connected,
+        "master": state.master_node_id,
+        "nodes": sorted(state.nodes),
+        "events_applied": state.last_seq,
+        "ready_instances": sorted(i for i in state.instances if state.instance_ready(i)),
+    }
+
+
+@router.get("/instances")
+async def list_instances(request: Request) -> dict:
+    state: ClusterState = request.app.state.gateway.follower.state
+    return {"instances": [instance_view(state, iid) for iid in sorted(state.instances)]}
+
+
+class CreateInstance(msgspec.Struct):
+    model: str
+    strategy: str = "auto"
+    backend: str = "auto"
+    min_nodes: int = 1
+
+
+@router.post("/instances", status_code=201)
+async def create_instance(request: Request) -> dict:
+    try:
+        body = msgspec.json.decode(await request.body(), type=CreateInstance)
+        command = msgspec.convert(
+            {"model_id": body.model, "strategy": body.strategy, "backend": body.backend, "min_nodes": body.min_nodes},
+            PlaceInstance,
+        )
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise bad_request(f"invalid instance request: {exc}") from None
+    if body.model not in MODEL_CARDS:
+        raise OpenAIError(404, f"the model {body.model!r} does not exist", code="model_not_found", param="model")
+    reply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
+    if not reply.ok:
+        raise OpenAIError(409, reply.error or "placement failed", code="placement_failed")
+    gateway = request.app.state.gateway
+    state = await gateway.follower.wait_until(lambda s: reply.instance_id in s.instances, COMMAND_TIMEOUT_S)
+    return instance_view(state, reply.instance_id)
+
+
+@router.delete("/instances/{instance_id}")
+async def delete_instance(request: Request, instance_id: str) -> dict:
+    reply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(instance_id)))
+    if not reply.ok:
+        raise OpenAIError(404, reply.error or "no such instance", code="instance_not_found")
+    return {"deleted": instance_id}
+
+
+async def _command(request: Request, subject: str, payload: bytes) -> CommandReply:
+    try:
+        msg = await request.app.state.gateway.nc.request(subject, payload, timeout=COMMAND_TIMEOUT_S)
+    except (NoRespondersError, NatsTimeout):
+        raise unavailable("no master is answering commands right now; try again in a few seconds") from None
+    return decode(msg.data, CommandReply)

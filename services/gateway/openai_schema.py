@@ -1,0 +1,150 @@
+"""The OpenAI request bodies we accept, decoded with msgspec, and the response shapes we produce."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+
+from shared.generation import ChatMessage, SamplingParams
+
+from services.gateway.errors import bad_request
+
+
+class TextPart(msgspec.Struct):
+    type: str
+    text: str = ""
+
+
+class InMessage(msgspec.Struct):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def as_chat_message(self) -> ChatMessage:
+        if isinstance(self.content, list):
+            text = "".join(p.text for p in self.content if p.type == "text")
+        else:
+            text = self.content or ""
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role=role, content=text)
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class SamplingFields(msgspec.Struct):
+    model: str
+    stream: bool = False
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream_options: StreamOptions | None = None
+
+    def sampling(self, context_length: int) -> SamplingParams:
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise bad_request("max_tokens must be at least 1", param="max_tokens")
+        if max_tokens is not None and max_tokens > context_length:
+            raise bad_request(
+                f"max_tokens is {max_tokens} but this model's context is {context_length} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise bad_request("temperature must be between 0 and 2", param="temperature")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise bad_request("top_p must be in (0, 1]", param="top_p")
+        if self.n != 1:
+            raise bad_request("only n=1 is supported", param="n")
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise bad_request("at most 4 stop sequences", param="stop")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=tuple(stops),
+            seed=self.seed,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[InMessage] = []
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = ""
+
+
+def decode_body(body: bytes, type_: type) -> SamplingFields:
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def chat_chunk(request_id: str, model: str, created: int, delta: dict, finish_reason: str | None) -> dict:
+    return {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def chat_completion(request_id: str, model: str, text: str, finish_reason: str, usage_: dict) -> dict:
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage_,
+    }
+
+
+def text_completion(request_id: str, model: str, text: str, finish_reason: str | None, usage_: dict | None) -> dict:
+    body = {
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage_ is not None:
+        body["usage"] = usage_
+    return body
+
+
+def openai_finish_reason(reason: str | None) -> str | None:
+    """Our reasons -> OpenAI's: a cancelled generation is reported as 'stop' to whoever still listens."""
+    return {"cancelled": "stop"}.get(reason or "", reason)

@@ -1,0 +1,86 @@
+"""What the master writes in answer to a command or an observation. Pure: state in, events out."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.commands import CommandReply, DeleteInstance, PlaceInstance, ReportRunner
+from shared.events import AnyEvent, InstanceDeleted, InstancePlaced, NodeFactsRecorded, NodeLost, RunnerStatusChanged
+from shared.facts import NodeFacts
+from shared.models import UnknownModel, get_card
+from shared.state import ClusterState
+
+from services.master.placement import NoPlacement, place
+
+Decision = tuple[list[AnyEvent], CommandReply]
+
+# Memory readings move all the time; only a change this large is worth an event.
+MEMORY_CHANGE_WORTH_RECORDING = 0.10
+PROGRESS_STEP_WORTH_RECORDING = 0.05
+
+
+def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: str) -> Decision:
+    try:
+        card = get_card(cmd.model_id)
+    except UnknownModel:
+        return [], CommandReply(ok=False, error=f"unknown model {cmd.model_id!r}")
+    if cmd.if_absent and (existing := state.instances_of(cmd.model_id)):
+        return [], CommandReply(ok=True, instance_id=existing[0].instance_id)
+    plan = place(state, cmd, card, instance_id)
+    if isinstance(plan, NoPlacement):
+        return [], CommandReply(ok=False, error=plan.reason)
+    return [InstancePlaced(plan)], CommandReply(ok=True, instance_id=instance_id)
+
+
+def decide_delete(state: ClusterState, cmd: DeleteInstance) -> Decision:
+    if cmd.instance_id not in state.instances:
+        return [], CommandReply(ok=False, error=f"no instance {cmd.instance_id!r}")
+    return [InstanceDeleted(cmd.instance_id, reason="deleted on request")], CommandReply(
+        ok=True, instance_id=cmd.instance_id
+    )
+
+
+def decide_report(state: ClusterState, cmd: ReportRunner) -> Decision:
+    instance = state.instances.get(cmd.instance_id)
+    if instance is None:
+        return [], CommandReply(ok=False, error=f"no instance {cmd.instance_id!r}")
+    if not any(s.rank == cmd.rank and s.node_id == cmd.node_id for s in instance.shards):
+        return [], CommandReply(ok=False, error=f"rank {cmd.rank} of {cmd.instance_id} is not on {cmd.node_id}")
+    current = state.runner_status(cmd.instance_id, cmd.rank)
+    if current is not None and not _report_is_news(current, cmd):
+        return [], CommandReply(ok=True, instance_id=cmd.instance_id)
+    event = RunnerStatusChanged(cmd.instance_id, cmd.node_id, cmd.rank, cmd.phase, cmd.detail, cmd.progress)
+    return [event], CommandReply(ok=True, instance_id=cmd.instance_id)
+
+
+def _report_is_news(current: RunnerStatusChanged, cmd: ReportRunner) -> bool:
+    if current.phase != cmd.phase:
+        return True
+    if cmd.progress is not None and current.progress is not None:
+        step = abs(cmd.progress - current.progress)
+        return step >= PROGRESS_STEP_WORTH_RECORDING or (cmd.progress >= 1.0 > current.progress)
+    return current.detail != cmd.detail or current.progress != cmd.progress
+
+
+def facts_event(state: ClusterState, facts: NodeFacts) -> NodeFactsRecorded | None:
+    known = state.nodes.get(facts.node_id)
+    if known is None:
+        return NodeFactsRecorded(facts)
+    ignoring_memory = {"memory_available": 0}
+    same_otherwise = msgspec.structs.replace(known, **ignoring_memory) == msgspec.structs.replace(
+        facts, **ignoring_memory
+    )
+    moved = abs(facts.memory_available - known.memory_available) / max(known.memory_total, 1)
+    if same_otherwise and moved < MEMORY_CHANGE_WORTH_RECORDING:
+        return None
+    return NodeFactsRecorded(facts)
+
+
+def nodes_to_forget(state: ClusterState, last_seen: dict[str, float], now: float, timeout: float) -> list[NodeLost]:
+    """Nodes whose discovery has been silent for `timeout` seconds. `last_seen` must hold a start-up
+    baseline for every known node, so a master that just started does not forget everyone at once."""
+    return [
+        NodeLost(node_id, reason=f"no facts for {now - last_seen[node_id]:.0f} s")
+        for node_id in state.nodes
+        if now - last_seen.get(node_id, now) > timeout
+    ]

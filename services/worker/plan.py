@@ -1,0 +1,68 @@
+"""The worker's next actions: plan(state, local, node_id, now) -> actions. Pure; no I/O."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.events import Instance, ShardAssignment
+from shared.state import ClusterState
+
+MAX_START_ATTEMPTS = 3
+RESTART_BACKOFF_S = (1.0, 4.0, 15.0)
+
+
+class LocalRunner(msgspec.Struct):
+    """What the worker knows of a runner it started (or tried to)."""
+
+    instance_id: str
+    rank: int
+    running: bool
+    attempts: int = 0
+    last_exit_at: float | None = None
+
+
+class StartRunner(msgspec.Struct, frozen=True):
+    instance: Instance
+    shard: ShardAssignment
+
+
+class StopRunner(msgspec.Struct, frozen=True):
+    instance_id: str
+    reason: str
+
+
+Action = StartRunner | StopRunner
+
+
+def my_shards(state: ClusterState, node_id: str) -> list[tuple[Instance, ShardAssignment]]:
+    return [(inst, shard) for inst in state.instances.values() for shard in inst.shards if shard.node_id == node_id]
+
+
+def plan(state: ClusterState, local: dict[str, LocalRunner], node_id: str, now: float) -> list[Action]:
+    return _stop_orphans(state, local) + _start_missing(state, local, node_id, now)
+
+
+def _stop_orphans(state: ClusterState, local: dict[str, LocalRunner]) -> list[Action]:
+    return [
+        StopRunner(instance_id, reason="instance deleted")
+        for instance_id, runner in local.items()
+        if runner.running and instance_id not in state.instances
+    ]
+
+
+def _start_missing(state: ClusterState, local: dict[str, LocalRunner], node_id: str, now: float) -> list[Action]:
+    actions: list[Action] = []
+    for instance, shard in my_shards(state, node_id):
+        runner = local.get(instance.instance_id)
+        if runner is None:
+            actions.append(StartRunner(instance, shard))
+        elif not runner.running and _may_restart(runner, now):
+            actions.append(StartRunner(instance, shard))
+    return actions
+
+
+def _may_restart(runner: LocalRunner, now: float) -> bool:
+    if runner.attempts >= MAX_START_ATTEMPTS:
+        return False
+    backoff = RESTART_BACKOFF_S[min(runner.attempts, len(RESTART_BACKOFF_S)) - 1] if runner.attempts else 0.0
+    return runner.last_exit_at is None or now - runner.last_exit_at >= backoff

@@ -1,0 +1,141 @@
+"""The worker's I/O shell: follows the cluster state, plans, and runs the runner subprocesses of this node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from shared import subjects
+from shared.bus import StateFollower, connect
+from shared.config import CommonConfig
+from shared.models import get_card
+from shared.service import register
+
+from services.worker.model_store import ModelStore, default_weight_format
+from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan
+from services.worker.reporting import report_runner
+from services.worker.runner_process import RunnerProcess, runner_command
+
+log = structlog.get_logger()
+
+RECONCILE_PERIOD_S = 1.0
+
+
+class Worker:
+    def __init__(self, config: CommonConfig, node_id: str, weight_format: str | None) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.weight_format = weight_format
+        self.local: dict[str, LocalRunner] = {}
+        self.processes: dict[str, RunnerProcess] = {}
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.store = ModelStore(self.config.state_dir / "models")
+        self.nc: NATS = await connect(self.config.nats_url, f"exo-worker:{self.node_id}")
+        self.follower = StateFollower(self.nc.jetstream(), on_event=lambda _s, _e: self._wake.set())
+        await self.follower.start()
+        service = await _register_status(self)
+        log.info("worker ready", node=self.node_id)
+        while not stop.is_set():
+            await self._reconcile()
+            self._wake.clear()
+            waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+            await asyncio.wait(waiters, timeout=RECONCILE_PERIOD_S, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+        await asyncio.gather(*(p.stop() for p in self.processes.values()))
+        await service.stop()
+        await self.nc.drain()
+
+    async def _reconcile(self) -> None:
+        for action in plan(self.follower.state, self.local, self.node_id, time.monotonic()):
+            match action:
+                case StartRunner():
+                    self._start(action)
+                case StopRunner():
+                    await self._stop(action)
+
+    def _start(self, action: StartRunner) -> None:
+        instance_id = action.instance.instance_id
+        previous = self.local.get(instance_id)
+        attempts = (previous.attempts if previous else 0) + 1
+        self.local[instance_id] = LocalRunner(instance_id, action.shard.rank, running=True, attempts=attempts)
+        asyncio.create_task(self._run_runner(action))
+
+    async def _stop(self, action: StopRunner) -> None:
+        log.info("stopping runner", instance=action.instance_id, reason=action.reason)
+        process = self.processes.pop(action.instance_id, None)
+        self.local.pop(action.instance_id, None)
+        if process is not None:
+            await process.stop()
+
+    async def _run_runner(self, action: StartRunner) -> None:
+        instance, shard = action.instance, action.shard
+        iid = instance.instance_id
+        try:
+            model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
+            card = get_card(instance.model_id)
+            command = runner_command(instance, shard, card, model_path, self.node_id, self.config.nats_url)
+            process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log")
+            self.processes[iid] = process
+            await process.start()
+            log.info("runner started", instance=iid, rank=shard.rank, pid=process.proc.pid)
+            code = await process.wait()
+        except Exception as exc:  # noqa: BLE001 - any failure is reported; the plan decides about retrying
+            log.exception("runner could not start", instance=iid)
+            await self._runner_ended(iid, shard.rank, f"could not start: {exc}", expected=False)
+            return
+        await self._runner_ended(
+            iid, shard.rank, f"runner exited with code {code}: {process.log_tail(4)}", expected=process.stopping
+        )
+
+    async def _runner_ended(self, instance_id: str, rank: int, detail: str, expected: bool) -> None:
+        runner = self.local.get(instance_id)
+        if runner is not None:
+            runner.running = False
+            runner.last_exit_at = time.monotonic()
+        if expected or instance_id not in self.follower.state.instances:
+            return
+        log.error("runner failed", instance=instance_id, detail=detail)
+        await report_runner(self.nc, instance_id, self.node_id, rank, "failed", detail[-2000:])
+        self._wake.set()
+
+    async def _ensure_model(self, model_id: str, instance_id: str, rank: int) -> Path:
+        card = get_card(model_id)
+        weight_format = self.weight_format or default_weight_format(card)
+        if self.store.is_ready(card, weight_format):
+            return self.store.local_path(card, weight_format)
+        loop = asyncio.get_running_loop()
+
+        def progress(stage: str, fraction: float) -> None:
+            coro = report_runner(self.nc, instance_id, self.node_id, rank, "importing", stage, round(fraction, 2))
+            asyncio.run_coroutine_threadsafe(coro, loop)
+
+        await report_runner(self.nc, instance_id, self.node_id, rank, "importing", "starting", 0.0)
+        return await asyncio.to_thread(self.store.ensure, card, weight_format, progress)
+
+    def status(self) -> dict:
+        return {
+            "node_id": self.node_id,
+            "runners": [msgspec.to_builtins(r) for r in self.local.values()],
+        }
+
+
+async def _register_status(worker: Worker) -> Service:
+    service = await register(worker.nc, subjects.SERVICE_WORKER, worker.node_id, "runs this node's runners")
+
+    async def status(req: Request) -> None:
+        await req.respond(msgspec.json.encode(worker.status()))
+
+    await service.add_endpoint(
+        name="status", subject=subjects.node_service(worker.node_id, "worker.status"), handler=status
+    )
+    return service

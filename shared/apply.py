@@ -1,0 +1,67 @@
+"""The state reducer: apply(state, event) -> state. Pure; one small function per event."""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+import msgspec
+
+from shared.events import (
+    AnyEvent,
+    InstanceDeleted,
+    InstancePlaced,
+    MasterStarted,
+    NodeFactsRecorded,
+    NodeLost,
+    RunnerStatusChanged,
+)
+from shared.state import ClusterState, runner_key
+
+
+def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> ClusterState:
+    match event:
+        case NodeFactsRecorded():
+            new = _node_facts(state, event)
+        case NodeLost():
+            new = _node_lost(state, event)
+        case InstancePlaced():
+            new = _instance_placed(state, event)
+        case InstanceDeleted():
+            new = _instance_deleted(state, event)
+        case RunnerStatusChanged():
+            new = _runner_status(state, event)
+        case MasterStarted():
+            new = msgspec.structs.replace(state, master_node_id=event.node_id)
+        case _:
+            assert_never(event)
+    if seq is not None:
+        new = msgspec.structs.replace(new, last_seq=seq)
+    return new
+
+
+def _node_facts(state: ClusterState, event: NodeFactsRecorded) -> ClusterState:
+    return msgspec.structs.replace(state, nodes={**state.nodes, event.facts.node_id: event.facts})
+
+
+def _node_lost(state: ClusterState, event: NodeLost) -> ClusterState:
+    nodes = {k: v for k, v in state.nodes.items() if k != event.node_id}
+    return msgspec.structs.replace(state, nodes=nodes)
+
+
+def _instance_placed(state: ClusterState, event: InstancePlaced) -> ClusterState:
+    instance = event.instance
+    return msgspec.structs.replace(state, instances={**state.instances, instance.instance_id: instance})
+
+
+def _instance_deleted(state: ClusterState, event: InstanceDeleted) -> ClusterState:
+    instances = {k: v for k, v in state.instances.items() if k != event.instance_id}
+    prefix = f"{event.instance_id}/"
+    runners = {k: v for k, v in state.runners.items() if not k.startswith(prefix)}
+    return msgspec.structs.replace(state, instances=instances, runners=runners)
+
+
+def _runner_status(state: ClusterState, event: RunnerStatusChanged) -> ClusterState:
+    if event.instance_id not in state.instances:
+        return state  # a late report about an instance that is already gone
+    key = runner_key(event.instance_id, event.rank)
+    return msgspec.structs.replace(state, runners={**state.runners, key: event})

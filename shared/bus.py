@@ -1,0 +1,140 @@
+"""NATS helpers: a connection that keeps reconnecting, the event stream, and a follower that replays it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from shared.apply import apply
+from shared.events import AnyEvent, decode_event
+from shared.state import ClusterState
+from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
+
+log = structlog.get_logger()
+
+WRONG_LAST_SEQUENCE = 10071
+
+
+async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -> NATS:
+    """Connect, retrying while the server starts; afterwards nats-py reconnects on its own, forever."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    deadline = asyncio.get_running_loop().time() + first_connect_timeout
+    delay = 0.1
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the server is retried until the deadline
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConnectionError(f"cannot reach NATS at {url}: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+async def ensure_event_stream(js: JetStreamContext) -> None:
+    try:
+        await js.stream_info(EVENTS_STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            api.StreamConfig(
+                name=EVENTS_STREAM,
+                subjects=[EVENTS_SUBJECT],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                discard=api.DiscardPolicy.OLD,
+            )
+        )
+
+
+async def stream_last_seq(js: JetStreamContext) -> int:
+    info = await js.stream_info(EVENTS_STREAM)
+    return info.state.last_seq
+
+
+EventHandler = Callable[[ClusterState, AnyEvent], Awaitable[None] | None]
+
+
+class StateFollower:
+    """Replays the event stream from the start and follows it, keeping `state` current.
+
+    An ordered consumer re-creates itself after a gap or a reconnect, so the state never misses an event.
+    """
+
+    def __init__(self, js: JetStreamContext, on_event: EventHandler | None = None) -> None:
+        self._js = js
+        self._on_event = on_event
+        self.state = ClusterState()
+        self._changed = asyncio.Condition()
+        self._sub = None
+
+    async def start(self) -> None:
+        await self._wait_for_stream()
+        self._sub = await self._js.subscribe(
+            EVENTS_SUBJECT, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL, cb=self._handle
+        )
+
+    async def _wait_for_stream(self) -> None:
+        while True:
+            try:
+                await self._js.stream_info(EVENTS_STREAM)
+                return
+            except NotFoundError:
+                await asyncio.sleep(0.2)  # the master creates it; until then there is nothing to replay
+
+    async def _handle(self, msg) -> None:  # noqa: ANN001 - nats.aio.msg.Msg
+        seq = msg.metadata.sequence.stream
+        if seq <= self.state.last_seq:
+            return
+        try:
+            event = decode_event(msg.data)
+        except Exception as exc:  # noqa: BLE001 - one unreadable event must not stop the follower
+            log.error("undecodable event skipped", seq=seq, error=str(exc))
+            return
+        self.state = apply(self.state, event, seq)
+        if self._on_event is not None:
+            result = self._on_event(self.state, event)
+            if asyncio.iscoroutine(result):
+                await result
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_seq(self, seq: int, timeout: float = 10.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.state.last_seq >= seq), timeout)
+
+    async def catch_up(self, timeout: float = 10.0) -> None:
+        """Wait until every event that is in the stream now has been applied."""
+        await self.wait_for_seq(await stream_last_seq(self._js), timeout)
+
+    async def wait_until(self, predicate: Callable[[ClusterState], bool], timeout: float) -> ClusterState:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.state)), timeout)
+        return self.state
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()

@@ -1,0 +1,49 @@
+"""Commands: requests to the master (NATS micro endpoints), each answered with a CommandReply."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+import msgspec
+
+from shared.events import RunnerPhase
+
+
+class PlaceInstance(msgspec.Struct, frozen=True):
+    model_id: str
+    strategy: Literal["auto", "pipeline", "tensor"] = "auto"
+    backend: Literal["auto", "ring", "jaccl"] = "auto"
+    min_nodes: int = 1
+    if_absent: bool = False  # do nothing when an instance of the model already exists (start-up placement)
+
+
+class DeleteInstance(msgspec.Struct, frozen=True):
+    instance_id: str
+
+
+class ReportRunner(msgspec.Struct, frozen=True):
+    """A worker (or its runner) reports what its runner is doing; the master records it as an event."""
+
+    instance_id: str
+    node_id: str
+    rank: int
+    phase: RunnerPhase
+    detail: str = ""
+    progress: float | None = None
+
+
+class CommandReply(msgspec.Struct, frozen=True):
+    ok: bool
+    error: str | None = None
+    instance_id: str | None = None
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+T = TypeVar("T")
+
+
+def decode(data: bytes, type_: type[T]) -> T:
+    return msgspec.json.decode(data, type=type_)

@@ -1,0 +1,82 @@
+"""Events: past-tense facts in the cluster's log. Only the master writes them; every service replays them.
+
+JSON on the wire (readable with `nats sub exo.events`), tagged by type name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from shared.facts import NodeFacts
+
+RunnerPhase = Literal["importing", "loading", "ready", "failed", "stopped"]
+
+
+class ShardAssignment(msgspec.Struct, frozen=True):
+    node_id: str
+    rank: int
+    start_layer: int  # inclusive
+    end_layer: int  # exclusive
+
+
+class Instance(msgspec.Struct, frozen=True):
+    instance_id: str
+    model_id: str
+    strategy: Literal["pipeline", "tensor"]
+    backend: Literal["ring", "jaccl"]
+    shards: tuple[ShardAssignment, ...]
+
+    @property
+    def world_size(self) -> int:
+        return len(self.shards)
+
+
+class Event(msgspec.Struct, frozen=True, tag=True):
+    pass
+
+
+class NodeFactsRecorded(Event, frozen=True):
+    facts: NodeFacts
+
+
+class NodeLost(Event, frozen=True):
+    node_id: str
+    reason: str
+
+
+class InstancePlaced(Event, frozen=True):
+    instance: Instance
+
+
+class InstanceDeleted(Event, frozen=True):
+    instance_id: str
+    reason: str
+
+
+class RunnerStatusChanged(Event, frozen=True):
+    instance_id: str
+    node_id: str
+    rank: int
+    phase: RunnerPhase
+    detail: str = ""
+    progress: float | None = None  # 0..1 for long phases (importing, loading)
+
+
+class MasterStarted(Event, frozen=True):
+    node_id: str
+
+
+AnyEvent = NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | RunnerStatusChanged | MasterStarted
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: AnyEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    return _decoder.decode(data)

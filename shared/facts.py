@@ -1,0 +1,27 @@
+"""What a node says about itself (published by discovery)."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class NetworkInterface(msgspec.Struct, frozen=True):
+    name: str
+    addresses: tuple[str, ...]
+
+
+class NodeFacts(msgspec.Struct, frozen=True):
+    node_id: str
+    hostname: str
+    memory_total: int
+    memory_available: int
+    memory_budget: int | None  # declared by the user (--memory); placement prefers it to the measured value
+    cpu_count: int
+    chip: str
+    backends: tuple[str, ...]  # MLX distributed backends usable here: "ring", "jaccl", ...
+    interfaces: tuple[NetworkInterface, ...]
+    roles: tuple[str, ...]  # services this node runs that matter to placement, e.g. "worker"
+    rdma: bool = False
+
+    def placeable_memory(self) -> int:
+        return self.memory_budget if self.memory_budget is not None else self.memory_available

@@ -1,0 +1,63 @@
+"""The contract between the gateway and an instance's runners: one request, a stream of token chunks.
+
+Token chunks travel on a per-request core-NATS subject; they never enter the event log.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class SamplingParams(msgspec.Struct, frozen=True):
+    max_tokens: int | None  # None: up to the end of the model's context
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class GenerateRequest(msgspec.Struct, frozen=True):
+    request_id: str
+    model_id: str
+    sampling: SamplingParams
+    messages: tuple[ChatMessage, ...] | None = None  # chat: the runner applies the model's chat template
+    prompt: str | None = None  # plain completion
+
+
+class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):
+    request_id: str
+    prompt_tokens: int
+    queue_position: int = 0
+
+
+class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
+    request_id: str
+    code: Literal["context_length_exceeded", "busy", "invalid_request", "not_ready"]
+    message: str
+    retry_after: float | None = None
+
+
+GenerateReply = GenerateAccepted | GenerateRejected
+
+
+class TokenChunk(msgspec.Struct, frozen=True):
+    request_id: str
+    index: int  # chunks are numbered so the gateway notices a gap
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+class CancelGeneration(msgspec.Struct, frozen=True):
+    request_id: str

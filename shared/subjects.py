@@ -1,0 +1,52 @@
+"""Every NATS subject and stream name the services use. Nothing else in the project spells one out."""
+
+from __future__ import annotations
+
+# The event log: a JetStream stream, written only by the master, replayed by everyone.
+EVENTS_STREAM = "EXO_EVENTS"
+EVENTS_SUBJECT = "exo.events"
+
+# Node facts: discovery publishes them periodically on core NATS; the master turns changes into events.
+FACTS_PREFIX = "exo.facts"
+
+# Commands: request/reply to the master's micro service endpoints.
+COMMAND_PREFIX = "exo.cmd"
+CMD_PLACE_INSTANCE = f"{COMMAND_PREFIX}.place_instance"
+CMD_DELETE_INSTANCE = f"{COMMAND_PREFIX}.delete_instance"
+CMD_REPORT_RUNNER = f"{COMMAND_PREFIX}.report_runner"
+
+# Micro service names (listed by `nats micro ls`, answered on $SRV.PING / $SRV.INFO).
+SERVICE_MASTER = "exo-master"
+SERVICE_DISCOVERY = "exo-discovery"
+SERVICE_WORKER = "exo-worker"
+SERVICE_GATEWAY = "exo-gateway"
+SERVICE_RUNNER = "exo-runner"
+
+# Generation: the gateway asks an instance's runners (queue group) and reads tokens on a per-request subject.
+RUNNER_PREFIX = "exo.runner"
+TOKENS_PREFIX = "exo.tokens"
+
+
+def facts(node_id: str) -> str:
+    return f"{FACTS_PREFIX}.{node_id}"
+
+
+def facts_wildcard() -> str:
+    return f"{FACTS_PREFIX}.*"
+
+
+def runner_generate(instance_id: str) -> str:
+    return f"{RUNNER_PREFIX}.{instance_id}.generate"
+
+
+def runner_cancel(instance_id: str) -> str:
+    return f"{RUNNER_PREFIX}.{instance_id}.cancel"
+
+
+def tokens(request_id: str) -> str:
+    return f"{TOKENS_PREFIX}.{request_id}"
+
+
+def node_service(node_id: str, service: str) -> str:
+    """Per-node endpoints of a service (e.g. a worker's status), so one node can be addressed."""
+    return f"exo.node.{node_id}.{service}"
