@@ -14,6 +14,7 @@ from shared.events import (
     NodeFactsRecorded,
     NodeLost,
     RunnerStatusChanged,
+    WorkerStarted,
 )
 from shared.state import ClusterState, runner_key
 
@@ -32,6 +33,8 @@ def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> Clust
             new = _runner_status(state, event)
         case MasterStarted():
             new = msgspec.structs.replace(state, master_node_id=event.node_id)
+        case WorkerStarted():
+            new = _forget_runners_of(state, event.node_id)
         case _:
             assert_never(event)
     if seq is not None:
@@ -45,7 +48,12 @@ def _node_facts(state: ClusterState, event: NodeFactsRecorded) -> ClusterState:
 
 def _node_lost(state: ClusterState, event: NodeLost) -> ClusterState:
     nodes = {k: v for k, v in state.nodes.items() if k != event.node_id}
-    return msgspec.structs.replace(state, nodes=nodes)
+    return msgspec.structs.replace(_forget_runners_of(state, event.node_id), nodes=nodes)
+
+
+def _forget_runners_of(state: ClusterState, node_id: str) -> ClusterState:
+    runners = {k: v for k, v in state.runners.items() if v.node_id != node_id}
+    return msgspec.structs.replace(state, runners=runners)
 
 
 def _instance_placed(state: ClusterState, event: InstancePlaced) -> ClusterState:

@@ -9,9 +9,11 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
 from shared.apply import apply
+from shared.commands import CommandReply, decode
 from shared.events import AnyEvent, decode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
@@ -138,3 +140,14 @@ class StateFollower:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+
+async def send_command(nc: NATS, subject: str, payload: bytes, attempts: int = 20) -> CommandReply | None:
+    """Request/reply to the master, retrying while none answers (it may be restarting). None if none did."""
+    for attempt in range(attempts):
+        try:
+            msg = await nc.request(subject, payload, timeout=2.0)
+            return decode(msg.data, CommandReply)
+        except (NoRespondersError, NatsTimeout):
+            await asyncio.sleep(min(0.25 * (attempt + 1), 2.0))
+    return None

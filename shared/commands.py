@@ -32,6 +32,10 @@ class ReportRunner(msgspec.Struct, frozen=True):
     progress: float | None = None
 
 
+class ReportWorkerStarted(msgspec.Struct, frozen=True):
+    node_id: str
+
+
 class CommandReply(msgspec.Struct, frozen=True):
     ok: bool
     error: str | None = None

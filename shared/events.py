@@ -68,7 +68,15 @@ class MasterStarted(Event, frozen=True):
     node_id: str
 
 
-AnyEvent = NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | RunnerStatusChanged | MasterStarted
+class WorkerStarted(Event, frozen=True):
+    """A node's worker (re)started: whatever its runners said before is stale."""
+
+    node_id: str
+
+
+AnyEvent = (
+    NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | RunnerStatusChanged | MasterStarted | WorkerStarted
+)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)

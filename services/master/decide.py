@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.commands import CommandReply, DeleteInstance, PlaceInstance, ReportRunner
-from shared.events import AnyEvent, InstanceDeleted, InstancePlaced, NodeFactsRecorded, NodeLost, RunnerStatusChanged
+from shared.commands import CommandReply, DeleteInstance, PlaceInstance, ReportRunner, ReportWorkerStarted
+from shared.events import (
+    AnyEvent,
+    InstanceDeleted,
+    InstancePlaced,
+    NodeFactsRecorded,
+    NodeLost,
+    RunnerStatusChanged,
+    WorkerStarted,
+)
 from shared.facts import NodeFacts
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
@@ -60,6 +68,11 @@ def _report_is_news(current: RunnerStatusChanged, cmd: ReportRunner) -> bool:
         step = abs(cmd.progress - current.progress)
         return step >= PROGRESS_STEP_WORTH_RECORDING or (cmd.progress >= 1.0 > current.progress)
     return current.detail != cmd.detail or current.progress != cmd.progress
+
+
+def decide_worker_started(state: ClusterState, cmd: ReportWorkerStarted) -> Decision:
+    stale = any(r.node_id == cmd.node_id for r in state.runners.values())
+    return ([WorkerStarted(cmd.node_id)] if stale else []), CommandReply(ok=True)
 
 
 def facts_event(state: ClusterState, facts: NodeFacts) -> NodeFactsRecorded | None:

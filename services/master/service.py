@@ -12,14 +12,29 @@ from nats.micro.request import Request
 
 from shared import subjects
 from shared.bus import StateFollower, connect, ensure_event_stream
-from shared.commands import CommandReply, DeleteInstance, PlaceInstance, ReportRunner, decode, encode
+from shared.commands import (
+    CommandReply,
+    DeleteInstance,
+    PlaceInstance,
+    ReportRunner,
+    ReportWorkerStarted,
+    decode,
+    encode,
+)
 from shared.config import CommonConfig
 from shared.events import MasterStarted
 from shared.facts import NodeFacts
 from shared.ids import new_instance_id
 from shared.service import register
 
-from services.master.decide import decide_delete, decide_place, decide_report, facts_event, nodes_to_forget
+from services.master.decide import (
+    decide_delete,
+    decide_place,
+    decide_report,
+    decide_worker_started,
+    facts_event,
+    nodes_to_forget,
+)
 from services.master.event_log import EventLog
 
 log = structlog.get_logger()
@@ -53,6 +68,9 @@ class Master:
         await group.add_endpoint(name="place_instance", handler=self._endpoint(PlaceInstance, self._place))
         await group.add_endpoint(name="delete_instance", handler=self._endpoint(DeleteInstance, self._delete))
         await group.add_endpoint(name="report_runner", handler=self._endpoint(ReportRunner, self._report))
+        await group.add_endpoint(
+            name="worker_started", handler=self._endpoint(ReportWorkerStarted, self._worker_started)
+        )
         liveness = asyncio.create_task(self._liveness_loop())
         await stop.wait()
         liveness.cancel()
@@ -86,6 +104,9 @@ class Master:
 
     async def _report(self, cmd: ReportRunner) -> CommandReply:
         return await self.log.decide_and_append(lambda s: decide_report(s, cmd))
+
+    async def _worker_started(self, cmd: ReportWorkerStarted) -> CommandReply:
+        return await self.log.decide_and_append(lambda s: decide_worker_started(s, cmd))
 
     async def _on_facts(self, msg) -> None:  # noqa: ANN001
         try:

@@ -18,8 +18,10 @@ from shared.config import DEFAULT_API_PORT, DEFAULT_NATS_PORT, default_state_dir
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
 from shared.models import DEFAULT_MODEL, MODEL_CARDS
+from shared.service import VERSION
 
 from services.node.bootstrap import place_at_start
+from services.node.launchd import write_plists
 from services.node.nats_server import NatsServerUnavailable, nats_server_argv, port_is_free, wait_for_port
 from services.node.supervisor import BUS_CHILD, ChildSpec, Supervisor
 
@@ -43,6 +45,7 @@ def node_parser() -> argparse.ArgumentParser:
     for service in SERVICES:
         p.add_argument(f"--no-{service}", action="store_true", help=f"do not run the {service} service here")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--version", action="version", version=f"exo-distributed {VERSION}")
     return p
 
 
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["service"]:
         run_service(argv[1:])
+        return
+    if argv[:1] == ["launchd"]:
+        write_launchd(argv[1:])
         return
     args = node_parser().parse_args(argv)
     if args.memory:
@@ -75,6 +81,18 @@ def run_service(argv: list[str]) -> None:
     import importlib
 
     importlib.import_module(f"services.{argv[0]}.__main__").main(argv[1:])
+
+
+def write_launchd(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="exo launchd", description="write launchd plists for this node's services")
+    parser.add_argument("--out", type=Path, default=Path.home() / "Library" / "LaunchAgents")
+    parser.add_argument("--venv", type=Path, default=Path(sys.prefix))
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir())
+    parser.add_argument("--port", type=int, default=DEFAULT_API_PORT)
+    parser.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT)
+    ns = parser.parse_args(argv)
+    for path in write_plists(ns.out, ns.venv, ns.state_dir.expanduser(), ns.port, ns.nats_port):
+        print(f"wrote {path}  (load with: launchctl bootstrap gui/$(id -u) {path})")
 
 
 def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str) -> dict[str, str]:

@@ -1,15 +1,13 @@
-"""Telling the master what a runner is doing (it turns reports into events)."""
+"""Telling the master what this worker and its runners are doing (it turns reports into events)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from shared import subjects
-from shared.commands import CommandReply, ReportRunner, decode, encode
+from shared.bus import send_command
+from shared.commands import ReportRunner, ReportWorkerStarted, encode
 from shared.events import RunnerPhase
 
 log = structlog.get_logger()
@@ -23,18 +21,19 @@ async def report_runner(
     phase: RunnerPhase,
     detail: str = "",
     progress: float | None = None,
-    attempts: int = 20,
 ) -> bool:
-    """Send a report, retrying while no master answers (it may be restarting). False if never delivered."""
+    """False if the master refused the report or never answered."""
     report = ReportRunner(instance_id, node_id, rank, phase, detail, progress)
-    for attempt in range(attempts):
-        try:
-            msg = await nc.request(subjects.CMD_REPORT_RUNNER, encode(report), timeout=2.0)
-            reply = decode(msg.data, CommandReply)
-            if not reply.ok:
-                log.warning("runner report refused", phase=phase, error=reply.error)
-            return reply.ok
-        except (NoRespondersError, NatsTimeout):
-            await asyncio.sleep(min(0.25 * (attempt + 1), 2.0))
-    log.error("runner report not delivered: no master answered", phase=phase, instance=instance_id)
-    return False
+    reply = await send_command(nc, subjects.CMD_REPORT_RUNNER, encode(report))
+    if reply is None:
+        log.error("runner report not delivered: no master answered", phase=phase, instance=instance_id)
+        return False
+    if not reply.ok:
+        log.warning("runner report refused", phase=phase, error=reply.error)
+    return reply.ok
+
+
+async def report_worker_started(nc: NATS, node_id: str) -> None:
+    """Until the master has heard this, the state may still show runners from before the restart."""
+    while (await send_command(nc, subjects.CMD_WORKER_STARTED, encode(ReportWorkerStarted(node_id)))) is None:
+        log.warning("no master answers yet; the worker waits before starting runners")

@@ -20,7 +20,7 @@ from shared.service import register
 
 from services.worker.model_store import ModelStore, default_weight_format
 from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan
-from services.worker.reporting import report_runner
+from services.worker.reporting import report_runner, report_worker_started
 from services.worker.runner_process import RunnerProcess, runner_command
 
 log = structlog.get_logger()
@@ -43,6 +43,7 @@ class Worker:
         self.follower = StateFollower(self.nc.jetstream(), on_event=lambda _s, _e: self._wake.set())
         await self.follower.start()
         service = await _register_status(self)
+        await report_worker_started(self.nc, self.node_id)
         log.info("worker ready", node=self.node_id)
         while not stop.is_set():
             await self._reconcile()

@@ -1,0 +1,126 @@
+"""Benchmark: single-stream decode tokens/s and time to first token through the gateway, against raw
+mlx-lm `stream_generate` in-process on the same model folder and prompt, in one run; plus the time from
+starting `exo` (model already imported) to the first token.
+
+    .venv/bin/python -m bench.gateway_vs_raw [--tokens 128] [--rounds 3]
+
+Every figure is a ratio against the baseline measured in the same run (these machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+
+from bench.node_process import Node
+
+MODEL = "smollm2-135m"
+PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
+
+
+def raw_round(model_path: Path, tokens: int) -> tuple[float, float]:
+    """(time to first token in s, decode tok/s) with mlx-lm in this process."""
+    import mlx.core as mx
+    from mlx_lm import load, stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(str(model_path))
+    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
+    start = time.perf_counter()
+    first = last = None
+    count = 0
+    for r in stream_generate(model, tokenizer, mx.array(prompt), max_tokens=tokens, sampler=make_sampler(0.0)):
+        now = time.perf_counter()
+        if first is None:
+            first = now
+        last, count = now, r.generation_tokens
+    del model
+    gc.collect()
+    return first - start, (count - 1) / (last - first)
+
+
+def gateway_round(client: openai.OpenAI, tokens: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    first = last = None
+    count = 0
+    stream = client.chat.completions.create(
+        model=MODEL, messages=PROMPT, max_tokens=tokens, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    for chunk in stream:
+        now = time.perf_counter()
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or now
+            last = now
+        if chunk.usage:
+            count = chunk.usage.completion_tokens
+    return first - start, (count - 1) / (last - first)
+
+
+def startup_to_first_token(state_dir: Path) -> float:
+    node = Node(state_dir)
+    spawned = node.start()
+    try:
+        node.wait_ready()
+        client = openai.OpenAI(base_url=node.base_url + "/v1", api_key="none")
+        stream = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=2, stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                return time.monotonic() - spawned
+        raise RuntimeError("no token")
+    finally:
+        node.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--state-dir", type=Path, default=None, help="reuse a node state dir (default: temporary)")
+    args = parser.parse_args()
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="exo-bench-"))
+
+    node = Node(state_dir)
+    node.start()
+    node.wait_ready()
+    model_path = next(p.parent for p in (state_dir / "models" / MODEL).glob("*/.complete"))
+    client = openai.OpenAI(base_url=node.base_url + "/v1", api_key="none")
+    gateway_round(client, 8)  # warm-up: first-request costs are not what we measure
+    raw, gateway = [], []
+    try:
+        for _ in range(args.rounds):  # interleaved, so drift on the machine hits both alike
+            raw.append(raw_round(model_path, args.tokens))
+            gateway.append(gateway_round(client, args.tokens))
+    finally:
+        node.stop()
+    startup = [startup_to_first_token(state_dir) for _ in range(2)]
+
+    raw_ttft = statistics.median(r[0] for r in raw)
+    gw_ttft = statistics.median(g[0] for g in gateway)
+    raw_tps = statistics.median(r[1] for r in raw)
+    gw_tps = statistics.median(g[1] for g in gateway)
+    result = {
+        "model_folder": str(model_path),
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "raw_decode_tok_s": round(raw_tps, 2),
+        "gateway_decode_tok_s": round(gw_tps, 2),
+        "decode_ratio": round(gw_tps / raw_tps, 3),
+        "raw_ttft_ms": round(raw_ttft * 1000, 1),
+        "gateway_ttft_ms": round(gw_ttft * 1000, 1),
+        "added_ttft_ms_median": round((gw_ttft - raw_ttft) * 1000, 1),
+        "added_ttft_ms_per_round": [round((g[0] - r[0]) * 1000, 1) for r, g in zip(raw, gateway)],
+        "exo_start_to_first_token_s": [round(s, 2) for s in startup],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Start and stop a real `exo` node for benchmarks (the same command a user runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, state_dir: Path, *extra: str) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.nats_port = free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> float:
+        """Start; returns the monotonic time of the spawn."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.state_dir / "node-output.log", "ab")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.node.cli", "--state-dir", str(self.state_dir),
+             "--port", str(self.port), "--nats-port", str(self.nats_port), *self.extra],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EXO_CONSOLE_LOGS": "1"},
+        )  # fmt: skip
+        return started
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as r:
+                return json.load(r)
+        except OSError:
+            return None
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            h = self.health()
+            if h and h["ready_instances"]:
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise TimeoutError("node not ready")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)

@@ -1,0 +1,319 @@
+"""Split one mlx-lm model across the ranks of an `mx.distributed` group: pipeline or tensor parallel.
+
+Both entry points take a model loaded LAZILY (`mlx_lm.utils.load_model(path, lazy=True)`): no weight
+has been read yet, so whatever this rank drops is never read from disk and never held in memory.
+Only after sharding are the remaining parameters evaluated (`materialize`).
+
+Every rank runs mlx-lm's own sampling loop (`mlx_lm.stream_generate`) with identical inputs and gets
+identical logits, so every rank samples the same token (greedy, or seeded with the same seed) and
+feeds it back into the next step; no token ever has to be sent between ranks.
+
+Pipeline (`shard_pipeline`), following mlx-lm's `PipelineMixin`/DeepseekV3 pattern but with our
+placement's layer order (rank 0 holds the first layers, rank N-1 the last):
+
+    rank 0:    embed -> layers[a0:b0] -> send(h, 1)                  -> all_gather(h)[last] -> norm -> head
+    rank r:    recv(h, r-1) -> layers[ar:br] -> send(h, r+1)         -> all_gather(h)[last] -> norm -> head
+    rank N-1:  recv(h, N-2) -> layers[a:b]                           -> all_gather(h)[last] -> norm -> head
+
+The all_gather hands the last stage's hidden state to every rank while keeping the send/recv in the
+graph; every rank then computes the final norm and the head itself. During prefill mlx-lm evaluates
+only the KV caches, so the send is tied into the last cache with `mx.depends` (as mlx-lm does); else
+the next stage would wait for ever.
+
+Which ranks hold what (pipeline):
+  - layers: only this rank's range; the other layers are dropped before any weight is read.
+  - final norm: every rank (hidden_size floats).
+  - head: every rank, because every rank computes the logits it samples from. With tied embeddings
+    (SmolLM2, Llama 3.2 1B/3B) the head IS the embedding matrix, so every rank holds the whole
+    embedding (vocab x hidden: 49152 x 576 = 113 MB in f32, ~30 MB as SmolLM2's 8-bit q4-import) on
+    top of its layers. Untied models: the embedding is needed only on rank 0 and is dropped elsewhere;
+    the head (lm_head) is kept on every rank.
+  So a rank's memory is  its share of the layers + head (+ embedding on rank 0, the same array when
+  tied). For SmolLM2-f32 that is 113 MB + 14 MB per layer.
+
+Tensor parallel (`shard_tensor`), Llama-family: q/k/v/gate/up become all-to-sharded linears (each rank
+computes 1/N of the heads and of the MLP columns), o/down become sharded-to-all (partial products
+summed with all_sum). Embedding, norms and head are replicated. Needs heads, KV heads and the MLP width
+divisible by N (and, for quantized weights, the per-rank input width of o/down divisible by the
+quantization group size). Dense (float) and affine-quantized weights both work (mlx has
+AllToShardedLinear / ShardedToAllLinear and their Quantized* twins); the all_sum adds the N partial
+sums in a different order than one matmul would, so results differ from one process in the last bits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_linear
+from mlx.utils import tree_flatten
+
+Strategy = Literal["single", "pipeline", "tensor"]
+
+
+class ShardingError(ValueError):
+    """The model cannot be split the way it was asked (wrong layer range, heads that do not divide...)."""
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", None)
+    for attr in ("embed_tokens", "layers", "norm"):
+        if inner is None or not hasattr(inner, attr):
+            raise ShardingError(
+                f"{type(model).__module__}.{type(model).__name__} is not a llama-style model "
+                f"(model.model.{attr} missing); pipeline sharding supports llama-family models"
+            )
+    return inner
+
+
+def _tied(model: nn.Module) -> bool:
+    args = getattr(model, "args", None)
+    return bool(getattr(args, "tie_word_embeddings", False)) or not hasattr(model, "lm_head")
+
+
+class PipelineStage(nn.Module):
+    """Our own wrapper around an mlx-lm llama-style `Model`: this rank's layers plus the pipeline hand-off.
+
+    It has the calling convention mlx-lm's generation loop expects: `model(inputs, cache=...)` returns
+    logits of shape (B, L, vocab), `model.layers` are this rank's layers and `make_cache()` makes one KV
+    cache per local layer. mlx-lm's classes are not modified.
+    """
+
+    def __init__(self, model: nn.Module, group: mx.distributed.Group, start_layer: int, end_layer: int) -> None:
+        super().__init__()
+        inner = _inner(model)
+        n_layers = len(inner.layers)
+        rank, size = group.rank(), group.size()
+        if not 0 <= start_layer < end_layer <= n_layers:
+            raise ShardingError(f"layer range [{start_layer}, {end_layer}) is not inside the model's {n_layers} layers")
+        if (rank == 0) != (start_layer == 0):
+            raise ShardingError(f"rank {rank} has start layer {start_layer}: rank 0, and only rank 0, starts at 0")
+        if (rank == size - 1) != (end_layer == n_layers):
+            raise ShardingError(
+                f"rank {rank} of {size} ends at layer {end_layer}: only the last rank ends at {n_layers}"
+            )
+        for i, layer in enumerate(inner.layers[start_layer:end_layer]):
+            if getattr(layer, "use_sliding", False):
+                raise ShardingError(f"layer {start_layer + i} uses sliding-window attention, not supported here")
+
+        self.args = model.args
+        self.model_type = getattr(model, "model_type", None)
+        self.group = group
+        self.rank, self.size = rank, size
+        self.start_layer, self.end_layer, self.n_layers = start_layer, end_layer, n_layers
+        self.tied = _tied(model)
+        # Keep only what this rank uses; everything else is dropped before any weight is read.
+        self.layers = list(inner.layers[start_layer:end_layer])
+        self.norm = inner.norm
+        if rank == 0 or self.tied:
+            self.embed_tokens = inner.embed_tokens
+        if not self.tied:
+            self.lm_head = model.lm_head
+        self._dtype: mx.Dtype | None = None
+
+    # What a receiving rank expects: the activation dtype of the embedding output (float32 for f32 and for
+    # quantized embeddings with float32 scales). Every rank computes it the same way from the config.
+    def _hidden_dtype(self) -> mx.Dtype:
+        if self._dtype is None:
+            if hasattr(self, "embed_tokens"):
+                self._dtype = self.embed_tokens(mx.array([[0]])).dtype
+            else:
+                self._dtype = self.norm.weight.dtype
+        return self._dtype
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    def make_cache(self) -> list[Any]:
+        from mlx_lm.models.cache import KVCache
+
+        return [KVCache() for _ in self.layers]
+
+    def __call__(
+        self, inputs: mx.array, cache: list[Any] | None = None, input_embeddings: mx.array | None = None
+    ) -> mx.array:
+        from mlx_lm.models.base import create_attention_mask
+
+        B, L = inputs.shape[0], inputs.shape[1] if input_embeddings is None else input_embeddings.shape[1]
+        if cache is None:
+            cache = [None] * len(self.layers)
+        if self.is_first:
+            h = input_embeddings if input_embeddings is not None else self.embed_tokens(inputs)
+        else:
+            hidden = self.args.hidden_size
+            h = mx.distributed.recv((B, L, hidden), self._hidden_dtype(), self.rank - 1, group=self.group)
+        mask = create_attention_mask(h, cache[0])
+        for layer, c in zip(self.layers, cache):
+            h = layer(h, mask, cache=c)
+        if not self.is_last:
+            h = mx.distributed.send(h, self.rank + 1, group=self.group)
+            # Prefill evaluates only the caches: make the last cache depend on the send.
+            if cache[-1] is not None:
+                cache[-1].keys = mx.depends(cache[-1].keys, h)
+        if self.size > 1:
+            # Every rank gets the last stage's hidden state (and the send stays in the graph).
+            last = self.size - 1
+            h = mx.distributed.all_gather(h, group=self.group)[last * B : (last + 1) * B]
+        h = self.norm(h)
+        return self.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
+
+
+def shard_pipeline(model: nn.Module, group: mx.distributed.Group, start_layer: int, end_layer: int) -> PipelineStage:
+    """Keep layers [start_layer, end_layer) of a lazily loaded llama-style model on this rank.
+
+    Rank r must hold the layers right after rank r-1's (rank 0 from layer 0, the last rank up to the
+    last layer), as `services.master.placement` assigns them. Returns a new module to generate with;
+    call `materialize` (or `mx.eval(stage.parameters())`) to read this rank's weights.
+    """
+    return PipelineStage(model, group, start_layer, end_layer)
+
+
+# ----------------------------------------------------------------------------------------------- tensor
+
+
+def tensor_parallel_problem(n_heads: int, n_kv_heads: int, world_size: int, intermediate_size: int | None = None) -> str | None:
+    """Why a model with these dimensions cannot be split over `world_size` ranks, or None when it can."""
+    if world_size < 1:
+        return f"world size {world_size} < 1"
+    problems = []
+    if n_heads % world_size:
+        problems.append(f"{n_heads} attention heads")
+    if n_kv_heads % world_size:
+        problems.append(f"{n_kv_heads} KV heads")
+    if intermediate_size is not None and intermediate_size % world_size:
+        problems.append(f"MLP width {intermediate_size}")
+    if problems:
+        return f"tensor parallel over {world_size} ranks needs divisible dimensions: {', '.join(problems)} do not divide by {world_size}"
+    return None
+
+
+def _check_quantized_split(name: str, linear: nn.Module, world_size: int) -> None:
+    group_size = getattr(linear, "group_size", None)
+    if group_size is None:  # dense
+        return
+    in_dims = linear.weight.shape[-1] * 32 // linear.bits
+    if (in_dims // world_size) % group_size:
+        raise ShardingError(
+            f"{name}: input width {in_dims} / {world_size} ranks is not a multiple of the quantization group "
+            f"size {group_size}"
+        )
+
+
+def shard_tensor(model: nn.Module, group: mx.distributed.Group) -> nn.Module:
+    """Tensor-parallel a lazily loaded mlx-lm llama model in place over `group`; returns the model.
+
+    Raises ShardingError (before touching the model) when heads, KV heads or the MLP width do not divide
+    by the group size.
+    """
+    inner = _inner(model)
+    n = group.size()
+    args = model.args
+    n_heads, n_kv = args.num_attention_heads, args.num_key_value_heads or args.num_attention_heads
+    if problem := tensor_parallel_problem(n_heads, n_kv, n, args.intermediate_size):
+        raise ShardingError(problem)
+    if n == 1:
+        return model
+    for i, layer in enumerate(inner.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        _check_quantized_split(f"layer {i} o_proj", attn.o_proj, n)
+        _check_quantized_split(f"layer {i} down_proj", mlp.down_proj, n)
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.q_proj = shard_linear(attn.q_proj, "all-to-sharded", group=group)
+        attn.k_proj = shard_linear(attn.k_proj, "all-to-sharded", group=group)
+        attn.v_proj = shard_linear(attn.v_proj, "all-to-sharded", group=group)
+        attn.o_proj = shard_linear(attn.o_proj, "sharded-to-all", group=group)
+        attn.n_heads //= n
+        attn.n_kv_heads //= n
+        mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
+        mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
+        mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ whole flow
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters the module still holds (lazy arrays are counted without being read)."""
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def materialize(model: nn.Module, group: mx.distributed.Group | None = None) -> None:
+    """Read this rank's weights, then wait for every rank (so no rank's first collective times out)."""
+    mx.eval(model.parameters())
+    if group is not None and group.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
+
+
+def check_layer_ranges(group: mx.distributed.Group, start_layer: int, end_layer: int, n_layers: int) -> None:
+    """Collective check that the ranks' layer ranges tile [0, n_layers) in rank order; raises on every rank."""
+    mine = mx.array([start_layer, end_layer], dtype=mx.int32)
+    ranges = mx.distributed.all_gather(mine, group=group, stream=mx.cpu).reshape(-1, 2).tolist()
+    expected = 0
+    for rank, (start, end) in enumerate(ranges):
+        if start != expected or end <= start:
+            raise ShardingError(f"ranks' layer ranges {ranges} do not tile [0, {n_layers}) in rank order (rank {rank})")
+        expected = end
+    if expected != n_layers:
+        raise ShardingError(f"ranks' layer ranges {ranges} end at {expected}, not at {n_layers}")
+
+
+def load_shard(
+    model_path: Path | str,
+    strategy: Strategy,
+    group: mx.distributed.Group | None = None,
+    start_layer: int = 0,
+    end_layer: int | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
+
+    Returns (model, tokenizer); the model works with `mlx_lm.stream_generate` on every rank with the
+    same prompt and sampler. `strategy="single"` (or a group of size 1) loads the whole model.
+    """
+    from mlx_lm.utils import load_model, load_tokenizer
+
+    path = Path(model_path)
+    model, config = load_model(path, lazy=True)
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    size = 1 if group is None else group.size()
+    n_layers = len(_inner(model).layers) if strategy != "single" else len(model.layers)
+    if strategy == "single" or size == 1:
+        if strategy == "pipeline" and (start_layer, end_layer or n_layers) != (0, n_layers):
+            raise ShardingError("a one-rank pipeline holds every layer")
+        materialize(model)
+        return model, tokenizer
+    assert group is not None
+    if strategy == "pipeline":
+        end = n_layers if end_layer is None else end_layer
+        check_layer_ranges(group, start_layer, end, n_layers)
+        stage = shard_pipeline(model, group, start_layer, end)
+        del model
+        materialize(stage, group)
+        return stage, tokenizer
+    if strategy == "tensor":
+        shard_tensor(model, group)
+        materialize(model, group)
+        return model, tokenizer
+    raise ShardingError(f"unknown strategy {strategy!r}")
+
+
+def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group | None:
+    """Join the instance's group from the environment the worker wrote (MLX_RANK, MLX_HOSTFILE or the
+    jaccl variables); None for a one-rank instance."""
+    if world_size <= 1:
+        return None
+    group = mx.distributed.init(strict=True, backend=backend)
+    if group.size() != world_size:
+        raise ShardingError(f"joined a group of {group.size()} ranks, expected {world_size}")
+    return group

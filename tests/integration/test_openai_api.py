@@ -1,0 +1,194 @@
+"""The OpenAI API of one real node, through the official `openai` client (and httpx where the client hides things)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, Node
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(node: Node) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.api_url, api_key="not-needed", timeout=120.0, max_retries=0)
+
+
+def test_health_shows_the_ready_instance(node: Node) -> None:
+    health = node.health()
+    assert health["status"] == "ok"
+    assert health["nats_connected"] is True
+    assert health["master"] in health["nodes"]
+    assert len(health["nodes"]) == 1
+    assert len(health["ready_instances"]) == 1
+    assert health["events_applied"] > 0
+
+
+def test_models_lists_smollm2(client: openai.OpenAI, node: Node) -> None:
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert MODEL in ids
+    raw = httpx.get(f"{node.api_url}/models", timeout=10).json()
+    smol = next(m for m in raw["data"] if m["id"] == MODEL)
+    assert smol["object"] == "model"
+    assert smol["ready"] is True
+    assert smol["context_length"] == 8192
+
+
+def test_chat_non_streaming_answers_paris(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40)
+    assert response.object == "chat.completion"
+    assert response.model == MODEL
+    assert response.id.startswith("chatcmpl-")
+    choice = response.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = response.usage
+    assert usage is not None
+    assert usage.prompt_tokens > 5
+    assert 0 < usage.completion_tokens <= 40
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_chat_streaming(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=40, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert chunks, "no chunks"
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert "Paris" in text
+    finishes = [c.choices[0].finish_reason for c in with_choices if c.choices[0].finish_reason]
+    assert len(finishes) == 1 and finishes[0] in ("stop", "length")
+    assert with_choices[-1].choices[0].finish_reason == finishes[0], "finish_reason must come on the last chunk"
+    # include_usage: one final chunk with no choices and the usage
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage is not None
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    assert last.usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+
+    # the same request, not streamed, gives the same text and token counts (temperature 0)
+    whole = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40)
+    assert whole.choices[0].message.content == text
+    assert whole.usage.prompt_tokens == last.usage.prompt_tokens
+    assert whole.usage.completion_tokens == last.usage.completion_tokens
+
+
+def test_streaming_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, stream=True))
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        temperature=0, max_tokens=5,
+    )  # fmt: skip
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 5
+    assert response.choices[0].message.content
+
+
+def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count from one to one hundred."}],
+        temperature=0, max_completion_tokens=3,
+    )  # fmt: skip
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 3
+
+
+def test_stop_string_cuts_the_text(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    full = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40)
+    full_text = full.choices[0].message.content
+    # pick a stop string that the unconstrained answer contains, past its start
+    stop = next((s for s in (" 5", "5", ",") if s in full_text[1:]), None)
+    assert stop is not None, f"the model's answer has nothing to stop on: {full_text!r}"
+    cut = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40, stop=[stop])
+    text = cut.choices[0].message.content
+    assert stop not in text
+    assert cut.choices[0].finish_reason == "stop"
+    assert full_text.startswith(text)
+    assert text == full_text[: full_text.index(stop)]
+    assert cut.usage.completion_tokens < full.usage.completion_tokens
+
+    # streamed, the stop string never leaks either
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=40, stop=stop, stream=True
+        )
+        if c.choices
+    )
+    assert streamed == text
+
+
+def test_same_seed_same_text(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Tell me something surprising about octopuses."}]
+
+    def sample(seed: int) -> str:
+        response = client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=1.0, seed=seed, max_tokens=24
+        )
+        return response.choices[0].message.content
+
+    first, second = sample(1234), sample(1234)
+    assert first == second
+    others = {sample(seed) for seed in (1, 2, 3)}
+    assert len(others | {first}) > 1, "different seeds at temperature 1 all gave the same text"
+
+
+def test_completions_endpoint(client: openai.OpenAI) -> None:
+    response = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8)
+    assert response.object == "text_completion"
+    assert response.model == MODEL
+    choice = response.choices[0]
+    assert choice.text
+    assert "Paris" in choice.text
+    assert choice.finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= 8
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_completions_streaming(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    whole = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8)
+    assert text == whole.choices[0].text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+
+
+def test_content_parts_and_system_message(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]},
+        ],
+        temperature=0,
+        max_tokens=30,
+    )
+    assert "Paris" in response.choices[0].message.content

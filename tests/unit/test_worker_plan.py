@@ -1,0 +1,163 @@
+"""The worker's pure plan: services/worker/plan.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.worker.plan import (
+    MAX_START_ATTEMPTS,
+    RESTART_BACKOFF_S,
+    LocalRunner,
+    StartRunner,
+    StopRunner,
+    my_shards,
+    plan,
+)
+from shared.apply import apply
+from shared.events import Instance, InstanceDeleted, InstancePlaced, ShardAssignment
+from shared.state import ClusterState
+
+ME = "node-me"
+OTHER = "node-other"
+
+SHARED = Instance(
+    "inst-1", "smollm2-135m", "pipeline", "ring", (ShardAssignment(OTHER, 0, 0, 15), ShardAssignment(ME, 1, 15, 30))
+)
+ONLY_OTHER = Instance("inst-2", "smollm2-135m", "pipeline", "ring", (ShardAssignment(OTHER, 0, 0, 30),))
+ONLY_ME = Instance("inst-3", "llama-3.3-70b", "tensor", "ring", (ShardAssignment(ME, 0, 0, 80),))
+
+
+def state_with(*instances: Instance) -> ClusterState:
+    state = ClusterState()
+    for inst in instances:
+        state = apply(state, InstancePlaced(inst))
+    return state
+
+
+def test_start_missing_runner_for_my_shard():
+    actions = plan(state_with(SHARED), {}, ME, now=100.0)
+    assert actions == [StartRunner(SHARED, SHARED.shards[1])]
+    assert actions[0].shard.node_id == ME and actions[0].shard.rank == 1
+
+
+def test_nothing_for_shards_of_other_nodes():
+    assert plan(state_with(ONLY_OTHER), {}, ME, now=100.0) == []
+
+
+def test_nothing_on_empty_state():
+    assert plan(ClusterState(), {}, ME, now=0.0) == []
+
+
+def test_start_one_per_instance_of_mine_only():
+    actions = plan(state_with(SHARED, ONLY_OTHER, ONLY_ME), {}, ME, now=100.0)
+    assert all(isinstance(a, StartRunner) for a in actions)
+    assert sorted(a.instance.instance_id for a in actions) == ["inst-1", "inst-3"]
+    assert all(a.shard.node_id == ME for a in actions)
+
+
+def test_my_shards():
+    pairs = my_shards(state_with(SHARED, ONLY_OTHER, ONLY_ME), ME)
+    assert sorted((i.instance_id, s.rank) for i, s in pairs) == [("inst-1", 1), ("inst-3", 0)]
+
+
+def test_running_runner_left_alone():
+    local = {"inst-1": LocalRunner("inst-1", 1, running=True, attempts=1)}
+    assert plan(state_with(SHARED), local, ME, now=100.0) == []
+
+
+def test_stop_orphaned_runner_after_instance_deleted():
+    state = state_with(SHARED)
+    local = {"inst-1": LocalRunner("inst-1", 1, running=True, attempts=1)}
+    assert plan(state, local, ME, now=100.0) == []
+    state = apply(state, InstanceDeleted("inst-1", reason="deleted on request"))
+    actions = plan(state, local, ME, now=100.0)
+    assert len(actions) == 1
+    assert isinstance(actions[0], StopRunner) and actions[0].instance_id == "inst-1"
+    assert actions[0].reason
+
+
+def test_no_stop_for_an_exited_orphan():
+    state = state_with()
+    local = {"inst-1": LocalRunner("inst-1", 1, running=False, attempts=1, last_exit_at=50.0)}
+    assert plan(state, local, ME, now=100.0) == []
+
+
+def test_stop_orphan_and_start_new_in_one_plan():
+    state = state_with(ONLY_ME)
+    local = {"inst-1": LocalRunner("inst-1", 1, running=True, attempts=1)}
+    actions = plan(state, local, ME, now=100.0)
+    assert StopRunner("inst-1", reason=actions[0].reason) in actions
+    assert StartRunner(ONLY_ME, ONLY_ME.shards[0]) in actions
+    assert len(actions) == 2
+
+
+# --- restarts -----------------------------------------------------------------------------------
+
+
+def exited(attempts: int, at: float) -> dict[str, LocalRunner]:
+    return {"inst-1": LocalRunner("inst-1", 1, running=False, attempts=attempts, last_exit_at=at)}
+
+
+def test_backoff_schedule_is_increasing():
+    assert list(RESTART_BACKOFF_S) == sorted(RESTART_BACKOFF_S)
+    assert RESTART_BACKOFF_S[0] > 0
+
+
+def test_restart_after_first_exit_waits_first_backoff():
+    state = state_with(SHARED)
+    first = RESTART_BACKOFF_S[0]
+    assert plan(state, exited(1, at=100.0), ME, now=100.0) == []
+    assert plan(state, exited(1, at=100.0), ME, now=100.0 + first - 0.01) == []
+    assert plan(state, exited(1, at=100.0), ME, now=100.0 + first) == [StartRunner(SHARED, SHARED.shards[1])]
+
+
+def test_restart_after_second_exit_waits_longer():
+    state = state_with(SHARED)
+    first, second = RESTART_BACKOFF_S[0], RESTART_BACKOFF_S[1]
+    assert second > first
+    assert plan(state, exited(2, at=100.0), ME, now=100.0 + first) == []
+    assert plan(state, exited(2, at=100.0), ME, now=100.0 + second - 0.01) == []
+    assert len(plan(state, exited(2, at=100.0), ME, now=100.0 + second)) == 1
+
+
+@pytest.mark.parametrize("attempts", [MAX_START_ATTEMPTS, MAX_START_ATTEMPTS + 1, 10])
+def test_no_restart_after_max_attempts(attempts):
+    state = state_with(SHARED)
+    assert plan(state, exited(attempts, at=0.0), ME, now=1e9) == []
+
+
+def test_exited_without_exit_time_restarts_at_once():
+    state = state_with(SHARED)
+    local = {"inst-1": LocalRunner("inst-1", 1, running=False, attempts=1, last_exit_at=None)}
+    assert len(plan(state, local, ME, now=0.0)) == 1
+
+
+def test_full_lifecycle_starts_exactly_max_attempts_times():
+    """Simulate the worker: each StartRunner makes attempts+1, each crash records the exit time."""
+    state = state_with(SHARED)
+    local: dict[str, LocalRunner] = {}
+    now = 0.0
+    starts = []
+    for _ in range(200):
+        for action in plan(state, local, ME, now):
+            assert isinstance(action, StartRunner)
+            previous = local.get("inst-1")
+            local["inst-1"] = LocalRunner("inst-1", 1, running=True, attempts=(previous.attempts if previous else 0) + 1)
+            starts.append(now)
+            # it crashes right away
+            local["inst-1"].running = False
+            local["inst-1"].last_exit_at = now
+        now += 0.5
+    assert len(starts) == MAX_START_ATTEMPTS
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    for gap, backoff in zip(gaps, RESTART_BACKOFF_S):
+        assert backoff <= gap < backoff + 0.5 + 1e-9
+
+
+def test_plan_does_not_mutate_inputs():
+    state = state_with(SHARED)
+    local = exited(1, at=0.0)
+    before = (local["inst-1"].running, local["inst-1"].attempts, local["inst-1"].last_exit_at)
+    plan(state, local, ME, now=100.0)
+    assert (local["inst-1"].running, local["inst-1"].attempts, local["inst-1"].last_exit_at) == before
+    assert set(local) == {"inst-1"}
