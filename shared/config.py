@@ -7,6 +7,7 @@ services it starts through these environment variables, so a service started alo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -67,9 +68,16 @@ def parse_bytes(text: str) -> int:
     cleaned = text.strip().lower().replace(" ", "")
     number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = cleaned[len(number):]
+    hint = f"not a size: {text!r} (try 512MB, 1GB, 2GiB)"
     if not number or unit not in units:
-        raise ValueError(f"not a size: {text!r} (try 512MB, 1GB, 2GiB)")
-    value = float(number) * units[unit]
-    if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return int(value)
+        raise ValueError(hint)
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(hint) from None
+    if not math.isfinite(value):
+        raise ValueError(hint)
+    result = int(value)
+    if result <= 0:
+        raise ValueError(f"size must be positive (at least one byte): {text!r}")
+    return result

@@ -36,6 +36,7 @@ class GenerateRequest(msgspec.Struct, frozen=True):
 class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):
     request_id: str
     prompt_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused from an earlier request (prefix cache)
     queue_position: int = 0
 
 
@@ -57,6 +58,7 @@ class TokenChunk(msgspec.Struct, frozen=True):
     prompt_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None
+    cached_tokens: int = 0
 
 
 class CancelGeneration(msgspec.Struct, frozen=True):

@@ -10,17 +10,16 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from shared.generation import GenerateRequest
+from shared.generation import GenerateRequest, TokenChunk
 from shared.ids import new_request_id
 from shared.models import UnknownModel, get_card
 
-from services.gateway.errors import OpenAIError
+from services.gateway.errors import OpenAIError, bad_request
 from services.gateway.generation_client import pick_instance
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
-    bad_request,
     chat_chunk,
     chat_completion,
     decode_body,
@@ -69,12 +68,12 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
     chunks = gateway.client.stream(instance_id, build(rid, sampling))
     first = await anext(chunks)  # the submit: raises the OpenAI error (429, 400, 503) before any byte is sent
     if body.stream:
-        events = _sse_chat(rid, body, first.prompt_tokens, chunks) if chat else _sse_text(rid, body, first.prompt_tokens, chunks)
+        events = (_sse_chat if chat else _sse_text)(rid, body, first, chunks)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await _collect(request, rid, body, first.prompt_tokens, chunks, chat)
+    return await _collect(request, rid, body, first, chunks, chat)
 
 
-async def _collect(request: Request, rid: str, body: SamplingFields, prompt_tokens: int, chunks, chat: bool):  # noqa: ANN001, ANN202
+async def _collect(request: Request, rid: str, body: SamplingFields, first: TokenChunk, chunks, chat: bool):  # noqa: ANN001, ANN202
     async def gather() -> tuple[str, str, int]:
         parts, finish, tokens = [], "stop", 0
         async for chunk in chunks:
@@ -92,7 +91,7 @@ async def _collect(request: Request, rid: str, body: SamplingFields, prompt_toke
             await chunks.aclose()
             return JSONResponse({}, status_code=499)
     text, finish, tokens = task.result()
-    use = usage(prompt_tokens, tokens)
+    use = _usage(first, tokens)
     if chat:
         return chat_completion(rid, body.model, text, finish, use)
     return text_completion(rid, body.model, text, finish, use)
@@ -103,7 +102,11 @@ def _sse(data: dict | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-async def _sse_chat(rid: str, body: SamplingFields, prompt_tokens: int, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
+def _usage(first: TokenChunk, completion_tokens: int) -> dict:
+    return usage(first.prompt_tokens, completion_tokens, first.cached_tokens)
+
+
+async def _sse_chat(rid: str, body: SamplingFields, first: TokenChunk, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
     created = int(time.time())
     yield _sse(chat_chunk(rid, body.model, created, {"role": "assistant", "content": ""}, None))
     tokens = 0
@@ -121,12 +124,12 @@ async def _sse_chat(rid: str, body: SamplingFields, prompt_tokens: int, chunks) 
     finally:
         await chunks.aclose()
     if body.include_usage:
-        final = chat_chunk(rid, body.model, created, {}, None) | {"choices": [], "usage": usage(prompt_tokens, tokens)}
+        final = chat_chunk(rid, body.model, created, {}, None) | {"choices": [], "usage": _usage(first, tokens)}
         yield _sse(final)
     yield _sse("[DONE]")
 
 
-async def _sse_text(rid: str, body: SamplingFields, prompt_tokens: int, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
+async def _sse_text(rid: str, body: SamplingFields, first: TokenChunk, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
     tokens = 0
     try:
         async for chunk in chunks:
@@ -140,5 +143,5 @@ async def _sse_text(rid: str, body: SamplingFields, prompt_tokens: int, chunks) 
     finally:
         await chunks.aclose()
     if body.include_usage:
-        yield _sse(text_completion(rid, body.model, "", None, usage(prompt_tokens, tokens)) | {"choices": []})
+        yield _sse(text_completion(rid, body.model, "", None, _usage(first, tokens)) | {"choices": []})
     yield _sse("[DONE]")

@@ -113,7 +113,7 @@ class GenerationClient:
         reply = msgspec.json.decode(msg.data, type=GenerateReply)
         if isinstance(reply, GenerateRejected):
             raise _rejection_error(reply)
-        return TokenChunk(request.request_id, -1, "", 0, reply.prompt_tokens)
+        return TokenChunk(request.request_id, -1, "", 0, reply.prompt_tokens, cached_tokens=reply.cached_tokens)
 
     async def _chunks(self, queue: asyncio.Queue, request_id: str) -> AsyncIterator[TokenChunk]:
         expected = 0

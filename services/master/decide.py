@@ -66,7 +66,8 @@ def _report_is_news(current: RunnerStatusChanged, cmd: ReportRunner) -> bool:
         return True
     if cmd.progress is not None and current.progress is not None:
         step = abs(cmd.progress - current.progress)
-        return step >= PROGRESS_STEP_WORTH_RECORDING or (cmd.progress >= 1.0 > current.progress)
+        # the epsilon: 0.15 - 0.10 is 0.0499999... in floating point, and that step counts
+        return step >= PROGRESS_STEP_WORTH_RECORDING - 1e-9 or (cmd.progress >= 1.0 > current.progress)
     return current.detail != cmd.detail or current.progress != cmd.progress
 
 

@@ -8,7 +8,8 @@ from shared.events import Instance, ShardAssignment
 from shared.state import ClusterState
 
 MAX_START_ATTEMPTS = 3
-RESTART_BACKOFF_S = (1.0, 4.0, 15.0)
+RESTART_BACKOFF_S = (1.0, 4.0)  # before the 2nd and 3rd attempt
+HEALTHY_RUN_S = 60.0  # a runner that served this long starts again with a clean slate of attempts
 
 
 class LocalRunner(msgspec.Struct):
@@ -19,6 +20,15 @@ class LocalRunner(msgspec.Struct):
     running: bool
     attempts: int = 0
     last_exit_at: float | None = None
+    started_at: float | None = None
+
+
+def record_exit(runner: LocalRunner, now: float) -> None:
+    """A runner process ended: it may be restarted after its backoff; one that served long enough starts over."""
+    if runner.started_at is not None and now - runner.started_at >= HEALTHY_RUN_S:
+        runner.attempts = 0
+    runner.running = False
+    runner.last_exit_at = now
 
 
 class StartRunner(msgspec.Struct, frozen=True):

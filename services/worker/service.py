@@ -19,7 +19,7 @@ from shared.models import get_card
 from shared.service import register
 
 from services.worker.model_store import ModelStore, default_weight_format
-from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan
+from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan, record_exit
 from services.worker.reporting import report_runner, report_worker_started
 from services.worker.runner_process import RunnerProcess, runner_command
 
@@ -68,7 +68,9 @@ class Worker:
         instance_id = action.instance.instance_id
         previous = self.local.get(instance_id)
         attempts = (previous.attempts if previous else 0) + 1
-        self.local[instance_id] = LocalRunner(instance_id, action.shard.rank, running=True, attempts=attempts)
+        self.local[instance_id] = LocalRunner(
+            instance_id, action.shard.rank, running=True, attempts=attempts, started_at=time.monotonic()
+        )
         asyncio.create_task(self._run_runner(action))
 
     async def _stop(self, action: StopRunner) -> None:
@@ -101,8 +103,7 @@ class Worker:
     async def _runner_ended(self, instance_id: str, rank: int, detail: str, expected: bool) -> None:
         runner = self.local.get(instance_id)
         if runner is not None:
-            runner.running = False
-            runner.last_exit_at = time.monotonic()
+            record_exit(runner, time.monotonic())
         if expected or instance_id not in self.follower.state.instances:
             return
         log.error("runner failed", instance=instance_id, detail=detail)

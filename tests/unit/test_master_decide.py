@@ -236,10 +236,6 @@ def test_progress_completion_not_recorded_twice():
     assert events == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG decide.py _report_is_news: 0.15 - 0.10 == 0.04999999999999999 < 0.05, so an exact 5% step is dropped",
-)
 def test_progress_step_of_exactly_5_percent_recorded():
     state = record(with_instance(), report("importing", progress=0.10))
     events, _ = decide_report(state, report("importing", progress=0.15))

@@ -161,3 +161,15 @@ def test_plan_does_not_mutate_inputs():
     plan(state, local, ME, now=100.0)
     assert (local["inst-1"].running, local["inst-1"].attempts, local["inst-1"].last_exit_at) == before
     assert set(local) == {"inst-1"}
+
+
+def test_record_exit_resets_attempts_only_after_a_healthy_run():
+    from services.worker.plan import HEALTHY_RUN_S, record_exit
+
+    crashed_fast = LocalRunner("inst-1", 1, running=True, attempts=2, started_at=100.0)
+    record_exit(crashed_fast, 100.0 + HEALTHY_RUN_S / 2)
+    assert (crashed_fast.running, crashed_fast.attempts, crashed_fast.last_exit_at) == (False, 2, 100.0 + HEALTHY_RUN_S / 2)
+
+    served_long = LocalRunner("inst-1", 1, running=True, attempts=3, started_at=100.0)
+    record_exit(served_long, 100.0 + HEALTHY_RUN_S + 1)
+    assert served_long.attempts == 0 and not served_long.running

@@ -1,29 +1,64 @@
-"""The model side of a runner: load with mlx-lm, turn a request into prompt tokens, generate steps."""
+"""The model side of a runner: continuous batching over mlx-lm's BatchGenerator, a prefix cache of recent
+prompts' KV caches, per-request sampling, stop strings and streaming detokenization."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlx.core as mx
 import msgspec
-from mlx_lm import load, stream_generate
-from mlx_lm.sample_utils import make_sampler
+import psutil
+from mlx_lm import load
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache
 
 from shared.generation import GenerateRequest, SamplingParams
 
+from services.worker.runner.sampling import make_seeded_sampler
 from services.worker.runner.stops import StopMatcher
+
+MAX_BATCH = 8
+PREFILL_STEP = 512
+PREFIX_CACHE_ENTRIES = 32
+PREFIX_CACHE_MEMORY_SHARE = 0.05  # of available memory at load
+MODEL_KEY = "model"
 
 
 class Step(msgspec.Struct, frozen=True):
+    request_id: str
     text: str
     completion_tokens: int
-    finish_reason: str | None  # "stop" | "length" | None
+    finish_reason: str | None  # "stop" | "length" | "cancelled" | None
+
+
+class Active:
+    """One request in the batch: its detokenizer, stop strings and counts."""
+
+    def __init__(self, request_id: str, detokenizer, stops: tuple[str, ...]) -> None:  # noqa: ANN001
+        self.request_id = request_id
+        self.detokenizer = detokenizer
+        self.stops = StopMatcher(stops)
+        self.tokens = 0
 
 
 class Engine:
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, max_batch: int = MAX_BATCH) -> None:
         self.model, self.tokenizer = load(str(model_path))
+        self.max_batch = max_batch
+        self.generator = BatchGenerator(
+            self.model,
+            stop_tokens=[[t] for t in sorted(self.tokenizer.eos_token_ids)],
+            completion_batch_size=max_batch,
+            prefill_batch_size=max_batch,
+            prefill_step_size=PREFILL_STEP,
+        )
+        budget = int(psutil.virtual_memory().available * PREFIX_CACHE_MEMORY_SHARE)
+        self.prefix_cache = LRUPromptCache(max_size=PREFIX_CACHE_ENTRIES, max_bytes=budget)
+        self.active: dict[int, Active] = {}
+        self.uids: dict[str, int] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active)
 
     def prompt_tokens(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
@@ -31,22 +66,65 @@ class Engine:
             return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
         return list(self.tokenizer.encode(request.prompt or ""))
 
-    def generate(self, prompt: list[int], sampling: SamplingParams) -> Iterator[Step]:
-        if sampling.seed is not None:
-            mx.random.seed(sampling.seed)
-        sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0)
-        stops = StopMatcher(sampling.stop)
-        count = 0
-        for response in stream_generate(
-            self.model, self.tokenizer, mx.array(prompt), max_tokens=sampling.max_tokens, sampler=sampler
-        ):
-            count = response.generation_tokens
-            text, stopped = stops.feed(response.text)
-            if stopped:
-                yield Step(text, count, "stop")
-                return
-            if response.finish_reason is not None:
-                yield Step(text + stops.flush(), count, response.finish_reason)
-                return
-            yield Step(text, count, None)
-        yield Step(stops.flush(), count, "length")
+    def submit(self, request_id: str, prompt: list[int], sampling: SamplingParams) -> int:
+        """Queue a request; it joins the running batch at the next step. Returns the prompt tokens reused
+        from the prefix cache."""
+        assert sampling.max_tokens is not None
+        cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt)
+        cached = len(prompt) - len(rest)
+        sampler = make_seeded_sampler(sampling.temperature, sampling.top_p, sampling.seed)
+        (uid,) = self.generator.insert(
+            [rest],
+            max_tokens=[sampling.max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[prompt[:cached]],
+            samplers=[sampler],
+        )
+        self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop)
+        self.uids[request_id] = uid
+        return cached
+
+    def cancel(self, request_id: str) -> Step | None:
+        uid = self.uids.pop(request_id, None)
+        if uid is None:
+            return None
+        active = self.active.pop(uid)
+        self.generator.remove([uid])
+        return Step(request_id, "", active.tokens, "cancelled")
+
+    def step(self) -> list[Step]:
+        """One decode step for the whole batch (and a slice of prefill for newcomers)."""
+        _prompt_progress, responses = self.generator.next()
+        steps = []
+        for response in responses:
+            active = self.active.get(response.uid)
+            if active is not None:
+                steps.append(self._advance(active, response))
+        return steps
+
+    def _advance(self, active: Active, response) -> Step:  # noqa: ANN001 - GenerationBatch.Response
+        active.tokens += 1
+        finish = response.finish_reason
+        if finish == "stop":  # an end-of-sequence token: not part of the text
+            active.detokenizer.finalize()
+        else:
+            active.detokenizer.add_token(response.token)
+            if finish is not None:
+                active.detokenizer.finalize()
+        text, hit_stop = active.stops.feed(active.detokenizer.last_segment)
+        if hit_stop and finish is None:
+            finish = "stop"
+            caches = self.generator.remove([response.uid], return_prompt_caches=True)
+            cache, tokens = caches.get(response.uid, (None, None))
+            self._remember(tokens, cache)
+        elif finish is not None:
+            text += active.stops.flush()
+            self._remember(response.all_tokens, response.prompt_cache)
+        if finish is not None:
+            self.active.pop(response.uid, None)
+            self.uids.pop(active.request_id, None)
+        return Step(active.request_id, text, active.tokens, finish)
+
+    def _remember(self, tokens: list[int] | None, cache: list | None) -> None:
+        if tokens and cache:
+            self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)

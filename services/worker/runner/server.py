@@ -1,10 +1,9 @@
-"""The runner's I/O: takes generate requests from NATS, queues them, streams token chunks back."""
+"""The runner's I/O: admits generate requests from NATS into the engine's batch and streams token chunks back."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import msgspec
 import structlog
@@ -20,11 +19,11 @@ from shared.generation import (
 )
 
 from services.worker.reporting import report_runner
-from services.worker.runner.engine import Engine
+from services.worker.runner.engine import Engine, Step
 
 log = structlog.get_logger()
 
-MAX_QUEUE = 16
+WAITING_PER_SLOT = 4  # requests allowed to wait per batch slot before the runner answers "busy" (429)
 
 
 class RunnerArgs(msgspec.Struct, frozen=True):
@@ -41,13 +40,24 @@ class RunnerArgs(msgspec.Struct, frozen=True):
     nats_url: str
 
 
+class Stream:
+    """What the runner remembers of a request while it generates."""
+
+    def __init__(self, request: GenerateRequest, prompt_tokens: int, cached_tokens: int) -> None:
+        self.request = request
+        self.prompt_tokens = prompt_tokens
+        self.cached_tokens = cached_tokens
+        self.index = 0
+
+
 class RunnerServer:
     def __init__(self, args: RunnerArgs, nc: NATS, engine: Engine) -> None:
         self.args = args
         self.nc = nc
         self.engine = engine
-        self.queue: asyncio.Queue[tuple[GenerateRequest, list[int]]] = asyncio.Queue(MAX_QUEUE)
-        self.cancelled: set[str] = set()
+        self.streams: dict[str, Stream] = {}
+        self.max_admitted = engine.max_batch * (1 + WAITING_PER_SLOT)
+        self._work = asyncio.Event()
 
     async def serve(self, stop: asyncio.Event) -> None:
         iid = self.args.instance_id
@@ -55,7 +65,7 @@ class RunnerServer:
         await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
         await self.nc.flush()
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", f"pid {os.getpid()}")
-        log.info("runner serving", instance=iid)
+        log.info("runner serving", instance=iid, max_batch=self.engine.max_batch)
         loop_task = asyncio.create_task(self._generation_loop())
         await stop.wait()
         loop_task.cancel()
@@ -69,6 +79,10 @@ class RunnerServer:
             request = msgspec.json.decode(data, type=GenerateRequest)
         except msgspec.DecodeError as exc:
             return GenerateRejected("", "invalid_request", f"unreadable request: {exc}")
+        if len(self.streams) >= self.max_admitted:
+            return GenerateRejected(
+                request.request_id, "busy", f"{len(self.streams)} requests are queued or running", retry_after=1.0
+            )
         try:
             prompt = self.engine.prompt_tokens(request)
         except Exception as exc:  # noqa: BLE001 - e.g. a chat template that rejects the roles given
@@ -82,62 +96,55 @@ class RunnerServer:
                 f"this model's context is {self.args.context_length} tokens; the prompt has {len(prompt)} "
                 f"and max_tokens asks for {wanted if wanted is not None else 'at least 1'} more",
             )
-        if wanted is None:
-            request = msgspec.structs.replace(
-                request, sampling=msgspec.structs.replace(request.sampling, max_tokens=room)
-            )
-        if self.queue.full():
-            return GenerateRejected(request.request_id, "busy", "the runner's queue is full", retry_after=1.0)
-        self.queue.put_nowait((request, prompt))
-        return GenerateAccepted(request.request_id, len(prompt), queue_position=self.queue.qsize() - 1)
+        sampling = msgspec.structs.replace(request.sampling, max_tokens=wanted or room)
+        cached = self.engine.submit(request.request_id, prompt, sampling)
+        self.streams[request.request_id] = Stream(request, len(prompt), cached)
+        self._work.set()
+        return GenerateAccepted(request.request_id, len(prompt), cached, queue_position=len(self.streams) - 1)
 
     async def _on_cancel(self, msg) -> None:  # noqa: ANN001
         try:
-            self.cancelled.add(msgspec.json.decode(msg.data, type=CancelGeneration).request_id)
+            request_id = msgspec.json.decode(msg.data, type=CancelGeneration).request_id
         except msgspec.DecodeError:
             log.warning("unreadable cancel ignored")
+            return
+        step = self.engine.cancel(request_id)
+        if step is not None:
+            await self._publish(step)
 
     async def _generation_loop(self) -> None:
         while True:
-            request, prompt = await self.queue.get()
+            if not self.engine.busy:
+                self._work.clear()
+                await self._work.wait()
             try:
-                await self._generate_one(request, prompt)
-            except Exception as exc:  # noqa: BLE001 - the client gets the reason; the runner keeps serving
-                log.exception("generation failed", request=request.request_id)
-                await self._publish(request, len(prompt), 10**9, "", 0, "error", f"generation failed: {exc}")
-            finally:
-                self.cancelled.discard(request.request_id)
+                steps = self.engine.step()
+            except Exception as exc:  # noqa: BLE001 - every client in the batch gets the reason
+                log.exception("generation step failed")
+                await self._fail_all(f"generation failed: {exc}")
+                continue
+            for step in steps:
+                await self._publish(step)
+            await asyncio.sleep(0)  # let NATS flush chunks, admit newcomers and read cancels between steps
 
-    async def _generate_one(self, request: GenerateRequest, prompt: list[int]) -> None:
-        rid = request.request_id
-        if rid in self.cancelled:
+    async def _publish(self, step: Step, error: str | None = None) -> None:
+        stream = self.streams.get(step.request_id)
+        if stream is None:
             return
-        started = time.perf_counter()
-        index, tokens, finish = 0, 0, None
-        for step in self.engine.generate(prompt, request.sampling):
-            tokens = step.completion_tokens
-            finish = step.finish_reason
-            if rid in self.cancelled:
-                finish = "cancelled"
-            await self._publish(request, len(prompt), index, step.text, tokens, finish)
-            index += 1
-            if finish is not None:
-                break
-            await asyncio.sleep(0)  # let NATS flush this chunk and read cancels before the next step
-        log.info(
-            "generated", request=rid, prompt_tokens=len(prompt), tokens=tokens, finish=finish,
-            seconds=round(time.perf_counter() - started, 3),
+        chunk = TokenChunk(
+            step.request_id, stream.index, step.text, step.completion_tokens, stream.prompt_tokens,
+            step.finish_reason, error, stream.cached_tokens,  # type: ignore[arg-type]
         )  # fmt: skip
+        stream.index += 1
+        await self.nc.publish(subjects.tokens(step.request_id), msgspec.json.encode(chunk))
+        if step.finish_reason is not None:
+            del self.streams[step.request_id]
+            log.info(
+                "generated", request=step.request_id, prompt_tokens=stream.prompt_tokens,
+                cached_tokens=stream.cached_tokens, tokens=step.completion_tokens, finish=step.finish_reason,
+            )  # fmt: skip
 
-    async def _publish(
-        self,
-        request: GenerateRequest,
-        prompt_tokens: int,
-        index: int,
-        text: str,
-        tokens: int,
-        finish: str | None,
-        error: str | None = None,
-    ) -> None:
-        chunk = TokenChunk(request.request_id, index, text, tokens, prompt_tokens, finish, error)  # type: ignore[arg-type]
-        await self.nc.publish(subjects.tokens(request.request_id), msgspec.json.encode(chunk))
+    async def _fail_all(self, reason: str) -> None:
+        for request_id in list(self.streams):
+            self.engine.cancel(request_id)
+            await self._publish(Step(request_id, "", 0, "error"), error=reason)
