@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -251,9 +253,14 @@ def _kill_tree(node: Node) -> None:
 
 
 @pytest.fixture(scope="session")
-def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Node]]:
-    """Factory: start_node(name, *exo_args) -> Node. Call node.stop() when done; leftovers stop at session end."""
-    root = tmp_path_factory.mktemp("nodes")
+def start_node(request: pytest.FixtureRequest) -> Iterator[Callable[..., Node]]:
+    """Factory: start_node(name, *exo_args) -> Node. Call node.stop() when done; leftovers stop at session end.
+
+    State dirs live under a temp dir of our own, not pytest's tmp_path: pytest prunes old numbered
+    basetemp dirs, and other pytest sessions on this machine must never delete a running node's state.
+    The dir is removed after a clean session and kept (its path printed) when a test failed or a node
+    did not stop; EXO_TEST_KEEP_STATE=1 keeps it always."""
+    root = Path(tempfile.mkdtemp(prefix="exo-it-"))
     started: list[Node] = []
 
     def start(name: str, *extra_args: str) -> Node:
@@ -269,7 +276,11 @@ def start_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
         except BaseException as exc:  # noqa: BLE001 - stop the others, then report
             failures.append(f"{node.name}: {exc}")
     if failures:
-        pytest.fail("; ".join(failures))
+        pytest.fail("; ".join(failures) + f"\nnode state kept in {root}")
+    if os.environ.get("EXO_TEST_KEEP_STATE") == "1" or request.session.testsfailed:
+        print(f"\nexo test node state kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

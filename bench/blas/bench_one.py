@@ -22,17 +22,22 @@ prompt = mx.array(ids)
 
 def run(n_decode):
     cache = make_prompt_cache(model)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     logits = model(prompt[None], cache=cache)
     y = mx.argmax(logits[:, -1, :], axis=-1)
     mx.eval(y)
     t1 = time.perf_counter()
+    c1 = time.process_time()
     out = [y.item()]
     for _ in range(n_decode):
         logits = model(y[:, None], cache=cache)
         y = mx.argmax(logits[:, -1, :], axis=-1)
         out.append(y.item())
     t2 = time.perf_counter()
+    c2 = time.process_time()
+    global cpu_p, cpu_d
+    cpu_p, cpu_d = c1 - c0, c2 - c1
     return t1 - t0, t2 - t1, out
 
 run(4)  # warm-up
@@ -47,4 +52,4 @@ names = {l.split()[-1].rsplit("/", 1)[-1] for l in maps.splitlines() if "/" in l
 blas = sorted(n for n in names if any(k in n for k in ("blas", "mkl_", "lapack")))
 print(json.dumps({"model": os.path.basename(model_dir.rstrip("/")), "n_prompt": len(ids),
                   "prefill_tps": round(len(ids) / best_p, 1), "decode_tps": round(64 / best_d, 2),
-                  "tokens": toks, "libs": blas}))
+                  "prefill_cpu_s": round(cpu_p, 2), "decode_cpu_s": round(cpu_d, 2), "tokens": toks, "libs": blas}))

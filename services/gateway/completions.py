@@ -74,13 +74,13 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
 
 
 async def _collect(request: Request, rid: str, body: SamplingFields, first: TokenChunk, chunks, chat: bool):  # noqa: ANN001, ANN202
-    async def gather() -> tuple[str, str, int]:
-        parts, finish, tokens = [], "stop", 0
+    async def gather() -> tuple[str, str, TokenChunk]:
+        parts, finish, last = [], "stop", first
         async for chunk in chunks:
             parts.append(chunk.text)
-            tokens = chunk.completion_tokens
+            last = chunk
             finish = openai_finish_reason(chunk.finish_reason) or finish
-        return "".join(parts), finish, tokens
+        return "".join(parts), finish, last
 
     task = asyncio.create_task(gather())
     while not task.done():
@@ -90,11 +90,14 @@ async def _collect(request: Request, rid: str, body: SamplingFields, first: Toke
             await asyncio.gather(task, return_exceptions=True)
             await chunks.aclose()
             return JSONResponse({}, status_code=499)
-    text, finish, tokens = task.result()
-    use = _usage(first, tokens)
+    text, finish, last = task.result()
     if chat:
-        return chat_completion(rid, body.model, text, finish, use)
-    return text_completion(rid, body.model, text, finish, use)
+        return chat_completion(rid, body.model, text, finish, _usage(last))
+    return text_completion(rid, body.model, text, finish, _usage(last))
+
+
+def _usage(last: TokenChunk) -> dict:
+    return usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
 
 
 def _sse(data: dict | str) -> bytes:
@@ -102,20 +105,15 @@ def _sse(data: dict | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-def _usage(first: TokenChunk, completion_tokens: int) -> dict:
-    return usage(first.prompt_tokens, completion_tokens, first.cached_tokens)
-
-
 async def _sse_chat(rid: str, body: SamplingFields, first: TokenChunk, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
     created = int(time.time())
     yield _sse(chat_chunk(rid, body.model, created, {"role": "assistant", "content": ""}, None))
-    tokens = 0
+    last = first
     try:
-        async for chunk in chunks:
-            tokens = chunk.completion_tokens
-            finish = openai_finish_reason(chunk.finish_reason)
-            if chunk.text:
-                yield _sse(chat_chunk(rid, body.model, created, {"content": chunk.text}, None))
+        async for last in chunks:
+            finish = openai_finish_reason(last.finish_reason)
+            if last.text:
+                yield _sse(chat_chunk(rid, body.model, created, {"content": last.text}, None))
             if finish is not None:
                 yield _sse(chat_chunk(rid, body.model, created, {}, finish))
     except OpenAIError as exc:
@@ -124,24 +122,22 @@ async def _sse_chat(rid: str, body: SamplingFields, first: TokenChunk, chunks) -
     finally:
         await chunks.aclose()
     if body.include_usage:
-        final = chat_chunk(rid, body.model, created, {}, None) | {"choices": [], "usage": _usage(first, tokens)}
-        yield _sse(final)
+        yield _sse(chat_chunk(rid, body.model, created, {}, None) | {"choices": [], "usage": _usage(last)})
     yield _sse("[DONE]")
 
 
 async def _sse_text(rid: str, body: SamplingFields, first: TokenChunk, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
-    tokens = 0
+    last = first
     try:
-        async for chunk in chunks:
-            tokens = chunk.completion_tokens
-            finish = openai_finish_reason(chunk.finish_reason)
-            if chunk.text or finish is not None:
-                yield _sse(text_completion(rid, body.model, chunk.text, finish, None))
+        async for last in chunks:
+            finish = openai_finish_reason(last.finish_reason)
+            if last.text or finish is not None:
+                yield _sse(text_completion(rid, body.model, last.text, finish, None))
     except OpenAIError as exc:
         yield _sse(exc.body())
         return
     finally:
         await chunks.aclose()
     if body.include_usage:
-        yield _sse(text_completion(rid, body.model, "", None, _usage(first, tokens)) | {"choices": []})
+        yield _sse(text_completion(rid, body.model, "", None, _usage(last)) | {"choices": []})
     yield _sse("[DONE]")

@@ -22,8 +22,9 @@ from services.gateway.errors import OpenAIError, bad_request, unavailable
 log = structlog.get_logger()
 
 SUBMIT_TIMEOUT_S = 10.0
-# Longest silence between two chunks before the gateway gives up on a generation (queueing + prefill).
-CHUNK_TIMEOUT_S = 120.0
+# Longest silence between two chunks before the gateway gives up on a generation. Runners send an empty
+# keep-alive chunk every few seconds while a request waits or prefills, so silence means a dead runner.
+CHUNK_TIMEOUT_S = 30.0
 
 
 class InstanceGone(Exception):

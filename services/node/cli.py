@@ -42,6 +42,8 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=default_state_dir(), help="node state (default ~/.exo)")
     p.add_argument("--memory", default=None, help="memory budget placement may use here, e.g. 1GB")
     p.add_argument("--weight-format", choices=["q4", "f32"], default=None, help="force a weight layout")
+    p.add_argument("--max-batch", type=int, default=None, help="requests a runner decodes together (default 8)")
+    p.add_argument("--max-waiting", type=int, default=None, help="requests allowed to wait per batch slot (default 4)")
     for service in SERVICES:
         p.add_argument(f"--no-{service}", action="store_true", help=f"do not run the {service} service here")
     p.add_argument("--log-level", default="info")
@@ -110,6 +112,10 @@ def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str) -> dic
         env["EXO_MEMORY"] = args.memory
     if args.weight_format:
         env["EXO_WEIGHT_FORMAT"] = args.weight_format
+    if args.max_batch is not None:
+        env["EXO_MAX_BATCH"] = str(args.max_batch)
+    if args.max_waiting is not None:
+        env["EXO_MAX_WAITING"] = str(args.max_waiting)
     return env
 
 

@@ -22,13 +22,22 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm import stream_generate  # noqa: E402
 from mlx_lm.sample_utils import make_sampler  # noqa: E402
 
-from services.worker.runner.sharding import init_group, load_shard, parameter_bytes  # noqa: E402
+from services.worker.runner.sharding import init_group, load_shard, parameter_bytes, sync_ranks  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint. Use vivid detail."}]
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    exec from the parent, so a child of a big pytest process would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def main() -> None:
@@ -61,6 +70,7 @@ def main() -> None:
         tokens.append(int(response.token))
         text.append(response.text)
         last = response
+    sync_ranks(group)
     out = {
         "rank": rank,
         "strategy": args.strategy,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -114,28 +116,24 @@ def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
 
 def test_stop_string_cuts_the_text(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
-    full = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40)
+    full = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16)
     full_text = full.choices[0].message.content
     # pick a stop string that the unconstrained answer contains, past its start
-    stop = next((s for s in (" 5", "5", ",") if s in full_text[1:]), None)
+    stop = next((s for s in (" 3", "3", ",") if s in full_text[1:]), None)
     assert stop is not None, f"the model's answer has nothing to stop on: {full_text!r}"
-    cut = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=40, stop=[stop])
-    text = cut.choices[0].message.content
-    assert stop not in text
-    assert cut.choices[0].finish_reason == "stop"
-    assert full_text.startswith(text)
-    assert text == full_text[: full_text.index(stop)]
-    assert cut.usage.completion_tokens < full.usage.completion_tokens
-
-    # streamed, the stop string never leaks either
-    streamed = "".join(
-        c.choices[0].delta.content or ""
-        for c in client.chat.completions.create(
-            model=MODEL, messages=messages, temperature=0, max_tokens=40, stop=stop, stream=True
-        )
-        if c.choices
+    # streamed, where a stop string split over several tokens could leak before it is recognised
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=16, stop=[stop], stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
     )
-    assert streamed == text
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert stop not in text
+    assert text == full_text[: full_text.index(stop)]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].usage.completion_tokens < full.usage.completion_tokens
 
 
 def test_same_seed_same_text(client: openai.OpenAI) -> None:
@@ -143,42 +141,38 @@ def test_same_seed_same_text(client: openai.OpenAI) -> None:
 
     def sample(seed: int) -> str:
         response = client.chat.completions.create(
-            model=MODEL, messages=messages, temperature=1.0, seed=seed, max_tokens=24
+            model=MODEL, messages=messages, temperature=1.0, seed=seed, max_tokens=12
         )
         return response.choices[0].message.content
 
-    first, second = sample(1234), sample(1234)
+    first, second, other = sample(1234), sample(1234), sample(99)
     assert first == second
-    others = {sample(seed) for seed in (1, 2, 3)}
-    assert len(others | {first}) > 1, "different seeds at temperature 1 all gave the same text"
+    assert other != first, "a different seed at temperature 1 gave the same 12 tokens"
 
 
 def test_completions_endpoint(client: openai.OpenAI) -> None:
-    response = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8)
+    prompt = "The capital of France is"
+    response = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=6)
     assert response.object == "text_completion"
     assert response.model == MODEL
+    assert response.id.startswith("cmpl-")
     choice = response.choices[0]
-    assert choice.text
     assert "Paris" in choice.text
     assert choice.finish_reason in ("stop", "length")
-    assert response.usage.completion_tokens <= 8
+    assert 0 < response.usage.completion_tokens <= 6
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
 
-
-def test_completions_streaming(client: openai.OpenAI) -> None:
     chunks = list(
         client.completions.create(
-            model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8, stream=True,
+            model=MODEL, prompt=prompt, temperature=0, max_tokens=6, stream=True,
             stream_options={"include_usage": True},
         )  # fmt: skip
     )
-    text = "".join(c.choices[0].text for c in chunks if c.choices)
-    whole = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8)
-    assert text == whole.choices[0].text
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.completion_tokens == response.usage.completion_tokens
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finishes == [whole.choices[0].finish_reason]
+    assert finishes == [choice.finish_reason]
 
 
 def test_content_parts_and_system_message(client: openai.OpenAI) -> None:
@@ -189,6 +183,29 @@ def test_content_parts_and_system_message(client: openai.OpenAI) -> None:
             {"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]},
         ],
         temperature=0,
-        max_tokens=30,
+        max_tokens=10,
     )
     assert "Paris" in response.choices[0].message.content
+
+
+def test_stream_starts_before_the_prefill_ends(node: Node) -> None:
+    """The runner acknowledges a request before its prefill ends (it must not block its NATS loop on MLX),
+    so the gateway opens the SSE stream at once; the first content comes after the prefill.
+
+    A long prompt makes the prefill long enough to tell the two apart."""
+    words = " ".join(f"item{i}" for i in range(700))
+    messages = [{"role": "user", "content": f"Here is a list: {words}. What is the first item?"}]
+    body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 2, "stream": True}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{node.api_url}/chat/completions", json=body, timeout=300) as response:
+        headers_at = time.monotonic() - started
+        assert response.status_code == 200
+        first_content_at = None
+        for line in response.iter_lines():
+            if first_content_at is None and '"content":"' in line and '"content":""' not in line:
+                first_content_at = time.monotonic() - started
+    assert first_content_at is not None
+    assert headers_at < max(0.5 * first_content_at, 0.3), (
+        f"the stream opened only {headers_at:.2f} s after the request, {first_content_at - headers_at:.2f} s "
+        "before its first token: the runner's submit reply waited for the prefill"
+    )

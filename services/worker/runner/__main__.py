@@ -15,8 +15,8 @@ from shared.logging import setup_logging
 from shared.service import run_until_signalled
 
 from services.worker.reporting import report_runner
-from services.worker.runner.engine import Engine
-from services.worker.runner.server import RunnerArgs, RunnerServer
+from services.worker.runner.engine import MAX_BATCH, Engine
+from services.worker.runner.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
 
 log = structlog.get_logger()
 
@@ -45,13 +45,14 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
     asyncio.create_task(watch_parent(stop))
     await report_runner(nc, args.instance_id, args.node_id, args.rank, "loading", args.model_path)
     try:
-        engine = Engine(Path(args.model_path))
+        engine = Engine(Path(args.model_path), max_batch=int(os.environ.get("EXO_MAX_BATCH", MAX_BATCH)))
     except Exception as exc:  # noqa: BLE001 - reported to the master, then the runner exits
         log.exception("model failed to load")
         await report_runner(nc, args.instance_id, args.node_id, args.rank, "failed", f"model failed to load: {exc}")
         await nc.drain()
         raise SystemExit(3) from exc
-    await RunnerServer(args, nc, engine).serve(stop)
+    max_waiting = int(os.environ.get("EXO_MAX_WAITING", WAITING_PER_SLOT))
+    await RunnerServer(args, nc, engine, max_waiting).serve(stop)
     await nc.drain()
 
 

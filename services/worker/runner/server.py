@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import structlog
@@ -15,6 +17,7 @@ from shared.generation import (
     GenerateAccepted,
     GenerateRejected,
     GenerateRequest,
+    SamplingParams,
     TokenChunk,
 )
 
@@ -24,6 +27,8 @@ from services.worker.runner.engine import Engine, Step
 log = structlog.get_logger()
 
 WAITING_PER_SLOT = 4  # requests allowed to wait per batch slot before the runner answers "busy" (429)
+# A stream that has had no chunk for this long gets an empty one, so the gateway can tell slow from dead.
+KEEPALIVE_S = 3.0
 
 
 class RunnerArgs(msgspec.Struct, frozen=True):
@@ -43,21 +48,30 @@ class RunnerArgs(msgspec.Struct, frozen=True):
 class Stream:
     """What the runner remembers of a request while it generates."""
 
-    def __init__(self, request: GenerateRequest, prompt_tokens: int, cached_tokens: int) -> None:
+    def __init__(self, request: GenerateRequest, prompt: list[int], sampling: SamplingParams) -> None:
         self.request = request
-        self.prompt_tokens = prompt_tokens
-        self.cached_tokens = cached_tokens
+        self.prompt = prompt
+        self.sampling = sampling
+        self.cached_tokens = 0
         self.index = 0
+        self.last_sent = time.monotonic()
+        self.completion_tokens = 0
 
 
 class RunnerServer:
-    def __init__(self, args: RunnerArgs, nc: NATS, engine: Engine) -> None:
+    """NATS callbacks run on the event loop; every MLX call runs on one dedicated thread, between which the
+    loop admits newcomers and cancels, so a long prefill never stops the runner from answering."""
+
+    def __init__(self, args: RunnerArgs, nc: NATS, engine: Engine, max_waiting: int = WAITING_PER_SLOT) -> None:
         self.args = args
         self.nc = nc
         self.engine = engine
         self.streams: dict[str, Stream] = {}
-        self.max_admitted = engine.max_batch * (1 + WAITING_PER_SLOT)
+        self.to_submit: list[Stream] = []
+        self.to_cancel: list[str] = []
+        self.max_admitted = engine.max_batch * (1 + max_waiting)
         self._work = asyncio.Event()
+        self._mlx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
 
     async def serve(self, stop: asyncio.Event) -> None:
         iid = self.args.instance_id
@@ -65,10 +79,11 @@ class RunnerServer:
         await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
         await self.nc.flush()
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", f"pid {os.getpid()}")
-        log.info("runner serving", instance=iid, max_batch=self.engine.max_batch)
-        loop_task = asyncio.create_task(self._generation_loop())
+        log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
+        tasks = [asyncio.create_task(self._generation_loop()), asyncio.create_task(self._keepalive_loop())]
         await stop.wait()
-        loop_task.cancel()
+        for task in tasks:
+            task.cancel()
 
     async def _on_generate(self, msg) -> None:  # noqa: ANN001
         reply = self._admit(msg.data)
@@ -96,11 +111,11 @@ class RunnerServer:
                 f"this model's context is {self.args.context_length} tokens; the prompt has {len(prompt)} "
                 f"and max_tokens asks for {wanted if wanted is not None else 'at least 1'} more",
             )
-        sampling = msgspec.structs.replace(request.sampling, max_tokens=wanted or room)
-        cached = self.engine.submit(request.request_id, prompt, sampling)
-        self.streams[request.request_id] = Stream(request, len(prompt), cached)
+        stream = Stream(request, prompt, msgspec.structs.replace(request.sampling, max_tokens=wanted or room))
+        self.streams[request.request_id] = stream
+        self.to_submit.append(stream)
         self._work.set()
-        return GenerateAccepted(request.request_id, len(prompt), cached, queue_position=len(self.streams) - 1)
+        return GenerateAccepted(request.request_id, len(prompt), queue_position=len(self.streams) - 1)
 
     async def _on_cancel(self, msg) -> None:  # noqa: ANN001
         try:
@@ -108,43 +123,66 @@ class RunnerServer:
         except msgspec.DecodeError:
             log.warning("unreadable cancel ignored")
             return
-        step = self.engine.cancel(request_id)
-        if step is not None:
-            await self._publish(step)
+        if request_id in self.streams:
+            self.to_cancel.append(request_id)
+            self._work.set()
 
     async def _generation_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            if not self.engine.busy:
+            if not (self.engine.busy or self.to_submit or self.to_cancel):
                 self._work.clear()
                 await self._work.wait()
+            submits, self.to_submit = self.to_submit, []
+            cancels, self.to_cancel = self.to_cancel, []
             try:
-                steps = self.engine.step()
+                steps = await loop.run_in_executor(self._mlx_thread, self._cycle, submits, cancels)
             except Exception as exc:  # noqa: BLE001 - every client in the batch gets the reason
                 log.exception("generation step failed")
                 await self._fail_all(f"generation failed: {exc}")
                 continue
             for step in steps:
                 await self._publish(step)
-            await asyncio.sleep(0)  # let NATS flush chunks, admit newcomers and read cancels between steps
+
+    def _cycle(self, submits: list[Stream], cancels: list[str]) -> list[Step]:
+        """On the MLX thread: admit newcomers into the batch, drop cancelled requests, run one step."""
+        steps = [step for rid in cancels if (step := self.engine.cancel(rid)) is not None]
+        for stream in submits:
+            if stream.request.request_id not in cancels:
+                stream.cached_tokens = self.engine.submit(stream.request.request_id, stream.prompt, stream.sampling)
+        if self.engine.busy:
+            steps += self.engine.step()
+        return steps
 
     async def _publish(self, step: Step, error: str | None = None) -> None:
         stream = self.streams.get(step.request_id)
         if stream is None:
             return
         chunk = TokenChunk(
-            step.request_id, stream.index, step.text, step.completion_tokens, stream.prompt_tokens,
+            step.request_id, stream.index, step.text, step.completion_tokens, len(stream.prompt),
             step.finish_reason, error, stream.cached_tokens,  # type: ignore[arg-type]
         )  # fmt: skip
         stream.index += 1
+        stream.last_sent = time.monotonic()
+        stream.completion_tokens = step.completion_tokens
         await self.nc.publish(subjects.tokens(step.request_id), msgspec.json.encode(chunk))
         if step.finish_reason is not None:
             del self.streams[step.request_id]
             log.info(
-                "generated", request=step.request_id, prompt_tokens=stream.prompt_tokens,
+                "generated", request=step.request_id, prompt_tokens=len(stream.prompt),
                 cached_tokens=stream.cached_tokens, tokens=step.completion_tokens, finish=step.finish_reason,
             )  # fmt: skip
 
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S / 3)
+            now = time.monotonic()
+            for stream in list(self.streams.values()):
+                if now - stream.last_sent >= KEEPALIVE_S:
+                    await self._publish(Step(stream.request.request_id, "", stream.completion_tokens, None))
+
     async def _fail_all(self, reason: str) -> None:
+        loop = asyncio.get_running_loop()
         for request_id in list(self.streams):
-            self.engine.cancel(request_id)
+            await loop.run_in_executor(self._mlx_thread, self.engine.cancel, request_id)
             await self._publish(Step(request_id, "", 0, "error"), error=reason)

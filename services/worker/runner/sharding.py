@@ -317,3 +317,21 @@ def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group |
     if group.size() != world_size:
         raise ShardingError(f"joined a group of {group.size()} ranks, expected {world_size}")
     return group
+
+
+def sync_ranks(group: mx.distributed.Group | None) -> None:
+    """Wait for this rank's queued work, then for every rank. Call after each generation and before a
+    rank exits: mlx-lm's loop leaves one look-ahead step in flight, and a rank that exits while a peer
+    still needs it for that step's collectives breaks the peer's ring ("connection to a peer was lost")."""
+    mx.synchronize()
+    if group is not None and group.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
+
+
+def any_rank(flag: bool, group: mx.distributed.Group | None) -> bool:
+    """True on every rank when `flag` is true on any rank (one tiny all_sum). Every rank must run the same
+    number of model steps per request, so a stop that only one rank sees (a cancelled client on rank 0,
+    a deadline) is agreed on with this before the next step."""
+    if group is None or group.size() == 1:
+        return flag
+    return mx.distributed.all_sum(mx.array(1 if flag else 0, dtype=mx.int32), group=group, stream=mx.cpu).item() > 0

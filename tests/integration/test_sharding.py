@@ -1,0 +1,200 @@
+"""Sharded generation with real rank processes: pipeline (2 and 3 stages) and tensor parallel (3 ranks)
+over MLX's ring backend on loopback, against the same model in one process.
+
+Each rank is `tests/integration/sharded_generate.py`, spawned directly with MLX_RANK and MLX_HOSTFILE
+(written by services/worker/dataplane.py); no mlx.launch. Every rank prints one JSON line: tokens,
+decode tok/s, peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.worker.dataplane import choose_free_ports, ring_config, write_files
+from shared.events import Instance, ShardAssignment
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tests" / "integration" / "sharded_generate.py"
+MAX_TOKENS = 128
+RUN_TIMEOUT_S = 900
+SPEEDS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def f32_model(tmp_path_factory) -> Path:
+    from services.worker.gguf_import import convert_gguf
+    from services.worker.model_store import packaged_file
+    from shared.models import PackagedGguf, get_card
+
+    source = get_card("smollm2-135m").source
+    assert isinstance(source, PackagedGguf)
+    gguf = packaged_file(source)
+    out = tmp_path_factory.mktemp("models") / "smollm2-f32"
+    convert_gguf(gguf, out, weight_format="f32")
+    return out
+
+
+def run_ranks(
+    model: Path,
+    strategy: str,
+    world: int,
+    tmp: Path,
+    layers: list[tuple[int, int]] | None = None,
+    max_tokens: int = MAX_TOKENS,
+    extra: tuple[str, ...] = (),
+) -> list[dict]:
+    """Start `world` rank processes, wait for all, return their JSON results in rank order."""
+    args = [sys.executable, str(SCRIPT), "--model", str(model), "--strategy", strategy, "--world-size", str(world)]
+    args += ["--max-tokens", str(max_tokens), *extra]
+    if layers:
+        args += ["--layers", ",".join(f"{a}:{b}" for a, b in layers)]
+    envs = [{}]
+    if world > 1:
+        shards = tuple(
+            ShardAssignment(f"node-{r}", r, *(layers[r] if layers else (0, 30))) for r in range(world)
+        )
+        instance = Instance("test", "smollm2-135m", strategy if strategy != "single" else "pipeline", "ring", shards)
+        addresses = {s.node_id: "127.0.0.1" for s in shards}
+        ports = choose_free_ports(world)
+        envs = []
+        for r in range(world):
+            config = ring_config(instance, r, addresses, ports, tmp)
+            write_files(config)
+            envs.append(config.env)
+    procs = []
+    for r in range(world):
+        out, err = open(tmp / f"rank{r}.out", "w"), open(tmp / f"rank{r}.err", "w")
+        env = {**os.environ, **envs[r], "PYTHONPATH": str(REPO)}
+        procs.append(subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=REPO))
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for r, p in enumerate(procs):
+        stderr = (tmp / f"rank{r}.err").read_text()[-3000:]
+        assert p.returncode == 0, f"rank {r} of {strategy}x{world} exited {p.returncode}:\n{stderr}"
+        results.append(json.loads((tmp / f"rank{r}.out").read_text().strip().splitlines()[-1]))
+    return results
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def describe(label: str, results: list[dict]) -> None:
+    for r in results:
+        print(
+            f"{label} rank {r['rank']}: decode {r['decode_tps']:.2f} tok/s, prefill {r['prefill_tps']:.1f} tok/s, "
+            f"params {r['param_bytes'] / 1e6:.0f} MB, peak RSS {r['peak_rss'] / 1e6:.0f} MB"
+        )
+
+
+@pytest.fixture(scope="module")
+def single(f32_model, tmp_path_factory) -> dict:
+    (result,) = run_ranks(f32_model, "single", 1, tmp_path_factory.mktemp("single"))
+    describe("single", [result])
+    SPEEDS["single"] = result["decode_tps"]
+    assert len(result["tokens"]) == MAX_TOKENS
+    return result
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [[(0, 15), (15, 30)], [(0, 10), (10, 20), (20, 30)]],
+    ids=["2-stage", "3-stage"],
+)
+def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, single, layers, tmp_path):
+    world = len(layers)
+    results = run_ranks(f32_model, "pipeline", world, tmp_path, layers)
+    describe(f"pipeline x{world}", results)
+    SPEEDS[f"pipeline-{world}"] = min(r["decode_tps"] for r in results)
+    for r in results:  # every rank samples the same tokens, equal to one process's
+        assert r["tokens"] == single["tokens"], f"rank {r['rank']} differs at {common_prefix(r['tokens'], single['tokens'])}"
+    # Memory: a rank holds its layers plus the (tied) embedding/head, not the whole model.
+    whole_params, whole_rss = single["param_bytes"], single["peak_rss"]
+    embedding = 49152 * 576 * 4
+    for r, (a, b) in zip(results, layers):
+        share = embedding + (whole_params - embedding) * (b - a) / 30
+        assert r["param_bytes"] == pytest.approx(share, rel=0.02)
+        print(f"  rank {r['rank']}: peak RSS {r['peak_rss'] / 1e6:.0f} MB vs whole model {whole_rss / 1e6:.0f} MB")
+        assert r["peak_rss"] < whole_rss - 0.8 * (whole_params - r["param_bytes"])
+
+
+def test_tensor_parallel_three_ranks(f32_model, single, tmp_path):
+    """3-rank tensor parallel (SmolLM2: 9 heads -> 3 per rank, 3 KV heads -> 1 per rank).
+
+    Expected difference and its cause: o_proj and down_proj become sharded-to-all layers whose three
+    partial matmuls are added by all_sum, i.e. the 576/1536-term dot products are summed in a different
+    order than in one matmul. Float32 addition is not associative, so logits differ in the last bits;
+    greedy decoding stays identical unless two top logits are within that noise. Measured here on this
+    prompt: identical over all 128 tokens (see the printed common prefix); the test requires the first
+    32 tokens to match and reports the rest.
+    """
+    results = run_ranks(f32_model, "tensor", 3, tmp_path)
+    describe("tensor x3", results)
+    SPEEDS["tensor-3"] = min(r["decode_tps"] for r in results)
+    assert results[0]["tokens"] == results[1]["tokens"] == results[2]["tokens"]
+    agree = common_prefix(results[0]["tokens"], single["tokens"])
+    print(f"tensor x3: first {agree} of {MAX_TOKENS} tokens identical to one process")
+    assert agree >= 32
+    whole = single["param_bytes"]
+    for r in results:
+        assert r["param_bytes"] < 0.5 * whole
+
+
+def test_seeded_sampling_is_identical_in_a_pipeline(f32_model, tmp_path):
+    seeded = ("--temp", "0.8", "--seed", "1234")
+    for sub in ("one", "two", "greedy"):
+        (tmp_path / sub).mkdir()
+    (one,) = run_ranks(f32_model, "single", 1, tmp_path / "one", max_tokens=32, extra=seeded)
+    two = run_ranks(f32_model, "pipeline", 2, tmp_path / "two", [(0, 15), (15, 30)], max_tokens=32, extra=seeded)
+    for r in two:
+        assert r["tokens"] == one["tokens"], f"rank {r['rank']} differs at {common_prefix(r['tokens'], one['tokens'])}"
+    (greedy,) = run_ranks(f32_model, "single", 1, tmp_path / "greedy", max_tokens=32)
+    assert one["tokens"] != greedy["tokens"]  # the seed really sampled
+
+
+def test_tensor_parallel_refuses_two_ranks_for_smollm2(f32_model):
+    from mlx_lm.utils import load_model
+
+    from services.worker.runner.sharding import ShardingError, shard_tensor
+
+    class TwoRanks:
+        def size(self) -> int:
+            return 2
+
+        def rank(self) -> int:
+            return 0
+
+    model, _ = load_model(f32_model, lazy=True)
+    with pytest.raises(ShardingError, match="9 attention heads, 3 KV heads do not divide by 2"):
+        shard_tensor(model, TwoRanks())  # type: ignore[arg-type]
+
+
+def test_report_speeds():
+    """Decode speed of the runs above, same session (figures for the issue's benchmark)."""
+    if "single" not in SPEEDS:
+        pytest.skip("no runs recorded")
+    base = SPEEDS["single"]
+    for name, tps in SPEEDS.items():
+        print(f"decode {name:12s} {tps:6.2f} tok/s  ({tps / base:.2f} of single)")
