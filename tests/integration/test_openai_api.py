@@ -193,8 +193,8 @@ def test_stream_starts_before_the_prefill_ends(node: Node) -> None:
     so the gateway opens the SSE stream at once; the first content comes after the prefill.
 
     A long prompt makes the prefill long enough to tell the two apart."""
-    words = " ".join(f"item{i}" for i in range(700))
-    messages = [{"role": "user", "content": f"Here is a list: {words}. What is the first item?"}]
+    words = " ".join(["apple", "pear", "plum"] * 20)  # ~80 prompt tokens: a CPU prefill of seconds here
+    messages = [{"role": "user", "content": f"Here is a list of fruit: {words}. Which fruit comes first?"}]
     body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 2, "stream": True}
     started = time.monotonic()
     with httpx.stream("POST", f"{node.api_url}/chat/completions", json=body, timeout=300) as response:
