@@ -1,0 +1,151 @@
+"""The runner as an engine, on real nodes and the real model: continuous batching, cancel frees a slot,
+a bounded queue (429), the prefix cache, seeded and greedy determinism whatever shares the batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, Node
+
+pytestmark = pytest.mark.slow
+
+STORY = [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
+
+
+def ask(client: openai.OpenAI, content: str, **kwargs) -> tuple[str, openai.types.CompletionUsage, str]:
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kwargs)
+    return r.choices[0].message.content, r.usage, r.choices[0].finish_reason
+
+
+def in_parallel(calls: list[Callable[[], object]]) -> list[object]:
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion of the caller
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+@pytest.fixture(scope="module")
+def client(node: Node) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.api_url, api_key="none", timeout=300.0, max_retries=0)
+
+
+def test_concurrent_streams_all_complete_with_their_own_limits(client: openai.OpenAI) -> None:
+    limits = [3, 5, 7, 9, 11, 4]
+    results = in_parallel(
+        [lambda n=n: ask(client, f"Count from 1 to 50, number {n}.", max_tokens=n, temperature=0) for n in limits]
+    )
+    for n, result in zip(limits, results):
+        assert not isinstance(result, Exception), result
+        text, usage, finish = result
+        assert text
+        assert finish in ("length", "stop")
+        assert usage.completion_tokens == n if finish == "length" else usage.completion_tokens <= n
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_greedy_output_is_the_same_batched_and_alone(client: openai.OpenAI) -> None:
+    question = "Name three colours of the rainbow."
+    alone = ask(client, question, max_tokens=16, temperature=0)[0]
+    others = [lambda i=i: ask(client, f"Tell me a fact about the number {i}.", max_tokens=16, temperature=0.9)
+              for i in range(4)]  # fmt: skip
+    batched = in_parallel([lambda: ask(client, question, max_tokens=16, temperature=0), *others])
+    assert not isinstance(batched[0], Exception), batched[0]
+    assert batched[0][0] == alone
+
+
+def test_seeded_request_gives_one_text_alone_and_inside_a_busy_batch(client: openai.OpenAI) -> None:
+    def seeded() -> str:
+        return ask(client, "Invent a name for a cat.", max_tokens=12, temperature=1.0, seed=1234)[0]
+
+    alone = {seeded() for _ in range(5)}
+    assert len(alone) == 1
+    noise = [lambda i=i: ask(client, f"Say something random {i}.", max_tokens=12, temperature=1.0) for i in range(3)]
+    busy = in_parallel([seeded, seeded, *noise, seeded, seeded, seeded])
+    seeded_results = [busy[i] for i in (0, 1, 5, 6, 7)]
+    assert all(isinstance(r, str) for r in seeded_results), seeded_results
+    assert set(seeded_results) == alone
+
+
+def test_prefix_cache_hit_is_reported_in_usage(client: openai.OpenAI) -> None:
+    system = "You are a librarian. " + " ".join(f"Shelf {i} holds books about topic {i}." for i in range(30))
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Where are the maps?"}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+    follow_up = messages + [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And the atlases?"},
+    ]
+    second = client.chat.completions.create(model=MODEL, messages=follow_up, max_tokens=4, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens - 1, (cached, first.usage.prompt_tokens)
+    assert cached < second.usage.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_node(start_node: Callable[..., Node]) -> Iterator[Node]:
+    """One batch slot and no waiting room: the second concurrent request is over the queue bound."""
+    n = start_node("one-slot", "--max-batch", "1", "--max-waiting", "0")
+    yield n
+    n.stop()
+
+
+def open_stream(node: Node, max_tokens: int = 2000) -> tuple[httpx.Client, httpx.Response]:
+    http = httpx.Client(timeout=60)
+    body = {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "stream": True}
+    response = http.send(http.build_request("POST", f"{node.api_url}/chat/completions", json=body), stream=True)
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    for line in lines:  # wait until tokens flow: the request holds the only slot
+        if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+            break
+    return http, response
+
+
+def test_queue_overflow_answers_429_with_retry_after(tiny_node: Node) -> None:
+    http, stream = open_stream(tiny_node)
+    try:
+        r = httpx.post(
+            f"{tiny_node.api_url}/chat/completions",
+            json={"model": MODEL, "messages": STORY, "max_tokens": 4},
+            timeout=30,
+        )
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        stream.close()
+        http.close()
+
+
+def test_cancel_mid_stream_frees_the_slot(tiny_node: Node) -> None:
+    http, stream = open_stream(tiny_node)
+    stream.close()  # the client goes away mid-stream
+    http.close()
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.post(
+            f"{tiny_node.api_url}/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+            timeout=60,
+        )
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert r.status_code == 429
+        time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1
