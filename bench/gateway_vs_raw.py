@@ -10,7 +10,6 @@ Every figure is a ratio against the baseline measured in the same run (these mac
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import tempfile
@@ -19,31 +18,16 @@ from pathlib import Path
 
 import openai
 
-from bench.node_process import Node
+from bench.node_process import Node, run_raw
 
 MODEL = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 
 
 def raw_round(model_path: Path, tokens: int) -> tuple[float, float]:
-    """(time to first token in s, decode tok/s) with mlx-lm in this process."""
-    import mlx.core as mx
-    from mlx_lm import load, stream_generate
-    from mlx_lm.sample_utils import make_sampler
-
-    model, tokenizer = load(str(model_path))
-    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    start = time.perf_counter()
-    first = last = None
-    count = 0
-    for r in stream_generate(model, tokenizer, mx.array(prompt), max_tokens=tokens, sampler=make_sampler(0.0)):
-        now = time.perf_counter()
-        if first is None:
-            first = now
-        last, count = now, r.generation_tokens
-    del model
-    gc.collect()
-    return first - start, (count - 1) / (last - first)
+    """(time to first token in s, decode tok/s) of mlx-lm in a process set up as the worker sets up a runner."""
+    out = run_raw(model_path, tokens)
+    return out["ttft_s"], out["decode_tok_s"]
 
 
 def gateway_round(client: openai.OpenAI, tokens: int) -> tuple[float, float]:

@@ -65,3 +65,20 @@ class Node:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
+
+
+def run_raw(model_path: Path, tokens: int, prompt_words: int = 0, bundled_blas: bool = False) -> dict:
+    """bench.raw_mlx in a subprocess with the environment the worker gives a runner (or MLX's bundled BLAS)."""
+    import platform
+
+    from services.worker.blas import runner_blas_env
+
+    env = {**os.environ}
+    if not bundled_blas:
+        env.update(runner_blas_env(Path(sys.prefix), platform.system(), env.get("LD_PRELOAD", "")))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.raw_mlx", str(model_path), "--tokens", str(tokens),
+         "--prompt-words", str(prompt_words)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])

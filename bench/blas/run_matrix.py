@@ -1,5 +1,5 @@
 """Interleaved matrix of BLAS options, each in a fresh process (bench_one.py).
-Usage: python3 run_matrix.py ROUNDS OUT.jsonl"""
+Usage: python3 run_matrix.py ROUNDS OUT.jsonl [FILTER|FILTER...]"""
 import json, os, resource, subprocess, sys, time
 HERE = os.path.dirname(os.path.abspath(__file__))
 V1, V2 = "/tmp/blasvenv/bin/python", "/tmp/blasvenv2/bin/python"  # V2: bundled libblas symlinked to Debian OpenBLAS
@@ -23,6 +23,8 @@ CONFIGS = [  # name, python, model, extra args, env
     ("q4 deb-openblas dlopen T=2", V1, Q4, ["--preload", DEB], T2),
 ]
 rounds, out = int(sys.argv[1]), sys.argv[2]
+if len(sys.argv) > 3:  # optional: only configs whose name contains one of these |-separated substrings
+    CONFIGS = [c for c in CONFIGS if any(k in c[0] for k in sys.argv[3].split("|"))]
 base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "MKL", "LD_PRELOAD"))}
 for r in range(rounds):
     for name, py, model, extra, env in CONFIGS:

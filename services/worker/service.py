@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from shared.config import CommonConfig
 from shared.models import get_card
 from shared.service import register
 
+from services.worker.blas import runner_blas_env
 from services.worker.model_store import ModelStore, default_weight_format
 from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan, record_exit
 from services.worker.reporting import report_runner, report_worker_started
@@ -87,7 +91,8 @@ class Worker:
             model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
             card = get_card(instance.model_id)
             command = runner_command(instance, shard, card, model_path, self.node_id, self.config.nats_url)
-            process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log")
+            blas = runner_blas_env(Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""))
+            process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log", blas)
             self.processes[iid] = process
             await process.start()
             log.info("runner started", instance=iid, rank=shard.rank, pid=process.proc.pid)

@@ -84,6 +84,9 @@ def main() -> None:
         "peak_rss_loaded": rss_loaded,
         "peak_rss": peak_rss(),
         "load_s": load_s,
+        "cpu_user_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime,
+        "cpu_sys_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime,
+        "wall_s": time.perf_counter() - t0,
     }
     print(json.dumps(out), flush=True)
 

@@ -20,8 +20,6 @@ import pytest
 from services.worker.dataplane import choose_free_ports, ring_config, write_files
 from shared.events import Instance, ShardAssignment
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "integration" / "sharded_generate.py"
 MAX_TOKENS = 128
@@ -40,6 +38,38 @@ def f32_model(tmp_path_factory) -> Path:
     gguf = packaged_file(source)
     out = tmp_path_factory.mktemp("models") / "smollm2-f32"
     convert_gguf(gguf, out, weight_format="f32")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_untied_model(f32_model, tmp_path_factory) -> Path:
+    """A random 4-layer llama with an untied head, SmolLM2's tokenizer."""
+    import shutil
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.llama import Model, ModelArgs
+
+    out = tmp_path_factory.mktemp("models") / "tiny-untied"
+    out.mkdir()
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": 49152,
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+    }
+    mx.random.seed(0)
+    model = Model(ModelArgs.from_dict(config))
+    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (out / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f32_model / name, out / name)
     return out
 
 
@@ -118,6 +148,7 @@ def single(f32_model, tmp_path_factory) -> dict:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "layers",
     [[(0, 15), (15, 30)], [(0, 10), (10, 20), (20, 30)]],
@@ -137,9 +168,12 @@ def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, si
         share = embedding + (whole_params - embedding) * (b - a) / 30
         assert r["param_bytes"] == pytest.approx(share, rel=0.02)
         print(f"  rank {r['rank']}: peak RSS {r['peak_rss'] / 1e6:.0f} MB vs whole model {whole_rss / 1e6:.0f} MB")
-        assert r["peak_rss"] < whole_rss - 0.8 * (whole_params - r["param_bytes"])
+        # The weights this rank does not hold are not resident either (most of them: allow 40% slack
+        # for allocator and runtime noise). Holding the whole model would put it at or above whole_rss.
+        assert r["peak_rss"] < whole_rss - 0.6 * (whole_params - r["param_bytes"])
 
 
+@pytest.mark.slow
 def test_tensor_parallel_three_ranks(f32_model, single, tmp_path):
     """3-rank tensor parallel (SmolLM2: 9 heads -> 3 per rank, 3 KV heads -> 1 per rank).
 
@@ -162,6 +196,7 @@ def test_tensor_parallel_three_ranks(f32_model, single, tmp_path):
         assert r["param_bytes"] < 0.5 * whole
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_identical_in_a_pipeline(f32_model, tmp_path):
     seeded = ("--temp", "0.8", "--seed", "1234")
     for sub in ("one", "two", "greedy"):
@@ -174,6 +209,7 @@ def test_seeded_sampling_is_identical_in_a_pipeline(f32_model, tmp_path):
     assert one["tokens"] != greedy["tokens"]  # the seed really sampled
 
 
+@pytest.mark.slow
 def test_tensor_parallel_refuses_two_ranks_for_smollm2(f32_model):
     from mlx_lm.utils import load_model
 
@@ -191,6 +227,27 @@ def test_tensor_parallel_refuses_two_ranks_for_smollm2(f32_model):
         shard_tensor(model, TwoRanks())  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
+def test_untied_random_llama_pipeline_and_tensor(tiny_untied_model, tmp_path):
+    """A model with a separate lm_head (not tied): the embedding stays on rank 0 only, the head on every
+    rank. 2-stage pipeline and 2-rank tensor parallel against one process."""
+    (one,) = run_ranks(tiny_untied_model, "single", 1, _sub(tmp_path, "one"), max_tokens=24)
+    pipe = run_ranks(tiny_untied_model, "pipeline", 2, _sub(tmp_path, "pipe"), [(0, 1), (1, 4)], max_tokens=24)
+    for r in pipe:
+        assert r["tokens"] == one["tokens"]
+    assert pipe[1]["param_bytes"] < pipe[0]["param_bytes"]  # no embedding on rank 1
+    tensor = run_ranks(tiny_untied_model, "tensor", 2, _sub(tmp_path, "tensor"), max_tokens=24)
+    assert tensor[0]["tokens"] == tensor[1]["tokens"]
+    print(f"untied tensor x2: first {common_prefix(tensor[0]['tokens'], one['tokens'])} of 24 tokens identical")
+    assert common_prefix(tensor[0]["tokens"], one["tokens"]) >= 8
+
+
+def _sub(path: Path, name: str) -> Path:
+    (path / name).mkdir()
+    return path / name
+
+
+@pytest.mark.slow
 def test_report_speeds():
     """Decode speed of the runs above, same session (figures for the issue's benchmark)."""
     if "single" not in SPEEDS:

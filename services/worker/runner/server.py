@@ -21,6 +21,7 @@ from shared.generation import (
     TokenChunk,
 )
 
+from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
 from services.worker.runner.engine import Engine, Step
 
@@ -78,7 +79,8 @@ class RunnerServer:
         await self.nc.subscribe(subjects.runner_generate(iid), queue="rank0", cb=self._on_generate)
         await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
         await self.nc.flush()
-        await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", f"pid {os.getpid()}")
+        detail = f"pid {os.getpid()}, blas {current_blas()}, batch {self.engine.max_batch}"
+        await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         tasks = [asyncio.create_task(self._generation_loop()), asyncio.create_task(self._keepalive_loop())]
         await stop.wait()

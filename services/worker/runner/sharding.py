@@ -25,7 +25,7 @@ Which ranks hold what (pipeline):
   - final norm: every rank (hidden_size floats).
   - head: every rank, because every rank computes the logits it samples from. With tied embeddings
     (SmolLM2, Llama 3.2 1B/3B) the head IS the embedding matrix, so every rank holds the whole
-    embedding (vocab x hidden: 49152 x 576 = 113 MB in f32, ~30 MB as SmolLM2's 8-bit q4-import) on
+    embedding (vocab x hidden: 49152 x 576 = 113 MB in f32, ~35 MB as the 8-bit embedding of our q4 import) on
     top of its layers. Untied models: the embedding is needed only on rank 0 and is dropped elsewhere;
     the head (lm_head) is kept on every rank.
   So a rank's memory is  its share of the layers + head (+ embedding on rank 0, the same array when
