@@ -39,7 +39,8 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="API bind address (default loopback)")
     p.add_argument("--nats-url", default=None, help="use this NATS server instead of starting one")
     p.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT, help="port of the embedded nats-server")
-    p.add_argument("--state-dir", type=Path, default=default_state_dir(), help="node state (default ~/.exo)")
+    p.add_argument("--state-dir", type=Path, default=None, help="node state (default ~/.exo, or ~/.exo/nodes/NAME)")
+    p.add_argument("--node-name", default=None, help="several nodes on one machine: each name gets its own state dir")
     p.add_argument("--memory", default=None, help="memory budget placement may use here, e.g. 1GB")
     p.add_argument("--weight-format", choices=["q4", "f32"], default=None, help="force a weight layout")
     p.add_argument("--max-batch", type=int, default=None, help="requests a runner decodes together (default 8)")
@@ -67,13 +68,22 @@ def main(argv: list[str] | None = None) -> None:
             node_parser().error(str(exc))
     if not args.no_model and args.model not in MODEL_CARDS:
         node_parser().error(f"unknown model {args.model!r}; known: {', '.join(MODEL_CARDS)}")
-    state_dir = args.state_dir.expanduser()
+    if args.node_name is not None and not args.node_name.replace("-", "").replace("_", "").isalnum():
+        node_parser().error(f"--node-name must be letters, digits, - or _: {args.node_name!r}")
+    for flag in ("max_batch", "max_waiting"):
+        if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "max_batch" else 0):
+            node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
+    state_dir = (args.state_dir or _named_state_dir(args.node_name)).expanduser()
     setup_logging("node", state_dir / "logs", args.log_level)
     try:
         asyncio.run(run_node(args, state_dir))
     except NatsServerUnavailable as exc:
         print(f"exo: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _named_state_dir(name: str | None) -> Path:
+    return default_state_dir() / "nodes" / name if name else default_state_dir()
 
 
 def run_service(argv: list[str]) -> None:

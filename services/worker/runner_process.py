@@ -30,6 +30,8 @@ def runner_command(
         "--end-layer", str(shard.end_layer),
         "--n-layers", str(card.n_layers),
         "--context-length", str(card.context_length),
+        "--strategy", instance.strategy,
+        "--backend", instance.backend,
         "--nats-url", nats_url,
     ]  # fmt: skip
 

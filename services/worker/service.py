@@ -18,10 +18,12 @@ from nats.micro.service import Service
 from shared import subjects
 from shared.bus import StateFollower, connect
 from shared.config import CommonConfig
+from shared.events import Instance
 from shared.models import get_card
 from shared.service import register
 
 from services.worker.blas import runner_blas_env
+from services.worker.dataplane import dataplane_config, write_files
 from services.worker.model_store import ModelStore, default_weight_format
 from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan, record_exit
 from services.worker.reporting import report_runner, report_worker_started
@@ -91,8 +93,9 @@ class Worker:
             model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
             card = get_card(instance.model_id)
             command = runner_command(instance, shard, card, model_path, self.node_id, self.config.nats_url)
-            blas = runner_blas_env(Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""))
-            process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log", blas)
+            env = runner_blas_env(Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""))
+            env |= self._dataplane_env(instance, shard.rank)
+            process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log", env)
             self.processes[iid] = process
             await process.start()
             log.info("runner started", instance=iid, rank=shard.rank, pid=process.proc.pid)
@@ -104,6 +107,13 @@ class Worker:
         await self._runner_ended(
             iid, shard.rank, f"runner exited with code {code}: {process.log_tail(4)}", expected=process.stopping
         )
+
+    def _dataplane_env(self, instance: Instance, rank: int) -> dict[str, str]:
+        """Write this rank's data-plane files (ring hostfile, jaccl device matrix); return its environment."""
+        config_dir = self.config.state_dir / "dataplane" / instance.instance_id / str(rank)
+        config = dataplane_config(instance, rank, self.follower.state.nodes, config_dir)
+        write_files(config)
+        return config.env
 
     async def _runner_ended(self, instance_id: str, rank: int, detail: str, expected: bool) -> None:
         runner = self.local.get(instance_id)

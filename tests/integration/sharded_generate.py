@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temp", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--logits-on", choices=["every_rank", "last_rank"], default="every_rank")
     args = parser.parse_args()
 
     group = init_group(args.world_size) if args.strategy != "single" else None
@@ -57,7 +58,7 @@ def main() -> None:
     if args.strategy == "pipeline" and args.layers:
         start, end = (int(x) for x in args.layers.split(",")[rank].split(":"))
     t0 = time.perf_counter()
-    model, tokenizer = load_shard(args.model, args.strategy, group, start, end)
+    model, tokenizer = load_shard(args.model, args.strategy, group, start, end, args.logits_on)
     load_s = time.perf_counter() - t0
     rss_loaded = peak_rss()
 
@@ -75,6 +76,7 @@ def main() -> None:
         "rank": rank,
         "strategy": args.strategy,
         "world_size": args.world_size,
+        "logits_on": args.logits_on,
         "tokens": tokens,
         "text": "".join(text),
         "prompt_tokens": len(prompt),

@@ -150,22 +150,27 @@ def single(f32_model, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "layers",
-    [[(0, 15), (15, 30)], [(0, 10), (10, 20), (20, 30)]],
-    ids=["2-stage", "3-stage"],
+    "layers, logits_on",
+    [
+        ([(0, 15), (15, 30)], "every_rank"),
+        ([(0, 10), (10, 20), (20, 30)], "every_rank"),
+        ([(0, 10), (10, 20), (20, 30)], "last_rank"),
+    ],
+    ids=["2-stage", "3-stage", "3-stage-logits-on-last-rank"],
 )
-def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, single, layers, tmp_path):
+def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, single, layers, logits_on, tmp_path):
     world = len(layers)
-    results = run_ranks(f32_model, "pipeline", world, tmp_path, layers)
-    describe(f"pipeline x{world}", results)
-    SPEEDS[f"pipeline-{world}"] = min(r["decode_tps"] for r in results)
+    results = run_ranks(f32_model, "pipeline", world, tmp_path, layers, extra=("--logits-on", logits_on))
+    describe(f"pipeline x{world} ({logits_on})", results)
+    SPEEDS[f"pipeline-{world}-{logits_on}"] = min(r["decode_tps"] for r in results)
     for r in results:  # every rank samples the same tokens, equal to one process's
         assert r["tokens"] == single["tokens"], f"rank {r['rank']} differs at {common_prefix(r['tokens'], single['tokens'])}"
     # Memory: a rank holds its layers plus the (tied) embedding/head, not the whole model.
     whole_params, whole_rss = single["param_bytes"], single["peak_rss"]
     embedding = 49152 * 576 * 4
     for r, (a, b) in zip(results, layers):
-        share = embedding + (whole_params - embedding) * (b - a) / 30
+        holds_embedding = logits_on == "every_rank" or r["rank"] in (0, world - 1)
+        share = embedding * holds_embedding + (whole_params - embedding) * (b - a) / 30
         assert r["param_bytes"] == pytest.approx(share, rel=0.02)
         print(f"  rank {r['rank']}: peak RSS {r['peak_rss'] / 1e6:.0f} MB vs whole model {whole_rss / 1e6:.0f} MB")
         # The weights this rank does not hold are not resident either (most of them: allow 40% slack

@@ -1,11 +1,13 @@
-"""A runner: one shard of one instance, started by the worker. Loads the model, serves generations."""
+"""A runner: one shard of one instance, started by the worker. Loads its part of the model, joins the
+instance's MLX distributed group when the instance spans several ranks, and serves generations (rank 0)
+or follows rank 0's steps (the other ranks)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import structlog
@@ -14,7 +16,9 @@ from shared.bus import connect
 from shared.logging import setup_logging
 from shared.service import run_until_signalled
 
+from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
+from services.worker.runner.control import broadcast
 from services.worker.runner.engine import MAX_BATCH, Engine
 from services.worker.runner.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
 
@@ -23,7 +27,7 @@ log = structlog.get_logger()
 
 def parse_args(argv: list[str] | None = None) -> RunnerArgs:
     parser = argparse.ArgumentParser(prog="python -m services.worker.runner", description=__doc__)
-    for name in ("instance-id", "model-id", "model-path", "node-id", "nats-url"):
+    for name in ("instance-id", "model-id", "model-path", "node-id", "nats-url", "strategy", "backend"):
         parser.add_argument(f"--{name}", required=True)
     for name in ("rank", "world-size", "start-layer", "end-layer", "n-layers", "context-length"):
         parser.add_argument(f"--{name}", type=int, required=True)
@@ -40,20 +44,55 @@ async def watch_parent(stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
+def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
+    from services.worker.runner.sharding import init_group, load_shard
+
+    group = init_group(args.world_size, args.backend)
+    strategy = "single" if group is None else args.strategy
+    model, tokenizer = load_shard(args.model_path, strategy, group, args.start_layer, args.end_layer)
+    max_batch = int(os.environ.get("EXO_MAX_BATCH", MAX_BATCH))
+    return Engine(model, tokenizer, max_batch=max_batch, world_size=args.world_size), group
+
+
+def follow(engine: Engine, group) -> None:  # noqa: ANN001
+    """Ranks above 0: run exactly the cycles rank 0 runs, until it says stop."""
+    while True:
+        control = broadcast(None, group)
+        if control.shutdown:
+            return
+        engine.run_cycle(control)
+
+
 async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
     nc = await connect(args.nats_url, f"exo-runner:{args.instance_id}:{args.rank}")
     asyncio.create_task(watch_parent(stop))
-    await report_runner(nc, args.instance_id, args.node_id, args.rank, "loading", args.model_path)
+    report = lambda phase, detail: report_runner(nc, args.instance_id, args.node_id, args.rank, phase, detail)  # noqa: E731
+    await report("loading", f"{args.model_path} layers {args.start_layer}-{args.end_layer} ({args.strategy})")
+    mlx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")  # every MLX call runs on it
+    loop = asyncio.get_running_loop()
     try:
-        engine = Engine(Path(args.model_path), max_batch=int(os.environ.get("EXO_MAX_BATCH", MAX_BATCH)))
+        engine, group = await loop.run_in_executor(mlx_thread, load_engine, args)
     except Exception as exc:  # noqa: BLE001 - reported to the master, then the runner exits
         log.exception("model failed to load")
-        await report_runner(nc, args.instance_id, args.node_id, args.rank, "failed", f"model failed to load: {exc}")
+        await report("failed", f"model failed to load: {exc}")
         await nc.drain()
         raise SystemExit(3) from exc
-    max_waiting = int(os.environ.get("EXO_MAX_WAITING", WAITING_PER_SLOT))
-    await RunnerServer(args, nc, engine, max_waiting).serve(stop)
+    if args.rank == 0:
+        max_waiting = int(os.environ.get("EXO_MAX_WAITING", WAITING_PER_SLOT))
+        server = RunnerServer(args, nc, engine, max_waiting, group, mlx_thread)
+        await server.serve(stop)
+        failed = server.failed
+    else:
+        await report("ready", f"pid {os.getpid()}, blas {current_blas()}, follows rank 0")
+        try:
+            await loop.run_in_executor(mlx_thread, follow, engine, group)
+            failed = False
+        except Exception as exc:  # noqa: BLE001 - a lost peer: exit, the worker reports it and restarts us
+            log.exception("lost the instance's group")
+            failed = True
     await nc.drain()
+    if failed:
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,22 +3,21 @@ prompts' KV caches, per-request sampling, stop strings and streaming detokenizat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 import psutil
-from mlx_lm import load
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
 from shared.generation import GenerateRequest, SamplingParams
 
+from services.worker.runner.control import Control
 from services.worker.runner.sampling import make_seeded_sampler
 from services.worker.runner.stops import StopMatcher
 
 MAX_BATCH = 8
 PREFILL_STEP = 512
 PREFIX_CACHE_ENTRIES = 32
+PREFIX_CACHE_ENTRIES_SHARDED = 8
 PREFIX_CACHE_MEMORY_SHARE = 0.05  # of available memory at load
 MODEL_KEY = "model"
 
@@ -41,8 +40,11 @@ class Active:
 
 
 class Engine:
-    def __init__(self, model_path: Path, max_batch: int = MAX_BATCH) -> None:
-        self.model, self.tokenizer = load(str(model_path))
+    """Every rank of an instance runs one, fed the same submits and cancels in the same steps, so their
+    batches, caches and sampled tokens stay identical (seeds are fixed by rank 0 before the broadcast)."""
+
+    def __init__(self, model, tokenizer, max_batch: int = MAX_BATCH, world_size: int = 1) -> None:  # noqa: ANN001
+        self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
         self.generator = BatchGenerator(
             self.model,
@@ -51,8 +53,13 @@ class Engine:
             prefill_batch_size=max_batch,
             prefill_step_size=PREFILL_STEP,
         )
-        budget = int(psutil.virtual_memory().available * PREFIX_CACHE_MEMORY_SHARE)
-        self.prefix_cache = LRUPromptCache(max_size=PREFIX_CACHE_ENTRIES, max_bytes=budget)
+        if world_size == 1:
+            budget = int(psutil.virtual_memory().available * PREFIX_CACHE_MEMORY_SHARE)
+            self.prefix_cache = LRUPromptCache(max_size=PREFIX_CACHE_ENTRIES, max_bytes=budget)
+        else:
+            # Ranks hold different layers, so byte sizes (and free memory) differ between them; evicting by
+            # count alone keeps every rank's cache decisions identical.
+            self.prefix_cache = LRUPromptCache(max_size=PREFIX_CACHE_ENTRIES_SHARDED)
         self.active: dict[int, Active] = {}
         self.uids: dict[str, int] = {}
 
@@ -101,6 +108,19 @@ class Engine:
             if active is not None:
                 steps.append(self._advance(active, response))
         return steps
+
+    def run_cycle(self, control: Control) -> tuple[list[Step], dict[str, int]]:
+        """Cancels, then newcomers, then one step if anything runs: the same on every rank.
+        Returns the steps and, per submitted request, the prompt tokens reused from the prefix cache."""
+        steps = [step for rid in control.cancels if (step := self.cancel(rid)) is not None]
+        cached = {
+            s.request_id: self.submit(s.request_id, s.prompt, s.sampling)
+            for s in control.submits
+            if s.request_id not in control.cancels
+        }
+        if self.busy:
+            steps += self.step()
+        return steps, cached
 
     def _advance(self, active: Active, response) -> Step:  # noqa: ANN001 - GenerationBatch.Response
         active.tokens += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +24,7 @@ from shared.generation import (
 
 from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
+from services.worker.runner.control import Control, Submit, broadcast
 from services.worker.runner.engine import Engine, Step
 
 log = structlog.get_logger()
@@ -44,6 +46,8 @@ class RunnerArgs(msgspec.Struct, frozen=True):
     n_layers: int
     context_length: int
     nats_url: str
+    strategy: str = "pipeline"
+    backend: str = "ring"
 
 
 class Stream:
@@ -63,8 +67,17 @@ class RunnerServer:
     """NATS callbacks run on the event loop; every MLX call runs on one dedicated thread, between which the
     loop admits newcomers and cancels, so a long prefill never stops the runner from answering."""
 
-    def __init__(self, args: RunnerArgs, nc: NATS, engine: Engine, max_waiting: int = WAITING_PER_SLOT) -> None:
+    def __init__(
+        self,
+        args: RunnerArgs,
+        nc: NATS,
+        engine: Engine,
+        max_waiting: int = WAITING_PER_SLOT,
+        group=None,  # noqa: ANN001
+        mlx_thread: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.args = args
+        self.group = group  # the instance's mx.distributed group when it spans several ranks
         self.nc = nc
         self.engine = engine
         self.streams: dict[str, Stream] = {}
@@ -72,7 +85,8 @@ class RunnerServer:
         self.to_cancel: list[str] = []
         self.max_admitted = engine.max_batch * (1 + max_waiting)
         self._work = asyncio.Event()
-        self._mlx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
+        self.failed = False
+        self._mlx_thread = mlx_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
 
     async def serve(self, stop: asyncio.Event) -> None:
         iid = self.args.instance_id
@@ -82,10 +96,15 @@ class RunnerServer:
         detail = f"pid {os.getpid()}, blas {current_blas()}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
+        self.stop = stop
         tasks = [asyncio.create_task(self._generation_loop()), asyncio.create_task(self._keepalive_loop())]
         await stop.wait()
         for task in tasks:
             task.cancel()
+        if self.group is not None:  # release the other ranks, which wait for our next control
+            await asyncio.get_running_loop().run_in_executor(
+                self._mlx_thread, broadcast, Control(shutdown=True), self.group
+            )
 
     async def _on_generate(self, msg) -> None:  # noqa: ANN001
         reply = self._admit(msg.data)
@@ -113,7 +132,11 @@ class RunnerServer:
                 f"this model's context is {self.args.context_length} tokens; the prompt has {len(prompt)} "
                 f"and max_tokens asks for {wanted if wanted is not None else 'at least 1'} more",
             )
-        stream = Stream(request, prompt, msgspec.structs.replace(request.sampling, max_tokens=wanted or room))
+        sampling = msgspec.structs.replace(request.sampling, max_tokens=wanted or room)
+        if sampling.seed is None and sampling.temperature > 0:
+            # Fixed here, so every rank of the instance samples alike (and the log can tell which seed ran).
+            sampling = msgspec.structs.replace(sampling, seed=secrets.randbits(63))
+        stream = Stream(request, prompt, sampling)
         self.streams[request.request_id] = stream
         self.to_submit.append(stream)
         self._work.set()
@@ -142,18 +165,22 @@ class RunnerServer:
             except Exception as exc:  # noqa: BLE001 - every client in the batch gets the reason
                 log.exception("generation step failed")
                 await self._fail_all(f"generation failed: {exc}")
+                if self.group is not None:  # a lost peer: this group is broken; exit so the worker restarts us
+                    self.failed = True
+                    self.stop.set()
+                    return
                 continue
             for step in steps:
                 await self._publish(step)
 
     def _cycle(self, submits: list[Stream], cancels: list[str]) -> list[Step]:
-        """On the MLX thread: admit newcomers into the batch, drop cancelled requests, run one step."""
-        steps = [step for rid in cancels if (step := self.engine.cancel(rid)) is not None]
+        """On the MLX thread: tell the other ranks, then admit newcomers, drop cancelled requests, run one step."""
+        control = Control([Submit(s.request.request_id, s.prompt, s.sampling) for s in submits], cancels)
+        if self.group is not None:
+            control = broadcast(control, self.group)
+        steps, cached = self.engine.run_cycle(control)
         for stream in submits:
-            if stream.request.request_id not in cancels:
-                stream.cached_tokens = self.engine.submit(stream.request.request_id, stream.prompt, stream.sampling)
-        if self.engine.busy:
-            steps += self.engine.step()
+            stream.cached_tokens = cached.get(stream.request.request_id, 0)
         return steps
 
     async def _publish(self, step: Step, error: str | None = None) -> None:

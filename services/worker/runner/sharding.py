@@ -20,16 +20,22 @@ graph; every rank then computes the final norm and the head itself. During prefi
 only the KV caches, so the send is tied into the last cache with `mx.depends` (as mlx-lm does); else
 the next stage would wait for ever.
 
-Which ranks hold what (pipeline):
+Which ranks hold what (pipeline), default `logits_on="every_rank"` (mlx-lm's pattern):
   - layers: only this rank's range; the other layers are dropped before any weight is read.
   - final norm: every rank (hidden_size floats).
   - head: every rank, because every rank computes the logits it samples from. With tied embeddings
     (SmolLM2, Llama 3.2 1B/3B) the head IS the embedding matrix, so every rank holds the whole
-    embedding (vocab x hidden: 49152 x 576 = 113 MB in f32, ~35 MB as the 8-bit embedding of our q4 import) on
-    top of its layers. Untied models: the embedding is needed only on rank 0 and is dropped elsewhere;
-    the head (lm_head) is kept on every rank.
-  So a rank's memory is  its share of the layers + head (+ embedding on rank 0, the same array when
-  tied). For SmolLM2-f32 that is 113 MB + 14 MB per layer.
+    embedding (vocab x hidden: 49152 x 576 = 113 MB in f32, ~35 MB as the 8-bit embedding of our q4
+    import) on top of its layers. Untied models: the embedding only on rank 0, lm_head on every rank.
+  So a rank's memory is its share of the layers + the head (+ the embedding on rank 0; the same array
+  when tied). SmolLM2-f32: 113 MB + 14 MB per layer; the head also costs every rank the head's compute
+  (for SmolLM2 as much as ~8 layers) on every token.
+With `logits_on="last_rank"` only the last rank runs norm + head; the logits (vocab floats per position)
+are all-gathered instead of the hidden state, and the head is dropped elsewhere: rank 0 holds the
+embedding (input), the last rank the head (for tied models the same matrix), middle ranks neither.
+Every rank still gets identical logits. Costs vocab/hidden (85x for SmolLM2) more bytes per token on the
+wire (196 KB per rank per token: ~0.1 ms on loopback, still small on Thunderbolt), saves the head's memory
+and compute on N-1 ranks; it helps where ranks share cores (as here) or memory is tight.
 
 Tensor parallel (`shard_tensor`), Llama-family: q/k/v/gate/up become all-to-sharded linears (each rank
 computes 1/N of the heads and of the MLP columns), o/down become sharded-to-all (partial products
@@ -51,6 +57,10 @@ from mlx.nn.layers.distributed import shard_linear
 from mlx.utils import tree_flatten
 
 Strategy = Literal["single", "pipeline", "tensor"]
+# Pipeline: who computes the logits. "every_rank": mlx-lm's pattern, the last hidden state is gathered and
+# every rank runs norm + head. "last_rank": only the last rank runs norm + head and the logits are
+# gathered (vocab floats per token instead of hidden_size), so other ranks hold no head.
+LogitsOn = Literal["every_rank", "last_rank"]
 
 
 class ShardingError(ValueError):
@@ -84,8 +94,17 @@ class PipelineStage(nn.Module):
     cache per local layer. mlx-lm's classes are not modified.
     """
 
-    def __init__(self, model: nn.Module, group: mx.distributed.Group, start_layer: int, end_layer: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        group: mx.distributed.Group,
+        start_layer: int,
+        end_layer: int,
+        logits_on: LogitsOn = "every_rank",
+    ) -> None:
         super().__init__()
+        if logits_on not in ("every_rank", "last_rank"):
+            raise ShardingError(f"logits_on must be every_rank or last_rank, not {logits_on!r}")
         inner = _inner(model)
         n_layers = len(inner.layers)
         rank, size = group.rank(), group.size()
@@ -107,12 +126,14 @@ class PipelineStage(nn.Module):
         self.rank, self.size = rank, size
         self.start_layer, self.end_layer, self.n_layers = start_layer, end_layer, n_layers
         self.tied = _tied(model)
+        self.logits_on = logits_on
+        self.computes_logits = logits_on == "every_rank" or rank == size - 1
         # Keep only what this rank uses; everything else is dropped before any weight is read.
         self.layers = list(inner.layers[start_layer:end_layer])
         self.norm = inner.norm
-        if rank == 0 or self.tied:
+        if rank == 0 or (self.tied and self.computes_logits):
             self.embed_tokens = inner.embed_tokens
-        if not self.tied:
+        if not self.tied and self.computes_logits:
             self.lm_head = model.lm_head
         self._dtype: mx.Dtype | None = None
 
@@ -160,22 +181,40 @@ class PipelineStage(nn.Module):
             # Prefill evaluates only the caches: make the last cache depend on the send.
             if cache[-1] is not None:
                 cache[-1].keys = mx.depends(cache[-1].keys, h)
+        last = self.size - 1
+        if self.logits_on == "every_rank":
+            if self.size > 1:
+                # Every rank gets the last stage's hidden state (and the send stays in the graph).
+                h = mx.distributed.all_gather(h, group=self.group)[last * B : (last + 1) * B]
+            return self._head(h)
+        if self.is_last:
+            logits = self._head(h)
+        else:
+            # A placeholder of the logits' shape that depends on the send, so the send is evaluated.
+            logits = mx.depends(mx.zeros((B, L, self.args.vocab_size), dtype=self._hidden_dtype()), h)
         if self.size > 1:
-            # Every rank gets the last stage's hidden state (and the send stays in the graph).
-            last = self.size - 1
-            h = mx.distributed.all_gather(h, group=self.group)[last * B : (last + 1) * B]
+            logits = mx.distributed.all_gather(logits, group=self.group)[last * B : (last + 1) * B]
+        return logits
+
+    def _head(self, h: mx.array) -> mx.array:
         h = self.norm(h)
         return self.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
 
 
-def shard_pipeline(model: nn.Module, group: mx.distributed.Group, start_layer: int, end_layer: int) -> PipelineStage:
+def shard_pipeline(
+    model: nn.Module,
+    group: mx.distributed.Group,
+    start_layer: int,
+    end_layer: int,
+    logits_on: LogitsOn = "every_rank",
+) -> PipelineStage:
     """Keep layers [start_layer, end_layer) of a lazily loaded llama-style model on this rank.
 
     Rank r must hold the layers right after rank r-1's (rank 0 from layer 0, the last rank up to the
     last layer), as `services.master.placement` assigns them. Returns a new module to generate with;
     call `materialize` (or `mx.eval(stage.parameters())`) to read this rank's weights.
     """
-    return PipelineStage(model, group, start_layer, end_layer)
+    return PipelineStage(model, group, start_layer, end_layer, logits_on)
 
 
 # ----------------------------------------------------------------------------------------------- tensor
@@ -275,6 +314,7 @@ def load_shard(
     group: mx.distributed.Group | None = None,
     start_layer: int = 0,
     end_layer: int | None = None,
+    logits_on: LogitsOn = "every_rank",
 ) -> tuple[nn.Module, Any]:
     """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
 
@@ -297,7 +337,7 @@ def load_shard(
     if strategy == "pipeline":
         end = n_layers if end_layer is None else end_layer
         check_layer_ranges(group, start_layer, end, n_layers)
-        stage = shard_pipeline(model, group, start_layer, end)
+        stage = shard_pipeline(model, group, start_layer, end, logits_on)
         del model
         materialize(stage, group)
         return stage, tokenizer
