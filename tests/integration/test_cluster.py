@@ -1,0 +1,137 @@
+"""One model across several nodes on one machine (one bus), through the gateway: 2- and 3-stage pipelines and
+3-rank tensor parallel give the single node's tokens; activations stay off NATS; each rank holds its share.
+
+Nodes declare memory budgets (--memory) that no single node meets, so placement has to spread the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import nats
+import openai
+import psutil
+import pytest
+
+from tests.conftest import MODEL, Node
+
+pytestmark = pytest.mark.slow
+
+PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+TOKENS = 128
+MAX_BUS_MESSAGE = 16 * 1024
+
+
+def generate(node: Node, **sampling) -> tuple[str, int]:
+    client = openai.OpenAI(base_url=node.api_url, api_key="none", timeout=600, max_retries=0)
+    r = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=TOKENS, **sampling)
+    return r.choices[0].message.content, r.usage.completion_tokens
+
+
+def form_cluster(start_node: Callable[..., Node], name: str, size: int, memory: str) -> list[Node]:
+    first = start_node(f"{name}-0", "--no-model", "--memory", memory)
+    others = [
+        start_node(f"{name}-{i}", "--no-model", "--no-master", "--memory", memory, "--nats-url", first.nats_url)
+        for i in range(1, size)
+    ]
+    first.wait_until(lambda h: len(h["nodes"]) == size, 30, f"{size} nodes")
+    return [first, *others]
+
+
+def place(node: Node, strategy: str = "auto") -> dict:
+    r = httpx.post(f"{node.base_url}/instances", json={"model": MODEL, "strategy": strategy}, timeout=30)
+    assert r.status_code == 201, r.text
+    node.wait_ready(timeout=180)
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def reference(node: Node) -> dict:
+    """The single node's outputs, greedy and seeded."""
+    return {"greedy": generate(node, temperature=0), "seeded": generate(node, temperature=0.8, seed=7)}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(start_node: Callable[..., Node]) -> Iterator[list[Node]]:
+    nodes = form_cluster(start_node, "pp2", 2, "70MB")
+    yield nodes
+    for n in reversed(nodes):
+        n.stop()
+
+
+@pytest.fixture(scope="module")
+def three_nodes(start_node: Callable[..., Node]) -> Iterator[list[Node]]:
+    nodes = form_cluster(start_node, "pp3", 3, "45MB")
+    yield nodes
+    for n in reversed(nodes):
+        n.stop()
+
+
+async def largest_bus_message(nats_url: str, during: Callable[[], object]) -> tuple[int, int, object]:
+    """Subscribe to every subject while `during` runs in a thread; returns (largest payload, count, result)."""
+    nc = await nats.connect(nats_url)
+    sizes: list[int] = []
+
+    async def seen(msg) -> None:  # noqa: ANN001
+        sizes.append(len(msg.data) + sum(len(k) + len(v) for k, v in (msg.headers or {}).items()))
+
+    await nc.subscribe(">", cb=seen)
+    await nc.flush()
+    result = await asyncio.to_thread(during)
+    await asyncio.sleep(0.5)
+    await nc.close()
+    return max(sizes), len(sizes), result
+
+
+def test_two_stage_pipeline_spreads_the_model_and_matches_one_node(
+    two_nodes: list[Node], reference: dict, node: Node
+) -> None:
+    first = two_nodes[0]
+    instance = place(first)
+    assert instance["strategy"] == "pipeline"
+    assert [(s["start_layer"], s["end_layer"]) for s in instance["shards"]] == [(0, 15), (15, 30)]
+    assert len({s["node_id"] for s in instance["shards"]}) == 2
+
+    largest, count, greedy = asyncio.run(largest_bus_message(first.nats_url, lambda: generate(first, temperature=0)))
+    assert greedy == reference["greedy"]
+    assert count > TOKENS // 2  # the subscription saw the token chunks go by
+    assert largest < MAX_BUS_MESSAGE, f"a {largest}-byte message crossed the bus"
+    assert generate(first, temperature=0.8, seed=7) == reference["seeded"]
+    # any node's gateway serves the instance
+    assert generate(two_nodes[1], temperature=0) == reference["greedy"]
+
+    single = max(_rss(p) for p in node.runner_pids())
+    for member in two_nodes:
+        (rank_pid,) = member.runner_pids()
+        assert _rss(rank_pid) < 0.8 * single, (member.name, _rss(rank_pid), single)
+
+
+def test_three_stage_pipeline_matches_one_node(three_nodes: list[Node], reference: dict) -> None:
+    instance = place(three_nodes[0])
+    assert len(instance["shards"]) == 3 and instance["strategy"] == "pipeline"
+    assert generate(three_nodes[0], temperature=0) == reference["greedy"]
+    assert generate(three_nodes[0], temperature=0.8, seed=7) == reference["seeded"]
+    r = httpx.delete(f"{three_nodes[0].base_url}/instances/{instance['instance_id']}", timeout=30)
+    assert r.status_code == 200
+    three_nodes[0].wait_until(lambda h: not h["ready_instances"], 30, "no instance")
+
+
+def test_three_rank_tensor_parallel_agrees_with_one_node(three_nodes: list[Node], reference: dict) -> None:
+    """SmolLM2 has 9 heads and 3 KV heads: 3 ranks. Measured here: the 128 greedy tokens are identical to the
+    single node's. They need not be: the all_sum adds 3 partial products in another order than one matmul,
+    so logits differ in the last bits and a near-tie could flip a token; we assert a long common prefix and
+    report the measured agreement."""
+    instance = place(three_nodes[0], strategy="tensor")
+    assert instance["strategy"] == "tensor" and len(instance["shards"]) == 3
+    text, tokens = generate(three_nodes[0], temperature=0)
+    expected = reference["greedy"][0]
+    common = next((i for i, (a, b) in enumerate(zip(text, expected)) if a != b), min(len(text), len(expected)))
+    print(f"tensor parallel: {common} of {len(expected)} characters agree with one node")
+    assert common >= len(expected) // 2
+
+
+def _rss(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss
