@@ -6,7 +6,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from shared.events import RunnerPhase
+from shared.events import RunnerPhase, ShardAssignment
 
 
 class PlaceInstance(msgspec.Struct, frozen=True):
@@ -34,6 +34,30 @@ class ReportRunner(msgspec.Struct, frozen=True):
 
 class ReportWorkerStarted(msgspec.Struct, frozen=True):
     node_id: str
+
+
+class PreviewPlacements(msgspec.Struct, frozen=True):
+    """Every way the model could be placed now, and why each other way cannot (answered with PreviewReply)."""
+
+    model_id: str
+    min_nodes: int = 1
+    max_nodes: int | None = None
+
+
+class PlanPreview(msgspec.Struct, frozen=True):
+    strategy: str
+    backend: str
+    n_nodes: int
+    feasible: bool
+    shards: list[ShardAssignment] | None = None
+    reason: str | None = None
+    memory_per_node: dict[str, int] = {}
+
+
+class PreviewReply(msgspec.Struct, frozen=True):
+    ok: bool
+    error: str | None = None
+    options: list[PlanPreview] = []
 
 
 class CommandReply(msgspec.Struct, frozen=True):

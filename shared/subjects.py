@@ -15,6 +15,7 @@ CMD_PLACE_INSTANCE = f"{COMMAND_PREFIX}.place_instance"
 CMD_DELETE_INSTANCE = f"{COMMAND_PREFIX}.delete_instance"
 CMD_REPORT_RUNNER = f"{COMMAND_PREFIX}.report_runner"
 CMD_WORKER_STARTED = f"{COMMAND_PREFIX}.worker_started"
+CMD_PREVIEW = f"{COMMAND_PREFIX}.preview"
 
 # Micro service names (listed by `nats micro ls`, answered on $SRV.PING / $SRV.INFO).
 SERVICE_MASTER = "exo-master"

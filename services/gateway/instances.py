@@ -7,7 +7,15 @@ from fastapi import APIRouter, Request
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from shared import subjects
-from shared.commands import CommandReply, DeleteInstance, PlaceInstance, decode, encode
+from shared.commands import (
+    CommandReply,
+    DeleteInstance,
+    PlaceInstance,
+    PreviewPlacements,
+    PreviewReply,
+    decode,
+    encode,
+)
 from shared.models import MODEL_CARDS
 from shared.state import ClusterState
 
@@ -72,6 +80,24 @@ class CreateInstance(msgspec.Struct):
     strategy: str = "auto"
     backend: str = "auto"
     min_nodes: int = 1
+
+
+@router.get("/instances/preview")
+async def preview_instances(request: Request, model: str, min_nodes: int = 1, max_nodes: int | None = None) -> dict:
+    """Every feasible plan with memory per node, and the reason for each infeasible one."""
+    if model not in MODEL_CARDS:
+        raise OpenAIError(404, f"the model {model!r} does not exist", code="model_not_found", param="model")
+    if min_nodes < 1 or (max_nodes is not None and max_nodes < min_nodes):
+        raise bad_request("need 1 <= min_nodes <= max_nodes", param="min_nodes")
+    command = PreviewPlacements(model, min_nodes, max_nodes)
+    try:
+        msg = await request.app.state.gateway.nc.request(subjects.CMD_PREVIEW, encode(command), timeout=COMMAND_TIMEOUT_S)
+    except (NoRespondersError, NatsTimeout):
+        raise unavailable("no master is answering commands right now; try again in a few seconds") from None
+    reply = decode(msg.data, PreviewReply)
+    if not reply.ok:
+        raise bad_request(reply.error or "preview failed")
+    return {"model": model, "options": msgspec.to_builtins(reply.options)}
 
 
 @router.post("/instances", status_code=201)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.commands import CommandReply, DeleteInstance, PlaceInstance, ReportRunner, ReportWorkerStarted
+from shared.commands import (
+    CommandReply,
+    DeleteInstance,
+    PlaceInstance,
+    PlanPreview,
+    PreviewPlacements,
+    PreviewReply,
+    ReportRunner,
+    ReportWorkerStarted,
+)
 from shared.events import (
     AnyEvent,
     InstanceDeleted,
@@ -18,7 +27,7 @@ from shared.facts import NodeFacts
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
-from services.master.placement import NoPlacement, place
+from services.master.placement import NoPlacement, place, preview
 
 Decision = tuple[list[AnyEvent], CommandReply]
 
@@ -74,6 +83,24 @@ def _report_is_news(current: RunnerStatusChanged, cmd: ReportRunner) -> bool:
 def decide_worker_started(state: ClusterState, cmd: ReportWorkerStarted) -> Decision:
     stale = any(r.node_id == cmd.node_id for r in state.runners.values())
     return ([WorkerStarted(cmd.node_id)] if stale else []), CommandReply(ok=True)
+
+
+def decide_preview(state: ClusterState, cmd: PreviewPlacements) -> PreviewReply:
+    try:
+        card = get_card(cmd.model_id)
+    except UnknownModel:
+        return PreviewReply(ok=False, error=f"unknown model {cmd.model_id!r}")
+    options = preview(state, card, min_nodes=cmd.min_nodes, max_nodes=cmd.max_nodes)
+    return PreviewReply(
+        ok=True,
+        options=[
+            PlanPreview(
+                o.strategy, o.backend, o.n_nodes, o.feasible, list(o.shards) if o.shards else None, o.reason,
+                o.memory_per_node,
+            )  # fmt: skip
+            for o in options
+        ],
+    )
 
 
 def facts_event(state: ClusterState, facts: NodeFacts) -> NodeFactsRecorded | None:

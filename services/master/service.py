@@ -16,6 +16,8 @@ from shared.commands import (
     CommandReply,
     DeleteInstance,
     PlaceInstance,
+    PreviewPlacements,
+    PreviewReply,
     ReportRunner,
     ReportWorkerStarted,
     decode,
@@ -30,6 +32,7 @@ from shared.service import register
 from services.master.decide import (
     decide_delete,
     decide_place,
+    decide_preview,
     decide_report,
     decide_worker_started,
     facts_event,
@@ -68,6 +71,7 @@ class Master:
         await group.add_endpoint(name="place_instance", handler=self._endpoint(PlaceInstance, self._place))
         await group.add_endpoint(name="delete_instance", handler=self._endpoint(DeleteInstance, self._delete))
         await group.add_endpoint(name="report_runner", handler=self._endpoint(ReportRunner, self._report))
+        await group.add_endpoint(name="preview", handler=self._endpoint(PreviewPlacements, self._preview))
         await group.add_endpoint(
             name="worker_started", handler=self._endpoint(ReportWorkerStarted, self._worker_started)
         )
@@ -104,6 +108,9 @@ class Master:
 
     async def _report(self, cmd: ReportRunner) -> CommandReply:
         return await self.log.decide_and_append(lambda s: decide_report(s, cmd))
+
+    async def _preview(self, cmd: PreviewPlacements) -> PreviewReply:
+        return decide_preview(self.follower.state, cmd)
 
     async def _worker_started(self, cmd: ReportWorkerStarted) -> CommandReply:
         return await self.log.decide_and_append(lambda s: decide_worker_started(s, cmd))

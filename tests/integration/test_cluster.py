@@ -109,6 +109,42 @@ def test_two_stage_pipeline_spreads_the_model_and_matches_one_node(
         assert _rss(rank_pid) < 0.8 * single, (member.name, _rss(rank_pid), single)
 
 
+def test_preview_lists_every_plan_with_memory_or_the_reason(two_nodes: list[Node]) -> None:
+    r = httpx.get(f"{two_nodes[0].base_url}/instances/preview", params={"model": MODEL}, timeout=30)
+    assert r.status_code == 200, r.text
+    options = {(o["strategy"], o["backend"], o["n_nodes"]): o for o in r.json()["options"]}
+    one = options[("pipeline", "ring", 1)]
+    assert not one["feasible"] and "layers" in one["reason"]
+    two = options[("pipeline", "ring", 2)]
+    assert two["feasible"] and len(two["memory_per_node"]) == 2
+    assert all(m <= 70_000_000 for m in two["memory_per_node"].values())
+    assert "divide" in options[("tensor", "ring", 2)]["reason"]
+    assert "RDMA" in options[("pipeline", "jaccl", 2)]["reason"]
+    big = httpx.get(f"{two_nodes[0].base_url}/instances/preview", params={"model": "llama-3.1-405b"}, timeout=30)
+    assert big.status_code == 200 and not any(o["feasible"] for o in big.json()["options"])
+    assert httpx.get(f"{two_nodes[0].base_url}/instances/preview", params={"model": "nope"}).status_code == 404
+
+
+def test_a_dead_rank_fails_the_stream_and_the_instance_comes_back(two_nodes: list[Node]) -> None:
+    """kill -9 of rank 1 mid-stream: rank 0 loses its peer, the client gets an error (not a hang), both
+    ranks are restarted by their workers and the instance serves again."""
+    first, second = two_nodes
+    if not first.health()["ready_instances"]:
+        place(first)
+    client = openai.OpenAI(base_url=first.api_url, api_key="none", timeout=120, max_retries=0)
+    stream = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=2000, stream=True)
+    started = time.monotonic()
+    with pytest.raises(openai.APIError):
+        for i, _chunk in enumerate(stream):
+            if i == 3:
+                (victim,) = second.runner_pids()
+                psutil.Process(victim).kill()
+    assert time.monotonic() - started < 90
+    first.wait_until(lambda h: not h["ready_instances"], 30, "the instance reported not ready")
+    first.wait_ready(timeout=120)
+    assert generate(first, temperature=0)[1] > 0
+
+
 def test_three_stage_pipeline_matches_one_node(three_nodes: list[Node], reference: dict) -> None:
     instance = place(three_nodes[0])
     assert len(instance["shards"]) == 3 and instance["strategy"] == "pipeline"
