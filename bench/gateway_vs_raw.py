@@ -24,23 +24,30 @@ MODEL = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 
 
-def raw_round(model_path: Path, tokens: int) -> tuple[float, float]:
+def story(round_: int) -> str:
+    """A plain prompt, different from its first token on in every round, so the gateway's prefix cache cannot
+    help (raw runs in a fresh process each round)."""
+    return f"{round_ * 7919 % 1000} lighthouses stood on the coast. Tell a long story about their keepers:"
+
+
+def raw_round(model_path: Path, text: str, tokens: int) -> tuple[float, float]:
     """(time to first token in s, decode tok/s) of mlx-lm in a process set up as the worker sets up a runner."""
-    out = run_raw(model_path, tokens)
+    out = run_raw(model_path, tokens, text=text)
     return out["ttft_s"], out["decode_tok_s"]
 
 
-def gateway_round(client: openai.OpenAI, tokens: int) -> tuple[float, float]:
+def gateway_round(client: openai.OpenAI, text: str, tokens: int) -> tuple[float, float]:
+    """The same through the gateway's /v1/completions (no chat template: the same tokens as raw)."""
     start = time.perf_counter()
     first = last = None
     count = 0
-    stream = client.chat.completions.create(
-        model=MODEL, messages=PROMPT, max_tokens=tokens, temperature=0, stream=True,
+    stream = client.completions.create(
+        model=MODEL, prompt=text, max_tokens=tokens, temperature=0, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
     for chunk in stream:
         now = time.perf_counter()
-        if chunk.choices and chunk.choices[0].delta.content:
+        if chunk.choices and chunk.choices[0].text:
             first = first or now
             last = now
         if chunk.usage:
@@ -76,12 +83,12 @@ def main() -> None:
     node.wait_ready()
     model_path = next(p.parent for p in (state_dir / "models" / MODEL).glob("*/.complete"))
     client = openai.OpenAI(base_url=node.base_url + "/v1", api_key="none")
-    gateway_round(client, 8)  # warm-up: first-request costs are not what we measure
+    gateway_round(client, "Warm up.", 2)  # first-request costs are not what we measure
     raw, gateway = [], []
     try:
-        for _ in range(args.rounds):  # interleaved, so drift on the machine hits both alike
-            raw.append(raw_round(model_path, args.tokens))
-            gateway.append(gateway_round(client, args.tokens))
+        for r in range(args.rounds):  # interleaved, so drift on the machine hits both alike
+            raw.append(raw_round(model_path, story(r), args.tokens))
+            gateway.append(gateway_round(client, story(r), args.tokens))
     finally:
         node.stop()
     startup = [startup_to_first_token(state_dir) for _ in range(2)]

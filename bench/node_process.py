@@ -67,7 +67,9 @@ class Node:
             self.proc.wait(30)
 
 
-def run_raw(model_path: Path, tokens: int, prompt_words: int = 0, bundled_blas: bool = False) -> dict:
+def run_raw(
+    model_path: Path, tokens: int, prompt_words: int = 0, bundled_blas: bool = False, text: str | None = None
+) -> dict:
     """bench.raw_mlx in a subprocess with the environment the worker gives a runner (or MLX's bundled BLAS)."""
     import platform
 
@@ -78,7 +80,7 @@ def run_raw(model_path: Path, tokens: int, prompt_words: int = 0, bundled_blas: 
         env.update(runner_blas_env(Path(sys.prefix), platform.system(), env.get("LD_PRELOAD", "")))
     out = subprocess.run(
         [sys.executable, "-m", "bench.raw_mlx", str(model_path), "--tokens", str(tokens),
-         "--prompt-words", str(prompt_words)],
+         "--prompt-words", str(prompt_words), *(["--text", text] if text is not None else [])],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -18,6 +18,7 @@ def main() -> None:
     parser.add_argument("model_path")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--prompt-words", type=int, default=0, help="extra words in the prompt (prefill size)")
+    parser.add_argument("--text", default=None, help="a plain prompt (no chat template) instead of the chat one")
     args = parser.parse_args()
 
     import mlx.core as mx
@@ -31,7 +32,13 @@ def main() -> None:
     if args.prompt_words:
         filler = " ".join(f"word{i}" for i in range(args.prompt_words))
         messages = [{"role": "user", "content": f"{filler}\n\n{PROMPT[0]['content']}"}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if args.text is not None:
+        prompt = tokenizer.encode(args.text)
+    else:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    # warm-up on another prompt: first-call costs (allocation, kernel set-up) are not what we measure
+    for _ in stream_generate(model, tokenizer, mx.array(tokenizer.encode("Warm up.")), max_tokens=2):
+        pass
     start = time.perf_counter()
     first = last = None
     response = None
