@@ -61,18 +61,35 @@ def batching(client: openai.OpenAI, streams: int, tokens: int) -> dict:
     ended = max(r["last"] for r in results)
     total = sum(r["usage"].completion_tokens for r in results)
     aggregate = total / (ended - began)
+    # Decode only: from the moment every stream has its first token (all prefills done) to the end.
+    all_started = max(r["first"] for r in results)
+    after = sum(r["usage"].completion_tokens for r in results) - sum(_tokens_before(r, all_started) for r in results)
+    single_decode = (single["usage"].completion_tokens - 1) / (single["last"] - single["first"])
+    aggregate_decode = after / (ended - all_started)
     return {
+        "streams": streams,
         "single_stream_tok_s": round(single_tps, 2),
         "aggregate_tok_s": round(aggregate, 2),
-        "streams": streams,
-        "ratio": round(aggregate / single_tps, 2),
+        "ratio_with_prefill": round(aggregate / single_tps, 2),
+        "single_stream_decode_tok_s": round(single_decode, 2),
+        "aggregate_decode_tok_s": round(aggregate_decode, 2),
+        "decode_ratio": round(aggregate_decode / single_decode, 2),
     }
+
+
+def _tokens_before(result: dict, moment: float) -> int:
+    """Tokens a stream had received by `moment`, assuming even spacing between its first and last token."""
+    n = result["usage"].completion_tokens
+    if moment <= result["first"]:
+        return 0
+    span = result["last"] - result["first"]
+    return n if span <= 0 else min(n, 1 + int((n - 1) * (moment - result["first"]) / span))
 
 
 def prefix_cache(client: openai.OpenAI, rounds: int) -> dict:
     ratios = []
     for r in range(rounds):
-        history = " ".join(f"Fact {i} (round {r}): the lighthouse has {i} windows facing the sea." for i in range(40))
+        history = " ".join(f"Fact {i} (round {r}): the lighthouse has {i} windows facing the sea." for i in range(25))
         turn1 = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": history}]
         first = stream_once(client, turn1, 16)
         answer = "I have noted all the facts."
