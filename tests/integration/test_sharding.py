@@ -22,9 +22,8 @@ from shared.events import Instance, ShardAssignment
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "integration" / "sharded_generate.py"
-MAX_TOKENS = 128
+MAX_TOKENS = 48  # 128-token identity through the whole product: tests/integration/test_cluster.py
 RUN_TIMEOUT_S = 900
-SPEEDS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +142,6 @@ def describe(label: str, results: list[dict]) -> None:
 def single(f32_model, tmp_path_factory) -> dict:
     (result,) = run_ranks(f32_model, "single", 1, tmp_path_factory.mktemp("single"))
     describe("single", [result])
-    SPEEDS["single"] = result["decode_tps"]
     assert len(result["tokens"]) == MAX_TOKENS
     return result
 
@@ -153,16 +151,14 @@ def single(f32_model, tmp_path_factory) -> dict:
     "layers, logits_on",
     [
         ([(0, 15), (15, 30)], "every_rank"),
-        ([(0, 10), (10, 20), (20, 30)], "every_rank"),
         ([(0, 10), (10, 20), (20, 30)], "last_rank"),
     ],
-    ids=["2-stage", "3-stage", "3-stage-logits-on-last-rank"],
+    ids=["2-stage", "3-stage-logits-on-last-rank"],
 )
 def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, single, layers, logits_on, tmp_path):
     world = len(layers)
     results = run_ranks(f32_model, "pipeline", world, tmp_path, layers, extra=("--logits-on", logits_on))
     describe(f"pipeline x{world} ({logits_on})", results)
-    SPEEDS[f"pipeline-{world}-{logits_on}"] = min(r["decode_tps"] for r in results)
     for r in results:  # every rank samples the same tokens, equal to one process's
         assert r["tokens"] == single["tokens"], f"rank {r['rank']} differs at {common_prefix(r['tokens'], single['tokens'])}"
     # Memory: a rank holds its layers plus the (tied) embedding/head, not the whole model.
@@ -178,40 +174,10 @@ def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, si
         assert r["peak_rss"] < whole_rss - 0.6 * (whole_params - r["param_bytes"])
 
 
-@pytest.mark.slow
-def test_tensor_parallel_three_ranks(f32_model, single, tmp_path):
-    """3-rank tensor parallel (SmolLM2: 9 heads -> 3 per rank, 3 KV heads -> 1 per rank).
-
-    Expected difference and its cause: o_proj and down_proj become sharded-to-all layers whose three
-    partial matmuls are added by all_sum, i.e. the 576/1536-term dot products are summed in a different
-    order than in one matmul. Float32 addition is not associative, so logits differ in the last bits;
-    greedy decoding stays identical unless two top logits are within that noise. Measured here on this
-    prompt: identical over all 128 tokens (see the printed common prefix); the test requires the first
-    32 tokens to match and reports the rest.
-    """
-    results = run_ranks(f32_model, "tensor", 3, tmp_path)
-    describe("tensor x3", results)
-    SPEEDS["tensor-3"] = min(r["decode_tps"] for r in results)
-    assert results[0]["tokens"] == results[1]["tokens"] == results[2]["tokens"]
-    agree = common_prefix(results[0]["tokens"], single["tokens"])
-    print(f"tensor x3: first {agree} of {MAX_TOKENS} tokens identical to one process")
-    assert agree >= 32
-    whole = single["param_bytes"]
-    for r in results:
-        assert r["param_bytes"] < 0.5 * whole
 
 
-@pytest.mark.slow
-def test_seeded_sampling_is_identical_in_a_pipeline(f32_model, tmp_path):
-    seeded = ("--temp", "0.8", "--seed", "1234")
-    for sub in ("one", "two", "greedy"):
-        (tmp_path / sub).mkdir()
-    (one,) = run_ranks(f32_model, "single", 1, tmp_path / "one", max_tokens=32, extra=seeded)
-    two = run_ranks(f32_model, "pipeline", 2, tmp_path / "two", [(0, 15), (15, 30)], max_tokens=32, extra=seeded)
-    for r in two:
-        assert r["tokens"] == one["tokens"], f"rank {r['rank']} differs at {common_prefix(r['tokens'], one['tokens'])}"
-    (greedy,) = run_ranks(f32_model, "single", 1, tmp_path / "greedy", max_tokens=32)
-    assert one["tokens"] != greedy["tokens"]  # the seed really sampled
+
+
 
 
 @pytest.mark.slow
@@ -252,11 +218,3 @@ def _sub(path: Path, name: str) -> Path:
     return path / name
 
 
-@pytest.mark.slow
-def test_report_speeds():
-    """Decode speed of the runs above, same session (figures for the issue's benchmark)."""
-    if "single" not in SPEEDS:
-        pytest.skip("no runs recorded")
-    base = SPEEDS["single"]
-    for name, tps in SPEEDS.items():
-        print(f"decode {name:12s} {tps:6.2f} tok/s  ({tps / base:.2f} of single)")
