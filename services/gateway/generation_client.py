@@ -110,7 +110,9 @@ class GenerationClient:
         except NoRespondersError:
             raise unavailable(f"instance {instance_id} has no runner answering; it may be restarting") from None
         except NatsTimeout:
-            raise unavailable(f"instance {instance_id} did not accept the request within {SUBMIT_TIMEOUT_S:.0f} s")
+            raise unavailable(
+                f"instance {instance_id} did not accept the request within {SUBMIT_TIMEOUT_S:.0f} s"
+            ) from None
         reply = msgspec.json.decode(msg.data, type=GenerateReply)
         if isinstance(reply, GenerateRejected):
             raise _rejection_error(reply)

@@ -138,5 +138,5 @@ class Master:
                 log.warning("node lost", node=event.node_id, reason=event.reason)
             if lost:
                 await self.log.decide_and_append(
-                    lambda s: ([e for e in lost if e.node_id in s.nodes], None)
+                    lambda s, lost=lost: ([e for e in lost if e.node_id in s.nodes], None)
                 )

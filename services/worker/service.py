@@ -48,6 +48,7 @@ class Worker:
         self.nc: NATS = await connect(self.config.nats_url, f"exo-worker:{self.node_id}")
         self.follower = StateFollower(self.nc.jetstream(), on_event=lambda _s, _e: self._wake.set())
         await self.follower.start()
+        await self.follower.catch_up(timeout=60)  # plan on the whole log, not on a prefix of it
         service = await _register_status(self)
         await report_worker_started(self.nc, self.node_id)
         log.info("worker ready", node=self.node_id)

@@ -87,7 +87,7 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
         try:
             await loop.run_in_executor(mlx_thread, follow, engine, group)
             failed = False
-        except Exception as exc:  # noqa: BLE001 - a lost peer: exit, the worker reports it and restarts us
+        except Exception:  # noqa: BLE001 - a lost peer: exit, the worker reports it and restarts us
             log.exception("lost the instance's group")
             failed = True
     await nc.drain()
