@@ -17,6 +17,7 @@ from pathlib import Path
 
 import openai
 
+from bench.engine import stream_once
 from bench.node_process import Node
 from services.master.placement import place
 from shared.commands import PlaceInstance
@@ -30,18 +31,8 @@ PROMPT = [{"role": "user", "content": "Write a long story about a robot who lear
 
 def decode_tok_s(node: Node, tokens: int) -> float:
     client = openai.OpenAI(base_url=node.base_url + "/v1", api_key="none", timeout=600)
-    first = last = None
-    for chunk in client.chat.completions.create(
-        model=MODEL, messages=PROMPT, max_tokens=tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True},
-    ):  # fmt: skip
-        now = time.perf_counter()
-        if chunk.choices and chunk.choices[0].delta.content:
-            first = first or now
-            last = now
-        if chunk.usage:
-            count = chunk.usage.completion_tokens
-    return (count - 1) / (last - first)
+    r = stream_once(client, PROMPT, tokens)
+    return (r["usage"].completion_tokens - 1) / (r["last"] - r["first"])
 
 
 def cluster(root: Path, size: int, memory: str, strategy: str) -> list[Node]:
