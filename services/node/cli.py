@@ -42,6 +42,8 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", default=None, help="several nodes on one machine: each name gets its own state dir")
     p.add_argument("--memory", default=None, help="memory budget placement may use here, e.g. 1GB")
     p.add_argument("--weight-format", choices=["q4", "f32"], default=None, help="force a weight layout")
+    p.add_argument("--blas", choices=["auto", "reference"], default=None,
+                   help="reference: MLX's bundled BLAS, slower but seeded tokens do not depend on the batch")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, help="requests a runner decodes together (default 8)")
     p.add_argument("--max-waiting", type=int, default=None, help="requests allowed to wait per batch slot (default 4)")
     for service in SERVICES:
@@ -121,6 +123,8 @@ def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str) -> dic
         env["EXO_MEMORY"] = args.memory
     if args.weight_format:
         env["EXO_WEIGHT_FORMAT"] = args.weight_format
+    if args.blas:
+        env["EXO_BLAS"] = args.blas
     if args.max_batch is not None:
         env["EXO_MAX_BATCH"] = str(args.max_batch)
     if args.max_waiting is not None:

@@ -20,11 +20,18 @@ KNOWN_BLAS = {"libmkl_rt": "mkl", "libopenblas": "openblas", "mlx_cpu.libs/libbl
 
 
 def runner_blas_env(
-    prefix: Path, system: str, inherited_preload: str = "", exists: Callable[[str], bool] = os.path.exists
+    prefix: Path,
+    system: str,
+    inherited_preload: str = "",
+    exists: Callable[[str], bool] = os.path.exists,
+    choice: str = "auto",
 ) -> dict[str, str]:
     """Environment additions for a runner: the fastest BLAS present, single-threaded (a runner's batch is the
-    parallelism; a second BLAS thread only fought the other processes on a 2-core machine). Empty: keep MLX's own."""
-    if system != "Linux":
+    parallelism; a second BLAS thread only fought the other processes on a 2-core machine). Empty: keep MLX's own.
+
+    choice "reference" keeps MLX's bundled BLAS: slow, but its sums do not depend on how many requests share a
+    batch, so a seeded request gives bit-identical tokens whatever else runs (fast kernels round differently)."""
+    if system != "Linux" or choice == "reference":
         return {}  # macOS: Accelerate and Metal, nothing to choose
     mkl = str(prefix / "lib" / "libmkl_rt.so.3")
     if exists(mkl):

@@ -35,8 +35,9 @@ RECONCILE_PERIOD_S = 1.0
 
 
 class Worker:
-    def __init__(self, config: CommonConfig, node_id: str, weight_format: str | None) -> None:
+    def __init__(self, config: CommonConfig, node_id: str, weight_format: str | None, blas: str = "auto") -> None:
         self.config = config
+        self.blas = blas
         self.node_id = node_id
         self.weight_format = weight_format
         self.local: dict[str, LocalRunner] = {}
@@ -94,7 +95,9 @@ class Worker:
             model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
             card = get_card(instance.model_id)
             command = runner_command(instance, shard, card, model_path, self.node_id, self.config.nats_url)
-            env = runner_blas_env(Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""))
+            env = runner_blas_env(
+                Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""), choice=self.blas
+            )
             env |= self._dataplane_env(instance, shard.rank)
             process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log", env)
             self.processes[iid] = process

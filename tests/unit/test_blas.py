@@ -26,6 +26,10 @@ def test_nothing_found_keeps_the_bundled_blas() -> None:
     assert runner_blas_env(PREFIX, "Linux", exists=only()) == {}
 
 
+def test_reference_choice_keeps_the_bundled_blas() -> None:
+    assert runner_blas_env(PREFIX, "Linux", exists=only(MKL), choice="reference") == {}
+
+
 def test_macos_is_left_to_accelerate() -> None:
     assert runner_blas_env(PREFIX, "Darwin", exists=only(MKL)) == {}
 
