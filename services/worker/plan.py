@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.events import Instance, ShardAssignment
+from shared.events import Instance, RunnerStatusChanged, ShardAssignment
 from shared.state import ClusterState
 
 MAX_START_ATTEMPTS = 3
@@ -42,6 +42,18 @@ class StopRunner(msgspec.Struct, frozen=True):
 
 
 Action = StartRunner | StopRunner
+
+
+def stop_for_failed_sibling(event: RunnerStatusChanged, local: dict[str, LocalRunner], node_id: str) -> StopRunner | None:
+    """Another rank of an instance whose runner runs here failed: ours waits on a group that is gone (a follower
+    blocked in a collective may never notice), so stop it; the plan restarts it after its backoff and the
+    ranks form a new group."""
+    runner = local.get(event.instance_id)
+    if event.phase != "failed" or runner is None or not runner.running:
+        return None
+    if event.node_id == node_id and event.rank == runner.rank:
+        return None
+    return StopRunner(event.instance_id, reason=f"rank {event.rank} failed: {event.detail[:200]}")
 
 
 def my_shards(state: ClusterState, node_id: str) -> list[tuple[Instance, ShardAssignment]]:

@@ -18,14 +18,22 @@ from nats.micro.service import Service
 from shared import subjects
 from shared.bus import StateFollower, connect
 from shared.config import CommonConfig
-from shared.events import Instance
+from shared.events import AnyEvent, Instance, RunnerStatusChanged
+from shared.state import ClusterState
 from shared.models import get_card
 from shared.service import register
 
 from services.worker.blas import runner_blas_env
 from services.worker.dataplane import dataplane_config, write_files
 from services.worker.model_store import ModelStore, default_weight_format
-from services.worker.plan import LocalRunner, StartRunner, StopRunner, plan, record_exit
+from services.worker.plan import (
+    LocalRunner,
+    StartRunner,
+    StopRunner,
+    plan,
+    record_exit,
+    stop_for_failed_sibling,
+)
 from services.worker.reporting import report_runner, report_worker_started
 from services.worker.runner_process import RunnerProcess, runner_command
 
@@ -47,7 +55,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         self.store = ModelStore(self.config.state_dir / "models")
         self.nc: NATS = await connect(self.config.nats_url, f"exo-worker:{self.node_id}")
-        self.follower = StateFollower(self.nc.jetstream(), on_event=lambda _s, _e: self._wake.set())
+        self.follower = StateFollower(self.nc.jetstream(), on_event=self._on_event)
         await self.follower.start()
         await self.follower.catch_up(timeout=60)  # plan on the whole log, not on a prefix of it
         service = await _register_status(self)
@@ -63,6 +71,15 @@ class Worker:
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
         await service.stop()
         await self.nc.drain()
+
+    async def _on_event(self, _state: ClusterState, event: AnyEvent) -> None:
+        self._wake.set()
+        if isinstance(event, RunnerStatusChanged):
+            stop = stop_for_failed_sibling(event, self.local, self.node_id)
+            process = self.processes.get(event.instance_id)
+            if stop is not None and process is not None:
+                log.warning("stopping runner: its group lost a rank", instance=stop.instance_id, reason=stop.reason)
+                asyncio.create_task(process.stop())  # an expected exit: the plan restarts it after its backoff
 
     async def _reconcile(self) -> None:
         for action in plan(self.follower.state, self.local, self.node_id, time.monotonic()):

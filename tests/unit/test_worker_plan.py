@@ -173,3 +173,18 @@ def test_record_exit_resets_attempts_only_after_a_healthy_run():
     served_long = LocalRunner("inst-1", 1, running=True, attempts=3, started_at=100.0)
     record_exit(served_long, 100.0 + HEALTHY_RUN_S + 1)
     assert served_long.attempts == 0 and not served_long.running
+
+
+def test_a_failed_sibling_rank_stops_our_runner_but_not_our_own_report():
+    from services.worker.plan import stop_for_failed_sibling
+    from shared.events import RunnerStatusChanged
+
+    local = {"inst-1": LocalRunner("inst-1", 1, running=True, attempts=1)}
+    sibling = RunnerStatusChanged("inst-1", OTHER, 0, "failed", "runner exited with code -9")
+    stop = stop_for_failed_sibling(sibling, local, ME)
+    assert stop is not None and stop.instance_id == "inst-1" and "rank 0 failed" in stop.reason
+    assert stop_for_failed_sibling(RunnerStatusChanged("inst-1", ME, 1, "failed", "x"), local, ME) is None
+    assert stop_for_failed_sibling(RunnerStatusChanged("inst-1", OTHER, 0, "loading"), local, ME) is None
+    assert stop_for_failed_sibling(RunnerStatusChanged("inst-2", OTHER, 0, "failed"), local, ME) is None
+    local["inst-1"].running = False
+    assert stop_for_failed_sibling(sibling, local, ME) is None
