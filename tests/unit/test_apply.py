@@ -16,27 +16,8 @@ from shared.events import (
     ShardAssignment,
     WorkerStarted,
 )
-from shared.facts import NetworkInterface, NodeFacts
 from shared.state import ClusterState, runner_key
-
-GiB = 1024**3
-
-
-def facts(node_id: str, memory_available: int = 8 * GiB, **kw) -> NodeFacts:
-    fields = dict(
-        node_id=node_id,
-        hostname=f"host-{node_id}",
-        memory_total=16 * GiB,
-        memory_available=memory_available,
-        memory_budget=None,
-        cpu_count=8,
-        chip="x86_64",
-        backends=("ring",),
-        interfaces=(NetworkInterface("eth0", ("10.0.0.1",)),),
-        roles=("worker",),
-    )
-    fields.update(kw)
-    return NodeFacts(**fields)
+from tests.unit.factories import GiB, facts
 
 
 def instance(instance_id: str, model_id: str = "smollm2-135m", nodes: tuple[str, ...] = ("node-a", "node-b")) -> Instance:

@@ -15,7 +15,12 @@ from services.master.decide import (
     nodes_to_forget,
 )
 from shared.apply import apply
-from shared.commands import DeleteInstance, PlaceInstance, ReportRunner, ReportWorkerStarted
+from shared.commands import (
+    DeleteInstance,
+    PlaceInstance,
+    ReportRunner,
+    ReportWorkerStarted,
+)
 from shared.events import (
     Instance,
     InstanceDeleted,
@@ -26,28 +31,9 @@ from shared.events import (
     ShardAssignment,
     WorkerStarted,
 )
-from shared.facts import NetworkInterface, NodeFacts
+from shared.facts import NetworkInterface
 from shared.state import ClusterState
-
-GiB = 1024**3
-
-
-def facts(node_id: str, memory_available: int = 8 * GiB, memory_total: int = 16 * GiB, **kw) -> NodeFacts:
-    fields = dict(
-        node_id=node_id,
-        hostname=f"host-{node_id}",
-        memory_total=memory_total,
-        memory_available=memory_available,
-        memory_budget=None,
-        cpu_count=8,
-        chip="x86_64",
-        backends=("ring",),
-        interfaces=(NetworkInterface("eth0", ("10.0.0.1",)),),
-        roles=("worker",),
-    )
-    fields.update(kw)
-    return NodeFacts(**fields)
-
+from tests.unit.factories import GiB, facts
 
 INSTANCE = Instance(
     "inst-1",
