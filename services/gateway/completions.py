@@ -14,7 +14,7 @@ from shared.generation import GenerateRequest, TokenChunk
 from shared.ids import new_request_id
 from shared.models import UnknownModel, get_card
 
-from services.gateway.errors import OpenAIError, bad_request
+from services.gateway.errors import OpenAIError, bad_request, model_not_found
 from services.gateway.generation_client import pick_instance
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
@@ -61,7 +61,7 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
     try:
         card = get_card(body.model)
     except UnknownModel:
-        raise OpenAIError(404, f"the model {body.model!r} does not exist", code="model_not_found", param="model") from None
+        raise model_not_found(body.model) from None
     sampling = body.sampling(card.context_length)
     instance_id = pick_instance(gateway.follower.state, body.model, gateway.client.next_turn())
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")

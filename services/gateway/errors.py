@@ -36,6 +36,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return OpenAIError(400, message, param=param, code=code)
 
 
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(404, f"the model {model!r} does not exist", code="model_not_found", param="model")
+
+
 def unavailable(message: str) -> OpenAIError:
     return OpenAIError(503, message, type_="service_unavailable", code="no_ready_instance")
 

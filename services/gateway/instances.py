@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 from fastapi import APIRouter, Request
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
@@ -19,11 +21,12 @@ from shared.commands import (
 from shared.models import MODEL_CARDS
 from shared.state import ClusterState
 
-from services.gateway.errors import OpenAIError, bad_request, unavailable
+from services.gateway.errors import OpenAIError, bad_request, model_not_found, unavailable
 
 router = APIRouter()
 
 COMMAND_TIMEOUT_S = 10.0
+R = TypeVar("R")
 
 
 def instance_view(state: ClusterState, instance_id: str) -> dict:
@@ -86,15 +89,11 @@ class CreateInstance(msgspec.Struct):
 async def preview_instances(request: Request, model: str, min_nodes: int = 1, max_nodes: int | None = None) -> dict:
     """Every feasible plan with memory per node, and the reason for each infeasible one."""
     if model not in MODEL_CARDS:
-        raise OpenAIError(404, f"the model {model!r} does not exist", code="model_not_found", param="model")
+        raise model_not_found(model)
     if min_nodes < 1 or (max_nodes is not None and max_nodes < min_nodes):
         raise bad_request("need 1 <= min_nodes <= max_nodes", param="min_nodes")
     command = PreviewPlacements(model, min_nodes, max_nodes)
-    try:
-        msg = await request.app.state.gateway.nc.request(subjects.CMD_PREVIEW, encode(command), timeout=COMMAND_TIMEOUT_S)
-    except (NoRespondersError, NatsTimeout):
-        raise unavailable("no master is answering commands right now; try again in a few seconds") from None
-    reply = decode(msg.data, PreviewReply)
+    reply = await _command(request, subjects.CMD_PREVIEW, encode(command), PreviewReply)
     if not reply.ok:
         raise bad_request(reply.error or "preview failed")
     return {"model": model, "options": msgspec.to_builtins(reply.options)}
@@ -111,7 +110,7 @@ async def create_instance(request: Request) -> dict:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise bad_request(f"invalid instance request: {exc}") from None
     if body.model not in MODEL_CARDS:
-        raise OpenAIError(404, f"the model {body.model!r} does not exist", code="model_not_found", param="model")
+        raise model_not_found(body.model)
     reply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
     if not reply.ok:
         raise OpenAIError(409, reply.error or "placement failed", code="placement_failed")
@@ -128,9 +127,9 @@ async def delete_instance(request: Request, instance_id: str) -> dict:
     return {"deleted": instance_id}
 
 
-async def _command(request: Request, subject: str, payload: bytes) -> CommandReply:
+async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:
     try:
         msg = await request.app.state.gateway.nc.request(subject, payload, timeout=COMMAND_TIMEOUT_S)
     except (NoRespondersError, NatsTimeout):
         raise unavailable("no master is answering commands right now; try again in a few seconds") from None
-    return decode(msg.data, CommandReply)
+    return decode(msg.data, reply_type)

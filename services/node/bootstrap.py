@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from shared import subjects
-from shared.bus import connect
-from shared.commands import CommandReply, PlaceInstance, decode, encode
+from shared.bus import connect, send_command
+from shared.commands import CommandReply, PlaceInstance, encode
 
 log = structlog.get_logger()
 
@@ -21,18 +20,14 @@ async def place_at_start(nats_url: str, model_id: str, stop: asyncio.Event) -> C
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PLACE_DEADLINE_S
     reply = None
+    payload = encode(PlaceInstance(model_id, if_absent=True))
     try:
         while not stop.is_set() and loop.time() < deadline:
-            try:
-                msg = await nc.request(
-                    subjects.CMD_PLACE_INSTANCE, encode(PlaceInstance(model_id, if_absent=True)), timeout=5.0
-                )
-                reply = decode(msg.data, CommandReply)
-                if reply.ok:
-                    log.info("model placed", model=model_id, instance=reply.instance_id)
-                    return reply
-            except (NoRespondersError, NatsTimeout):
-                pass  # the master is still starting
+            answer = await send_command(nc, subjects.CMD_PLACE_INSTANCE, payload, attempts=3)
+            reply = answer or reply  # None: the master is still starting
+            if answer is not None and answer.ok:
+                log.info("model placed", model=model_id, instance=answer.instance_id)
+                return answer
             await asyncio.sleep(1.0)  # e.g. this node's facts have not reached the master yet
         log.error("could not place the model at start", model=model_id, reason=reply.error if reply else "no master")
         return reply
