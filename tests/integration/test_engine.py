@@ -117,7 +117,13 @@ def tiny_node(start_node: Callable[..., Node]) -> Iterator[Node]:
 def open_stream(node: Node, max_tokens: int = 2000) -> tuple[httpx.Client, httpx.Response]:
     http = httpx.Client(timeout=60)
     body = {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "stream": True}
-    response = http.send(http.build_request("POST", f"{node.api_url}/chat/completions", json=body), stream=True)
+    deadline = time.monotonic() + 20
+    while True:  # the previous test's cancelled stream frees the only slot asynchronously
+        response = http.send(http.build_request("POST", f"{node.api_url}/chat/completions", json=body), stream=True)
+        if response.status_code != 429 or time.monotonic() > deadline:
+            break
+        response.close()
+        time.sleep(0.2)
     assert response.status_code == 200
     lines = response.iter_lines()
     for line in lines:  # wait until tokens flow: the request holds the only slot
