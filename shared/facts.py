@@ -10,6 +10,13 @@ class NetworkInterface(msgspec.Struct, frozen=True):
     addresses: tuple[str, ...]
 
 
+class Link(msgspec.Struct, frozen=True):
+    """Measured round trip to a peer (discovery's signed probes), rounded to 0.1 ms."""
+
+    peer_id: str
+    latency_ms: float
+
+
 class NodeFacts(msgspec.Struct, frozen=True):
     node_id: str
     hostname: str
@@ -22,6 +29,7 @@ class NodeFacts(msgspec.Struct, frozen=True):
     interfaces: tuple[NetworkInterface, ...]
     roles: tuple[str, ...]  # services this node runs that matter to placement, e.g. "worker"
     rdma: bool = False
+    links: tuple[Link, ...] = ()  # to the peers discovery hears, with their measured latency
 
     def placeable_memory(self) -> int:
         return self.memory_budget if self.memory_budget is not None else self.memory_available

@@ -23,7 +23,7 @@ from shared.events import (
     RunnerStatusChanged,
     WorkerStarted,
 )
-from shared.facts import NodeFacts
+from shared.facts import Link, NodeFacts
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
@@ -34,6 +34,9 @@ Decision = tuple[list[AnyEvent], CommandReply]
 # Memory readings move all the time; only a change this large is worth an event.
 MEMORY_CHANGE_WORTH_RECORDING = 0.10
 PROGRESS_STEP_WORTH_RECORDING = 0.05
+# Link latencies jitter on every probe; only a move this large (both absolute and relative) is worth an event.
+LINK_CHANGE_WORTH_RECORDING_MS = 2.0
+LINK_CHANGE_WORTH_RECORDING_RATIO = 0.5
 
 
 def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: str) -> Decision:
@@ -107,14 +110,27 @@ def facts_event(state: ClusterState, facts: NodeFacts) -> NodeFactsRecorded | No
     known = state.nodes.get(facts.node_id)
     if known is None:
         return NodeFactsRecorded(facts)
-    ignoring_memory = {"memory_available": 0}
-    same_otherwise = msgspec.structs.replace(known, **ignoring_memory) == msgspec.structs.replace(
-        facts, **ignoring_memory
+    ignoring_jitter = {"memory_available": 0, "links": ()}
+    same_otherwise = msgspec.structs.replace(known, **ignoring_jitter) == msgspec.structs.replace(
+        facts, **ignoring_jitter
     )
     moved = abs(facts.memory_available - known.memory_available) / max(known.memory_total, 1)
-    if same_otherwise and moved < MEMORY_CHANGE_WORTH_RECORDING:
+    if same_otherwise and moved < MEMORY_CHANGE_WORTH_RECORDING and not links_moved(known.links, facts.links):
         return None
     return NodeFactsRecorded(facts)
+
+
+def links_moved(known: tuple[Link, ...], seen: tuple[Link, ...]) -> bool:
+    """A peer gained or lost, or a latency that moved by more than the jitter of a healthy link."""
+    before = {link.peer_id: link.latency_ms for link in known}
+    after = {link.peer_id: link.latency_ms for link in seen}
+    if before.keys() != after.keys():
+        return True
+    for peer_id, old in before.items():
+        delta = abs(after[peer_id] - old)
+        if delta > LINK_CHANGE_WORTH_RECORDING_MS and delta > LINK_CHANGE_WORTH_RECORDING_RATIO * max(old, 0.1):
+            return True
+    return False
 
 
 def nodes_to_forget(state: ClusterState, last_seen: dict[str, float], now: float, timeout: float) -> list[NodeLost]:
