@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +16,16 @@ from pathlib import Path
 
 def free_port() -> int:
     with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# One secret for every node of a benchmark run, so `--nats-url` joins work; each beacons on its own port.
+BENCH_SECRET = secrets.token_hex(32)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -38,7 +49,8 @@ class Node:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.node.cli", "--state-dir", str(self.state_dir),
-             "--port", str(self.port), "--nats-port", str(self.nats_port), *self.extra],
+             "--port", str(self.port), "--nats-port", str(self.nats_port), "--cluster-secret", BENCH_SECRET,
+             "--discovery-port", str(free_udp_port()), "--route-port", "0", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EXO_CONSOLE_LOGS": "1"},
         )  # fmt: skip
         return started

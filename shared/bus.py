@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
 from shared.apply import apply
+from shared.cluster_secret import SECRET_ENV, nats_client_credentials, normalise, redact
 from shared.commands import CommandReply, decode
 from shared.events import AnyEvent, decode_event
 from shared.state import ClusterState
@@ -26,8 +30,11 @@ WRONG_LAST_SEQUENCE = 10071
 async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -> NATS:
     """Connect, retrying while the server starts; afterwards nats-py reconnects on its own, forever."""
 
+    connected_once = False
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", error=str(exc))
+        # before the first connection the retry loop below reports; afterwards nats-py reconnects by itself
+        (log.warning if connected_once else log.debug)("nats error", error=str(exc))
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
@@ -37,11 +44,13 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
 
     deadline = asyncio.get_running_loop().time() + first_connect_timeout
     delay = 0.1
+    credentials = bus_credentials(url)
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 url,
                 name=name,
+                **credentials,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -50,11 +59,29 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
             )
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the server is retried until the deadline
+            connected_once = True
+            return nc
+        except Exception as exc:
+            if "authorization" in str(exc).lower():
+                raise ConnectionError(
+                    f"the bus at {redact(url)} refused our credentials: run every node of a cluster with the same "
+                    f"--cluster-secret (env {SECRET_ENV}; the first node stores it in <state-dir>/cluster.secret)"
+                ) from exc
             if asyncio.get_running_loop().time() > deadline:
-                raise ConnectionError(f"cannot reach NATS at {url}: {exc}") from exc
+                raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc}") from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+def bus_credentials(url: str) -> dict[str, str]:
+    """The user and password of the cluster's bus, derived from the secret in the environment (services
+    inherit it from the node; launchd-run ones read it from the state dir, see shared.config). A URL that
+    carries credentials of its own keeps them."""
+    secret = os.environ.get(SECRET_ENV)
+    if not secret or urlsplit(url).username:
+        return {}
+    user, password = nats_client_credentials(normalise(secret))
+    return {"user": user, "password": password}
 
 
 async def ensure_event_stream(js: JetStreamContext) -> None:
@@ -107,7 +134,7 @@ class StateFollower:
             except NotFoundError:
                 await asyncio.sleep(0.2)  # the master creates it; until then there is nothing to replay
 
-    async def _handle(self, msg) -> None:  # noqa: ANN001 - nats.aio.msg.Msg
+    async def _handle(self, msg) -> None:
         seq = msg.metadata.sequence.stream
         if seq <= self.state.last_seq:
             return

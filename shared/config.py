@@ -13,8 +13,12 @@ from pathlib import Path
 
 import msgspec
 
+from shared.cluster_secret import SECRET_ENV, secret_path
+
 DEFAULT_NATS_PORT = 4222
 DEFAULT_API_PORT = 8080
+DEFAULT_DISCOVERY_PORT = 52416  # UDP beacons
+DEFAULT_ROUTE_PORT = 6222  # NATS cluster routes between the nodes' buses
 
 
 def default_state_dir() -> Path:
@@ -48,9 +52,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def common_from_args(ns: argparse.Namespace) -> CommonConfig:
+    state_dir = Path(ns.state_dir).expanduser()
+    if not os.environ.get(SECRET_ENV) and secret_path(state_dir).exists():
+        # a service started alone (launchd) finds the node's secret where the node keeps it; runners inherit it
+        os.environ[SECRET_ENV] = secret_path(state_dir).read_text().strip()
     return CommonConfig(
         nats_url=ns.nats_url,
-        state_dir=Path(ns.state_dir).expanduser(),
+        state_dir=state_dir,
         log_level=ns.log_level,
         console_logs=os.environ.get("EXO_CONSOLE_LOGS", "1") != "0",
     )

@@ -26,11 +26,22 @@ import httpx
 import psutil
 import pytest
 
+from shared.cluster_secret import nats_client_credentials
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m"
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 START_ATTEMPTS = 3  # free ports are picked, then bound by the node: another process may take one between
+
+
+TEST_CLUSTER_SECRET = "5e" * 32
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def free_port() -> int:
@@ -70,6 +81,12 @@ class Node:
 
     @property
     def nats_url(self) -> str:
+        """The node's bus, with the credentials derived from the tests' cluster secret."""
+        user, password = nats_client_credentials(TEST_CLUSTER_SECRET)
+        return f"nats://{user}:{password}@127.0.0.1:{self.nats_port}"
+
+    @property
+    def nats_url_without_credentials(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     @property
@@ -198,6 +215,14 @@ def launch_node(state_root: Path, name: str, *extra_args: str) -> Node:
         output_path = state_dir / "exo-console.log"
         argv = [sys.executable, "-m", "services.node.cli", "--state-dir", str(state_dir),
                 "--port", str(port), "--nats-port", str(nats_port), *extra_args]  # fmt: skip
+        # Nodes of the tests share one secret (so --nats-url joins work) but never find each other by
+        # accident: each beacons on a UDP port of its own and none takes bus routes, unless a test says so.
+        if "--cluster-secret" not in extra_args:
+            argv += ["--cluster-secret", TEST_CLUSTER_SECRET]
+        if "--discovery-port" not in extra_args:
+            argv += ["--discovery-port", str(free_udp_port())]
+        if "--route-port" not in extra_args:
+            argv += ["--route-port", "0"]
         with open(output_path, "wb") as out:
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         node = Node(name, state_dir, port, nats_port, output_path, proc)

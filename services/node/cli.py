@@ -7,26 +7,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import structlog
 
-from shared.config import DEFAULT_API_PORT, DEFAULT_NATS_PORT, default_state_dir, parse_bytes
+from services.node.bootstrap import place_at_start
+from services.node.embedded_bus import (
+    EmbeddedBus,
+    base_config,
+    peer_routes,
+    wait_for_peers,
+)
+from services.node.launchd import write_plists
+from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_for_port, write_config
+from services.node.supervisor import ChildSpec, Supervisor
+from shared.bus import connect
+from shared.cluster_secret import SECRET_ENV, BadSecret, redact, secret_path
+from shared.cluster_secret import load_or_create as load_or_create_secret
+from shared.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_DISCOVERY_PORT,
+    DEFAULT_NATS_PORT,
+    DEFAULT_ROUTE_PORT,
+    default_state_dir,
+    parse_bytes,
+)
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
 from shared.models import DEFAULT_MODEL, MODEL_CARDS
+from shared.peers import read_table
 from shared.service import VERSION
-
-from services.node.bootstrap import place_at_start
-from services.node.launchd import write_plists
-from services.node.nats_server import NatsServerUnavailable, nats_server_argv, port_is_free, wait_for_port
-from services.node.supervisor import BUS_CHILD, ChildSpec, Supervisor
 
 log = structlog.get_logger()
 
-SERVICES = ("discovery", "master", "worker", "gateway")
+SERVICES = ("discovery", "master", "worker", "gateway")  # discovery first: see run_node
+FORMATION_WINDOW_S = 1.5  # beacons go out every second: nodes started together hear each other in this window
 
 
 def node_parser() -> argparse.ArgumentParser:
@@ -46,6 +65,17 @@ def node_parser() -> argparse.ArgumentParser:
                    help="reference: MLX's bundled BLAS, slower but seeded tokens do not depend on the batch")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, help="requests a runner decodes together (default 8)")
     p.add_argument("--max-waiting", type=int, default=None, help="requests allowed to wait per batch slot (default 4)")
+    p.add_argument("--cluster-secret", default=os.environ.get(SECRET_ENV),
+                   help="the cluster's secret (env EXO_CLUSTER_SECRET); default: the stored one, or a new one, shown once")
+    p.add_argument("--peers", default=os.environ.get("EXO_PEERS", ""),
+                   help="host[:port],... to beacon to where multicast and broadcast do not reach (env EXO_PEERS)")
+    p.add_argument("--discovery-port", type=int, default=DEFAULT_DISCOVERY_PORT,
+                   help=f"UDP port of discovery beacons (default {DEFAULT_DISCOVERY_PORT})")
+    p.add_argument("--route-port", type=int, default=DEFAULT_ROUTE_PORT,
+                   help=f"NATS cluster port peers' buses connect to (default {DEFAULT_ROUTE_PORT}; 0: never cluster)")
+    p.add_argument("--cluster-bind", default="0.0.0.0",
+                   help="address for beacons and bus routes (default all interfaces: both need the secret)")
+    p.add_argument("--list-peers", action="store_true", help="print the peers this node's discovery sees, and exit")
     for service in SERVICES:
         p.add_argument(f"--no-{service}", action="store_true", help=f"do not run the {service} service here")
     p.add_argument("--log-level", default="info")
@@ -57,6 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["service"]:
         run_service(argv[1:])
+        return
+    if argv[:1] == ["peers"] or "--list-peers" in argv:
+        from services.node.peers_cli import main as peers_main
+
+        peers_main([a for a in argv if a not in ("peers", "--list-peers")])
         return
     if argv[:1] == ["launchd"]:
         write_launchd(argv[1:])
@@ -104,14 +139,23 @@ def write_launchd(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_API_PORT)
     parser.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT)
     ns = parser.parse_args(argv)
-    for path in write_plists(ns.out, ns.venv, ns.state_dir.expanduser(), ns.port, ns.nats_port):
+    state_dir = ns.state_dir.expanduser()
+    secret, created = load_or_create_secret(state_dir, os.environ.get(SECRET_ENV))
+    node_id = load_or_create_node_id(state_dir)
+    conf = write_config(state_dir, base_config(state_dir, node_id, secret, "127.0.0.1", ns.nats_port, "127.0.0.1", 0))
+    print(f"wrote {conf}" + (f"  (new cluster secret in {secret_path(state_dir)})" if created else ""))
+    for path in write_plists(ns.out, ns.venv, state_dir, ns.port, ns.nats_port):
         print(f"wrote {path}  (load with: launchctl bootstrap gui/$(id -u) {path})")
 
 
-def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str) -> dict[str, str]:
+def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str, route_port: int) -> dict[str, str]:
     roles = [] if args.no_worker else ["worker"]
     env = {
         "EXO_NATS_URL": nats_url,
+        "EXO_DISCOVERY_PORT": str(args.discovery_port),
+        "EXO_DISCOVERY_BIND": args.cluster_bind,
+        "EXO_PEERS": args.peers,
+        "EXO_ROUTE_PORT": str(route_port),
         "EXO_STATE_DIR": str(state_dir),
         "EXO_LOG_LEVEL": args.log_level,
         "EXO_HOST": args.host,
@@ -134,38 +178,89 @@ def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str) -> dic
 
 async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
     node_id = load_or_create_node_id(state_dir)
+    try:
+        secret, created = load_or_create_secret(state_dir, args.cluster_secret)
+    except BadSecret as exc:
+        raise NatsServerUnavailable(f"--cluster-secret: {exc}") from None
+    if created:
+        print(f"exo: new cluster secret (kept in {secret_path(state_dir)}); start the other machines with\n"
+              f"  exo --cluster-secret {secret}", flush=True)  # fmt: skip
+    os.environ[SECRET_ENV] = secret  # every service and runner derives the bus credentials from it
     supervisor = Supervisor(pid_file=state_dir / "pids.json")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    started = time.time()
+    own_bus = args.nats_url is None
+    nats_url = args.nats_url or f"nats://127.0.0.1:{args.nats_port}"
+    env = service_env(args, state_dir, nats_url, args.route_port if own_bus else 0)
+    tasks: list[asyncio.Task] = []
     try:
-        nats_url = args.nats_url or await start_embedded_nats(supervisor, state_dir, args.nats_port, node_id)
-        env = service_env(args, state_dir, nats_url)
-        for service in SERVICES:
+        if own_bus:
+            check_bus_ports(args)
+        if not args.no_discovery:  # first: its beacons find peers while the bus is not up yet
+            await supervisor.start(ChildSpec("discovery", [sys.executable, "-m", "services.discovery"], env))
+        bus = None
+        if own_bus:
+            bus = EmbeddedBus(supervisor, state_dir, base_config(
+                state_dir, node_id, secret, "127.0.0.1", args.nats_port, args.cluster_bind, args.route_port))  # fmt: skip
+            routes = ()
+            if not args.no_discovery and args.route_port:
+                routes = await wait_for_peers(state_dir, started, FORMATION_WINDOW_S)
+            await bus.start(routes)
+            if not await asyncio.to_thread(wait_for_port, "127.0.0.1", args.nats_port, 15.0):
+                raise NatsServerUnavailable(f"the embedded nats-server did not open port {args.nats_port}; see above")
+        else:
+            await check_bus_credentials(nats_url)
+        for service in SERVICES[1:]:
             if not getattr(args, f"no_{service}"):
                 await supervisor.start(ChildSpec(service, [sys.executable, "-m", f"services.{service}"], env))
-        log.info("node started", node=node_id, nats=nats_url, api=None if args.no_gateway else f"http://{args.host}:{args.port}/v1")
-        if not args.no_model:
-            asyncio.create_task(place_at_start(nats_url, args.model, stop))
+        log.info("node started", node=node_id, nats=redact(nats_url), api=None if args.no_gateway else f"http://{args.host}:{args.port}/v1")
+        place = None if args.no_model else asyncio.create_task(place_at_start(nats_url, args.model, stop))
+        if bus is not None and not args.no_discovery:
+            tasks.append(asyncio.create_task(follow_peers(bus, supervisor, state_dir, started, args, stop, place)))
         await stop.wait()
     finally:
         log.info("stopping node")
+        for task in tasks:
+            task.cancel()
         await supervisor.stop()
 
 
-async def start_embedded_nats(supervisor: Supervisor, state_dir: Path, port: int, node_id: str) -> str:
-    host = "127.0.0.1"
-    if not port_is_free(host, port):
+async def follow_peers(
+    bus: EmbeddedBus, supervisor: Supervisor, state_dir: Path, since: float, args: argparse.Namespace,
+    stop: asyncio.Event, place: asyncio.Task | None,
+) -> None:  # fmt: skip
+    """Routes for new peers; the one restart when a node that started alone meets its first peer."""
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if bus.apply_routes(peer_routes(read_table(state_dir), since)) == "formed":
+            if place is not None:
+                place.cancel()
+            await supervisor.restart_all()
+            if not args.no_model:  # the cluster's log does not know this node's model yet
+                place = asyncio.create_task(place_at_start(f"nats://127.0.0.1:{args.nats_port}", args.model, stop))
+
+
+def check_bus_ports(args: argparse.Namespace) -> None:
+    if not port_is_free("127.0.0.1", args.nats_port):
         raise NatsServerUnavailable(
-            f"port {port} is taken (another exo node or nats-server?); use --nats-port N, or --nats-url to join it"
+            f"port {args.nats_port} is taken (another exo node or nats-server?); use --nats-port N, or --nats-url to join it"
         )
-    argv = nats_server_argv(state_dir, host, port, f"exo-{node_id}")
-    (state_dir / "nats").mkdir(parents=True, exist_ok=True)
-    await supervisor.start(ChildSpec(BUS_CHILD, argv, {}))
-    if not await asyncio.to_thread(wait_for_port, host, port, 15.0):
-        raise NatsServerUnavailable(f"the embedded nats-server did not open {host}:{port}; see its output above")
-    return f"nats://{host}:{port}"
+    if args.route_port and not port_is_free(args.cluster_bind, args.route_port):
+        raise NatsServerUnavailable(
+            f"route port {args.route_port} is taken; use --route-port N (or 0 for a node that never clusters)"
+        )
+
+
+async def check_bus_credentials(nats_url: str) -> None:
+    """Fail at once, with the reason, when the bus we were pointed at refuses us."""
+    try:
+        nc = await connect(nats_url, "exo-node-check", first_connect_timeout=15.0)
+    except ConnectionError as exc:
+        raise NatsServerUnavailable(str(exc)) from None
+    await nc.close()
 
 
 if __name__ == "__main__":

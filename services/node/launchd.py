@@ -1,7 +1,9 @@
 """launchd property lists, one per service: how a Mac runs a node in production.
 
 launchd is the supervisor there (KeepAlive restarts a crashed service; ThrottleInterval is its backoff).
-The plists are generated, checked as data in the tests, and cannot be loaded on Linux.
+The plists are generated, checked as data in the tests, and cannot be loaded on Linux. Under launchd the bus
+is the standalone server `exo launchd` configures; joining it to other machines' buses (the routes `exo`
+adds as peers appear) is done by `exo` itself and is not yet done under launchd.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 from shared.config import DEFAULT_API_PORT, DEFAULT_NATS_PORT
 
+from services.node.nats_server import config_path
+
 LABEL_PREFIX = "io.exo-distributed"
 SERVICES = ("nats-server", "discovery", "master", "worker", "gateway")
 
@@ -18,10 +22,8 @@ SERVICES = ("nats-server", "discovery", "master", "worker", "gateway")
 def service_plist(service: str, venv: Path, state_dir: Path, api_port: int, nats_port: int) -> dict:
     nats_url = f"nats://127.0.0.1:{nats_port}"
     if service == "nats-server":
-        program = [
-            str(venv / "bin" / "nats-server"), "--addr", "127.0.0.1", "--port", str(nats_port),
-            "--jetstream", "--store_dir", str(state_dir / "nats"),
-        ]  # fmt: skip
+        # `exo launchd` writes this file: loopback, JetStream, the credentials derived from the cluster secret
+        program = [str(venv / "bin" / "nats-server"), "-c", str(config_path(state_dir))]
     else:
         program = [str(venv / "bin" / "exo"), "service", service]
     return {

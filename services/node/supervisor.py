@@ -88,6 +88,18 @@ class Supervisor:
             child.restarts += 1
             self._write_pids()
 
+    def pid_of(self, name: str) -> int | None:
+        for child in self.children:
+            if child.spec.name == name and child.proc is not None and child.proc.returncode is None:
+                return child.proc.pid
+        return None
+
+    async def restart_all(self) -> None:
+        """Stop the services, then the bus; the watchers start each again (the bus with its new configuration)."""
+        services = [c for c in self.children if c.spec.name != BUS_CHILD]
+        await asyncio.gather(*(c.stop() for c in services))
+        await asyncio.gather(*(c.stop() for c in self.children if c.spec.name == BUS_CHILD))
+
     def _write_pids(self) -> None:
         if self.pid_file is None:
             return

@@ -29,7 +29,7 @@ def test_every_service_has_a_plist_that_launchd_keeps_alive() -> None:
         assert plist["StandardErrorPath"].endswith(f"{service}.err")
         program = plist["ProgramArguments"]
         if service == "nats-server":
-            assert program[0].endswith("/nats-server") and "--jetstream" in program and "127.0.0.1" in program
+            assert program[0].endswith("/nats-server") and program[1:] == ["-c", "/var/lib/exo/nats/nats.conf"]
         else:
             assert program[1:] == ["service", service]
 
