@@ -28,12 +28,16 @@ WRONG_LAST_SEQUENCE = 10071
 
 
 async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -> NATS:
-    """Connect, retrying while the server starts; afterwards nats-py reconnects on its own, forever."""
+    """Connect, retrying while the server starts; afterwards nats-py reconnects on its own, forever.
 
+    A bus that refuses our credentials fails at once with the reason (nats-py alone would retry for ever)."""
     connected_once = False
+    refused = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
-        # before the first connection the retry loop below reports; afterwards nats-py reconnects by itself
+        if not connected_once and "authorization" in str(exc).lower():
+            refused.set()
+        # before the first connection the caller reports; afterwards nats-py reconnects by itself
         (log.warning if connected_once else log.debug)("nats error", error=str(exc))
 
     async def on_disconnect() -> None:
@@ -42,15 +46,15 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    deadline = asyncio.get_running_loop().time() + first_connect_timeout
-    delay = 0.1
-    credentials = bus_credentials(url)
-    while True:
-        try:
-            nc = await nats.connect(
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + first_connect_timeout
+    reason: object = f"no answer in {first_connect_timeout:.0f} s"
+    while loop.time() < deadline and not refused.is_set():
+        attempt = asyncio.create_task(
+            nats.connect(
                 url,
                 name=name,
-                **credentials,
+                **bus_credentials(url),
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -59,18 +63,26 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
             )
+        )
+        watch = asyncio.create_task(refused.wait())
+        done, _ = await asyncio.wait(
+            {attempt, watch}, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED
+        )
+        watch.cancel()
+        if attempt in done and attempt.exception() is None:
             connected_once = True
-            return nc
-        except Exception as exc:
-            if "authorization" in str(exc).lower():
-                raise ConnectionError(
-                    f"the bus at {redact(url)} refused our credentials: run every node of a cluster with the same "
-                    f"--cluster-secret (env {SECRET_ENV}; the first node stores it in <state-dir>/cluster.secret)"
-                ) from exc
-            if asyncio.get_running_loop().time() > deadline:
-                raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc}") from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            return attempt.result()
+        if attempt in done:
+            reason = attempt.exception()
+            await asyncio.sleep(0.2)  # the server may still be starting
+        else:
+            attempt.cancel()
+    if refused.is_set():
+        raise ConnectionError(
+            f"the bus at {redact(url)} refused our credentials: run every node of a cluster with the same "
+            f"--cluster-secret (env {SECRET_ENV}; the first node stores it in <state-dir>/cluster.secret)"
+        )
+    raise ConnectionError(f"cannot reach NATS at {redact(url)}: {reason}")
 
 
 def bus_credentials(url: str) -> dict[str, str]:
