@@ -6,6 +6,11 @@ from __future__ import annotations
 EVENTS_STREAM = "EXO_EVENTS"
 EVENTS_SUBJECT = "exo.events"
 
+# Leader election: a JetStream KV bucket (entries expire) with one key, the master's lease; value = node id,
+# revision at creation = the leader's term (see services/master/lease.py). `nats kv get EXO_LEADER master`.
+LEADER_BUCKET = "EXO_LEADER"
+LEADER_KEY = "master"
+
 # Node facts: discovery publishes them periodically on core NATS; the master turns changes into events.
 FACTS_PREFIX = "exo.facts"
 

@@ -11,6 +11,7 @@ from shared.logging import setup_logging
 from shared.service import run_until_signalled
 
 from services.discovery.service import Discovery
+from services.discovery.settings import add_discovery_args, settings_from_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,13 +27,18 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("EXO_ROLES", "worker"),
         help="comma-separated services of this node that placement cares about (env EXO_ROLES)",
     )
+    add_discovery_args(parser)
     ns = parser.parse_args(argv)
     config = common_from_args(ns)
     setup_logging("discovery", config.log_dir, config.log_level, config.console_logs)
+    try:
+        settings = settings_from_args(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
     budget = parse_bytes(ns.memory) if ns.memory else None
     roles = tuple(r for r in ns.roles.split(",") if r)
     node_id = load_or_create_node_id(config.state_dir)
-    run_until_signalled(Discovery(config, node_id, roles, budget).run)
+    run_until_signalled(Discovery(config, node_id, roles, budget, settings).run)
 
 
 if __name__ == "__main__":

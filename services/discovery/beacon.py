@@ -49,6 +49,9 @@ class Beacon(msgspec.Struct, frozen=True):
     peer_id: str = ""  # probe/pong: the node it is meant for (several nodes may share a host and port)
     probe_id: str = ""  # probe: its id; pong: the id of the probe it answers
     echo_sent_at: float = 0.0  # pong: the probe's sent_at
+    # UDP port of the sender's own probe socket. Nodes on one machine may share discovery_port (broadcasts reach
+    # them all), but a unicast datagram to a shared port reaches just one of them: probes need a port of their own.
+    probe_port: int = 0
 
 
 class Rejected(Exception):
@@ -142,6 +145,7 @@ class PeerBook:
         self.own_node_id = own_node_id
         self.peers: dict[str, Peer] = {}
         self._address_heard: dict[str, float] = {}  # node id -> last beacon from its current address
+        self._probe_ports: dict[str, int] = {}  # node id -> where its probes are answered
         self._probes: dict[str, tuple[str, float]] = {}  # probe id -> (peer id, sent at on the probe clock)
 
     def observe(self, beacon: Beacon, address: str, now: float) -> bool:
@@ -164,6 +168,7 @@ class PeerBook:
             latency_ms=known.latency_ms if known is not None else None,
         )
         self.peers[beacon.node_id] = updated
+        self._probe_ports[beacon.node_id] = beacon.probe_port or beacon.discovery_port
         if known is None:
             return True
         moved = (known.address, known.discovery_port) != (updated.address, updated.discovery_port)
@@ -178,7 +183,12 @@ class PeerBook:
         for node_id in gone:
             del self.peers[node_id]
             self._address_heard.pop(node_id, None)
+            self._probe_ports.pop(node_id, None)
         return gone
+
+    def probe_address(self, node_id: str) -> tuple[str, int]:
+        peer = self.peers[node_id]
+        return peer.address, self._probe_ports.get(node_id, peer.discovery_port)
 
     def probe_sent(self, probe: Beacon, at: float) -> None:
         self._probes = {pid: sent for pid, sent in self._probes.items() if at - sent[1] <= PROBE_TIMEOUT_S}

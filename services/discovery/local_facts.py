@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import psutil
 
-from shared.facts import NetworkInterface, NodeFacts
+from shared.facts import Link, NetworkInterface, NodeFacts
 
 BACKENDS = ("ring", "jaccl", "mpi", "nccl")
 
@@ -54,12 +54,19 @@ def interfaces() -> tuple[NetworkInterface, ...]:
     return tuple(found)
 
 
-def read_facts(node_id: str, roles: tuple[str, ...], memory_budget: int | None) -> NodeFacts:
+def read_facts(
+    node_id: str,
+    roles: tuple[str, ...],
+    memory_budget: int | None,
+    hostname: str | None = None,
+    links: tuple[Link, ...] = (),
+) -> NodeFacts:
+    """`hostname` overrides the OS one (several network namespaces share one UTS hostname in tests)."""
     memory = psutil.virtual_memory()
     backends = mlx_backends()
     return NodeFacts(
         node_id=node_id,
-        hostname=socket.gethostname(),
+        hostname=hostname or socket.gethostname(),
         memory_total=memory.total,
         memory_available=memory.available,
         memory_budget=memory_budget,
@@ -69,4 +76,5 @@ def read_facts(node_id: str, roles: tuple[str, ...], memory_budget: int | None) 
         interfaces=interfaces(),
         roles=roles,
         rdma="jaccl" in backends,
+        links=links,
     )

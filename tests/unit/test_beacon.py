@@ -202,3 +202,11 @@ def test_a_pong_echoes_the_probe() -> None:
     pong = make_pong(beacon("node-b"), probe, NOW + 0.5)
     assert (pong.kind, pong.peer_id, pong.probe_id, pong.echo_sent_at) == ("pong", "node-a", probe.probe_id, NOW)
     assert pong.nonce != probe.nonce
+
+
+def test_probes_go_to_the_peers_own_probe_port() -> None:
+    book = PeerBook("node-a")
+    book.observe(beacon(probe_port=40001), "10.0.0.2", NOW)
+    assert book.probe_address("node-b") == ("10.0.0.2", 40001)
+    book.observe(beacon("node-c"), "10.0.0.3", NOW)  # an older sender without one: its discovery port
+    assert book.probe_address("node-c") == ("10.0.0.3", 52416)

@@ -1,0 +1,70 @@
+"""What the master writes when nodes go silent. Pure: state in, events out.
+
+A lost node takes its ranks with it, and an instance missing a rank cannot generate: each instance that
+used a lost node is deleted (the reason names the node) and placed again, same model and a new instance id,
+on the nodes that are left, all in the one append that records the loss. Where the model no longer fits the
+instance stays deleted: its reason is in the log (the deletion) and the next place command says why."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shared.apply import apply
+from shared.commands import PlaceInstance
+from shared.events import AnyEvent, Instance, InstanceDeleted, InstancePlaced, NodeLost
+from shared.models import UnknownModel, get_card
+from shared.state import ClusterState
+
+from services.master.decide import nodes_to_forget
+from services.master.placement import place
+
+
+def decide_forget_silent_nodes(
+    state: ClusterState,
+    last_seen: dict[str, float],
+    now: float,
+    timeout: float,
+    new_instance_id: Callable[[], str],
+) -> list[AnyEvent]:
+    """Nodes silent for `timeout` seconds are lost; their instances are deleted and placed again."""
+    return decide_node_loss(state, nodes_to_forget(state, last_seen, now, timeout), new_instance_id)
+
+
+def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id: Callable[[], str]) -> list[AnyEvent]:
+    """The events for `lost` (nodes the state no longer knows are skipped), in the order they must be applied:
+    NodeLost, then InstanceDeleted for each instance that had a rank on a lost node, then InstancePlaced for
+    each of those that fits on what is left."""
+    lost = [e for e in lost if e.node_id in state.nodes]
+    events: list[AnyEvent] = []
+    after = state
+    for event in lost:
+        events.append(event)
+        after = apply(after, event)
+    lost_ids = {e.node_id for e in lost}
+    broken = [i for i in state.instances.values() if any(s.node_id in lost_ids for s in i.shards)]
+    for instance in broken:
+        gone = sorted({s.node_id for s in instance.shards} & lost_ids)
+        deleted = InstanceDeleted(instance.instance_id, reason=f"node {', '.join(gone)} lost; placing it again")
+        events.append(deleted)
+        after = apply(after, deleted)
+    for instance in broken:
+        replacement = replace_instance(after, instance, new_instance_id())
+        if replacement is not None:
+            placed = InstancePlaced(replacement)
+            events.append(placed)
+            after = apply(after, placed)  # the next replacement sees this one (placement reads the state)
+    return events
+
+
+def replace_instance(state: ClusterState, old: Instance, instance_id: str) -> Instance | None:
+    """A new plan for `old`'s model on `state`'s nodes: its own strategy and backend if they still fit
+    (tensor needs the same divisibility, jaccl RDMA everywhere), else whatever fits; None if nothing does."""
+    try:
+        card = get_card(old.model_id)
+    except UnknownModel:
+        return None
+    for request in (PlaceInstance(old.model_id, strategy=old.strategy, backend=old.backend), PlaceInstance(old.model_id)):
+        plan = place(state, request, card, instance_id)
+        if isinstance(plan, Instance):
+            return plan
+    return None

@@ -1,0 +1,113 @@
+"""services/master/node_loss.py: a lost node's instances are deleted with a reason and placed again."""
+
+from __future__ import annotations
+
+import itertools
+
+from services.master.node_loss import decide_forget_silent_nodes, decide_node_loss
+from shared.apply import apply
+from shared.events import Instance, InstanceDeleted, InstancePlaced, NodeFactsRecorded, NodeLost, ShardAssignment
+from shared.state import ClusterState
+from tests.unit.factories import GiB, facts
+
+MODEL = "smollm2-135m"  # ~123 MB with headroom; 15 layers ~62 MB
+MB = 1000**2
+
+
+def cluster(*nodes, instances=()) -> ClusterState:
+    state = ClusterState()
+    for e in (*(NodeFactsRecorded(n) for n in nodes), *(InstancePlaced(i) for i in instances)):
+        state = apply(state, e)
+    return state
+
+
+def single(instance_id: str, node_id: str) -> Instance:
+    return Instance(instance_id, MODEL, "pipeline", "ring", (ShardAssignment(node_id, 0, 0, 30),))
+
+
+def two_stage(instance_id: str, a: str, b: str) -> Instance:
+    return Instance(instance_id, MODEL, "pipeline", "ring", (ShardAssignment(a, 0, 0, 15), ShardAssignment(b, 1, 15, 30)))
+
+
+def ids():
+    counter = itertools.count(1)
+    return lambda: f"inst-new-{next(counter)}"
+
+
+def replay(state: ClusterState, events) -> ClusterState:
+    for e in events:
+        state = apply(state, e)
+    return state
+
+
+def test_instance_on_the_lost_node_is_deleted_with_a_reason_and_placed_on_another():
+    state = cluster(facts("node-a"), facts("node-b"), instances=[single("inst-1", "node-a")])
+    events = decide_node_loss(state, [NodeLost("node-a", "no facts for 11 s")], ids())
+    assert [type(e) for e in events] == [NodeLost, InstanceDeleted, InstancePlaced]
+    deleted, placed = events[1], events[2]
+    assert deleted.instance_id == "inst-1" and "node-a" in deleted.reason
+    assert placed.instance.instance_id == "inst-new-1"
+    assert placed.instance.model_id == MODEL
+    assert {s.node_id for s in placed.instance.shards} == {"node-b"}
+    after = replay(state, events)
+    assert set(after.instances) == {"inst-new-1"} and set(after.nodes) == {"node-b"}
+
+
+def test_instances_elsewhere_are_left_alone():
+    state = cluster(facts("node-a"), facts("node-b"), instances=[single("inst-1", "node-a"), single("inst-2", "node-b")])
+    events = decide_node_loss(state, [NodeLost("node-a", "x")], ids())
+    assert not any(isinstance(e, InstanceDeleted) and e.instance_id == "inst-2" for e in events)
+    assert "inst-2" in replay(state, events).instances
+
+
+def test_pipeline_across_the_lost_node_is_spread_again_over_the_nodes_left():
+    budget = dict(memory_budget=70 * MB)  # no node holds the whole model
+    state = cluster(
+        facts("node-a", **budget), facts("node-b", **budget), facts("node-c", **budget),
+        instances=[two_stage("inst-1", "node-a", "node-b")],
+    )  # fmt: skip
+    events = decide_node_loss(state, [NodeLost("node-b", "x")], ids())
+    placed = [e.instance for e in events if isinstance(e, InstancePlaced)]
+    assert len(placed) == 1
+    assert {s.node_id for s in placed[0].shards} == {"node-a", "node-c"}
+    assert placed[0].strategy == "pipeline"
+
+
+def test_instance_that_no_longer_fits_stays_deleted():
+    budget = dict(memory_budget=70 * MB)
+    state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[two_stage("inst-1", "node-a", "node-b")])
+    events = decide_node_loss(state, [NodeLost("node-b", "x")], ids())
+    assert [type(e) for e in events] == [NodeLost, InstanceDeleted]
+    assert replay(state, events).instances == {}
+
+
+def test_two_lost_nodes_in_one_decision():
+    """Both lost nodes are gone before anything is placed again; each replacement gets its own id."""
+    state = cluster(
+        facts("node-a"), facts("node-b"), facts("node-c", memory_available=4 * GiB),
+        instances=[single("inst-1", "node-a"), single("inst-2", "node-b")],
+    )  # fmt: skip
+    events = decide_node_loss(state, [NodeLost("node-a", "x"), NodeLost("node-b", "y")], ids())
+    assert [type(e) for e in events] == [NodeLost, NodeLost, InstanceDeleted, InstanceDeleted, InstancePlaced, InstancePlaced]
+    placed = [e.instance for e in events if isinstance(e, InstancePlaced)]
+    assert [i.instance_id for i in placed] == ["inst-new-1", "inst-new-2"]
+    assert all(s.node_id == "node-c" for i in placed for s in i.shards)
+
+
+def test_unknown_node_writes_nothing():
+    state = cluster(facts("node-a"), instances=[single("inst-1", "node-a")])
+    assert decide_node_loss(state, [NodeLost("node-ghost", "x")], ids()) == []
+
+
+def test_forget_silent_nodes_uses_the_baseline_and_replaces():
+    state = cluster(facts("node-a"), facts("node-b"), instances=[single("inst-1", "node-a")])
+    events = decide_forget_silent_nodes(state, {"node-a": 100.0, "node-b": 129.0}, now=131.0, timeout=10.0, new_instance_id=ids())
+    assert [type(e) for e in events] == [NodeLost, InstanceDeleted, InstancePlaced]
+    assert decide_forget_silent_nodes(state, {"node-a": 125.0, "node-b": 125.0}, 131.0, 10.0, ids()) == []
+
+
+def test_decision_does_not_mutate_the_state():
+    state = cluster(facts("node-a"), facts("node-b"), instances=[single("inst-1", "node-a")])
+    before = (dict(state.nodes), dict(state.instances))
+    decide_node_loss(state, [NodeLost("node-a", "x")], ids())
+    assert (dict(state.nodes), dict(state.instances)) == before
