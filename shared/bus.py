@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from shared.apply import apply
 from shared.cluster_secret import SECRET_ENV, nats_client_credentials, normalise, redact
@@ -190,3 +190,23 @@ async def send_command(nc: NATS, subject: str, payload: bytes, attempts: int = 2
         except (NoRespondersError, NatsTimeout):
             await asyncio.sleep(min(0.25 * (attempt + 1), 2.0))
     return None
+
+
+MAX_REPLICAS = 3
+
+
+async def scale_replicas(js: JetStreamContext, stream: str, most: int = MAX_REPLICAS) -> int:
+    """Raise a stream's replicas towards `most` as far as the NATS cluster has servers for (JetStream
+    refuses more replicas than servers, and any above one on a standalone server). Returns the count."""
+    info = await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    for target in range(most, current, -1):
+        config = info.config
+        config.num_replicas = target
+        try:
+            await js.update_stream(config)
+        except APIError:
+            continue  # not enough servers (yet) for this many
+        log.info("stream replicas raised", stream=stream, replicas=target, was=current)
+        return target
+    return current
