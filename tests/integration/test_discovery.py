@@ -221,3 +221,59 @@ def test_without_a_secret_there_are_no_beacons_and_it_says_why(bus, tmp_path) ->
         assert lone.table() is None
     finally:
         lone.stop()
+
+
+# --- two "machines": network namespaces joined by a veth pair, no static peers, default port and bind --------
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[tuple[str, str]]:
+    """Two network namespaces on one link (10.77.x.1 and .2), each with loopback up; skipped without root."""
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"exoA{tag}", f"exoB{tag}"
+    if os.geteuid() != 0 or _ip("netns", "add", a).returncode != 0:
+        pytest.skip("network namespaces need root and iproute2")
+    try:
+        subnet = f"10.77.{os.getpid() % 250}"
+        steps = [("netns", "add", b), ("link", "add", f"va{tag}", "type", "veth", "peer", "name", f"vb{tag}"),
+                 ("link", "set", f"va{tag}", "netns", a), ("link", "set", f"vb{tag}", "netns", b),
+                 ("-n", a, "addr", "add", f"{subnet}.1/24", "broadcast", f"{subnet}.255", "dev", f"va{tag}"),
+                 ("-n", b, "addr", "add", f"{subnet}.2/24", "broadcast", f"{subnet}.255", "dev", f"vb{tag}"),
+                 ("-n", a, "link", "set", f"va{tag}", "up"), ("-n", b, "link", "set", f"vb{tag}", "up"),
+                 ("-n", a, "link", "set", "lo", "up"), ("-n", b, "link", "set", "lo", "up")]  # fmt: skip
+        for step in steps:
+            done = _ip(*step)
+            assert done.returncode == 0, f"ip {' '.join(step)}: {done.stderr}"
+        yield a, b
+    finally:
+        _ip("netns", "del", a)
+        _ip("netns", "del", b)
+
+
+def test_two_hosts_find_each_other_with_no_configuration(two_hosts, tmp_path) -> None:  # noqa: ANN001
+    """Only the secret is shared: beacons go out by broadcast and multicast on the default port."""
+    procs = []
+    for ns, name in zip(two_hosts, ("a", "b")):
+        state_dir = tmp_path / name
+        state_dir.mkdir()
+        env = {**os.environ, "EXO_STATE_DIR": str(state_dir), "EXO_CLUSTER_SECRET": SECRET, "EXO_HOSTNAME": f"host-{name}",
+               "EXO_NATS_URL": "nats://127.0.0.1:9", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        for unset in ("EXO_PEERS", "EXO_DISCOVERY_PORT", "EXO_DISCOVERY_BIND"):
+            env.pop(unset, None)
+        with open(state_dir / "console.log", "wb") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "services.discovery"],
+                                    cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        procs.append(DiscoveryProcess(name, state_dir, 52416, proc))
+    a, b = procs
+    try:
+        wait_for("peers across hosts", lambda: sees_with_latency(a, b) and sees_with_latency(b, a), FOUND_WITHIN_S, a, b)
+        for me, other in ((a, b), (b, a)):
+            (peer,) = me.table().peers
+            assert peer.hostname == f"host-{other.name}" and peer.address.endswith(".1" if other is a else ".2")
+    finally:
+        for p in procs:
+            p.stop()
