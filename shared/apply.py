@@ -10,7 +10,7 @@ from shared.events import (
     AnyEvent,
     InstanceDeleted,
     InstancePlaced,
-    MasterStarted,
+    LeaderElected,
     NodeFactsRecorded,
     NodeLost,
     RunnerStatusChanged,
@@ -31,8 +31,8 @@ def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> Clust
             new = _instance_deleted(state, event)
         case RunnerStatusChanged():
             new = _runner_status(state, event)
-        case MasterStarted():
-            new = msgspec.structs.replace(state, master_node_id=event.node_id)
+        case LeaderElected():
+            new = _leader_elected(state, event)
         case WorkerStarted():
             new = _forget_runners_of(state, event.node_id)
         case _:
@@ -49,6 +49,12 @@ def _node_facts(state: ClusterState, event: NodeFactsRecorded) -> ClusterState:
 def _node_lost(state: ClusterState, event: NodeLost) -> ClusterState:
     nodes = {k: v for k, v in state.nodes.items() if k != event.node_id}
     return msgspec.structs.replace(_forget_runners_of(state, event.node_id), nodes=nodes)
+
+
+def _leader_elected(state: ClusterState, event: LeaderElected) -> ClusterState:
+    if event.term <= state.leader_term:
+        return state  # the event log refuses this; ignoring it too keeps a forged or stale claim harmless
+    return msgspec.structs.replace(state, leader_node_id=event.node_id, leader_term=event.term)
 
 
 def _forget_runners_of(state: ClusterState, node_id: str) -> ClusterState:

@@ -64,8 +64,15 @@ class RunnerStatusChanged(Event, frozen=True):
     progress: float | None = None  # 0..1 for long phases (importing, loading)
 
 
-class MasterStarted(Event, frozen=True):
+class LeaderElected(Event, frozen=True):
+    """A master won the leader lease and from now on is the only one allowed to append.
+
+    `term` is the KV revision at which it created its lease: strictly increasing from one leader to the
+    next, so every service can tell the current leader from a stale one, and the event log refuses a writer
+    whose term is not the latest (fencing)."""
+
     node_id: str
+    term: int
 
 
 class WorkerStarted(Event, frozen=True):
@@ -75,7 +82,7 @@ class WorkerStarted(Event, frozen=True):
 
 
 AnyEvent = (
-    NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | RunnerStatusChanged | MasterStarted | WorkerStarted
+    NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | RunnerStatusChanged | LeaderElected | WorkerStarted
 )
 
 _encoder = msgspec.json.Encoder()

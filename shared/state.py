@@ -16,7 +16,8 @@ class ClusterState(msgspec.Struct, frozen=True):
     nodes: dict[str, NodeFacts] = {}
     instances: dict[str, Instance] = {}
     runners: dict[str, RunnerStatusChanged] = {}  # runner_key -> latest status
-    master_node_id: str | None = None
+    leader_node_id: str | None = None  # the master that may write (see LeaderElected)
+    leader_term: int = 0  # its lease term; 0 before any leader was elected
     last_seq: int = 0
 
     def runner_status(self, instance_id: str, rank: int) -> RunnerStatusChanged | None:

@@ -190,7 +190,8 @@ class BeaconIO:
 
     async def _beacon_destinations(self) -> set[tuple[str, int]]:
         port = self.settings.port
-        found = {(bcast, port) for _, _, bcast in self._multicast_interfaces() if bcast}
+        # without a broadcast address psutil reports the interface's own (or, point-to-point, the far end's)
+        found = {(bcast, port) for _, own, bcast in self._multicast_interfaces() if bcast and bcast != own}
         if self.settings.bind == "0.0.0.0":
             found.add(("255.255.255.255", port))
         loop = asyncio.get_running_loop()

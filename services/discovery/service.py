@@ -31,7 +31,8 @@ from services.discovery.settings import DiscoverySettings
 log = structlog.get_logger()
 
 PUBLISH_PERIOD_S = 2.0
-BEACON_RETRY_S = 5.0  # the beacon port may be taken for a while (a previous discovery still exiting)
+BEACON_RETRY_S = 5.0
+BUS_RETRY_S = 5.0  # after connect() gave up (it retries by itself for 30 s, or refuses at once on bad credentials)  # the beacon port may be taken for a while (a previous discovery still exiting)
 
 
 class Discovery:
@@ -110,8 +111,10 @@ class Discovery:
                 return None
             try:
                 return attempt.result()
-            except ConnectionError as exc:
+            except ConnectionError as exc:  # unreachable for a while, or refused (wrong secret): try again later
                 log.warning("bus not reachable yet; beacons go on", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BUS_RETRY_S)
         return None
 
     async def _serve(self, nc: NATS, stop: asyncio.Event) -> None:

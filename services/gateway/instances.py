@@ -65,7 +65,8 @@ async def health(request: Request) -> dict:
     return {
         "status": "ok" if gateway.nc.is_connected else "degraded",
         "nats_connected": gateway.nc.is_connected,
-        "master": state.master_node_id,
+        "master": state.leader_node_id,  # the leader: the one master that writes and answers commands
+        "leader_term": state.leader_term,
         "nodes": sorted(state.nodes),
         "events_applied": state.last_seq,
         "ready_instances": sorted(i for i in state.instances if state.instance_ready(i)),

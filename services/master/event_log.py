@@ -1,5 +1,10 @@
 """The master's write side of the event log: append with an expected last sequence, so a second
-writer cannot fork the log. Decisions are re-made on the fresh state if someone else wrote first."""
+writer cannot fork the log. Decisions are re-made on the fresh state if someone else wrote first.
+
+Fenced by the leader term: a writer appends only while the state it decided on names its own term
+(LeaderElected). Together with the expected last sequence this means that an append lands only if no other
+leader has claimed the log since: a master that was paused past its lease and comes back gets StaleWriter
+on its first retry, however the re-made decision turns out."""
 
 from __future__ import annotations
 
@@ -12,16 +17,23 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from shared.bus import WRONG_LAST_SEQUENCE, StateFollower
-from shared.events import AnyEvent, encode_event
+from shared.events import AnyEvent, LeaderElected, encode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
+
+from services.master.lease import claim_problem, write_problem
 
 log = structlog.get_logger()
 R = TypeVar("R")
 
 
 class StaleWriter(Exception):
-    """Another writer kept appending while this one retried: it is not the master any more."""
+    """This master may not write: another leader has claimed the log (or it never was the leader)."""
+
+
+class TermNotNewer(StaleWriter):
+    """A new lease whose term the log has already seen: the lease bucket's sequence went backwards (it was
+    deleted or its server lost its data). The lease must be moved past the log's term before anyone leads."""
 
 
 class EventLog:
@@ -30,24 +42,57 @@ class EventLog:
         self._follower = follower
         self._lock = asyncio.Lock()
         self._max_attempts = max_attempts
+        self._term: int | None = None  # the leader term this writer holds; None while it does not lead
+
+    @property
+    def term(self) -> int | None:
+        return self._term
+
+    def step_down(self) -> None:
+        """From now on every append fails (an append already on the wire may still land: it was decided on
+        a state that named this writer's term, so it is ordered before any new leader's claim)."""
+        self._term = None
+
+    async def claim(self, node_id: str, term: int) -> None:
+        """Append LeaderElected(node_id, term); afterwards this writer may append while its term is the log's."""
+
+        def fence(state: ClusterState) -> None:
+            if problem := claim_problem(term, state.leader_term):
+                raise TermNotNewer(problem)
+
+        async with self._lock:
+            await self._append_fenced(fence, lambda _state: ([LeaderElected(node_id, term)], None))
+            self._term = term
 
     async def decide_and_append(self, decide: Callable[[ClusterState], tuple[list[AnyEvent], R]]) -> R:
+        def fence(state: ClusterState) -> None:
+            if problem := write_problem(self._term, state.leader_term):
+                raise StaleWriter(problem)
+
         async with self._lock:
-            for _ in range(self._max_attempts):
-                state = self._follower.state
-                events, result = decide(state)
-                try:
-                    await self._append_all(events, state.last_seq)
-                    return result
-                except APIError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
-                        raise
-                    log.warning("event log moved under us; re-deciding", expected=state.last_seq)
-                    await self._follower.catch_up()
-            raise StaleWriter("the event log keeps moving: another master is writing")
+            return await self._append_fenced(fence, decide)
 
     async def append(self, *events: AnyEvent) -> None:
         await self.decide_and_append(lambda _state: (list(events), None))
+
+    async def _append_fenced(
+        self,
+        fence: Callable[[ClusterState], None],
+        decide: Callable[[ClusterState], tuple[list[AnyEvent], R]],
+    ) -> R:
+        for _ in range(self._max_attempts):
+            state = self._follower.state
+            fence(state)
+            events, result = decide(state)
+            try:
+                await self._append_all(events, state.last_seq)
+                return result
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                log.warning("event log moved under us; re-deciding", expected=state.last_seq)
+                await self._follower.catch_up()
+        raise StaleWriter("the event log keeps moving: another master is writing")
 
     async def _append_all(self, events: list[AnyEvent], expected_seq: int) -> None:
         seq = expected_seq

@@ -1,14 +1,22 @@
-"""The master's I/O shell: replays the log, answers commands, records node facts, forgets silent nodes."""
+"""The master's I/O shell: every node runs one; they campaign for the leader lease (lease_keeper.py).
+
+All masters replay the log and hear node facts, so a follower is current and takes over at once. Only the
+leader writes (the event log is fenced by its term), answers commands (the micro service with the command
+endpoints exists only while it leads: callers retry on no-responders), records facts and forgets silent
+nodes. A master that loses the lease, or finds another leader's term in the log, stops all of that at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
+import nats.errors
 import structlog
 from nats.micro.request import Request
+from nats.micro.service import Service
 
 from shared import subjects
 from shared.bus import StateFollower, connect, ensure_event_stream
@@ -24,10 +32,11 @@ from shared.commands import (
     encode,
 )
 from shared.config import CommonConfig
-from shared.events import MasterStarted
+from shared.events import AnyEvent
 from shared.facts import NodeFacts
 from shared.ids import new_instance_id
 from shared.service import register
+from shared.state import ClusterState
 
 from services.master.decide import (
     decide_delete,
@@ -36,9 +45,10 @@ from services.master.decide import (
     decide_report,
     decide_worker_started,
     facts_event,
-    nodes_to_forget,
 )
-from services.master.event_log import EventLog
+from services.master.event_log import EventLog, StaleWriter, TermNotNewer
+from services.master.lease_keeper import LeaseKeeper
+from services.master.node_loss import decide_forget_silent_nodes
 
 log = structlog.get_logger()
 
@@ -51,22 +61,80 @@ class Master:
         self.config = config
         self.node_id = node_id
         self.last_seen: dict[str, float] = {}
+        self._leading: asyncio.Task | None = None  # takeover, then the liveness loop, while this master leads
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = await connect(self.config.nats_url, f"exo-master:{self.node_id}")
+        self.nc = nc
         js = nc.jetstream()
         await ensure_event_stream(js)
         self.follower = StateFollower(js)
         await self.follower.start()
         await self.follower.catch_up(timeout=60)
         self.log = EventLog(js, self.follower)
-        await self.log.append(MasterStarted(self.node_id))
-        log.info("master ready", replayed=self.follower.state.last_seq, nodes=len(self.follower.state.nodes))
-        started = time.monotonic()
-        self.last_seen = {n: started for n in self.follower.state.nodes}
-
         await nc.subscribe(subjects.facts_wildcard(), cb=self._on_facts)
-        service = await register(nc, subjects.SERVICE_MASTER, self.node_id, "cluster state, placement, commands")
+        self.keeper = LeaseKeeper(js, self.node_id, on_won=self._on_won, on_lost=self._step_down)
+        state = self.follower.state
+        log.info("master ready", replayed=state.last_seq, nodes=len(state.nodes), leader=state.leader_node_id)
+        await self.keeper.run(stop)
+        leading = self._leading
+        self._step_down("stopping")
+        if leading is not None:
+            await asyncio.gather(leading, return_exceptions=True)
+        await self.keeper.release()  # after the last write: the next master need not wait for the TTL
+        await nc.drain()
+
+    # -- leadership -------------------------------------------------------------------------------
+
+    def _on_won(self, term: int) -> None:
+        self._leading = asyncio.get_running_loop().create_task(self._lead(term))
+
+    def _step_down(self, reason: str) -> None:
+        """Stop writing and answering at once (the endpoints go when the leading task ends)."""
+        if self.log.term is None and self._leading is None:
+            return
+        log.warning("stepping down", term=self.log.term, reason=reason)
+        self.log.step_down()
+        leading, self._leading = self._leading, None
+        if leading is not None and leading is not asyncio.current_task():
+            leading.cancel()  # from inside, the task ends by itself once the exception unwinds it
+
+    def _give_up(self, reason: str) -> None:
+        """This master may not write (another leader claimed the log): stop leading and let the lease go."""
+        self._step_down(reason)
+        self.keeper.give_up(reason)
+
+    async def _lead(self, term: int) -> None:
+        service: Service | None = None
+        won_at = time.monotonic()
+        try:
+            await self.follower.catch_up()
+            await self.log.claim(self.node_id, term)
+            now = time.monotonic()
+            # a fresh baseline: silence before the takeover was nobody's to observe (or was this master's
+            # own while it was a follower, which is no better), so no node is forgotten at once
+            self.last_seen = {node_id: now for node_id in self.follower.state.nodes}
+            service = await self._register_commands()
+            took_ms = round((time.monotonic() - won_at) * 1000)
+            log.info("leading", term=term, took_ms=took_ms, log_seq=self.follower.state.last_seq)
+            await self._liveness_loop()
+        except TermNotNewer as exc:
+            log.error("lease term not newer than the log's; moving the lease sequence on", error=str(exc))
+            self.log.step_down()
+            await self.keeper.advance_past(self.follower.state.leader_term)
+        except (StaleWriter, TimeoutError) as exc:
+            self._give_up(f"could not take over: {exc!r}")
+        finally:
+            if self._leading is asyncio.current_task():
+                self._leading = None
+            if service is not None:
+                try:
+                    await service.stop()
+                except nats.errors.Error as exc:  # the connection is going anyway
+                    log.debug("command endpoints not stopped cleanly", error=str(exc))
+
+    async def _register_commands(self) -> Service:
+        service = await register(self.nc, subjects.SERVICE_MASTER, self.node_id, "cluster state, placement, commands")
         group = service.add_group(name=subjects.COMMAND_PREFIX)
         await group.add_endpoint(name="place_instance", handler=self._endpoint(PlaceInstance, self._place))
         await group.add_endpoint(name="delete_instance", handler=self._endpoint(DeleteInstance, self._delete))
@@ -75,13 +143,11 @@ class Master:
         await group.add_endpoint(
             name="worker_started", handler=self._endpoint(ReportWorkerStarted, self._worker_started)
         )
-        liveness = asyncio.create_task(self._liveness_loop())
-        await stop.wait()
-        liveness.cancel()
-        await service.stop()
-        await nc.drain()
+        return service
 
-    def _endpoint(self, type_: type, handle: Callable) -> Callable:
+    # -- commands ---------------------------------------------------------------------------------
+
+    def _endpoint(self, type_: type, handle: Callable[..., Awaitable[CommandReply | PreviewReply]]) -> Callable:
         async def handler(req: Request) -> None:
             try:
                 cmd = decode(req.data, type_)
@@ -90,7 +156,11 @@ class Master:
                 return
             try:
                 reply = await handle(cmd)
-            except Exception as exc:  # noqa: BLE001 - the caller gets the reason instead of a timeout
+            except StaleWriter as exc:
+                # no answer: the caller times out and retries, and reaches the leader that replaced this one
+                self._give_up(f"{type_.__name__}: {exc}")
+                return
+            except Exception as exc:  # the caller gets the reason instead of a timeout
                 log.exception("command failed", command=type_.__name__)
                 reply = CommandReply(ok=False, error=f"{type_.__name__} failed: {exc}")
             await req.respond(encode(reply))
@@ -115,28 +185,34 @@ class Master:
     async def _worker_started(self, cmd: ReportWorkerStarted) -> CommandReply:
         return await self.log.decide_and_append(lambda s: decide_worker_started(s, cmd))
 
-    async def _on_facts(self, msg) -> None:  # noqa: ANN001
+    # -- observations (leader only) ---------------------------------------------------------------
+
+    async def _on_facts(self, msg) -> None:  # msg: nats.aio.msg.Msg
         try:
             facts = msgspec.json.decode(msg.data, type=NodeFacts)
         except msgspec.DecodeError as exc:
             log.warning("unreadable node facts ignored", subject=msg.subject, error=str(exc))
             return
         self.last_seen[facts.node_id] = time.monotonic()
+        if self.log.term is None:
+            return  # a follower only keeps its liveness view
 
-        def decide(state):  # noqa: ANN001, ANN202
+        def decide(state: ClusterState) -> tuple[list[AnyEvent], None]:
             event = facts_event(state, facts)
             return ([event] if event else []), None
 
-        await self.log.decide_and_append(decide)
+        try:
+            await self.log.decide_and_append(decide)
+        except StaleWriter as exc:
+            self._give_up(f"recording facts: {exc}")
 
     async def _liveness_loop(self) -> None:
         while True:
             await asyncio.sleep(LIVENESS_PERIOD_S)
-            now = time.monotonic()
-            lost = nodes_to_forget(self.follower.state, self.last_seen, now, NODE_TIMEOUT_S)
-            for event in lost:
-                log.warning("node lost", node=event.node_id, reason=event.reason)
-            if lost:
-                await self.log.decide_and_append(
-                    lambda s, lost=lost: ([e for e in lost if e.node_id in s.nodes], None)
-                )
+            events = await self.log.decide_and_append(self._decide_forget_silent_nodes)
+            for event in events:
+                log.warning("node loss recorded", event=msgspec.json.encode(event).decode())
+
+    def _decide_forget_silent_nodes(self, state: ClusterState) -> tuple[list[AnyEvent], list[AnyEvent]]:
+        events = decide_forget_silent_nodes(state, self.last_seen, time.monotonic(), NODE_TIMEOUT_S, new_instance_id)
+        return events, events

@@ -14,7 +14,7 @@ from nats.js.errors import APIError
 
 from shared.apply import apply
 from shared.bus import WRONG_LAST_SEQUENCE
-from shared.events import InstancePlaced, MasterStarted, RunnerStatusChanged, decode_event
+from shared.events import InstancePlaced, LeaderElected, RunnerStatusChanged, decode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
 from tests.conftest import MODEL, Node
@@ -76,7 +76,8 @@ async def test_log_replays_into_the_state_and_holds_no_tokens(node: Node) -> Non
         state = ClusterState()
         for seq, event in after:
             state = apply(state, event, seq)
-        assert any(isinstance(e, MasterStarted) for _, e in after)
+        assert any(isinstance(e, LeaderElected) for _, e in after)
+        assert state.leader_term > 0 and node.health()["master"] == state.leader_node_id
         placed = [e.instance for _, e in after if isinstance(e, InstancePlaced)]
         assert any(i.model_id == MODEL for i in placed)
         ready = [i.instance_id for i in placed if state.instance_ready(i.instance_id)]
@@ -91,7 +92,7 @@ async def test_a_writer_with_a_stale_sequence_cannot_fork_the_log(node: Node) ->
     try:
         js = nc.jetstream()
         last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
-        forged = msgspec.json.encode(MasterStarted("node-impostor"))
+        forged = msgspec.json.encode(LeaderElected("node-impostor", 10**9))
         with pytest.raises(APIError) as raised:
             await js.publish(EVENTS_SUBJECT, forged, headers={"Nats-Expected-Last-Sequence": str(last - 1)})
         assert raised.value.err_code == WRONG_LAST_SEQUENCE

@@ -9,7 +9,7 @@ from shared.events import (
     Instance,
     InstanceDeleted,
     InstancePlaced,
-    MasterStarted,
+    LeaderElected,
     NodeFactsRecorded,
     NodeLost,
     RunnerStatusChanged,
@@ -172,28 +172,41 @@ def test_runner_status_after_delete_is_ignored():
     assert state.instances == {}
 
 
-# --- MasterStarted ------------------------------------------------------------------------------
+# --- LeaderElected ------------------------------------------------------------------------------
 
 
-def test_master_started_sets_master():
-    state = replay(MasterStarted("node-a"))
-    assert state.master_node_id == "node-a"
-    state = apply(state, MasterStarted("node-b"))
-    assert state.master_node_id == "node-b"
+def test_leader_elected_sets_leader_and_term():
+    state = replay(LeaderElected("node-a", 3))
+    assert (state.leader_node_id, state.leader_term) == ("node-a", 3)
+    state = apply(state, LeaderElected("node-b", 9))
+    assert (state.leader_node_id, state.leader_term) == ("node-b", 9)
+
+
+@pytest.mark.parametrize("term", [9, 4], ids=["same term", "older term"])
+def test_leader_elected_with_a_term_not_newer_is_ignored(term):
+    """Terms only grow: a stale or forged claim must not unseat the leader (it could not write anyway)."""
+    state = replay(LeaderElected("node-a", 9))
+    after = apply(state, LeaderElected("node-impostor", term), seq=12)
+    assert (after.leader_node_id, after.leader_term) == ("node-a", 9)
+    assert after.last_seq == 12
+
+
+def test_no_leader_before_the_first_election():
+    assert (ClusterState().leader_node_id, ClusterState().leader_term) == (None, 0)
 
 
 # --- last_seq -----------------------------------------------------------------------------------
 
 
 def test_last_seq_set_when_given():
-    state = apply(ClusterState(), MasterStarted("node-a"), seq=7)
+    state = apply(ClusterState(), LeaderElected("node-a", 1), seq=7)
     assert state.last_seq == 7
     state = apply(state, NodeFactsRecorded(facts("node-a")), seq=8)
     assert state.last_seq == 8
 
 
 def test_last_seq_kept_when_not_given():
-    state = apply(ClusterState(), MasterStarted("node-a"), seq=7)
+    state = apply(ClusterState(), LeaderElected("node-a", 1), seq=7)
     state = apply(state, NodeFactsRecorded(facts("node-a")))
     assert state.last_seq == 7
 
@@ -220,7 +233,7 @@ def test_default_last_seq_is_zero():
         InstancePlaced(instance("inst-3")),
         InstanceDeleted("inst-1", reason="x"),
         status("inst-1", 1, "failed", node_id="node-b"),
-        MasterStarted("node-b"),
+        LeaderElected("node-b", 2),
         WorkerStarted("node-a"),
     ],
     ids=lambda e: type(e).__name__,
@@ -231,13 +244,13 @@ def test_apply_leaves_old_state_unchanged(event):
         NodeFactsRecorded(facts("node-b")),
         InstancePlaced(instance("inst-1")),
         status("inst-1", 0),
-        MasterStarted("node-a"),
+        LeaderElected("node-a", 1),
     )
-    snapshot = (dict(before.nodes), dict(before.instances), dict(before.runners), before.master_node_id, before.last_seq)
+    snapshot = (dict(before.nodes), dict(before.instances), dict(before.runners), before.leader_node_id, before.last_seq)
     after = apply(before, event, seq=99)
     assert after is not before
     assert after != before
-    assert (dict(before.nodes), dict(before.instances), dict(before.runners), before.master_node_id, before.last_seq) == snapshot
+    assert (dict(before.nodes), dict(before.instances), dict(before.runners), before.leader_node_id, before.last_seq) == snapshot
     assert before.last_seq == 0 and after.last_seq == 99
 
 

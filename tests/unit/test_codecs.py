@@ -23,7 +23,7 @@ from shared.events import (
     Instance,
     InstanceDeleted,
     InstancePlaced,
-    MasterStarted,
+    LeaderElected,
     NodeFactsRecorded,
     NodeLost,
     RunnerStatusChanged,
@@ -73,7 +73,7 @@ EVENTS: list[AnyEvent] = [
     InstanceDeleted("inst-1", reason="deleted on request"),
     RunnerStatusChanged("inst-1", "node-a", 0, "importing", detail="gguf → mlx", progress=0.25),
     RunnerStatusChanged("inst-1", "node-b", 1, "ready"),
-    MasterStarted("node-a"),
+    LeaderElected("node-a", 7),
     WorkerStarted("node-b"),
 ]
 

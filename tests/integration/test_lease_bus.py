@@ -1,0 +1,160 @@
+"""The leader lease and the fenced event log against a real nats-server (a bare one of this test's own, no
+node): one campaigner wins, a killed leader's lease expires and the next wins with a larger term, a paused
+leader loses its lease, and a replaced writer gets StaleWriter even where its retried decision would fit."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from services.master.event_log import EventLog, StaleWriter, TermNotNewer
+from services.master.lease import LEASE_TTL_S
+from services.master.lease_keeper import LeaseKeeper
+from services.node.nats_server import nats_server_binary, wait_for_port
+from shared.bus import StateFollower, ensure_event_stream
+from shared.events import NodeLost
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def bus_url() -> AsyncIterator[str]:
+    """A bare JetStream server on loopback (not a node's bus: no node, no credentials)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="exo-lease-") as store:
+        argv = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 10.0), "nats-server did not start"
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+class Campaigner:
+    """One master's lease keeper, with what it was told."""
+
+    def __init__(self, nc: NATS, node_id: str) -> None:
+        self.won: list[int] = []
+        self.lost: list[str] = []
+        self.keeper = LeaseKeeper(nc.jetstream(), node_id, on_won=self.won.append, on_lost=self.lost.append)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.keeper.run(self.stop))
+
+    def kill(self) -> None:
+        """Like kill -9: no release, the key stays until it expires."""
+        self.task.cancel()
+
+
+async def wait_for(predicate, timeout: float, what: str) -> float:  # noqa: ANN001
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"no {what} within {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_one_wins_and_a_killed_leader_is_replaced_with_a_larger_term(bus_url: str) -> None:
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        a = Campaigner(a_nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        b = Campaigner(b_nc, "node-b")
+        await asyncio.sleep(LEASE_TTL_S * 1.5)  # a renews all along: b never wins
+        assert b.won == [] and a.lost == []
+        a.kill()
+        took = await wait_for(lambda: b.won, 5, "takeover")
+        assert b.won[0] > a.won[0]
+        assert took <= LEASE_TTL_S + 1.0, took
+        b.stop.set()
+        await b.task
+        await b.keeper.release()
+        c = Campaigner(a_nc, "node-c")
+        assert await wait_for(lambda: c.won, 2, "takeover after a release") < 1.0  # no TTL to wait for
+        c.kill()
+    finally:
+        await a_nc.close()
+        await b_nc.close()
+
+
+async def test_a_leader_paused_past_its_ttl_loses_the_lease(bus_url: str) -> None:
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        a = Campaigner(a_nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        a.kill()  # paused: no renewals (its lease object is kept, as in a stopped process)
+        b = Campaigner(b_nc, "node-b")
+        await wait_for(lambda: b.won, 5, "takeover")
+        a.task = asyncio.create_task(a.keeper.run(a.stop))  # resumed
+        await wait_for(lambda: a.lost, 2, "step down")
+        assert a.keeper.lease is None and b.keeper.lease is not None
+        a.kill()
+        b.kill()
+    finally:
+        await a_nc.close()
+        await b_nc.close()
+
+
+async def writer(nc: NATS) -> EventLog:
+    js = nc.jetstream()
+    await ensure_event_stream(js)
+    follower = StateFollower(js)
+    await follower.start()
+    await follower.catch_up()
+    return EventLog(js, follower)
+
+
+async def test_the_event_log_accepts_only_the_latest_leader(bus_url: str) -> None:
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        old, new = await writer(a_nc), await writer(b_nc)
+        with pytest.raises(StaleWriter, match="not the leader"):
+            await old.append(NodeLost("node-x", "never claimed"))
+
+        await old.claim("node-a", term=3)
+        await old.append(NodeLost("node-x", "written by the leader of term 3"))
+        await new.claim("node-b", term=8)
+        # The old leader was paused through all that. Its state is behind: the append fails on the expected
+        # sequence, and the re-made decision (which would fit the fresh state) is refused by the term.
+        with pytest.raises(StaleWriter, match="term 3 is not the log's leader term 8"):
+            await old.append(NodeLost("node-x", "a stale leader's retry"))
+        await new.append(NodeLost("node-y", "the new leader writes"))
+
+        with pytest.raises(TermNotNewer):
+            await old.claim("node-a", term=8)
+        state = new._follower.state
+        assert (state.leader_node_id, state.leader_term) == ("node-b", 8)
+        assert not any("stale" in str(m) for m in await _reasons(b_nc))
+    finally:
+        await a_nc.close()
+        await b_nc.close()
+
+
+async def test_a_lease_sequence_behind_the_log_is_moved_past_it(bus_url: str) -> None:
+    nc = await nats.connect(bus_url)
+    try:
+        a = Campaigner(nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        first = a.won[0]
+        await a.keeper.advance_past(1000)  # as if the log had seen term 1000 from an older lease bucket
+        await wait_for(lambda: len(a.won) == 2, 5, "a new lease")
+        assert first < 1000 < a.won[1]
+        a.kill()
+    finally:
+        await nc.close()
+
+
+async def _reasons(nc: NATS) -> list[str]:
+    js = nc.jetstream()
+    info = await js.stream_info("EXO_EVENTS")
+    return [(await js.get_msg("EXO_EVENTS", seq)).data.decode() for seq in range(1, info.state.last_seq + 1)]
