@@ -211,7 +211,7 @@ class Master:
             await asyncio.sleep(LIVENESS_PERIOD_S)
             events = await self.log.decide_and_append(self._decide_forget_silent_nodes)
             for event in events:
-                log.warning("node loss recorded", event=msgspec.json.encode(event).decode())
+                log.warning("node loss recorded", recorded=msgspec.json.encode(event).decode())
 
     def _decide_forget_silent_nodes(self, state: ClusterState) -> tuple[list[AnyEvent], list[AnyEvent]]:
         events = decide_forget_silent_nodes(state, self.last_seen, time.monotonic(), NODE_TIMEOUT_S, new_instance_id)
