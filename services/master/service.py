@@ -18,8 +18,19 @@ import structlog
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from services.master.decide import (
+    decide_delete,
+    decide_place,
+    decide_preview,
+    decide_report,
+    decide_worker_started,
+    facts_event,
+)
+from services.master.event_log import EventLog, StaleWriter, TermNotNewer
+from services.master.lease_keeper import LeaseKeeper
+from services.master.node_loss import decide_forget_silent_nodes
 from shared import subjects
-from shared.bus import StateFollower, connect, ensure_event_stream
+from shared.bus import StateFollower, connect, ensure_event_stream, scale_replicas
 from shared.commands import (
     CommandReply,
     DeleteInstance,
@@ -37,23 +48,13 @@ from shared.facts import NodeFacts
 from shared.ids import new_instance_id
 from shared.service import register
 from shared.state import ClusterState
-
-from services.master.decide import (
-    decide_delete,
-    decide_place,
-    decide_preview,
-    decide_report,
-    decide_worker_started,
-    facts_event,
-)
-from services.master.event_log import EventLog, StaleWriter, TermNotNewer
-from services.master.lease_keeper import LeaseKeeper
-from services.master.node_loss import decide_forget_silent_nodes
+from shared.subjects import EVENTS_STREAM, LEADER_BUCKET
 
 log = structlog.get_logger()
 
 NODE_TIMEOUT_S = 10.0
 LIVENESS_PERIOD_S = 1.0
+REPLICATE_PERIOD_S = 5.0  # how often the leader checks that the log and the lease are replicated
 
 
 class Master:
@@ -207,11 +208,25 @@ class Master:
             self._give_up(f"recording facts: {exc}")
 
     async def _liveness_loop(self) -> None:
+        last_scaled = 0.0
         while True:
             await asyncio.sleep(LIVENESS_PERIOD_S)
+            if time.monotonic() - last_scaled > REPLICATE_PERIOD_S:
+                last_scaled = time.monotonic()
+                await self._keep_replicated()
             events = await self.log.decide_and_append(self._decide_forget_silent_nodes)
             for event in events:
                 log.warning("node loss recorded", recorded=msgspec.json.encode(event).decode())
+
+    async def _keep_replicated(self) -> None:
+        """The log and the lease on as many servers as the NATS cluster has (up to 3), as servers join:
+        a stream created while the cluster was small must not die with the one server that holds it."""
+        js = self.nc.jetstream()
+        for stream in (EVENTS_STREAM, f"KV_{LEADER_BUCKET}"):
+            try:
+                await scale_replicas(js, stream)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("replicas not raised this time", stream=stream, error=str(exc))
 
     def _decide_forget_silent_nodes(self, state: ClusterState) -> tuple[list[AnyEvent], list[AnyEvent]]:
         events = decide_forget_silent_nodes(state, self.last_seen, time.monotonic(), NODE_TIMEOUT_S, new_instance_id)
