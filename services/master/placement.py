@@ -265,6 +265,15 @@ def _link_aware_set(
     return None if best is None else best[2]
 
 
+def measured_links(state: ClusterState) -> dict[tuple[str, str], float]:
+    """(from, to) -> round trip in ms, as each node's discovery measured it to its peers."""
+    return {
+        (facts.node_id, link.peer_id): link.latency_ms
+        for facts in state.nodes.values()
+        for link in facts.links
+    }
+
+
 def choose_nodes(
     card: ModelCard,
     strategy: Strategy,
@@ -294,7 +303,10 @@ def place(
     instance_id: str,
     link_latency: LinkLatency | None = None,
 ) -> Instance | NoPlacement:
-    """The plan for `request`: the fewest nodes that fit (pipeline before tensor under `auto`)."""
+    """The plan for `request`: the fewest nodes that fit (pipeline before tensor under `auto`). Link
+    latencies default to the ones the nodes measured and reported in their facts."""
+    if link_latency is None:
+        link_latency = measured_links(state)
     candidates = worker_nodes(state)
     if not candidates:
         return NoPlacement("no node with a worker has joined the cluster")
@@ -348,6 +360,8 @@ def preview(
     count is the one `place` would pick.
     """
     options: list[PlanOption] = []
+    if link_latency is None:
+        link_latency = measured_links(state)
     workers = worker_nodes(state)
     top = len(workers) if max_nodes is None else min(max_nodes, len(workers))
     if not workers:

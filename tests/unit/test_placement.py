@@ -232,6 +232,24 @@ def test_prefers_fast_links_when_latencies_are_known():
     assert {s.node_id for s in inst.shards} == {"a", "b"}
 
 
+def test_the_links_nodes_measured_and_reported_steer_placement():
+    import msgspec
+
+    from shared.facts import Link
+
+    whole = layer_bytes_needed(SMOL, SMOL.n_layers)
+    budget = int(whole * 0.55)
+    slow, fast = 5.0, 0.2  # ms, as discovery reports them
+    nodes = []
+    for n in "abcd":
+        links = tuple(Link(p, fast if {n, p} == {"c", "d"} else slow) for p in "abcd" if p != n)
+        nodes.append(msgspec.structs.replace(node(n, GB, budget=budget), links=links))
+    inst = place(cluster(*nodes), PlaceInstance("smollm2-135m"), SMOL, "i")
+    assert {s.node_id for s in inst.shards} == {"c", "d"}
+    feasible = [o for o in preview(cluster(*nodes), SMOL) if o.feasible and o.n_nodes == 2]
+    assert feasible and all({s.node_id for s in o.shards} == {"c", "d"} for o in feasible)
+
+
 def test_link_aware_choice_orders_ranks_along_the_ring():
     whole = layer_bytes_needed(SMOL, SMOL.n_layers)
     state = cluster(*(node(n, GB, budget=int(whole * 0.3)) for n in "abcd"))
