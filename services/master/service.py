@@ -52,7 +52,7 @@ from shared.subjects import EVENTS_STREAM, LEADER_BUCKET
 
 log = structlog.get_logger()
 
-NODE_TIMEOUT_S = 10.0
+NODE_TIMEOUT_S = 7.0  # facts come every 2 s: three missed in a row, and the node is lost within 10 s
 LIVENESS_PERIOD_S = 1.0
 REPLICATE_PERIOD_S = 5.0  # how often the leader checks that the log and the lease are replicated
 
