@@ -124,7 +124,10 @@ class Master:
             self.log.step_down()
             await self.keeper.advance_past(self.follower.state.leader_term)
         except (StaleWriter, TimeoutError) as exc:
-            self._give_up(f"could not take over: {exc!r}")
+            self._give_up(f"could not lead: {exc!r}")
+        except Exception as exc:  # a leader that silently stopped leading would hold the lease for nothing
+            log.exception("leading failed")
+            self._give_up(f"leading failed: {exc!r}")
         finally:
             if self._leading is asyncio.current_task():
                 self._leading = None
@@ -208,13 +211,22 @@ class Master:
             self._give_up(f"recording facts: {exc}")
 
     async def _liveness_loop(self) -> None:
+        """Forget silent nodes (and keep the log replicated) until cancelled. StaleWriter ends it (and the
+        leadership); other errors are logged and the next round tries again, as a failed command does not
+        stop the master either."""
         last_scaled = 0.0
         while True:
             await asyncio.sleep(LIVENESS_PERIOD_S)
             if time.monotonic() - last_scaled > REPLICATE_PERIOD_S:
                 last_scaled = time.monotonic()
                 await self._keep_replicated()
-            events = await self.log.decide_and_append(self._decide_forget_silent_nodes)
+            try:
+                events = await self.log.decide_and_append(self._decide_forget_silent_nodes)
+            except StaleWriter:
+                raise
+            except Exception:
+                log.exception("forgetting silent nodes failed; trying again")
+                continue
             for event in events:
                 log.warning("node loss recorded", recorded=msgspec.json.encode(event).decode())
 

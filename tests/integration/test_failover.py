@@ -1,11 +1,13 @@
 """Failover on real nodes: every node runs a master, one leads. kill -9 of the leader's master mid-stream: the
 stream completes (tokens go runner -> gateway, never via the master), another master takes the lease and
 answers commands within 5 s, and the instance is the same one. On a single node, kill -9 of the master and of
-discovery mid-stream: the stream goes on, the supervisor restarts both, and they are back and caught up."""
+discovery mid-stream: the stream goes on, the supervisor restarts both, and they are back and caught up.
+Also: a paused leader is replaced and steps down when it resumes; a lost node's instance is placed again."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -20,6 +22,8 @@ from nats.aio.client import Client as NATS
 
 from shared import subjects
 from shared.commands import CommandReply, PlaceInstance, decode, encode
+from shared.events import AnyEvent, InstanceDeleted, InstancePlaced, decode_event
+from shared.subjects import EVENTS_STREAM
 from tests.conftest import MODEL, Node
 
 pytestmark = pytest.mark.slow
@@ -146,6 +150,87 @@ async def test_killing_the_leader_mid_stream_hands_over_within_5_s(trio: list[No
     assert after["ready_instances"] == [instance_id]
     assert sorted(after["nodes"]) == sorted(before["nodes"])
     wait_restarted(leader, "master", killed_pid[0])
+
+
+async def test_a_paused_leader_is_replaced_and_steps_down_when_it_resumes(trio: list[Node]) -> None:
+    """SIGSTOP of the leader's master past its lease: another master takes over; on SIGCONT the old one finds
+    its lease gone and stops answering (its writes would be refused anyway: the log is fenced by term)."""
+    first = trio[0]
+    before = first.health()
+    (instance_id,) = before["ready_instances"]
+    (leader,) = [n for n in trio if node_id(n) == before["master"]]
+    paused = leader.pids()["master"]
+    nc = await nats.connect(first.nats_url)
+    try:
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            took, reply = await first_answer(nc, since=time.monotonic())
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        # A stopped process keeps its subscriptions, so the server still hands it a share of the requests
+        # (micro endpoints are a queue group) until it resumes: callers retry, and it takes a little longer.
+        print(f"SIGSTOP of the leader's master -> another master answers: {took:.2f} s")
+        assert took <= 2 * FAILOVER_LIMIT_S
+        assert reply.ok and reply.instance_id == instance_id, reply
+        await asyncio.sleep(3)  # the resumed master wakes up, sees its lease expired and steps down
+        masters = await micro_replies(nc, "$SRV.INFO.exo-master")
+        after = first.health()
+        assert [m["metadata"]["node_id"] for m in masters] == [after["master"]]
+        assert after["leader_term"] > before["leader_term"]
+        assert leader.pids()["master"] == paused  # it stepped down by itself; nothing restarted it
+    finally:
+        await nc.close()
+
+
+async def test_a_lost_node_s_instance_is_placed_again_elsewhere(trio: list[Node], start_node: Callable[..., Node]) -> None:
+    """Last in this module: it stops the node with the model. A fourth node has room; after the node timeout
+    the leader deletes the instance (the reason names the node) and places the model on the fourth node."""
+    first, holder = trio[0], trio[2]
+    (old_instance,) = first.health()["ready_instances"]
+    spare = start_node("fo-3", "--no-model", "--nats-url", first.nats_url)
+    try:
+        first.wait_until(lambda h: len(h["nodes"]) == 4, 30, "4 nodes")
+        lost = node_id(holder)
+        holder.stop()
+        after = first.wait_until(
+            lambda h: lost not in h["nodes"] and h["ready_instances"] not in ([], [old_instance]), 120,
+            "the instance placed again and ready",
+        )  # fmt: skip
+        (new_instance,) = after["ready_instances"]
+        nc = await nats.connect(first.nats_url)
+        try:
+            events = await read_events(nc)
+        finally:
+            await nc.close()
+        deleted = [e for e in events if isinstance(e, InstanceDeleted) and e.instance_id == old_instance]
+        assert deleted and lost in deleted[0].reason, deleted
+        (placed,) = [e.instance for e in events if isinstance(e, InstancePlaced) and e.instance.instance_id == new_instance]
+        assert placed.model_id == MODEL and {s.node_id for s in placed.shards} == {node_id(spare)}
+    finally:
+        spare.stop()
+
+
+async def micro_replies(nc: NATS, subject: str, wait: float = 1.0) -> list[dict]:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    replies = []
+    try:
+        while True:
+            replies.append(json.loads((await sub.next_msg(timeout=wait)).data))
+    except nats.errors.TimeoutError:
+        pass
+    await sub.unsubscribe()
+    return replies
+
+
+async def read_events(nc: NATS) -> list[AnyEvent]:
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    return [
+        decode_event((await js.get_msg(EVENTS_STREAM, seq)).data)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 async def test_killing_master_and_discovery_of_a_lone_node_mid_stream(solo: Node) -> None:
