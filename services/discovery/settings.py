@@ -11,10 +11,11 @@ import msgspec
 import structlog
 
 from shared.cluster_secret import SECRET_ENV, BadSecret, normalise
+from shared.config import DEFAULT_DISCOVERY_PORT
 
 log = structlog.get_logger()
 
-DISCOVERY_PORT = 52416  # UDP, beacons and probes
+DISCOVERY_PORT = DEFAULT_DISCOVERY_PORT  # UDP, beacons and probes
 DISCOVERY_BIND = "0.0.0.0"
 MULTICAST_GROUP = "239.255.41.52"  # organisation-local scope: stays inside the site
 

@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["peers"] or "--list-peers" in argv:
         from services.node.peers_cli import main as peers_main
 
-        peers_main([a for a in argv if a not in ("peers", "--list-peers")])
-        return
+        raise SystemExit(peers_main([a for a in argv if a not in ("peers", "--list-peers")]))
     if argv[:1] == ["launchd"]:
         write_launchd(argv[1:])
         return
