@@ -154,6 +154,25 @@ async def test_a_lease_sequence_behind_the_log_is_moved_past_it(bus_url: str) ->
         await nc.close()
 
 
+async def test_an_overtaken_lease_does_not_knock_out_the_newer_one(bus_url: str) -> None:
+    """A master that won, stalled before claiming, and found a newer leader's term in the log must not purge
+    the lease bucket (its sequence is not behind): it only lets go."""
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        a = Campaigner(a_nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        a.kill()
+        b = Campaigner(b_nc, "node-b")
+        await wait_for(lambda: b.won, 5, "takeover")
+        await a.keeper.advance_past(b.won[0])  # what a's master does on TermNotNewer
+        await asyncio.sleep(LEASE_TTL_S)
+        assert b.lost == [] and b.keeper.lease is not None and b.keeper.lease.term == b.won[0]
+        b.kill()
+    finally:
+        await a_nc.close()
+        await b_nc.close()
+
+
 async def _reasons(nc: NATS) -> list[str]:
     js = nc.jetstream()
     info = await js.stream_info("EXO_EVENTS")
