@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import nats
 import pytest
@@ -31,7 +31,7 @@ async def bus_url() -> AsyncIterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="exo-lease-") as store:
         argv = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - returns at once
         try:
             assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 10.0), "nats-server did not start"
             yield f"nats://127.0.0.1:{port}"
@@ -55,7 +55,7 @@ class Campaigner:
         self.task.cancel()
 
 
-async def wait_for(predicate, timeout: float, what: str) -> float:  # noqa: ANN001
+async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
     started = time.monotonic()
     while not predicate():
         if time.monotonic() - started > timeout:

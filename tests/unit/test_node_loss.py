@@ -61,7 +61,7 @@ def test_instances_elsewhere_are_left_alone():
 
 
 def test_pipeline_across_the_lost_node_is_spread_again_over_the_nodes_left():
-    budget = dict(memory_budget=70 * MB)  # no node holds the whole model
+    budget = {"memory_budget": 70 * MB}  # no node holds the whole model
     state = cluster(
         facts("node-a", **budget), facts("node-b", **budget), facts("node-c", **budget),
         instances=[two_stage("inst-1", "node-a", "node-b")],
@@ -74,7 +74,7 @@ def test_pipeline_across_the_lost_node_is_spread_again_over_the_nodes_left():
 
 
 def test_instance_that_no_longer_fits_stays_deleted():
-    budget = dict(memory_budget=70 * MB)
+    budget = {"memory_budget": 70 * MB}
     state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[two_stage("inst-1", "node-a", "node-b")])
     events = decide_node_loss(state, [NodeLost("node-b", "x")], ids())
     assert [type(e) for e in events] == [NodeLost, InstanceDeleted]
