@@ -95,13 +95,18 @@ class LeaseKeeper:
             log.info("leader lease released", term=lease.term)
 
     async def advance_past(self, term: int) -> None:
-        """Make the lease's next revision larger than `term` (after its sequence went backwards), and let go."""
+        """The log has a leader term >= this lease's: let go of the lease, and if the lease bucket's sequence
+        is behind `term` (the bucket was re-made or lost its data), move it past, so the next term is larger.
+        If the sequence is not behind, this lease was simply overtaken (a newer leader claimed the log while
+        this one was slow to): nothing is purged, the newer leader's lease stays."""
         lease, self._lease = self._lease, None
         if lease is not None:
             await self._delete(lease)
         stream = KV_STREAM_TEMPLATE.format(bucket=LEADER_BUCKET)
-        await self._js.purge_stream(stream, seq=term + 1)  # first sequence becomes term + 1
-        log.warning("lease sequence moved past the log's leader term", term=term)
+        last_seq = (await self._js.stream_info(stream)).state.last_seq
+        if last_seq < term:
+            await self._js.purge_stream(stream, seq=term + 1)  # the first (and next) sequence becomes term + 1
+            log.warning("lease sequence moved past the log's leader term", term=term, was=last_seq)
         self._wake.set()
 
     async def _campaign(self) -> None:

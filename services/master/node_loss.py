@@ -32,18 +32,19 @@ def decide_forget_silent_nodes(
 
 def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id: Callable[[], str]) -> list[AnyEvent]:
     """The events for `lost` (nodes the state no longer knows are skipped), in the order they must be applied:
-    NodeLost, then InstanceDeleted for each instance that had a rank on a lost node, then InstancePlaced for
-    each of those that fits on what is left."""
+    NodeLost, then InstanceDeleted for each instance that had a rank on a node that is gone, then
+    InstancePlaced for each of those that fits on what is left."""
     lost = [e for e in lost if e.node_id in state.nodes]
     events: list[AnyEvent] = []
     after = state
     for event in lost:
         events.append(event)
         after = apply(after, event)
-    lost_ids = {e.node_id for e in lost}
-    broken = [i for i in state.instances.values() if any(s.node_id in lost_ids for s in i.shards)]
+    # Also instances on nodes the state has already forgotten: appends of several events are not atomic, so
+    # a leader that died between NodeLost and InstanceDeleted leaves those for its successor to finish.
+    broken = [i for i in state.instances.values() if any(s.node_id not in after.nodes for s in i.shards)]
     for instance in broken:
-        gone = sorted({s.node_id for s in instance.shards} & lost_ids)
+        gone = sorted({s.node_id for s in instance.shards} - after.nodes.keys())
         deleted = InstanceDeleted(instance.instance_id, reason=f"node {', '.join(gone)} lost; placing it again")
         events.append(deleted)
         after = apply(after, deleted)

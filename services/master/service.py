@@ -120,7 +120,7 @@ class Master:
             log.info("leading", term=term, took_ms=took_ms, log_seq=self.follower.state.last_seq)
             await self._liveness_loop()
         except TermNotNewer as exc:
-            log.error("lease term not newer than the log's; moving the lease sequence on", error=str(exc))
+            log.warning("the log already has this term or a newer one; letting the lease go", error=str(exc))
             self.log.step_down()
             await self.keeper.advance_past(self.follower.state.leader_term)
         except (StaleWriter, TimeoutError) as exc:

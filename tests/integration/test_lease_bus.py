@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import nats
 import pytest
@@ -31,7 +31,7 @@ async def bus_url() -> AsyncIterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="exo-lease-") as store:
         argv = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - returns at once
         try:
             assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 10.0), "nats-server did not start"
             yield f"nats://127.0.0.1:{port}"
@@ -55,7 +55,7 @@ class Campaigner:
         self.task.cancel()
 
 
-async def wait_for(predicate, timeout: float, what: str) -> float:  # noqa: ANN001
+async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
     started = time.monotonic()
     while not predicate():
         if time.monotonic() - started > timeout:
@@ -152,6 +152,25 @@ async def test_a_lease_sequence_behind_the_log_is_moved_past_it(bus_url: str) ->
         a.kill()
     finally:
         await nc.close()
+
+
+async def test_an_overtaken_lease_does_not_knock_out_the_newer_one(bus_url: str) -> None:
+    """A master that won, stalled before claiming, and found a newer leader's term in the log must not purge
+    the lease bucket (its sequence is not behind): it only lets go."""
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        a = Campaigner(a_nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        a.kill()
+        b = Campaigner(b_nc, "node-b")
+        await wait_for(lambda: b.won, 5, "takeover")
+        await a.keeper.advance_past(b.won[0])  # what a's master does on TermNotNewer
+        await asyncio.sleep(LEASE_TTL_S)
+        assert b.lost == [] and b.keeper.lease is not None and b.keeper.lease.term == b.won[0]
+        b.kill()
+    finally:
+        await a_nc.close()
+        await b_nc.close()
 
 
 async def _reasons(nc: NATS) -> list[str]:

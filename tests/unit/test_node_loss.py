@@ -61,7 +61,7 @@ def test_instances_elsewhere_are_left_alone():
 
 
 def test_pipeline_across_the_lost_node_is_spread_again_over_the_nodes_left():
-    budget = dict(memory_budget=70 * MB)  # no node holds the whole model
+    budget = {"memory_budget": 70 * MB}  # no node holds the whole model
     state = cluster(
         facts("node-a", **budget), facts("node-b", **budget), facts("node-c", **budget),
         instances=[two_stage("inst-1", "node-a", "node-b")],
@@ -74,7 +74,7 @@ def test_pipeline_across_the_lost_node_is_spread_again_over_the_nodes_left():
 
 
 def test_instance_that_no_longer_fits_stays_deleted():
-    budget = dict(memory_budget=70 * MB)
+    budget = {"memory_budget": 70 * MB}
     state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[two_stage("inst-1", "node-a", "node-b")])
     events = decide_node_loss(state, [NodeLost("node-b", "x")], ids())
     assert [type(e) for e in events] == [NodeLost, InstanceDeleted]
@@ -111,3 +111,14 @@ def test_decision_does_not_mutate_the_state():
     before = (dict(state.nodes), dict(state.instances))
     decide_node_loss(state, [NodeLost("node-a", "x")], ids())
     assert (dict(state.nodes), dict(state.instances)) == before
+
+
+def test_an_instance_left_on_a_forgotten_node_is_finished_off():
+    """A leader that died after appending NodeLost but before InstanceDeleted: its successor, finding no
+    silent node, still deletes and re-places the instance whose node the state no longer knows."""
+    state = cluster(facts("node-a"), facts("node-b"), instances=[single("inst-1", "node-a")])
+    state = apply(state, NodeLost("node-a", "x"))
+    events = decide_forget_silent_nodes(state, {"node-b": 130.0}, now=131.0, timeout=10.0, new_instance_id=ids())
+    assert [type(e) for e in events] == [InstanceDeleted, InstancePlaced]
+    assert "node-a" in events[0].reason
+    assert decide_forget_silent_nodes(replay(state, events), {"node-b": 130.0}, 131.0, 10.0, ids()) == []
