@@ -3,7 +3,8 @@
   (a) kill -9 of the leader's master in a 3-node cluster -> another master answers commands;
   (b) kill -9 of a lone node's master -> the supervisor restarts it, it replays the log, wins the lease
       (after the dead one's expires) and answers commands;
-  (c) kill -9 of a lone node's discovery -> restarted and publishing this node's facts again.
+  (c) kill -9 of a lone node's discovery -> restarted and publishing this node's facts again;
+  (d) kill -9 of a whole node (supervisor and every process of it) -> the leader records it lost.
 
 "Answers commands": a delete of an instance that does not exist, sent on the bus, is answered (it goes the
 fenced write path of the leader and writes nothing) instead of finding no responder.
@@ -135,6 +136,28 @@ async def lone_node_restarts(node: Node, runs: int) -> tuple[list[float], list[f
     return master_times, discovery_times
 
 
+def node_loss_detection(nodes: list[Node], root: Path, runs: int) -> list[float]:
+    """(d): a fourth node joins, then all its processes die at once; seconds until the cluster state drops it."""
+    import psutil
+
+    times = []
+    for i in range(runs):
+        extra = Node(root / f"lost{i}", "--no-model", "--no-worker", "--no-gateway", "--no-master",
+                     "--nats-url", f"nats://127.0.0.1:{nodes[0].nats_port}")  # fmt: skip
+        extra.start()
+        wait_health(nodes[0], lambda h: len(h["nodes"]) == len(nodes) + 1)
+        lost = node_id(extra)
+        root_proc = psutil.Process(extra.proc.pid)
+        for p in [root_proc, *root_proc.children(recursive=True)]:
+            p.kill()
+        killed = time.monotonic()
+        wait_health(nodes[0], lambda h, lost=lost: lost not in h["nodes"], timeout=60)
+        times.append(time.monotonic() - killed)
+        extra.proc.wait()
+        print(f"  (d) {times[-1]:.2f} s", file=sys.stderr)
+    return times
+
+
 def bus_url(node: Node) -> str:
     """The node's loopback bus; shared.bus.connect adds the credentials from the secret in the environment."""
     return f"nats://127.0.0.1:{node.nats_port}"
@@ -161,6 +184,7 @@ def main() -> None:
     trio = start_cluster(root / "trio", 3)
     try:
         leader = asyncio.run(leader_failover(trio, args.runs))
+        lost = node_loss_detection(trio, root / "trio", args.runs)
     finally:
         for n in reversed(trio):
             n.stop()
@@ -173,6 +197,7 @@ def main() -> None:
         ("(a) kill -9 leader master (3 nodes) -> new leader answers", leader),
         ("(b) kill -9 master (1 node) -> restarted, caught up, answers", master),
         ("(c) kill -9 discovery (1 node) -> restarted, facts again", discovery),
+        ("(d) kill -9 of a whole node -> recorded lost by the leader", lost),
     ]
     print(f"command: {' '.join([os.path.relpath(sys.executable), '-m', 'bench.failover', *sys.argv[1:]])}")
     print(f"machine: {machine()}")
