@@ -25,4 +25,4 @@ def test_dev_cluster_is_nats_plus_three_nodes_whose_commands_parse() -> None:
         assert args.memory
         masters += not args.no_master
         assert services[name]["depends_on"] == ["nats"]
-    assert masters == 1
+    assert masters == 3  # every node may lead: election picks one
