@@ -34,7 +34,7 @@ def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> Clust
         case LeaderElected():
             new = _leader_elected(state, event)
         case WorkerStarted():
-            new = _forget_runners_of(state, event.node_id)
+            new = _forget_runners_of(state, event.node_id, keep=frozenset(event.kept))
         case _:
             assert_never(event)
     if seq is not None:
@@ -57,8 +57,8 @@ def _leader_elected(state: ClusterState, event: LeaderElected) -> ClusterState:
     return msgspec.structs.replace(state, leader_node_id=event.node_id, leader_term=event.term)
 
 
-def _forget_runners_of(state: ClusterState, node_id: str) -> ClusterState:
-    runners = {k: v for k, v in state.runners.items() if v.node_id != node_id}
+def _forget_runners_of(state: ClusterState, node_id: str, keep: frozenset[str] = frozenset()) -> ClusterState:
+    runners = {k: v for k, v in state.runners.items() if v.node_id != node_id or k in keep}
     return msgspec.structs.replace(state, runners=runners)
 
 

@@ -34,6 +34,7 @@ class ReportRunner(msgspec.Struct, frozen=True):
 
 class ReportWorkerStarted(msgspec.Struct, frozen=True):
     node_id: str
+    kept: tuple[str, ...] = ()  # runner keys (instance/rank) of runners that outlived the old worker and were adopted
 
 
 class PreviewPlacements(msgspec.Struct, frozen=True):

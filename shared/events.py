@@ -76,9 +76,11 @@ class LeaderElected(Event, frozen=True):
 
 
 class WorkerStarted(Event, frozen=True):
-    """A node's worker (re)started: whatever its runners said before is stale."""
+    """A node's worker (re)started: whatever its runners said before is stale, except for the runners it
+    adopted (`kept`, runner keys instance/rank): they outlived the old worker and still serve."""
 
     node_id: str
+    kept: tuple[str, ...] = ()
 
 
 AnyEvent = (

@@ -84,8 +84,10 @@ def _report_is_news(current: RunnerStatusChanged, cmd: ReportRunner) -> bool:
 
 
 def decide_worker_started(state: ClusterState, cmd: ReportWorkerStarted) -> Decision:
-    stale = any(r.node_id == cmd.node_id for r in state.runners.values())
-    return ([WorkerStarted(cmd.node_id)] if stale else []), CommandReply(ok=True)
+    """Forget what the node's runners said before, except for the runners the new worker adopted."""
+    kept = set(cmd.kept)
+    stale = any(r.node_id == cmd.node_id and key not in kept for key, r in state.runners.items())
+    return ([WorkerStarted(cmd.node_id, kept=cmd.kept)] if stale else []), CommandReply(ok=True)
 
 
 def decide_preview(state: ClusterState, cmd: PreviewPlacements) -> PreviewReply:

@@ -7,6 +7,8 @@ import msgspec
 from shared.events import Instance, RunnerStatusChanged, ShardAssignment
 from shared.state import ClusterState
 
+from services.worker.registry import RunnerRecord
+
 MAX_START_ATTEMPTS = 3
 RESTART_BACKOFF_S = (1.0, 4.0)  # before the 2nd and 3rd attempt
 HEALTHY_RUN_S = 60.0  # a runner that served this long starts again with a clean slate of attempts
@@ -88,3 +90,45 @@ def _may_restart(runner: LocalRunner, now: float) -> bool:
         return False
     backoff = RESTART_BACKOFF_S[min(runner.attempts, len(RESTART_BACKOFF_S)) - 1] if runner.attempts else 0.0
     return runner.last_exit_at is None or now - runner.last_exit_at >= backoff
+
+
+class Adoption(msgspec.Struct, frozen=True):
+    """What a (re)started worker does with the runners its registry records (see services/worker/registry.py)."""
+
+    adopt: list[RunnerRecord]  # alive and still wanted: keep serving, watch them
+    stop: list[tuple[RunnerRecord, str]]  # alive but not wanted any more: stop them (by pid), with the reason
+    forget: list[RunnerRecord]  # gone (or a reused pid): only their records remain, remove them
+
+
+def sort_recorded(
+    state: ClusterState, records: list[RunnerRecord], alive: set[int], node_id: str
+) -> Adoption:
+    """`alive`: the pids of recorded runners whose process still runs with the recorded create time."""
+    adopt: list[RunnerRecord] = []
+    stop: list[tuple[RunnerRecord, str]] = []
+    forget: list[RunnerRecord] = []
+    wanted = {(inst.instance_id, shard.rank): inst for inst, shard in my_shards(state, node_id)}
+    taken: set[tuple[str, int]] = set()
+    for record in records:
+        key = (record.instance_id, record.rank)
+        instance = wanted.get(key)
+        if record.pid not in alive:
+            forget.append(record)
+        elif instance is None:
+            stop.append((record, "instance deleted or its shard moved while the worker was down"))
+        elif instance.model_id != record.model_id:
+            stop.append((record, f"runs {record.model_id}, the instance wants {instance.model_id}"))
+        elif key in taken:
+            stop.append((record, "a second runner for the same shard"))
+        else:
+            taken.add(key)
+            adopt.append(record)
+    return Adoption(adopt, stop, forget)
+
+
+def adopted_runner(record: RunnerRecord, now: float, wall_now: float) -> LocalRunner:
+    """The plan's view of an adopted runner: running, one attempt, started when the process started."""
+    return LocalRunner(
+        record.instance_id, record.rank, running=True, attempts=1,
+        started_at=now - max(0.0, wall_now - record.create_time),
+    )  # fmt: skip

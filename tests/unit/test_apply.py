@@ -101,6 +101,23 @@ def test_worker_started_forgets_runners_of_that_node_only():
     assert after.instances == state.instances
 
 
+def test_worker_started_keeps_the_runners_it_adopted():
+    a = instance("inst-1")
+    state = replay(
+        InstancePlaced(a), InstancePlaced(instance("inst-2", nodes=("node-a",))),
+        status("inst-1", 0, node_id="node-a"), status("inst-1", 1, node_id="node-b"),
+        status("inst-2", 0, node_id="node-a"),
+    )  # fmt: skip
+    after = apply(state, WorkerStarted("node-a", kept=(runner_key("inst-2", 0),)))
+    assert set(after.runners) == {runner_key("inst-1", 1), runner_key("inst-2", 0)}
+
+
+def test_worker_started_without_kept_decodes_from_an_old_log():
+    from shared.events import decode_event
+
+    assert decode_event(b'{"type":"WorkerStarted","node_id":"node-a"}') == WorkerStarted("node-a")
+
+
 def test_worker_started_without_runners_is_harmless():
     state = replay(InstancePlaced(instance("inst-1")), status("inst-1", 1, node_id="node-b"))
     after = apply(state, WorkerStarted("node-a"))

@@ -263,6 +263,25 @@ def test_worker_started_with_stale_runners_forgets_them():
     assert after.runner_status("inst-1", 0) is None
 
 
+def test_worker_started_keeps_the_adopted_runners():
+    """A runner that outlived its killed worker and was adopted still serves: its status stays."""
+    state = record(with_instance(), report("ready"))
+    events, reply = decide_worker_started(state, ReportWorkerStarted("node-a", kept=("inst-1/0",)))
+    assert reply.ok and events == []  # nothing stale: nothing to write
+    assert state.runner_status("inst-1", 0).phase == "ready"
+
+
+def test_worker_started_forgets_the_runners_it_did_not_adopt():
+    state = record(with_instance(), report("ready"))
+    second = Instance("inst-2", "smollm2-135m", "pipeline", "ring", (ShardAssignment("node-a", 0, 0, 30),))
+    state = record(apply(state, InstancePlaced(second)), report("ready", instance_id="inst-2"))
+    events, reply = decide_worker_started(state, ReportWorkerStarted("node-a", kept=("inst-2/0",)))
+    assert reply.ok and events == [WorkerStarted("node-a", kept=("inst-2/0",))]
+    after = apply(state, events[0])
+    assert after.runner_status("inst-1", 0) is None  # really died: stale, forgotten
+    assert after.runner_status("inst-2", 0).phase == "ready"  # adopted: kept
+
+
 def test_worker_started_without_runners_writes_nothing():
     state = record(with_instance(), report("ready", rank=1, node="node-b"))
     events, reply = decide_worker_started(state, ReportWorkerStarted("node-a"))

@@ -5,14 +5,20 @@ from __future__ import annotations
 import pytest
 
 from services.worker.plan import (
+    HEALTHY_RUN_S,
     MAX_START_ATTEMPTS,
     RESTART_BACKOFF_S,
+    Adoption,
     LocalRunner,
     StartRunner,
     StopRunner,
+    adopted_runner,
     my_shards,
     plan,
+    record_exit,
+    sort_recorded,
 )
+from services.worker.registry import RunnerRecord
 from shared.apply import apply
 from shared.events import Instance, InstanceDeleted, InstancePlaced, ShardAssignment
 from shared.state import ClusterState
@@ -188,3 +194,67 @@ def test_a_failed_sibling_rank_stops_our_runner_but_not_our_own_report():
     assert stop_for_failed_sibling(RunnerStatusChanged("inst-2", OTHER, 0, "failed"), local, ME) is None
     local["inst-1"].running = False
     assert stop_for_failed_sibling(sibling, local, ME) is None
+
+
+# --- adoption of runners that outlived a killed worker ------------------------------------------
+
+
+def recorded(instance_id: str, rank: int, pid: int, model_id: str = "smollm2-135m") -> RunnerRecord:
+    return RunnerRecord(instance_id, rank, model_id, pid, create_time=1000.0 + pid, started_at=1000.0,
+                        worker_pid=7, worker_create_time=900.0)  # fmt: skip
+
+
+def test_alive_and_wanted_runner_is_adopted():
+    record = recorded("inst-1", 1, pid=11)
+    decision = sort_recorded(state_with(SHARED), [record], alive={11}, node_id=ME)
+    assert decision == Adoption(adopt=[record], stop=[], forget=[])
+
+
+def test_dead_runner_record_is_forgotten_even_when_wanted():
+    record = recorded("inst-1", 1, pid=11)
+    decision = sort_recorded(state_with(SHARED), [record], alive=set(), node_id=ME)
+    assert decision == Adoption(adopt=[], stop=[], forget=[record])
+
+
+def test_alive_runner_of_a_deleted_instance_is_stopped():
+    record = recorded("inst-1", 1, pid=11)
+    state = apply(state_with(SHARED), InstanceDeleted("inst-1", reason="gone"))
+    decision = sort_recorded(state, [record], alive={11}, node_id=ME)
+    assert decision.adopt == [] and decision.forget == []
+    assert [r for r, _ in decision.stop] == [record]
+
+
+def test_alive_runner_of_a_shard_now_elsewhere_or_another_rank_is_stopped():
+    on_other_node = recorded("inst-2", 0, pid=12)  # inst-2's only shard is on OTHER
+    wrong_rank = recorded("inst-1", 0, pid=13)  # rank 0 of inst-1 is OTHER's
+    decision = sort_recorded(state_with(SHARED, ONLY_OTHER), [on_other_node, wrong_rank], alive={12, 13}, node_id=ME)
+    assert decision.adopt == []
+    assert [r for r, _ in decision.stop] == [on_other_node, wrong_rank]
+
+
+def test_runner_of_another_model_is_stopped():
+    record = recorded("inst-3", 0, pid=14, model_id="smollm2-135m")  # inst-3 is llama-3.3-70b
+    decision = sort_recorded(state_with(ONLY_ME), [record], alive={14}, node_id=ME)
+    assert decision.adopt == [] and [r for r, _ in decision.stop] == [record]
+
+
+def test_second_runner_for_one_shard_is_stopped():
+    first, second = (recorded("inst-3", 0, pid=p, model_id="llama-3.3-70b") for p in (15, 16))
+    decision = sort_recorded(state_with(ONLY_ME), [first, second], alive={15, 16}, node_id=ME)
+    assert decision.adopt == [first] and [r for r, _ in decision.stop] == [second]
+
+
+def test_adopted_runner_is_not_started_again_and_counts_its_age():
+    state = state_with(SHARED)
+    record = recorded("inst-1", 1, pid=11)  # its process started at 1011.0 (wall clock)
+    runner = adopted_runner(record, now=500.0, wall_now=1011.0 + HEALTHY_RUN_S)
+    assert runner.running and runner.attempts == 1 and runner.started_at == 500.0 - HEALTHY_RUN_S
+    assert plan(state, {"inst-1": runner}, ME, now=500.0) == []
+    record_exit(runner, now=500.0)  # it served long enough: a crash now starts over with a clean slate
+    assert runner.attempts == 0
+    assert plan(state, {"inst-1": runner}, ME, now=500.0) == [StartRunner(SHARED, SHARED.shards[1])]
+
+
+def test_adopted_runner_of_a_deleted_instance_is_stopped_by_the_plan():
+    runner = adopted_runner(recorded("inst-1", 1, pid=11), now=500.0, wall_now=1012.0)
+    assert plan(ClusterState(), {"inst-1": runner}, ME, now=500.0) == [StopRunner("inst-1", reason="instance deleted")]

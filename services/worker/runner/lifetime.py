@@ -1,0 +1,84 @@
+"""How long a runner lives: it outlives a killed worker (the restarted worker adopts it), never its node.
+
+- The node: the runner watches the node's supervisor (EXO_SUPERVISOR_PID, which the worker passes on; for a
+  worker started alone, e.g. by launchd, the worker's own parent). When it is gone, the node is gone: exit.
+- The worker: the runner's registry record (EXO_RUNNER_RECORD) names the worker that owns it; a restarted
+  worker that adopts the runner rewrites it. A runner that no live worker owned for ADOPTION_TIMEOUT_S exits,
+  so nothing leaks when the worker does not come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import structlog
+
+from services.worker.registry import create_time, process_alive, read_record
+
+log = structlog.get_logger()
+
+ADOPTION_TIMEOUT_S = 60.0
+CHECK_PERIOD_S = 1.0
+EXIT_GRACE_S = 10.0  # a rank blocked in a collective may never see `stop`: then it exits hard
+SUPERVISOR_ENV = "EXO_SUPERVISOR_PID"
+RECORD_ENV = "EXO_RUNNER_RECORD"
+
+
+def lifetime_verdict(
+    node_alive: bool, worker_alive: bool, orphaned_since: float | None, now: float,
+    timeout: float = ADOPTION_TIMEOUT_S,
+) -> tuple[str | None, float | None]:  # fmt: skip
+    """(reason to exit or None, orphaned_since from now on). Pure."""
+    if not node_alive:
+        return "the node's supervisor is gone", orphaned_since
+    if worker_alive:
+        return None, None
+    since = now if orphaned_since is None else orphaned_since
+    if now - since >= timeout:
+        return f"no worker adopted this runner within {timeout:.0f} s", since
+    return None, since
+
+
+class Anchor:
+    """A process identified by pid and create time (a reused pid is not the same process)."""
+
+    def __init__(self, pid: int, created: float | None) -> None:
+        self.pid = pid
+        self.created = created
+
+    @classmethod
+    def of(cls, pid: int) -> Anchor:
+        return cls(pid, create_time(pid))
+
+    def alive(self) -> bool:
+        return self.created is not None and process_alive(self.pid, self.created)
+
+
+async def watch_lifetime(stop: asyncio.Event, timeout: float = ADOPTION_TIMEOUT_S) -> None:
+    """Set `stop` when the node is gone, or when no worker has owned this runner for `timeout` seconds."""
+    parent = Anchor.of(os.getppid())  # the worker that started us, until the record names one
+    supervisor_pid = os.environ.get(SUPERVISOR_ENV)
+    node = Anchor.of(int(supervisor_pid)) if supervisor_pid else parent
+    record_path = Path(os.environ[RECORD_ENV]) if os.environ.get(RECORD_ENV) else None
+    orphaned_since: float | None = None
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        worker = parent
+        record = read_record(record_path) if record_path is not None else None
+        if record is not None and record.pid == os.getpid():
+            worker = Anchor(record.worker_pid, record.worker_create_time)
+        was_orphaned = orphaned_since is not None
+        reason, orphaned_since = lifetime_verdict(node.alive(), worker.alive(), orphaned_since, loop.time(), timeout)
+        if reason is not None:
+            log.warning("runner stops", reason=reason)
+            stop.set()
+            await asyncio.sleep(EXIT_GRACE_S)
+            log.error("runner did not stop in time; exiting hard", reason=reason)
+            os._exit(1)
+        if orphaned_since is not None and not was_orphaned:
+            log.warning("worker is gone; runner waits to be adopted", timeout_s=timeout)
+        elif was_orphaned and orphaned_since is None:
+            log.info("runner adopted", worker=worker.pid)
+        await asyncio.sleep(CHECK_PERIOD_S)

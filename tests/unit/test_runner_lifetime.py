@@ -1,0 +1,64 @@
+"""A runner outlives a killed worker, never its node: services/worker/runner/lifetime.py and the registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.worker import registry
+from services.worker.registry import RunnerRecord
+from services.worker.runner.lifetime import ADOPTION_TIMEOUT_S, lifetime_verdict
+
+
+def test_a_runner_with_a_live_worker_stays():
+    assert lifetime_verdict(node_alive=True, worker_alive=True, orphaned_since=None, now=10.0) == (None, None)
+
+
+def test_a_runner_waits_to_be_adopted_after_its_worker_died():
+    reason, since = lifetime_verdict(node_alive=True, worker_alive=False, orphaned_since=None, now=10.0)
+    assert reason is None and since == 10.0
+    reason, since = lifetime_verdict(True, False, since, now=10.0 + ADOPTION_TIMEOUT_S - 1)
+    assert reason is None and since == 10.0
+
+
+def test_an_adopted_runner_is_no_orphan_any_more():
+    assert lifetime_verdict(True, True, orphaned_since=10.0, now=40.0) == (None, None)
+
+
+def test_a_runner_no_worker_adopted_in_time_exits():
+    reason, _ = lifetime_verdict(True, False, orphaned_since=10.0, now=10.0 + ADOPTION_TIMEOUT_S)
+    assert reason is not None and "adopted" in reason
+
+
+def test_a_runner_never_outlives_its_node():
+    reason, _ = lifetime_verdict(node_alive=False, worker_alive=True, orphaned_since=None, now=10.0)
+    assert reason is not None and "supervisor" in reason
+
+
+def test_registry_round_trip_and_guarded_removal(tmp_path: Path):
+    record = RunnerRecord("inst-1", 0, "smollm2-135m", pid=os.getpid(), create_time=registry.create_time(os.getpid()),
+                          started_at=1.0, worker_pid=1, worker_create_time=0.0)  # fmt: skip
+    path = registry.write_record(tmp_path, record)
+    assert path == tmp_path / "runners" / "inst-1-0.json"
+    assert registry.read_all(tmp_path) == [(path, record)]
+    registry.remove_record(tmp_path, "inst-1", 0, pid=record.pid + 1)  # another runner's: kept
+    assert path.exists()
+    registry.remove_record(tmp_path, "inst-1", 0, pid=record.pid)
+    assert not path.exists() and registry.read_all(tmp_path) == []
+
+
+def test_unreadable_record_reads_as_none(tmp_path: Path):
+    (tmp_path / "runners").mkdir()
+    (tmp_path / "runners" / "x-0.json").write_text("{not json")
+    assert registry.read_all(tmp_path) == [(tmp_path / "runners" / "x-0.json", None)]
+
+
+def test_process_alive_checks_the_create_time():
+    me, created = os.getpid(), registry.create_time(os.getpid())
+    assert registry.process_alive(me, created)
+    assert not registry.process_alive(me, created - 5.0)  # the same pid, another process: a reused pid
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(done.stdout)
+    assert not registry.process_alive(gone, registry.create_time(gone) or 0.0)
