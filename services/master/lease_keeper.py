@@ -56,6 +56,7 @@ class LeaseKeeper:
         self._kv: KeyValue | None = None
         self._lease: Lease | None = None
         self._wake = asyncio.Event()
+        self._advancing = False  # no campaign while advance_past deletes the lease and moves the sequence
 
     @property
     def lease(self) -> Lease | None:
@@ -71,7 +72,8 @@ class LeaseKeeper:
                 await self._sleep(stop, 1.0)
         while not stop.is_set():
             if self._lease is None:
-                await self._campaign()
+                if not self._advancing:
+                    await self._campaign()
                 await self._sleep(stop, 0 if self._lease is not None else CAMPAIGN_EVERY_S)
             else:
                 if renew_due(self._lease, time.monotonic()):
@@ -99,15 +101,19 @@ class LeaseKeeper:
         is behind `term` (the bucket was re-made or lost its data), move it past, so the next term is larger.
         If the sequence is not behind, this lease was simply overtaken (a newer leader claimed the log while
         this one was slow to): nothing is purged, the newer leader's lease stays."""
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            await self._delete(lease)
-        stream = KV_STREAM_TEMPLATE.format(bucket=LEADER_BUCKET)
-        last_seq = (await self._js.stream_info(stream)).state.last_seq
-        if last_seq < term:
-            await self._js.purge_stream(stream, seq=term + 1)  # the first (and next) sequence becomes term + 1
-            log.warning("lease sequence moved past the log's leader term", term=term, was=last_seq)
-        self._wake.set()
+        self._advancing = True
+        try:
+            lease, self._lease = self._lease, None
+            if lease is not None:
+                await self._delete(lease)
+            stream = KV_STREAM_TEMPLATE.format(bucket=LEADER_BUCKET)
+            last_seq = (await self._js.stream_info(stream)).state.last_seq
+            if last_seq < term:
+                await self._js.purge_stream(stream, seq=term + 1)  # the first (and next) sequence becomes term + 1
+                log.warning("lease sequence moved past the log's leader term", term=term, was=last_seq)
+        finally:
+            self._advancing = False
+            self._wake.set()
 
     async def _campaign(self) -> None:
         assert self._kv is not None
