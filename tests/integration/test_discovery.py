@@ -210,8 +210,10 @@ def test_a_killed_peer_leaves_the_table(pair) -> None:  # noqa: ANN001
     b.proc.kill()
     b.proc.wait()
     killed = time.monotonic()
-    wait_for("expiry", lambda: (t := a.table()) is not None and not t.peers, PEER_TIMEOUT_S + 2.0, a)
-    assert time.monotonic() - killed <= PEER_TIMEOUT_S + 2.0
+    # the bound: the timeout, plus one sweep and one table write (1-2 s), plus slack for a loaded CI machine
+    bound = PEER_TIMEOUT_S + 4.0
+    wait_for("expiry", lambda: (t := a.table()) is not None and not t.peers, bound, a)
+    assert time.monotonic() - killed <= bound
 
 
 def test_without_a_secret_there_are_no_beacons_and_it_says_why(bus, tmp_path) -> None:  # noqa: ANN001
