@@ -100,12 +100,27 @@ class Node:
         return json.loads((self.state_dir / "pids.json").read_text())
 
     def runner_pids(self) -> list[int]:
-        """Runner subprocesses: the children of the worker."""
+        """Runner subprocesses: the children of the worker, then the runners it adopted (they outlived a killed
+        worker and are no one's children here; the worker's registry <state-dir>/runners/ records them)."""
         try:
             worker = psutil.Process(self.pids()["worker"])
-            return [p.pid for p in worker.children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            pids = [p.pid for p in worker.children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         except (psutil.NoSuchProcess, FileNotFoundError, KeyError):
-            return []
+            pids = []
+        return pids + [p.pid for p in self.recorded_runners() if p.pid not in pids]
+
+    def recorded_runners(self) -> list[psutil.Process]:
+        """Live processes of the runner registry (pid and create time as recorded: a reused pid is not one)."""
+        found = []
+        for path in sorted((self.state_dir / "runners").glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+                proc = psutil.Process(record["pid"])
+                if abs(proc.create_time() - record["create_time"]) < 0.01 and _is_alive(proc):
+                    found.append(proc)
+            except (OSError, ValueError, KeyError, psutil.Error):
+                continue
+        return found
 
     def runner_logs(self) -> list[Path]:
         return sorted(self.log_dir.glob("runner-*.log"))
@@ -148,12 +163,14 @@ class Node:
     # -- stopping ---------------------------------------------------------------------------------
 
     def process_tree(self) -> list[psutil.Process]:
-        """The supervisor and every process below it (services run in sessions of their own, so by parentage)."""
+        """The supervisor and every process below it (services run in sessions of their own, so by parentage),
+        and the runners that outlived a killed worker (re-parented away from the tree, still the node's)."""
         try:
             root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
+            tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return []
+            tree = []
+        return tree + [p for p in self.recorded_runners() if p.pid not in {t.pid for t in tree}]
 
     def stop(self) -> None:
         """SIGTERM the node (what Ctrl-C does) and assert that its whole process tree exits in time."""

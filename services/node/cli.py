@@ -161,6 +161,9 @@ def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str, route_
         "EXO_PORT": str(args.port),
         "EXO_ROLES": ",".join(roles + ([] if args.no_gateway else ["gateway"])),
         "PYTHONUNBUFFERED": "1",
+        # Called in the supervisor (run_node): runners outlive a killed worker but watch this pid, so they
+        # never outlive the node (services/worker/runner/lifetime.py).
+        "EXO_SUPERVISOR_PID": str(os.getpid()),
     }
     if args.memory:
         env["EXO_MEMORY"] = args.memory

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from collections import deque
 from pathlib import Path
 
+import psutil
+
 from shared.events import Instance, ShardAssignment
 from shared.models import ModelCard
 
 STOP_GRACE_S = 5.0
+ADOPTED_POLL_S = 0.5
 
 
 def runner_command(
@@ -51,7 +55,11 @@ class RunnerProcess:
                 *self.command, stdout=log_file, stderr=log_file, env=self.env, start_new_session=True
             )
 
-    async def wait(self) -> int:
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def wait(self) -> int | None:
         assert self.proc is not None
         return await self.proc.wait()
 
@@ -72,3 +80,56 @@ class RunnerProcess:
                 return "".join(deque(f, maxlen=lines)).strip()
         except OSError:
             return ""
+
+
+class AdoptedRunner:
+    """A runner that outlived the worker that started it: not our child, so watched by polling and stopped by
+    pid. The create time guards against a pid that the OS gave to another process meanwhile."""
+
+    def __init__(self, pid: int, create_time: float, log_path: Path) -> None:
+        self.log_path = log_path
+        self.stopping = False
+        try:
+            self.proc: psutil.Process | None = psutil.Process(pid)
+            if abs(self.proc.create_time() - create_time) >= 0.01:
+                self.proc = None
+        except psutil.Error:
+            self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        try:
+            return self.proc is not None and self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def wait(self) -> int | None:
+        """Until the process is gone. Its exit code is its real parent's to collect: None."""
+        while self.alive():
+            await asyncio.sleep(ADOPTED_POLL_S)
+        return None
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if not self._signal(signal.SIGTERM):
+            return
+        try:
+            await asyncio.wait_for(self.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            self._signal(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait(), STOP_GRACE_S)
+
+    def _signal(self, sig: int) -> bool:
+        if not self.alive():
+            return False
+        try:
+            self.proc.send_signal(sig)  # psutil refuses a pid reused since (NoSuchProcess)
+            return True
+        except psutil.Error:
+            return False
+
+    log_tail = RunnerProcess.log_tail

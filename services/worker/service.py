@@ -19,10 +19,11 @@ from shared import subjects
 from shared.bus import StateFollower, connect
 from shared.config import CommonConfig
 from shared.events import AnyEvent, Instance, RunnerStatusChanged
-from shared.state import ClusterState
+from shared.state import ClusterState, runner_key
 from shared.models import get_card
 from shared.service import register
 
+from services.worker import registry
 from services.worker.blas import runner_blas_env
 from services.worker.dataplane import dataplane_config, write_files
 from services.worker.model_store import ModelStore, default_weight_format
@@ -30,12 +31,16 @@ from services.worker.plan import (
     LocalRunner,
     StartRunner,
     StopRunner,
+    adopted_runner,
     plan,
     record_exit,
+    sort_recorded,
     stop_for_failed_sibling,
 )
+from services.worker.registry import RunnerRecord
 from services.worker.reporting import report_runner, report_worker_started
-from services.worker.runner_process import RunnerProcess, runner_command
+from services.worker.runner.lifetime import RECORD_ENV, SUPERVISOR_ENV
+from services.worker.runner_process import AdoptedRunner, RunnerProcess, runner_command
 
 log = structlog.get_logger()
 
@@ -49,8 +54,14 @@ class Worker:
         self.node_id = node_id
         self.weight_format = weight_format
         self.local: dict[str, LocalRunner] = {}
-        self.processes: dict[str, RunnerProcess] = {}
+        self.processes: dict[str, RunnerProcess | AdoptedRunner] = {}
         self._wake = asyncio.Event()
+        # The process whose exit ends the node, for the runners to watch: the supervisor; for a worker started
+        # alone (launchd, a shell), its own parent (launchd itself never exits: then only the adoption timeout
+        # ends runners that no worker comes back for).
+        self.node_pid = os.environ.get(SUPERVISOR_ENV) or str(os.getppid())
+        self.pid = os.getpid()
+        self.create_time = registry.create_time(self.pid) or 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         self.store = ModelStore(self.config.state_dir / "models")
@@ -59,8 +70,12 @@ class Worker:
         await self.follower.start()
         await self.follower.catch_up(timeout=60)  # plan on the whole log, not on a prefix of it
         service = await _register_status(self)
-        await report_worker_started(self.nc, self.node_id)
-        log.info("worker ready", node=self.node_id)
+        adopted = await self._adopt_recorded()
+        # Forget what the old runners said, except the adopted ones': they still serve, the instance stays ready.
+        await report_worker_started(self.nc, self.node_id, tuple(runner_key(r.instance_id, r.rank) for r in adopted))
+        for record in adopted:
+            asyncio.create_task(self._watch_adopted(record))
+        log.info("worker ready", node=self.node_id, adopted=len(adopted))
         while not stop.is_set():
             await self._reconcile()
             self._wake.clear()
@@ -69,6 +84,10 @@ class Worker:
             for w in waiters:
                 w.cancel()
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
+        for iid, process in self.processes.items():
+            runner = self.local.get(iid)
+            if runner is not None and process.pid is not None:
+                registry.remove_record(self.config.state_dir, iid, runner.rank, process.pid)
         await service.stop()
         await self.nc.drain()
 
@@ -80,6 +99,47 @@ class Worker:
             if stop is not None and process is not None:
                 log.warning("stopping runner: its group lost a rank", instance=stop.instance_id, reason=stop.reason)
                 asyncio.create_task(process.stop())  # an expected exit: the plan restarts it after its backoff
+
+    async def _adopt_recorded(self) -> list[RunnerRecord]:
+        """Runners that outlived the previous worker: adopt those still wanted, stop the others, drop stale records."""
+        state_dir = self.config.state_dir
+        records: list[RunnerRecord] = []
+        for path, record in registry.read_all(state_dir):
+            if record is None:
+                path.unlink(missing_ok=True)
+            else:
+                records.append(record)
+        alive = {r.pid for r in records if registry.process_alive(r.pid, r.create_time)}
+        decision = sort_recorded(self.follower.state, records, alive, self.node_id)
+        for record in decision.forget:
+            registry.remove_record(state_dir, record.instance_id, record.rank, record.pid)
+        for record, reason in decision.stop:
+            log.info("stopping a recorded runner", instance=record.instance_id, rank=record.rank, pid=record.pid,
+                     reason=reason)  # fmt: skip
+            await AdoptedRunner(record.pid, record.create_time, self._log_path(record.instance_id, record.rank)).stop()
+            registry.remove_record(state_dir, record.instance_id, record.rank, record.pid)
+        now, wall_now = time.monotonic(), time.time()
+        for record in decision.adopt:
+            iid = record.instance_id
+            self.processes[iid] = AdoptedRunner(record.pid, record.create_time, self._log_path(iid, record.rank))
+            self.local[iid] = adopted_runner(record, now, wall_now)
+            registry.write_record(state_dir, msgspec.structs.replace(
+                record, worker_pid=self.pid, worker_create_time=self.create_time))  # fmt: skip
+            log.info("runner adopted", instance=iid, rank=record.rank, pid=record.pid)
+        return decision.adopt
+
+    async def _watch_adopted(self, record: RunnerRecord) -> None:
+        process = self.processes.get(record.instance_id)
+        if not isinstance(process, AdoptedRunner):
+            return
+        await process.wait()
+        registry.remove_record(self.config.state_dir, record.instance_id, record.rank, record.pid)
+        await self._runner_ended(
+            record.instance_id, record.rank, f"adopted runner exited: {process.log_tail(4)}", expected=process.stopping
+        )
+
+    def _log_path(self, instance_id: str, rank: int) -> Path:
+        return self.config.log_dir / f"runner-{instance_id}-{rank}.log"
 
     async def _reconcile(self) -> None:
         for action in plan(self.follower.state, self.local, self.node_id, time.monotonic()):
@@ -116,11 +176,18 @@ class Worker:
                 Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""), choice=self.blas
             )
             env |= self._dataplane_env(instance, shard.rank)
-            process = RunnerProcess(command, self.config.log_dir / f"runner-{iid}-{shard.rank}.log", env)
+            record_path = registry.record_path(self.config.state_dir, iid, shard.rank)
+            env |= {SUPERVISOR_ENV: self.node_pid, RECORD_ENV: str(record_path)}
+            process = RunnerProcess(command, self._log_path(iid, shard.rank), env)
             self.processes[iid] = process
             await process.start()
-            log.info("runner started", instance=iid, rank=shard.rank, pid=process.proc.pid)
+            pid = process.proc.pid
+            registry.write_record(self.config.state_dir, RunnerRecord(
+                iid, shard.rank, instance.model_id, pid, registry.create_time(pid) or 0.0, time.time(),
+                self.pid, self.create_time))  # fmt: skip
+            log.info("runner started", instance=iid, rank=shard.rank, pid=pid)
             code = await process.wait()
+            registry.remove_record(self.config.state_dir, iid, shard.rank, pid)
         except Exception as exc:  # noqa: BLE001 - any failure is reported; the plan decides about retrying
             log.exception("runner could not start", instance=iid)
             await self._runner_ended(iid, shard.rank, f"could not start: {exc}", expected=False)

@@ -20,6 +20,7 @@ from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
 from services.worker.runner.control import broadcast
 from services.worker.runner.engine import MAX_BATCH, Engine
+from services.worker.runner.lifetime import watch_lifetime
 from services.worker.runner.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
 
 log = structlog.get_logger()
@@ -32,16 +33,6 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
     for name in ("rank", "world-size", "start-layer", "end-layer", "n-layers", "context-length"):
         parser.add_argument(f"--{name}", type=int, required=True)
     return msgspec.convert(vars(parser.parse_args(argv)), RunnerArgs)
-
-
-async def watch_parent(stop: asyncio.Event) -> None:
-    """A runner outlives no worker: when the worker is gone, stop (a restarted worker starts a new one)."""
-    parent = os.getppid()
-    while not stop.is_set():
-        if os.getppid() != parent:
-            log.warning("worker is gone; runner stops")
-            stop.set()
-        await asyncio.sleep(1.0)
 
 
 def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
@@ -65,7 +56,7 @@ def follow(engine: Engine, group) -> None:  # noqa: ANN001
 
 async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
     nc = await connect(args.nats_url, f"exo-runner:{args.instance_id}:{args.rank}")
-    asyncio.create_task(watch_parent(stop))
+    asyncio.create_task(watch_lifetime(stop))
     report = lambda phase, detail: report_runner(nc, args.instance_id, args.node_id, args.rank, phase, detail)  # noqa: E731
     await report("loading", f"{args.model_path} layers {args.start_layer}-{args.end_layer} ({args.strategy})")
     mlx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")  # every MLX call runs on it
