@@ -33,7 +33,9 @@ async def report_runner(
     return reply.ok
 
 
-async def report_worker_started(nc: NATS, node_id: str) -> None:
-    """Until the master has heard this, the state may still show runners from before the restart."""
-    while (await send_command(nc, subjects.CMD_WORKER_STARTED, encode(ReportWorkerStarted(node_id)))) is None:
+async def report_worker_started(nc: NATS, node_id: str, kept: tuple[str, ...] = ()) -> None:
+    """Until the master has heard this, the state may still show runners from before the restart (but for
+    `kept`: the runner keys of the runners this worker adopted, whose statuses stay true)."""
+    report = encode(ReportWorkerStarted(node_id, kept))
+    while (await send_command(nc, subjects.CMD_WORKER_STARTED, report)) is None:
         log.warning("no master answers yet; the worker waits before starting runners")
