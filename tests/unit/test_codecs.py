@@ -75,6 +75,7 @@ EVENTS: list[AnyEvent] = [
     RunnerStatusChanged("inst-1", "node-b", 1, "ready"),
     LeaderElected("node-a", 7),
     WorkerStarted("node-b"),
+    WorkerStarted("node-b", kept=("inst-1/1",)),
 ]
 
 
@@ -136,6 +137,7 @@ COMMANDS = [
     ReportRunner("inst-1", "node-a", 0, "loading", detail="layers 0-15", progress=0.5),
     ReportRunner("inst-1", "node-a", 1, "failed"),
     ReportWorkerStarted("node-a"),
+    ReportWorkerStarted("node-a", kept=("inst-1/0",)),
     CommandReply(ok=True, instance_id="inst-1"),
     CommandReply(ok=False, error="unknown model 'x'"),
 ]

@@ -62,3 +62,11 @@ def test_process_alive_checks_the_create_time():
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone = int(done.stdout)
     assert not registry.process_alive(gone, registry.create_time(gone) or 0.0)
+
+
+def test_the_supervisor_passes_its_own_pid_to_the_services():
+    """service_env runs in the supervisor (run_node): runners watch that pid, so they never outlive the node."""
+    from services.node.cli import node_parser, service_env
+
+    env = service_env(node_parser().parse_args([]), Path("/tmp/x"), "nats://127.0.0.1:4222", 0)
+    assert env["EXO_SUPERVISOR_PID"] == str(os.getpid())
