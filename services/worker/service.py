@@ -39,7 +39,7 @@ from services.worker.plan import (
 )
 from services.worker.registry import RunnerRecord
 from services.worker.reporting import report_runner, report_worker_started
-from services.worker.runner.lifetime import RECORD_ENV, SUPERVISOR_ENV
+from services.worker.runner.lifetime import RECORD_ENV, SUPERVISOR_ENV, WORKER_ENV
 from services.worker.runner_process import AdoptedRunner, RunnerProcess, runner_command
 
 log = structlog.get_logger()
@@ -177,7 +177,7 @@ class Worker:
             )
             env |= self._dataplane_env(instance, shard.rank)
             record_path = registry.record_path(self.config.state_dir, iid, shard.rank)
-            env |= {SUPERVISOR_ENV: self.node_pid, RECORD_ENV: str(record_path)}
+            env |= {SUPERVISOR_ENV: self.node_pid, WORKER_ENV: str(self.pid), RECORD_ENV: str(record_path)}
             process = RunnerProcess(command, self._log_path(iid, shard.rank), env)
             self.processes[iid] = process
             await process.start()

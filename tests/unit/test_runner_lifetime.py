@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
+import pytest
 
 from services.worker import registry
 from services.worker.registry import RunnerRecord
@@ -70,3 +74,55 @@ def test_the_supervisor_passes_its_own_pid_to_the_services():
 
     env = service_env(node_parser().parse_args([]), Path("/tmp/x"), "nats://127.0.0.1:4222", 0)
     assert env["EXO_SUPERVISOR_PID"] == str(os.getpid())
+
+
+WATCHER = """
+import asyncio, sys
+from services.worker.runner.lifetime import watch_lifetime
+
+async def main():
+    stop = asyncio.Event()
+    asyncio.create_task(watch_lifetime(stop, timeout=float(sys.argv[1])))
+    await stop.wait()
+
+asyncio.run(main())
+"""
+
+
+def _watcher(timeout: float, supervisor_pid: int, **kw) -> subprocess.Popen:
+    env = {**os.environ, "EXO_SUPERVISOR_PID": str(supervisor_pid)}
+    env.pop("EXO_RUNNER_RECORD", None)
+    env.pop("EXO_WORKER_PID", None)
+    return subprocess.Popen([sys.executable, "-c", WATCHER, str(timeout)], env=env, **kw)
+
+
+def test_a_runner_process_exits_when_the_supervisor_dies():
+    supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watcher = _watcher(600.0, supervisor.pid)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            watcher.wait(1.5)  # its worker (us) and its node live: it stays
+        supervisor.kill()
+        supervisor.wait()
+        assert watcher.wait(10) == 0
+    finally:
+        for p in (supervisor, watcher):
+            p.kill()
+            p.wait()
+
+
+def test_a_runner_process_no_worker_adopts_exits_after_the_timeout():
+    # The "worker" starts the runner, then dies (exits); the node (us) lives on and nothing adopts the runner.
+    start_and_die = (
+        "import os, subprocess, sys; os.environ['EXO_WORKER_PID'] = str(os.getpid());"
+        "print(subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL).pid)"
+    )
+    worker = subprocess.run(
+        [sys.executable, "-c", start_and_die, sys.executable, "-c", WATCHER, "2.0"],
+        env={**os.environ, "EXO_SUPERVISOR_PID": str(os.getpid())}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    orphan = psutil.Process(int(worker.stdout))
+    started = time.monotonic()
+    psutil.wait_procs([orphan], timeout=15)
+    assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE, "the orphaned runner never exited"
+    assert time.monotonic() - started >= 1.0  # it waited for an adoption first

@@ -23,6 +23,7 @@ ADOPTION_TIMEOUT_S = 60.0
 CHECK_PERIOD_S = 1.0
 EXIT_GRACE_S = 10.0  # a rank blocked in a collective may never see `stop`: then it exits hard
 SUPERVISOR_ENV = "EXO_SUPERVISOR_PID"
+WORKER_ENV = "EXO_WORKER_PID"  # the worker that started the runner (it may be gone before the runner looks)
 RECORD_ENV = "EXO_RUNNER_RECORD"
 
 
@@ -50,7 +51,9 @@ class Anchor:
 
     @classmethod
     def of(cls, pid: int) -> Anchor:
-        return cls(pid, create_time(pid))
+        """The process `pid`, if it is older than us: a younger one reused the pid of one that is gone."""
+        created, own = create_time(pid), create_time(os.getpid())
+        return cls(pid, created if created is not None and own is not None and created <= own else None)
 
     def alive(self) -> bool:
         return self.created is not None and process_alive(self.pid, self.created)
@@ -58,7 +61,8 @@ class Anchor:
 
 async def watch_lifetime(stop: asyncio.Event, timeout: float = ADOPTION_TIMEOUT_S) -> None:
     """Set `stop` when the node is gone, or when no worker has owned this runner for `timeout` seconds."""
-    parent = Anchor.of(os.getppid())  # the worker that started us, until the record names one
+    # the worker that started us, until the record names one (our parent: unless it died before we got here)
+    parent = Anchor.of(int(os.environ.get(WORKER_ENV) or os.getppid()))
     supervisor_pid = os.environ.get(SUPERVISOR_ENV)
     node = Anchor.of(int(supervisor_pid)) if supervisor_pid else parent
     record_path = Path(os.environ[RECORD_ENV]) if os.environ.get(RECORD_ENV) else None
