@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import TypeVar
 
 import msgspec
@@ -26,6 +28,7 @@ from services.gateway.errors import OpenAIError, bad_request, model_not_found, u
 router = APIRouter()
 
 COMMAND_TIMEOUT_S = 10.0
+HANDOVER_S = 8.0  # a new leader answers within ~2-3 s of the old one's death (bench.failover)
 R = TypeVar("R")
 
 
@@ -129,8 +132,20 @@ async def delete_instance(request: Request, instance_id: str) -> dict:
 
 
 async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:
-    try:
-        msg = await request.app.state.gateway.nc.request(subject, payload, timeout=COMMAND_TIMEOUT_S)
-    except (NoRespondersError, NatsTimeout):
-        raise unavailable("no master is answering commands right now; try again in a few seconds") from None
-    return decode(msg.data, reply_type)
+    """Ask the leader. While none answers (a handover: the old leader's endpoints are gone, the new one's not
+    yet there) ask again, for HANDOVER_S; nothing was received, so nothing can happen twice. A timeout is not
+    retried: a placement may have been made and its reply lost."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDOVER_S
+    while True:
+        try:
+            msg = await request.app.state.gateway.nc.request(subject, payload, timeout=COMMAND_TIMEOUT_S)
+            return decode(msg.data, reply_type)
+        except NoRespondersError:
+            if loop.time() >= deadline:
+                raise unavailable(
+                    f"no master has answered commands for {HANDOVER_S:.0f} s (no leader); try again shortly"
+                ) from None
+            await asyncio.sleep(0.2)
+        except NatsTimeout:
+            raise unavailable(f"the master did not answer within {COMMAND_TIMEOUT_S:.0f} s; try again") from None
