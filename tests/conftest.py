@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import nats.errors
 import psutil
 import pytest
 
@@ -215,6 +216,32 @@ def _describe(p: psutil.Process) -> str:
         return f"{p.pid} {' '.join(p.cmdline())[:120]}"
     except psutil.Error:
         return str(p.pid)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, node: Node) -> object:
+    """Poll until predicate() is truthy and return it; fail with the node's logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"no {what} within {timeout:.0f} s\n" + node.log_tail())
+
+
+async def micro_replies(nc, subject: str, wait: float = 1.0) -> list[dict]:  # noqa: ANN001 - a nats client
+    """Every reply to one request on `subject` (e.g. $SRV.PING: one per micro service), until `wait` passes quietly."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    replies = []
+    try:
+        while True:
+            replies.append(json.loads((await sub.next_msg(timeout=wait)).data))
+    except nats.errors.TimeoutError:
+        pass
+    await sub.unsubscribe()
+    return replies
 
 
 def launch_node(state_root: Path, name: str, *extra_args: str) -> Node:

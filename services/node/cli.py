@@ -221,7 +221,7 @@ async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
         log.info("node started", node=node_id, nats=redact(nats_url), api=None if args.no_gateway else f"http://{args.host}:{args.port}/v1")
         place = None if args.no_model else asyncio.create_task(place_at_start(nats_url, args.model, stop))
         if bus is not None and not args.no_discovery:
-            tasks.append(asyncio.create_task(follow_peers(bus, supervisor, state_dir, started, args, stop, place)))
+            tasks.append(asyncio.create_task(follow_peers(bus, supervisor, state_dir, started, args, nats_url, stop, place)))
         await stop.wait()
     finally:
         log.info("stopping node")
@@ -232,7 +232,7 @@ async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
 
 async def follow_peers(
     bus: EmbeddedBus, supervisor: Supervisor, state_dir: Path, since: float, args: argparse.Namespace,
-    stop: asyncio.Event, place: asyncio.Task | None,
+    nats_url: str, stop: asyncio.Event, place: asyncio.Task | None,
 ) -> None:  # fmt: skip
     """Routes for new peers; the one restart when a node that started alone meets its first peer."""
     while not stop.is_set():
@@ -242,7 +242,7 @@ async def follow_peers(
                 place.cancel()
             await supervisor.restart_all()
             if not args.no_model:  # the cluster's log does not know this node's model yet
-                place = asyncio.create_task(place_at_start(f"nats://127.0.0.1:{args.nats_port}", args.model, stop))
+                place = asyncio.create_task(place_at_start(nats_url, args.model, stop))
 
 
 def check_bus_ports(args: argparse.Namespace) -> None:

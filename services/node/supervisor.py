@@ -95,7 +95,11 @@ class Supervisor:
         return None
 
     async def restart_all(self) -> None:
-        """Stop the services, then the bus; the watchers start each again (the bus with its new configuration)."""
+        """Stop every child in order; the watchers start each again (the bus with its new configuration)."""
+        await self._stop_in_order()
+
+    async def _stop_in_order(self) -> None:
+        """The services together, then the bus they all use."""
         services = [c for c in self.children if c.spec.name != BUS_CHILD]
         await asyncio.gather(*(c.stop() for c in services))
         await asyncio.gather(*(c.stop() for c in self.children if c.spec.name == BUS_CHILD))
@@ -114,8 +118,6 @@ class Supervisor:
         self.stopping = True
         for task in self._watchers:
             task.cancel()
-        services = [c for c in self.children if c.spec.name != BUS_CHILD]
-        await asyncio.gather(*(c.stop() for c in services))
-        await asyncio.gather(*(c.stop() for c in self.children if c.spec.name == BUS_CHILD))
+        await self._stop_in_order()
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)

@@ -4,7 +4,6 @@ cluster state, tokens never enter it, and a writer with a stale sequence cannot 
 from __future__ import annotations
 
 import asyncio
-import json
 
 import msgspec
 import nats
@@ -17,24 +16,9 @@ from shared.bus import WRONG_LAST_SEQUENCE
 from shared.events import InstancePlaced, LeaderElected, RunnerStatusChanged, decode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
-from tests.conftest import MODEL, Node
+from tests.conftest import MODEL, Node, micro_replies
 
 pytestmark = pytest.mark.slow
-
-
-async def collect_replies(nc, subject: str, wait: float = 1.0) -> list[dict]:  # noqa: ANN001
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(subject, b"", reply=inbox)
-    replies = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=wait)
-            replies.append(json.loads(msg.data))
-    except nats.errors.TimeoutError:
-        pass
-    await sub.unsubscribe()
-    return replies
 
 
 async def read_log(nc) -> list[tuple[int, object]]:  # noqa: ANN001
@@ -50,9 +34,9 @@ async def read_log(nc) -> list[tuple[int, object]]:  # noqa: ANN001
 async def test_every_service_is_a_micro_service(node: Node) -> None:
     nc = await nats.connect(node.nats_url)
     try:
-        names = {r["name"] for r in await collect_replies(nc, "$SRV.PING")}
+        names = {r["name"] for r in await micro_replies(nc, "$SRV.PING")}
         assert {"exo-master", "exo-discovery", "exo-worker", "exo-gateway"} <= names
-        (info,) = await collect_replies(nc, "$SRV.INFO.exo-master")
+        (info,) = await micro_replies(nc, "$SRV.INFO.exo-master")
         subjects = {e["subject"] for e in info["endpoints"]}
         assert {"exo.cmd.place_instance", "exo.cmd.delete_instance", "exo.cmd.report_runner"} <= subjects
     finally:

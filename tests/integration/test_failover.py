@@ -7,7 +7,6 @@ Also: a paused leader is replaced and steps down when it resumes; a lost node's 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -25,7 +24,7 @@ from shared import subjects
 from shared.commands import CommandReply, PlaceInstance, decode, encode
 from shared.events import AnyEvent, InstanceDeleted, InstancePlaced, decode_event
 from shared.subjects import EVENTS_STREAM
-from tests.conftest import MODEL, Node
+from tests.conftest import MODEL, Node, micro_replies
 
 pytestmark = pytest.mark.slow
 
@@ -226,20 +225,6 @@ async def test_a_lost_node_s_instance_is_placed_again_elsewhere(trio: list[Node]
         assert placed.model_id == MODEL and {s.node_id for s in placed.shards} == {node_id(spare)}
     finally:
         spare.stop()
-
-
-async def micro_replies(nc: NATS, subject: str, wait: float = 1.0) -> list[dict]:
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(subject, b"", reply=inbox)
-    replies = []
-    try:
-        while True:
-            replies.append(json.loads((await sub.next_msg(timeout=wait)).data))
-    except nats.errors.TimeoutError:
-        pass
-    await sub.unsubscribe()
-    return replies
 
 
 async def read_events(nc: NATS) -> list[AnyEvent]:

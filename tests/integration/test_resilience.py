@@ -19,7 +19,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import MODEL, Node
+from tests.conftest import MODEL, Node, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +38,6 @@ def rnode(start_node: Callable[..., Node]) -> Iterator[Node]:
 def client(rnode: Node) -> openai.OpenAI:
     return openai.OpenAI(base_url=rnode.api_url, api_key="not-needed", timeout=60.0, max_retries=0)
 
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, node: Node) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"no {what} within {timeout:.0f} s\n" + node.log_tail())
 
 
 def generated_lines(node: Node, request_id: str) -> list[dict]:

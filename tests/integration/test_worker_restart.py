@@ -32,16 +32,6 @@ def _pids(node: Node) -> dict | None:
         return None  # mid-replace
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, node: Node) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"no {what} within {timeout:.0f} s\n" + node.log_tail())
-
-
 def test_killed_worker_mid_stream_keeps_its_runner(start_node: Callable[..., Node]) -> None:
     node = start_node("worker-restart")
     stopped = False
