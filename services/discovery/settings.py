@@ -43,8 +43,11 @@ def parse_peers(text: str, default_port: int) -> tuple[tuple[str, int], ...]:
     return tuple(peers)
 
 
-def _port(text: str) -> int:
-    value = int(text)
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text}") from None
     if not 0 <= value < 65536:
         raise argparse.ArgumentTypeError(f"not a port: {text}")
     return value
@@ -55,13 +58,13 @@ def add_discovery_args(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--cluster-secret", default=None,
                         help=f"hex secret that signs beacons (env {SECRET_ENV}); without it, no beacons")  # fmt: skip
-    parser.add_argument("--discovery-port", type=_port, default=env("EXO_DISCOVERY_PORT", str(DISCOVERY_PORT)),
+    parser.add_argument("--discovery-port", type=port_number, default=env("EXO_DISCOVERY_PORT", str(DISCOVERY_PORT)),
                         help=f"UDP port for beacons (env EXO_DISCOVERY_PORT, default {DISCOVERY_PORT})")  # fmt: skip
     parser.add_argument("--discovery-bind", default=env("EXO_DISCOVERY_BIND", DISCOVERY_BIND),
                         help="address the beacon socket binds (env EXO_DISCOVERY_BIND, default 0.0.0.0)")  # fmt: skip
     parser.add_argument("--peers", default=env("EXO_PEERS", ""),
                         help="static peers for networks without broadcast: host:port,host (env EXO_PEERS)")  # fmt: skip
-    parser.add_argument("--route-port", type=_port, default=env("EXO_ROUTE_PORT", "0"),
+    parser.add_argument("--route-port", type=port_number, default=env("EXO_ROUTE_PORT", "0"),
                         help="this node's NATS cluster route port to advertise (env EXO_ROUTE_PORT; 0 = none)")  # fmt: skip
     parser.add_argument("--hostname", default=env("EXO_HOSTNAME") or None,
                         help="name this machine goes by in facts and beacons (env EXO_HOSTNAME)")  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from services.discovery.settings import parse_peers, port_number
 from services.node.bootstrap import place_at_start
 from services.node.embedded_bus import (
     EmbeddedBus,
@@ -53,10 +54,10 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start (default {DEFAULT_MODEL}; known: "
                    + ", ".join(MODEL_CARDS) + ")")  # fmt: skip
     p.add_argument("--no-model", action="store_true", help="place no model at start")
-    p.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="OpenAI API port (default 8080)")
+    p.add_argument("--port", type=port_number, default=DEFAULT_API_PORT, help="OpenAI API port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="API bind address (default loopback)")
     p.add_argument("--nats-url", default=None, help="use this NATS server instead of starting one")
-    p.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT, help="port of the embedded nats-server")
+    p.add_argument("--nats-port", type=port_number, default=DEFAULT_NATS_PORT, help="port of the embedded nats-server")
     p.add_argument("--state-dir", type=Path, default=None, help="node state (default ~/.exo, or ~/.exo/nodes/NAME)")
     p.add_argument("--node-name", default=None, help="several nodes on one machine: each name gets its own state dir")
     p.add_argument("--memory", default=None, help="memory budget placement may use here, e.g. 1GB")
@@ -69,9 +70,9 @@ def node_parser() -> argparse.ArgumentParser:
                    help="the cluster's secret (env EXO_CLUSTER_SECRET); default: the stored one, or a new one, shown once")
     p.add_argument("--peers", default=os.environ.get("EXO_PEERS", ""),
                    help="host[:port],... to beacon to where multicast and broadcast do not reach (env EXO_PEERS)")
-    p.add_argument("--discovery-port", type=int, default=DEFAULT_DISCOVERY_PORT,
+    p.add_argument("--discovery-port", type=port_number, default=DEFAULT_DISCOVERY_PORT,
                    help=f"UDP port of discovery beacons (default {DEFAULT_DISCOVERY_PORT})")
-    p.add_argument("--route-port", type=int, default=DEFAULT_ROUTE_PORT,
+    p.add_argument("--route-port", type=port_number, default=DEFAULT_ROUTE_PORT,
                    help=f"NATS cluster port peers' buses connect to (default {DEFAULT_ROUTE_PORT}; 0: never cluster)")
     p.add_argument("--cluster-bind", default="0.0.0.0",
                    help="address for beacons and bus routes (default all interfaces: both need the secret)")
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         node_parser().error(f"unknown model {args.model!r}; known: {', '.join(MODEL_CARDS)}")
     if args.node_name is not None and not args.node_name.replace("-", "").replace("_", "").isalnum():
         node_parser().error(f"--node-name must be letters, digits, - or _: {args.node_name!r}")
+    try:
+        parse_peers(args.peers, args.discovery_port)
+    except ValueError as exc:
+        node_parser().error(f"--peers: {exc}")
     for flag in ("max_batch", "max_waiting"):
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "max_batch" else 0):
             node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
@@ -135,8 +140,8 @@ def write_launchd(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, default=Path.home() / "Library" / "LaunchAgents")
     parser.add_argument("--venv", type=Path, default=Path(sys.prefix))
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
-    parser.add_argument("--port", type=int, default=DEFAULT_API_PORT)
-    parser.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT)
+    parser.add_argument("--port", type=port_number, default=DEFAULT_API_PORT)
+    parser.add_argument("--nats-port", type=port_number, default=DEFAULT_NATS_PORT)
     ns = parser.parse_args(argv)
     state_dir = ns.state_dir.expanduser()
     secret, created = load_or_create_secret(state_dir, os.environ.get(SECRET_ENV))
