@@ -31,8 +31,9 @@ def free_udp_port() -> int:
 
 
 class Node:
-    def __init__(self, state_dir: Path, *extra: str) -> None:
+    def __init__(self, state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
+        self.env = env or {}
         self.port = free_port()
         self.nats_port = free_port()
         self.extra = extra
@@ -51,7 +52,7 @@ class Node:
             [sys.executable, "-m", "services.node.cli", "--state-dir", str(self.state_dir),
              "--port", str(self.port), "--nats-port", str(self.nats_port), "--cluster-secret", BENCH_SECRET,
              "--discovery-port", str(free_udp_port()), "--route-port", "0", *self.extra],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EXO_CONSOLE_LOGS": "1"},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EXO_CONSOLE_LOGS": "1", **self.env},
         )  # fmt: skip
         return started
 

@@ -1,8 +1,9 @@
 """Benchmark one model across several nodes (one machine, one bus), through the gateway, in one run: decode
-tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor parallel over a single node; and placement time
-over 64 synthetic nodes.
+tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor parallel over a single node; the 3-stage
+pipeline again with MLX's own busy-polling ring (`EXO_RING_WAIT=spin`, what runners did before
+services/worker/runner/ring_wait.py); and placement time over 64 synthetic nodes.
 
-    .venv/bin/python -m bench.pipeline [--tokens 96] [--rounds 3]
+    .venv/bin/python -m bench.pipeline [--tokens 96] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ def decode_tok_s(node: Node, tokens: int) -> float:
     return (r["usage"].completion_tokens - 1) / (r["last"] - r["first"])
 
 
-def cluster(root: Path, size: int, memory: str, strategy: str) -> list[Node]:
-    first = Node(root / f"{size}-{strategy}-0", "--no-model", "--memory", memory)
+def cluster(root: Path, size: int, memory: str, strategy: str, env: dict[str, str]) -> list[Node]:
+    tag = f"{size}-{strategy}-{len(list(root.iterdir()))}"
+    first = Node(root / f"{tag}-0", "--no-model", "--memory", memory, env=env)
     first.start()
     deadline = time.monotonic() + 60
     while first.health() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     nodes = [first]
     for i in range(1, size):
-        n = Node(root / f"{size}-{strategy}-{i}", "--no-model", "--no-master", "--memory", memory,
-                 "--nats-url", f"nats://127.0.0.1:{first.nats_port}")  # fmt: skip
+        n = Node(root / f"{tag}-{i}", "--no-model", "--no-master", "--memory", memory,
+                 "--nats-url", f"nats://127.0.0.1:{first.nats_port}", env=env)  # fmt: skip
         n.start()
         nodes.append(n)
     while len((first.health() or {}).get("nodes", [])) < size:
@@ -80,18 +82,20 @@ def placement_ms(n_nodes: int = 64) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="exo-bench-pipeline-"))
     results: dict[str, float] = {}
-    for label, size, memory, strategy in [
-        ("single", 1, "2GB", "pipeline"),
-        ("pipeline_2", 2, "70MB", "pipeline"),
-        ("pipeline_3", 3, "45MB", "pipeline"),
-        ("tensor_3", 3, "1GB", "tensor"),
-        ("single_again", 1, "2GB", "pipeline"),
+    spin = {"EXO_RING_WAIT": "spin"}
+    for label, size, memory, strategy, env in [
+        ("single", 1, "2GB", "pipeline", {}),
+        ("pipeline_2", 2, "70MB", "pipeline", {}),
+        ("pipeline_3", 3, "45MB", "pipeline", {}),
+        ("tensor_3", 3, "1GB", "tensor", {}),
+        ("pipeline_3_spin", 3, "45MB", "pipeline", spin),
+        ("single_again", 1, "2GB", "pipeline", {}),
     ]:
-        nodes = cluster(root, size, memory, strategy)
+        nodes = cluster(root, size, memory, strategy, env)
         try:
             results[label] = round(measure(nodes, args.tokens, args.rounds), 2)
         finally:
@@ -103,6 +107,7 @@ def main() -> None:
         "pipeline_2_over_single": round(results["pipeline_2"] / single, 3),
         "pipeline_3_over_single": round(results["pipeline_3"] / single, 3),
         "tensor_3_over_single": round(results["tensor_3"] / single, 3),
+        "pipeline_3_spin_over_single": round(results["pipeline_3_spin"] / single, 3),
         "placement_64_nodes_ms": round(statistics.median(placement_ms() for _ in range(20)), 2),
     }, indent=2))  # fmt: skip
 

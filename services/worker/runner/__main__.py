@@ -18,7 +18,7 @@ from shared.service import run_until_signalled
 
 from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
-from services.worker.runner.control import broadcast
+from services.worker.runner.control import ControlChannel
 from services.worker.runner.engine import MAX_BATCH, Engine
 from services.worker.runner.lifetime import watch_lifetime
 from services.worker.runner.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
@@ -47,10 +47,13 @@ def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
 
 def follow(engine: Engine, group) -> None:  # noqa: ANN001
     """Ranks above 0: run exactly the cycles rank 0 runs, until it says stop."""
+    channel = ControlChannel(group)
+    channel.post(None)
     while True:
-        control = broadcast(None, group)
+        control = channel.take()
         if control.shutdown:
             return
+        channel.post(None)
         engine.run_cycle(control)
 
 

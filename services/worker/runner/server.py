@@ -24,7 +24,7 @@ from shared.generation import (
 
 from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
-from services.worker.runner.control import Control, Submit, broadcast
+from services.worker.runner.control import Control, ControlChannel, Submit
 from services.worker.runner.engine import Engine, Step
 
 log = structlog.get_logger()
@@ -87,9 +87,14 @@ class RunnerServer:
         self._work = asyncio.Event()
         self.failed = False
         self._mlx_thread = mlx_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
+        # Several ranks: each cycle's control goes to the other ranks one cycle ahead (see control.py).
+        self.channel = ControlChannel(group) if group is not None else None
 
     async def serve(self, stop: asyncio.Event) -> None:
         iid = self.args.instance_id
+        loop = asyncio.get_running_loop()
+        if self.channel is not None:
+            await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
         await self.nc.subscribe(subjects.runner_generate(iid), queue="rank0", cb=self._on_generate)
         await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
         await self.nc.flush()
@@ -101,10 +106,8 @@ class RunnerServer:
         await stop.wait()
         for task in tasks:
             task.cancel()
-        if self.group is not None:  # release the other ranks, which wait for our next control
-            await asyncio.get_running_loop().run_in_executor(
-                self._mlx_thread, broadcast, Control(shutdown=True), self.group
-            )
+        if self.channel is not None and not self.failed:  # release the other ranks, which wait for our next control
+            await loop.run_in_executor(self._mlx_thread, self._shut_down_ranks)
 
     async def _on_generate(self, msg) -> None:  # noqa: ANN001
         reply = self._admit(msg.data)
@@ -155,7 +158,8 @@ class RunnerServer:
     async def _generation_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not (self.engine.busy or self.to_submit or self.to_cancel):
+            posted = self.channel is not None and self.channel.posted_work
+            if not (self.engine.busy or self.to_submit or self.to_cancel or posted):
                 self._work.clear()
                 await self._work.wait()
             submits, self.to_submit = self.to_submit, []
@@ -174,14 +178,27 @@ class RunnerServer:
                 await self._publish(step)
 
     def _cycle(self, submits: list[Stream], cancels: list[str]) -> list[Step]:
-        """On the MLX thread: tell the other ranks, then admit newcomers, drop cancelled requests, run one step."""
+        """On the MLX thread: admit newcomers, drop cancelled requests, run one step. With several ranks the
+        newcomers and cancels are posted to every rank now and applied next cycle; this cycle applies those
+        posted last cycle."""
         control = Control([Submit(s.request.request_id, s.prompt, s.sampling) for s in submits], cancels)
-        if self.group is not None:
-            control = broadcast(control, self.group)
+        if self.channel is not None:
+            control, posted = self.channel.take(), control
+            self.channel.post(posted)
         steps, cached = self.engine.run_cycle(control)
-        for stream in submits:
-            stream.cached_tokens = cached.get(stream.request.request_id, 0)
+        for request_id, tokens in cached.items():
+            if (stream := self.streams.get(request_id)) is not None:
+                stream.cached_tokens = tokens
         return steps
+
+    def _shut_down_ranks(self) -> None:
+        """On the MLX thread: take the control in flight and run its cycle (the other ranks run it too),
+        post the stop, and wait until every rank has it."""
+        assert self.channel is not None
+        control = self.channel.take()
+        self.channel.post(Control(shutdown=True))
+        self.engine.run_cycle(control)
+        self.channel.take()
 
     async def _publish(self, step: Step, error: str | None = None) -> None:
         stream = self.streams.get(step.request_id)

@@ -20,22 +20,21 @@ graph; every rank then computes the final norm and the head itself. During prefi
 only the KV caches, so the send is tied into the last cache with `mx.depends` (as mlx-lm does); else
 the next stage would wait for ever.
 
-Which ranks hold what (pipeline), default `logits_on="every_rank"` (mlx-lm's pattern):
+Which ranks hold what (pipeline):
   - layers: only this rank's range; the other layers are dropped before any weight is read.
-  - final norm: every rank (hidden_size floats).
-  - head: every rank, because every rank computes the logits it samples from. With tied embeddings
-    (SmolLM2, Llama 3.2 1B/3B) the head IS the embedding matrix, so every rank holds the whole
-    embedding (vocab x hidden: 49152 x 576 = 113 MB in f32, ~35 MB as the 8-bit embedding of our q4
-    import) on top of its layers. Untied models: the embedding only on rank 0, lm_head on every rank.
-  So a rank's memory is its share of the layers + the head (+ the embedding on rank 0; the same array
-  when tied). SmolLM2-f32: 113 MB + 14 MB per layer; the head also costs every rank the head's compute
-  (for SmolLM2 as much as ~8 layers) on every token.
-With `logits_on="last_rank"` only the last rank runs norm + head; the logits (vocab floats per position)
-are all-gathered instead of the hidden state, and the head is dropped elsewhere: rank 0 holds the
-embedding (input), the last rank the head (for tied models the same matrix), middle ranks neither.
-Every rank still gets identical logits. Costs vocab/hidden (85x for SmolLM2) more bytes per token on the
-wire (196 KB per rank per token: ~0.1 ms on loopback, still small on Thunderbolt), saves the head's memory
-and compute on N-1 ranks; it helps where ranks share cores (as here) or memory is tight.
+  - `logits_on="last_rank"` (the default): only the last rank runs norm + head; the logits (vocab floats
+    per position) are all-gathered instead of the hidden state, and the head is dropped elsewhere: rank 0
+    holds the embedding (input), the last rank the head (for tied models the same matrix), middle ranks
+    neither. Every rank still gets identical logits. Costs vocab/hidden (85x for SmolLM2) more bytes per
+    token on the wire (196 KB per rank per token: ~0.2 ms on loopback, small on Thunderbolt).
+  - `logits_on="every_rank"` (mlx-lm's pattern): the last hidden state is gathered and every rank runs
+    norm + head, so every rank holds the head. With tied embeddings (SmolLM2, Llama 3.2 1B/3B) that is
+    the whole embedding (49152 x 576 = 113 MB in f32) on every rank on top of its layers, and every rank
+    pays the head's compute (for SmolLM2 as much as ~8 layers) on every token.
+  Why last_rank is the default: a rank's memory is then its share of the layers (the issue's point of
+  splitting a model), and the head runs once per token instead of N times. Measured on the 2-core build
+  machine, same run, median ms per token through the engine: 2 stages 50.6-54.5 (last_rank) against
+  53.2-59.6 (every_rank), 3 stages 55.8-59.1 against 64.9-73.6 (the #4 note has the runs).
 
 Tensor parallel (`shard_tensor`), Llama-family: q/k/v/gate/up become all-to-sharded linears (each rank
 computes 1/N of the heads and of the MLP columns), o/down become sharded-to-all (partial products
@@ -100,7 +99,7 @@ class PipelineStage(nn.Module):
         group: mx.distributed.Group,
         start_layer: int,
         end_layer: int,
-        logits_on: LogitsOn = "every_rank",
+        logits_on: LogitsOn = "last_rank",
     ) -> None:
         super().__init__()
         if logits_on not in ("every_rank", "last_rank"):
@@ -206,7 +205,7 @@ def shard_pipeline(
     group: mx.distributed.Group,
     start_layer: int,
     end_layer: int,
-    logits_on: LogitsOn = "every_rank",
+    logits_on: LogitsOn = "last_rank",
 ) -> PipelineStage:
     """Keep layers [start_layer, end_layer) of a lazily loaded llama-style model on this rank.
 
@@ -314,7 +313,7 @@ def load_shard(
     group: mx.distributed.Group | None = None,
     start_layer: int = 0,
     end_layer: int | None = None,
-    logits_on: LogitsOn = "every_rank",
+    logits_on: LogitsOn = "last_rank",
 ) -> tuple[nn.Module, Any]:
     """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
 
@@ -356,6 +355,10 @@ def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group |
     group = mx.distributed.init(strict=True, backend=backend)
     if group.size() != world_size:
         raise ShardingError(f"joined a group of {group.size()} ranks, expected {world_size}")
+    if backend == "ring":
+        from services.worker.runner.ring_wait import quiet_ring
+
+        quiet_ring(group.rank())
     return group
 
 
