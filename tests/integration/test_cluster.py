@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -155,6 +156,22 @@ def test_three_stage_pipeline_matches_one_node(three_nodes: list[Node], referenc
     assert len(instance["shards"]) == 3 and instance["strategy"] == "pipeline"
     assert generate(three_nodes[0], temperature=0) == reference["greedy"]
     assert generate(three_nodes[0], temperature=0.8, seed=7) == reference["seeded"]
+
+    # A request that joins while another runs: rank 0 posts it to the other ranks one step ahead, and every
+    # rank's batch changes in the same step (greedy: same text as alone).
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(generate, three_nodes[0], temperature=0)
+        time.sleep(1.0)
+        second = pool.submit(generate, three_nodes[1], temperature=0)
+        assert first.result() == reference["greedy"] and second.result() == reference["greedy"]
+
+    # Idle ranks sleep: MLX's ring busy-polls a waiting rank's sockets at 100 % of a core; ours block.
+    ranks = [psutil.Process(pid) for n in three_nodes for pid in n.runner_pids()]
+    before = [sum(p.cpu_times()[:2]) for p in ranks]
+    time.sleep(2.0)
+    busy = [round(sum(p.cpu_times()[:2]) - b, 2) for p, b in zip(ranks, before)]
+    assert all(b < 0.4 for b in busy), f"CPU seconds of each idle rank over 2 s: {busy}"
+
     r = httpx.delete(f"{three_nodes[0].base_url}/instances/{instance['instance_id']}", timeout=30)
     assert r.status_code == 200
     three_nodes[0].wait_until(lambda h: not h["ready_instances"], 30, "no instance")

@@ -369,12 +369,3 @@ def sync_ranks(group: mx.distributed.Group | None) -> None:
     mx.synchronize()
     if group is not None and group.size() > 1:
         mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
-
-
-def any_rank(flag: bool, group: mx.distributed.Group | None) -> bool:
-    """True on every rank when `flag` is true on any rank (one tiny all_sum). Every rank must run the same
-    number of model steps per request, so a stop that only one rank sees (a cancelled client on rank 0,
-    a deadline) is agreed on with this before the next step."""
-    if group is None or group.size() == 1:
-        return flag
-    return mx.distributed.all_sum(mx.array(1 if flag else 0, dtype=mx.int32), group=group, stream=mx.cpu).item() > 0
