@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import openai
 
-from bench.node_process import Node
+from bench.node_process import Node, scratch_dir
 
 MODEL = "smollm2-135m"
 
@@ -114,7 +112,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    node = Node(Path(tempfile.mkdtemp(prefix="exo-bench-engine-")))
+    node = Node(scratch_dir("exo-bench-engine-"))
     node.start()
     try:
         node.wait_ready()

@@ -24,7 +24,6 @@ import platform
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from bench.node_process import BENCH_SECRET, Node
+from bench.node_process import BENCH_SECRET, Node, scratch_dir
 from services.node.supervisor import HEALTHY_AFTER_S
 from shared import subjects
 from shared.bus import connect
@@ -180,7 +179,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     os.environ[SECRET_ENV] = BENCH_SECRET  # our own bus connection, like the nodes', carries the credentials
-    root = Path(tempfile.mkdtemp(prefix="exo-bench-failover-"))
+    root = scratch_dir("exo-bench-failover-")
     trio = start_cluster(root / "trio", 3)
     try:
         leader = asyncio.run(leader_failover(trio, args.runs))

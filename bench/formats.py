@@ -13,10 +13,8 @@ import argparse
 import json
 import statistics
 import subprocess
-import tempfile
-from pathlib import Path
 
-from bench.node_process import run_raw
+from bench.node_process import run_raw, scratch_dir
 from services.worker.model_store import ModelStore, default_weight_format, packaged_file
 from shared.models import get_card
 
@@ -34,7 +32,7 @@ def main() -> None:
     parser.add_argument("--llama-python", default=None, help="python of a venv with llama-cpp-python")
     args = parser.parse_args()
     card = get_card("smollm2-135m")
-    store = ModelStore(Path(tempfile.mkdtemp(prefix="exo-bench-formats-")))
+    store = ModelStore(scratch_dir("exo-bench-formats-"))
     chosen = default_weight_format(card)
     q4 = store.ensure(card, "q4")
     best = store.ensure(card, chosen)

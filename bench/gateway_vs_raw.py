@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import openai
 
-from bench.node_process import Node, run_raw
+from bench.node_process import Node, run_raw, scratch_dir
 
 MODEL = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
@@ -76,7 +75,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--state-dir", type=Path, default=None, help="reuse a node state dir (default: temporary)")
     args = parser.parse_args()
-    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="exo-bench-"))
+    state_dir = args.state_dir or scratch_dir("exo-bench-")
 
     node = Node(state_dir)
     node.start()

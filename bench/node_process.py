@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary state dir for one benchmark run, removed when the benchmark exits (node state holds model
+    copies: GBs per run); EXO_BENCH_KEEP=1 keeps it and prints where."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.environ.get("EXO_BENCH_KEEP") == "1":
+        atexit.register(print, f"benchmark state kept in {path}", file=sys.stderr)
+    else:
+        atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def free_port() -> int:

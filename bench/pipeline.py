@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import openai
 
 from bench.engine import stream_once
-from bench.node_process import Node
+from bench.node_process import Node, scratch_dir
 from services.master.placement import place
 from shared.commands import PlaceInstance
 from shared.facts import NodeFacts
@@ -84,7 +83,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="exo-bench-pipeline-"))
+    root = scratch_dir("exo-bench-pipeline-")
     results: dict[str, float] = {}
     spin = {"EXO_RING_WAIT": "spin"}
     for label, size, memory, strategy, env in [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,7 +114,7 @@ def stop_host(host: Host) -> None:
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[list[Host]]:
+def hosts(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
@@ -130,7 +131,11 @@ def hosts() -> Iterator[list[Host]]:
         for host in started:
             stop_host(host)
         lab.down()
-        print(f"netns host state kept in {root}")
+        # As tests/conftest.py's nodes: kept (path printed) when a test failed or EXO_TEST_KEEP_STATE=1.
+        if os.environ.get("EXO_TEST_KEEP_STATE") == "1" or request.session.testsfailed:
+            print(f"netns host state kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def lab_of(hosts: list[Host]) -> Lab:

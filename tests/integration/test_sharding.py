@@ -220,3 +220,19 @@ def _sub(path: Path, name: str) -> Path:
     return path / name
 
 
+
+
+def test_a_request_cancelled_in_the_control_that_submits_it_ends_as_cancelled(f32_model):
+    """Rank 0 posts newcomers one step ahead, so a client can cancel before its request ever joined the batch:
+    the same control then carries both. The request must still end (the runner frees its queue place)."""
+    from services.worker.runner.control import Control, Submit
+    from services.worker.runner.engine import Engine, Step
+    from services.worker.runner.sharding import load_shard
+    from shared.generation import SamplingParams
+
+    model, tokenizer = load_shard(f32_model, "single")
+    engine = Engine(model, tokenizer, max_batch=2)
+    sampling = SamplingParams(max_tokens=4, temperature=0.0)
+    steps, _ = engine.run_cycle(Control([Submit("gone", [1, 2, 3], sampling), Submit("kept", [1, 2, 3], sampling)], ["gone"]))
+    assert Step("gone", "", 0, "cancelled") in steps
+    assert "gone" not in engine.uids and "kept" in engine.uids

@@ -113,6 +113,9 @@ class Engine:
         """Cancels, then newcomers, then one step if anything runs: the same on every rank.
         Returns the steps and, per submitted request, the prompt tokens reused from the prefix cache."""
         steps = [step for rid in control.cancels if (step := self.cancel(rid)) is not None]
+        # Cancelled before it ever joined (the cancel came in the same control): it still ends, as cancelled,
+        # so the runner forgets it instead of holding its queue place for ever.
+        steps += [Step(s.request_id, "", 0, "cancelled") for s in control.submits if s.request_id in control.cancels]
         cached = {
             s.request_id: self.submit(s.request_id, s.prompt, s.sampling)
             for s in control.submits
