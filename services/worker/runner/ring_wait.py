@@ -117,5 +117,8 @@ def quiet_ring(rank: int, hostfile_path: str | None = None, mode: str | None = N
         if addresses is not None and is_ring_socket(*addresses, mine, right):
             block_with_timeout(fd)
             switched += 1
-    log.info("ring sockets wait in the kernel", sockets=switched, timeout_ms=WAIT_S * 1000)
+    if switched:
+        log.info("ring sockets wait in the kernel", sockets=switched, timeout_ms=WAIT_S * 1000)
+    else:  # e.g. a hostfile naming hosts instead of addresses: MLX's busy-poll stays
+        log.warning("found no ring socket to switch: waiting ranks keep MLX's busy-poll", hostfile=path)
     return switched
