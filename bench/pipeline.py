@@ -36,15 +36,14 @@ def decode_tok_s(node: Node, tokens: int) -> float:
 
 
 def cluster(root: Path, size: int, memory: str, strategy: str, env: dict[str, str]) -> list[Node]:
-    tag = f"{size}-{strategy}-{len(list(root.iterdir()))}"
-    first = Node(root / f"{tag}-0", "--no-model", "--memory", memory, env=env)
+    first = Node(root / "0", "--no-model", "--memory", memory, env=env)
     first.start()
     deadline = time.monotonic() + 60
     while first.health() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     nodes = [first]
     for i in range(1, size):
-        n = Node(root / f"{tag}-{i}", "--no-model", "--no-master", "--memory", memory,
+        n = Node(root / str(i), "--no-model", "--no-master", "--memory", memory,
                  "--nats-url", f"nats://127.0.0.1:{first.nats_port}", env=env)  # fmt: skip
         n.start()
         nodes.append(n)
@@ -94,7 +93,7 @@ def main() -> None:
         ("pipeline_3_spin", 3, "45MB", "pipeline", spin),
         ("single_again", 1, "2GB", "pipeline", {}),
     ]:
-        nodes = cluster(root, size, memory, strategy, env)
+        nodes = cluster(root / label, size, memory, strategy, env)
         try:
             results[label] = round(measure(nodes, args.tokens, args.rounds), 2)
         finally:

@@ -218,15 +218,20 @@ def _describe(p: psutil.Process) -> str:
         return str(p.pid)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, node: Node) -> object:
-    """Poll until predicate() is truthy and return it; fail with the node's logs otherwise."""
+def poll_until(predicate: Callable[[], object], timeout: float, what: str, logs: Callable[[], str]) -> object:
+    """Poll until predicate() is truthy and return it; fail with logs() otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    pytest.fail(f"no {what} within {timeout:.0f} s\n" + node.log_tail())
+    pytest.fail(f"no {what} within {timeout:.0f} s\n" + logs())
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, node: Node) -> object:
+    """Poll until predicate() is truthy and return it; fail with the node's logs otherwise."""
+    return poll_until(predicate, timeout, what, node.log_tail)
 
 
 async def micro_replies(nc, subject: str, wait: float = 1.0) -> list[dict]:  # noqa: ANN001 - a nats client

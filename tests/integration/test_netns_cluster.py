@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from shared.cluster_secret import beacon_key
-from tests.conftest import MODEL, REPO_ROOT, _tail
+from tests.conftest import MODEL, REPO_ROOT, _tail, poll_until
 from tests.netns_lab import Lab, skip_reason
 
 pytestmark = pytest.mark.slow
@@ -78,13 +78,7 @@ class Host:
 
 
 def wait_for(what: str, predicate, timeout: float, hosts: list[Host]):  # noqa: ANN001, ANN201 - any predicate
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"no {what} within {timeout:.0f} s\n" + "\n".join(h.logs() for h in hosts))
+    return poll_until(predicate, timeout, what, lambda: "\n".join(h.logs() for h in hosts))
 
 
 def start_host(lab: Lab, i: int, root: Path) -> Host:
