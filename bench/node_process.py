@@ -45,9 +45,12 @@ def free_udp_port() -> int:
 
 
 class Node:
-    def __init__(self, state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *extra: str, env: dict[str, str] | None = None, secret: str = BENCH_SECRET
+    ) -> None:
         self.state_dir = state_dir
         self.env = env or {}
+        self.secret = secret
         self.port = free_port()
         self.nats_port = free_port()
         self.extra = extra
@@ -64,7 +67,7 @@ class Node:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.node.cli", "--state-dir", str(self.state_dir),
-             "--port", str(self.port), "--nats-port", str(self.nats_port), "--cluster-secret", BENCH_SECRET,
+             "--port", str(self.port), "--nats-port", str(self.nats_port), "--cluster-secret", self.secret,
              "--discovery-port", str(free_udp_port()), "--route-port", "0", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EXO_CONSOLE_LOGS": "1", **self.env},
         )  # fmt: skip

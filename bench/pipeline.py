@@ -1,15 +1,23 @@
-"""Benchmark one model across several nodes (one machine, one bus), through the gateway, in one run: decode
-tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor parallel over a single node; the 3-stage
-pipeline again with MLX's own busy-polling ring (`EXO_RING_WAIT=spin`, what runners did before
+"""Benchmark one model across several nodes (one machine, one bus per cluster), through the gateway, in one
+run: decode tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor parallel over a single node; the
+3-stage pipeline again with MLX's own busy-polling ring (`EXO_RING_WAIT=spin`, what runners did before
 services/worker/runner/ring_wait.py); and placement time over 64 synthetic nodes.
 
-    .venv/bin/python -m bench.pipeline [--tokens 96] [--rounds 5]
+The single node and the three clusters run side by side (idle ranks sleep, so an idle cluster costs the
+others next to nothing) and are measured in turns, round after round, in a rotating order: each round gives
+every case the same machine conditions, and each round's ratios are taken against that round's single
+node. This machine's speed drifts by +-10 % over minutes; measured one cluster after another, the drift
+lands in the ratios. The spin case runs alone afterwards (its idle ranks would burn the cores the others
+use) against a single node measured right before it.
+
+    .venv/bin/python -m bench.pipeline [--tokens 96] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import statistics
 import time
 import urllib.request
@@ -27,6 +35,13 @@ from shared.state import ClusterState
 
 MODEL = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+# label: (nodes, memory budget per node, strategy)
+CASES = {
+    "single": (1, "2GB", "pipeline"),
+    "pipeline_2": (2, "70MB", "pipeline"),
+    "pipeline_3": (3, "45MB", "pipeline"),
+    "tensor_3": (3, "1GB", "tensor"),
+}
 
 
 def decode_tok_s(node: Node, tokens: int) -> float:
@@ -36,7 +51,10 @@ def decode_tok_s(node: Node, tokens: int) -> float:
 
 
 def cluster(root: Path, size: int, memory: str, strategy: str, env: dict[str, str]) -> list[Node]:
-    first = Node(root / "0", "--no-model", "--memory", memory, env=env)
+    """`size` nodes on one bus, with a secret of their own (clusters side by side stay apart), and one
+    instance of the model placed over all of them."""
+    secret = secrets.token_hex(32)
+    first = Node(root / "0", "--no-model", "--memory", memory, env=env, secret=secret)
     first.start()
     deadline = time.monotonic() + 60
     while first.health() is None and time.monotonic() < deadline:
@@ -44,7 +62,7 @@ def cluster(root: Path, size: int, memory: str, strategy: str, env: dict[str, st
     nodes = [first]
     for i in range(1, size):
         n = Node(root / str(i), "--no-model", "--no-master", "--memory", memory,
-                 "--nats-url", f"nats://127.0.0.1:{first.nats_port}", env=env)  # fmt: skip
+                 "--nats-url", f"nats://127.0.0.1:{first.nats_port}", env=env, secret=secret)  # fmt: skip
         n.start()
         nodes.append(n)
     while len((first.health() or {}).get("nodes", [])) < size:
@@ -54,12 +72,23 @@ def cluster(root: Path, size: int, memory: str, strategy: str, env: dict[str, st
     placed = json.load(urllib.request.urlopen(request, timeout=30))
     assert len(placed["shards"]) == size, placed
     first.wait_ready()
+    decode_tok_s(first, 4)  # warm-up
     return nodes
 
 
-def measure(nodes: list[Node], tokens: int, rounds: int) -> float:
-    decode_tok_s(nodes[0], 4)  # warm-up
-    return statistics.median(decode_tok_s(nodes[0], tokens) for _ in range(rounds))
+def stop(nodes: list[Node]) -> None:
+    for n in reversed(nodes):
+        n.stop()
+
+
+def interleaved(clusters: dict[str, list[Node]], tokens: int, rounds: int) -> list[dict[str, float]]:
+    """One decode run per case per round; the order rotates every round."""
+    labels = list(clusters)
+    runs = []
+    for i in range(rounds):
+        order = labels[i % len(labels):] + labels[: i % len(labels)]
+        runs.append({label: decode_tok_s(clusters[label][0], tokens) for label in order})
+    return runs
 
 
 def placement_ms(n_nodes: int = 64) -> float:
@@ -80,32 +109,38 @@ def placement_ms(n_nodes: int = 64) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     root = scratch_dir("exo-bench-pipeline-")
-    results: dict[str, float] = {}
-    spin = {"EXO_RING_WAIT": "spin"}
-    for label, size, memory, strategy, env in [
-        ("single", 1, "2GB", "pipeline", {}),
-        ("pipeline_2", 2, "70MB", "pipeline", {}),
-        ("pipeline_3", 3, "45MB", "pipeline", {}),
-        ("tensor_3", 3, "1GB", "tensor", {}),
-        ("pipeline_3_spin", 3, "45MB", "pipeline", spin),
-        ("single_again", 1, "2GB", "pipeline", {}),
-    ]:
-        nodes = cluster(root / label, size, memory, strategy, env)
-        try:
-            results[label] = round(measure(nodes, args.tokens, args.rounds), 2)
-        finally:
-            for n in reversed(nodes):
-                n.stop()
-    single = statistics.mean([results["single"], results["single_again"]])  # before and after: drift shows
+    clusters: dict[str, list[Node]] = {}
+    try:
+        for label, (size, memory, strategy) in CASES.items():
+            clusters[label] = cluster(root / label, size, memory, strategy, {})
+        runs = interleaved(clusters, args.tokens, args.rounds)
+    finally:
+        for nodes in clusters.values():
+            stop(nodes)
+    clusters.clear()
+    try:
+        clusters["single_before_spin"] = cluster(root / "single_before_spin", 1, "2GB", "pipeline", {})
+        single_alone = statistics.median(decode_tok_s(clusters["single_before_spin"][0], args.tokens) for _ in range(3))
+        stop(clusters.pop("single_before_spin"))
+        clusters["spin"] = cluster(root / "pipeline_3_spin", 3, "45MB", "pipeline", {"EXO_RING_WAIT": "spin"})
+        spin = statistics.median(decode_tok_s(clusters["spin"][0], args.tokens) for _ in range(3))
+    finally:
+        for nodes in clusters.values():
+            stop(nodes)
+
+    def ratio(label: str) -> float:  # median over rounds of (case / single in the same round)
+        return round(statistics.median(run[label] / run["single"] for run in runs), 3)
+
     print(json.dumps({
-        "decode_tok_s": results,
-        "pipeline_2_over_single": round(results["pipeline_2"] / single, 3),
-        "pipeline_3_over_single": round(results["pipeline_3"] / single, 3),
-        "tensor_3_over_single": round(results["tensor_3"] / single, 3),
-        "pipeline_3_spin_over_single": round(results["pipeline_3_spin"] / single, 3),
+        "decode_tok_s_median": {label: round(statistics.median(run[label] for run in runs), 2) for label in CASES},
+        "rounds": [{label: round(v, 2) for label, v in run.items()} for run in runs],
+        "pipeline_2_over_single": ratio("pipeline_2"),
+        "pipeline_3_over_single": ratio("pipeline_3"),
+        "tensor_3_over_single": ratio("tensor_3"),
+        "pipeline_3_spin_over_single_alone": round(spin / single_alone, 3),
         "placement_64_nodes_ms": round(statistics.median(placement_ms() for _ in range(20)), 2),
     }, indent=2))  # fmt: skip
 

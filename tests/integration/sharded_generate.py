@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temp", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--logits-on", choices=["every_rank", "last_rank"], default="last_rank")
+    parser.add_argument("--logits-on", choices=["every_rank", "last_rank", "vocab_split"], default="vocab_split")
     args = parser.parse_args()
 
     group = init_group(args.world_size) if args.strategy != "single" else None

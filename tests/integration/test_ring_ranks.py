@@ -1,4 +1,4 @@
-"""Two real rank processes on MLX's ring backend over loopback (no model): a rank that waits for its peer
+"""Real rank processes on MLX's ring backend over loopback (no model): a rank that waits for its peer
 sleeps instead of spinning (services/worker/runner/ring_wait.py), and the control channel carries a
 prompt too long for its block (services/worker/runner/control.py)."""
 
@@ -22,16 +22,17 @@ IDLE_S = 3.0
 pytestmark = pytest.mark.slow
 
 
-def run_pair(tmp: Path, mode: str, prompt_tokens: int = 4000) -> list[dict]:
-    shards = tuple(ShardAssignment(f"node-{r}", r, 0, 1) for r in range(2))
+def run_pair(tmp: Path, mode: str, prompt_tokens: int = 4000, world: int = 2) -> list[dict]:
+    shards = tuple(ShardAssignment(f"node-{r}", r, 0, 1) for r in range(world))
     instance = Instance("ring-test", "none", "pipeline", "ring", shards)
-    ports = choose_free_ports(2)
+    ports = choose_free_ports(world)
     procs = []
-    for rank in range(2):
+    for rank in range(world):
         config = ring_config(instance, rank, {s.node_id: "127.0.0.1" for s in shards}, ports, tmp / mode)
         write_files(config)
         env = {**os.environ, **config.env, "EXO_RING_WAIT": mode, "PYTHONPATH": str(REPO)}
-        command = [sys.executable, str(SCRIPT), "--idle-s", str(IDLE_S), "--prompt-tokens", str(prompt_tokens)]
+        command = [sys.executable, str(SCRIPT), "--idle-s", str(IDLE_S), "--prompt-tokens", str(prompt_tokens),
+                   "--world", str(world)]  # fmt: skip
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for rank, p in enumerate(procs):
@@ -52,7 +53,12 @@ def test_a_waiting_rank_sleeps_in_the_kernel(tmp_path):
     assert spun["take_cpu_s"] > 0.5 * IDLE_S
 
 
-def test_a_long_prompt_reaches_every_rank_and_the_next_control_follows(tmp_path):
-    for result in run_pair(tmp_path, "block", prompt_tokens=6000):
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_long_prompt_reaches_every_rank_and_the_next_control_follows(tmp_path, world):
+    """The control passes down the chain of ranks, with an overflow for the long prompt, between the
+    activations each step hands on: every rank gets both controls and every activation intact."""
+    for result in run_pair(tmp_path, "block", prompt_tokens=6000, world=world):
         assert result["prompt_ok"], result
         assert result["second"] == [["long"], []]
+        r = result["rank"]
+        assert result["handed"] == ([] if r == 0 else [[100.0 + r - 1], [200.0 + r - 1], [300.0 + r - 1]])

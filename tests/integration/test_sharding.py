@@ -152,8 +152,9 @@ def single(f32_model, tmp_path_factory) -> dict:
     [
         ([(0, 15), (15, 30)], "every_rank"),
         ([(0, 10), (10, 20), (20, 30)], "last_rank"),
+        ([(0, 10), (10, 20), (20, 30)], "vocab_split"),
     ],
-    ids=["2-stage", "3-stage-logits-on-last-rank"],
+    ids=["2-stage-logits-on-every-rank", "3-stage-logits-on-last-rank", "3-stage-vocab-split-head"],
 )
 def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, single, layers, logits_on, tmp_path):
     world = len(layers)
@@ -165,8 +166,11 @@ def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, si
     whole_params, whole_rss = single["param_bytes"], single["peak_rss"]
     embedding = 49152 * 576 * 4
     for r, (a, b) in zip(results, layers):
-        holds_embedding = logits_on == "every_rank" or r["rank"] in (0, world - 1)
-        share = embedding * holds_embedding + (whole_params - embedding) * (b - a) / 30
+        if logits_on == "vocab_split":  # rank 0 embeds the input; every other rank holds its slice of the head
+            head = embedding if r["rank"] == 0 else embedding / world
+        else:
+            head = embedding * (logits_on == "every_rank" or r["rank"] in (0, world - 1))
+        share = head + (whole_params - embedding) * (b - a) / 30
         assert r["param_bytes"] == pytest.approx(share, rel=0.02)
         print(f"  rank {r['rank']}: peak RSS {r['peak_rss'] / 1e6:.0f} MB vs whole model {whole_rss / 1e6:.0f} MB")
         # The weights this rank does not hold are not resident either (most of them: allow 40% slack
@@ -200,16 +204,20 @@ def test_tensor_parallel_refuses_two_ranks_for_smollm2(f32_model):
 
 @pytest.mark.slow
 def test_untied_random_llama_pipeline_and_tensor(tiny_untied_model, tmp_path):
-    """A model with a separate lm_head (not tied): the embedding stays on rank 0 only, the head on the last
-    rank only (logits computed there). 2-stage pipeline and 2-rank tensor parallel against one process."""
+    """A model with a separate lm_head (not tied): the embedding stays on rank 0 only, the head is split by
+    vocabulary rows over the ranks. 2-stage pipeline and 2-rank tensor parallel against one process."""
     (one,) = run_ranks(tiny_untied_model, "single", 1, _sub(tmp_path, "one"), max_tokens=24)
     pipe = run_ranks(tiny_untied_model, "pipeline", 2, _sub(tmp_path, "pipe"), [(0, 1), (1, 4)], max_tokens=24)
     for r in pipe:
         assert r["tokens"] == one["tokens"]
     matrix = 49152 * 64 * 4  # vocab x hidden, float32: the embedding, and the head
-    for r in pipe:  # each rank holds one of the two matrices, never both
-        assert matrix < r["param_bytes"] < 2 * matrix, (r["rank"], r["param_bytes"])
+    layers = [one["param_bytes"] - 2 * matrix] * 2  # upper bound of a rank's layers (and norms)
+    # Rank 0: the embedding and half the head; rank 1: half the head. Never the whole head.
+    assert 1.5 * matrix <= pipe[0]["param_bytes"] < 1.5 * matrix + layers[0], pipe[0]["param_bytes"]
+    assert 0.5 * matrix <= pipe[1]["param_bytes"] < 0.5 * matrix + layers[1], pipe[1]["param_bytes"]
     tensor = run_ranks(tiny_untied_model, "tensor", 2, _sub(tmp_path, "tensor"), max_tokens=24)
+    for r in tensor:  # the embedding (every rank embeds its input) and half the head
+        assert 1.5 * matrix <= r["param_bytes"] < 1.5 * matrix + layers[0], r["param_bytes"]
     assert tensor[0]["tokens"] == tensor[1]["tokens"]
     print(f"untied tensor x2: first {common_prefix(tensor[0]['tokens'], one['tokens'])} of 24 tokens identical")
     assert common_prefix(tensor[0]["tokens"], one["tokens"]) >= 8

@@ -47,11 +47,14 @@ def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
 
 def follow(engine: Engine, group) -> None:  # noqa: ANN001
     """Ranks above 0: run exactly the cycles rank 0 runs, until it says stop."""
+    from services.worker.runner.sharding import sync_ranks
+
     channel = ControlChannel(group)
     channel.post(None)
     while True:
         control = channel.take()
         if control.shutdown:
+            sync_ranks(group)  # rank 0 does the same: no rank leaves while a peer still needs it
             return
         channel.post(None)
         engine.run_cycle(control)

@@ -193,12 +193,15 @@ class RunnerServer:
 
     def _shut_down_ranks(self) -> None:
         """On the MLX thread: take the control in flight and run its cycle (the other ranks run it too),
-        post the stop, and wait until every rank has it."""
+        post the stop, and wait until every rank has it and has finished its work."""
+        from services.worker.runner.sharding import sync_ranks
+
         assert self.channel is not None
         control = self.channel.take()
         self.channel.post(Control(shutdown=True))
         self.engine.run_cycle(control)
         self.channel.take()
+        sync_ranks(self.group)
 
     async def _publish(self, step: Step, error: str | None = None) -> None:
         stream = self.streams.get(step.request_id)

@@ -9,36 +9,41 @@ identical logits, so every rank samples the same token (greedy, or seeded with t
 feeds it back into the next step; no token ever has to be sent between ranks.
 
 Pipeline (`shard_pipeline`), following mlx-lm's `PipelineMixin`/DeepseekV3 pattern but with our
-placement's layer order (rank 0 holds the first layers, rank N-1 the last):
+placement's layer order (rank 0 holds the first layers, rank N-1 the last), and the head split by
+vocabulary rows over the ranks (`logits_on="vocab_split"`, the default):
 
-    rank 0:    embed -> layers[a0:b0] -> send(h, 1)                  -> all_gather(h)[last] -> norm -> head
-    rank r:    recv(h, r-1) -> layers[ar:br] -> send(h, r+1)         -> all_gather(h)[last] -> norm -> head
-    rank N-1:  recv(h, N-2) -> layers[a:b]                           -> all_gather(h)[last] -> norm -> head
+    rank 0:    embed -> layers[a0:b0] -> send(h, 1)           -> all_gather(h)[last] -> norm -> head rows 0
+    rank r:    recv(h, r-1) -> layers[ar:br] -> send(h, r+1)  -> all_gather(h)[last] -> norm -> head rows r
+    rank N-1:  recv(h, N-2) -> layers[a:b]                    -> all_gather(h)[last] -> norm -> head rows N-1
+    then every rank: all_gather(its logits rows) -> the whole logits row
 
-The all_gather hands the last stage's hidden state to every rank while keeping the send/recv in the
-graph; every rank then computes the final norm and the head itself. During prefill mlx-lm evaluates
-only the KV caches, so the send is tied into the last cache with `mx.depends` (as mlx-lm does); else
-the next stage would wait for ever.
+The first all_gather hands the last stage's hidden state to every rank while keeping the send/recv in the
+graph; every rank then computes the final norm and the logits of its slice of the vocabulary, at the same
+time, and the second all_gather joins the slices (vocab_split.py). During prefill mlx-lm evaluates only
+the KV caches, so the send is tied into the last cache with `mx.depends` (as mlx-lm does); else the next
+stage would wait for ever.
 
-Which ranks hold what (pipeline):
+Which ranks hold what, and who computes the logits (pipeline):
   - layers: only this rank's range; the other layers are dropped before any weight is read.
-  - `logits_on="last_rank"` (the default): only the last rank runs norm + head; the logits (vocab floats
-    per position) are all-gathered instead of the hidden state, and the head is dropped elsewhere: rank 0
-    holds the embedding (input), the last rank the head (for tied models the same matrix), middle ranks
-    neither. Every rank still gets identical logits. Costs vocab/hidden (85x for SmolLM2) more bytes per
-    token on the wire (196 KB per rank per token: ~0.2 ms on loopback, small on Thunderbolt).
+  - `logits_on="vocab_split"` (the default): rank 0 holds the embedding (input; with a tied head its
+    slice of the head is a view of it), every other rank 1/N of the head's rows, read straight from the
+    safetensors file (safetensors_rows.py), so no rank ever holds the whole head. Why: the head is the
+    largest matrix of a small model (SmolLM2: 49152 x 576, the compute of ~8 of its 30 layers) and on one
+    rank it is a serial step every other rank waits for; split, N ranks share it. Wire cost per token: the
+    hidden state (2.3 KB) and the logits (196 KB) gathered.
+  - `logits_on="last_rank"`: only the last rank runs norm + head; the logits are all-gathered. The last
+    rank holds the whole head (for tied models the whole embedding again) and computes it alone.
   - `logits_on="every_rank"` (mlx-lm's pattern): the last hidden state is gathered and every rank runs
-    norm + head, so every rank holds the head. With tied embeddings (SmolLM2, Llama 3.2 1B/3B) that is
-    the whole embedding (49152 x 576 = 113 MB in f32) on every rank on top of its layers, and every rank
-    pays the head's compute (for SmolLM2 as much as ~8 layers) on every token.
-  Why last_rank is the default: a rank's memory is then its share of the layers (the issue's point of
-  splitting a model), and the head runs once per token instead of N times. Measured on the 2-core build
-  machine, same run, median ms per token through the engine: 2 stages 50.6-54.5 (last_rank) against
-  53.2-59.6 (every_rank), 3 stages 55.8-59.1 against 64.9-73.6 (the #4 note has the runs).
+    norm + the whole head, so every rank holds it (with tied embeddings, 113 MB in f32 on every rank on
+    top of its layers) and N ranks pay its compute on every token.
+  Measured on the 2-core build machine, median ms per token through the engine (the #4 notes have the
+  runs): every_rank 53.2-59.6 / 64.9-73.6 (2 / 3 stages), last_rank 50.6-54.5 / 55.8-59.1, vocab_split
+  49.4-51.8 / 54.6-55.0, against one process's 44-47.
 
 Tensor parallel (`shard_tensor`), Llama-family: q/k/v/gate/up become all-to-sharded linears (each rank
 computes 1/N of the heads and of the MLP columns), o/down become sharded-to-all (partial products
-summed with all_sum). Embedding, norms and head are replicated. Needs heads, KV heads and the MLP width
+summed with all_sum). Embedding and norms are replicated; the head is split by vocabulary rows as in the
+pipeline (SplitTiedEmbedding / SplitHead in vocab_split.py), so N ranks share its compute. Needs heads, KV heads and the MLP width
 divisible by N (and, for quantized weights, the per-rank input width of o/down divisible by the
 quantization group size). Dense (float) and affine-quantized weights both work (mlx has
 AllToShardedLinear / ShardedToAllLinear and their Quantized* twins); the all_sum adds the N partial
@@ -55,11 +60,23 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import shard_linear
 from mlx.utils import tree_flatten
 
+from services.worker.runner.safetensors_rows import read_rows
+from services.worker.runner.vocab_split import (
+    RowReader,
+    SplitHead,
+    SplitTiedEmbedding,
+    gather_vocab,
+    part_logits,
+    vocab_part,
+)
+
 Strategy = Literal["single", "pipeline", "tensor"]
 # Pipeline: who computes the logits. "every_rank": mlx-lm's pattern, the last hidden state is gathered and
 # every rank runs norm + head. "last_rank": only the last rank runs norm + head and the logits are
-# gathered (vocab floats per token instead of hidden_size), so other ranks hold no head.
-LogitsOn = Literal["every_rank", "last_rank"]
+# gathered (vocab floats per token instead of hidden_size), so other ranks hold no head. "vocab_split": the
+# last hidden state is gathered, every rank computes the logits of its slice of the vocabulary and the
+# slices are gathered (see vocab_split.py).
+LogitsOn = Literal["every_rank", "last_rank", "vocab_split"]
 
 
 class ShardingError(ValueError):
@@ -99,11 +116,12 @@ class PipelineStage(nn.Module):
         group: mx.distributed.Group,
         start_layer: int,
         end_layer: int,
-        logits_on: LogitsOn = "last_rank",
+        logits_on: LogitsOn = "vocab_split",
+        weights_dir: Path | None = None,
     ) -> None:
         super().__init__()
-        if logits_on not in ("every_rank", "last_rank"):
-            raise ShardingError(f"logits_on must be every_rank or last_rank, not {logits_on!r}")
+        if logits_on not in ("every_rank", "last_rank", "vocab_split"):
+            raise ShardingError(f"logits_on must be every_rank, last_rank or vocab_split, not {logits_on!r}")
         inner = _inner(model)
         n_layers = len(inner.layers)
         rank, size = group.rank(), group.size()
@@ -126,15 +144,27 @@ class PipelineStage(nn.Module):
         self.start_layer, self.end_layer, self.n_layers = start_layer, end_layer, n_layers
         self.tied = _tied(model)
         self.logits_on = logits_on
-        self.computes_logits = logits_on == "every_rank" or rank == size - 1
+        self._dtype: mx.Dtype | None = None
+        self.computes_logits = logits_on in ("every_rank", "vocab_split") or rank == size - 1
         # Keep only what this rank uses; everything else is dropped before any weight is read.
         self.layers = list(inner.layers[start_layer:end_layer])
         self.norm = inner.norm
-        if rank == 0 or (self.tied and self.computes_logits):
-            self.embed_tokens = inner.embed_tokens
-        if not self.tied and self.computes_logits:
-            self.lm_head = model.lm_head
-        self._dtype: mx.Dtype | None = None
+        if logits_on == "vocab_split":
+            if rank == 0:
+                self.embed_tokens = inner.embed_tokens
+            head = inner.embed_tokens if self.tied else model.lm_head
+            if rank == 0 and self.tied:
+                # Rank 0 holds the whole tied matrix for its input: its slice is a view, kept out of the
+                # module's parameters so that it is neither counted nor read twice.
+                object.__setattr__(self, "_head_view", vocab_part(head, rank, size, self.args.vocab_size, view=True))
+            else:
+                read = head_reader(weights_dir, self.tied)
+                self.head_part = vocab_part(head, rank, size, self.args.vocab_size, read=read)
+        else:
+            if rank == 0 or (self.tied and self.computes_logits):
+                self.embed_tokens = inner.embed_tokens
+            if not self.tied and self.computes_logits:
+                self.lm_head = model.lm_head
 
     # What a receiving rank expects: the activation dtype of the embedding output (float32 for f32 and for
     # quantized embeddings with float32 scales). Every rank computes it the same way from the config.
@@ -181,6 +211,14 @@ class PipelineStage(nn.Module):
             if cache[-1] is not None:
                 cache[-1].keys = mx.depends(cache[-1].keys, h)
         last = self.size - 1
+        if self.logits_on == "vocab_split":
+            if self.size > 1:
+                # Every rank gets the last stage's hidden state (in the norm's dtype, which every rank holds).
+                dtype = self.norm.weight.dtype
+                mine = h.astype(dtype) if self.is_last else mx.depends(mx.zeros((B, L, self.args.hidden_size), dtype), h)
+                h = mx.distributed.all_gather(mine, group=self.group)[last * B : (last + 1) * B]
+            head = self.head_part if "head_part" in self else self._head_view
+            return gather_vocab(part_logits(head, self.norm(h)), self.group, self.args.vocab_size)
         if self.logits_on == "every_rank":
             if self.size > 1:
                 # Every rank gets the last stage's hidden state (and the send stays in the graph).
@@ -200,12 +238,21 @@ class PipelineStage(nn.Module):
         return self.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
 
 
+def head_reader(weights_dir: Path | None, tied: bool) -> RowReader | None:
+    """Reads rows of the head's parameters from the model folder (the tied embedding or the lm_head)."""
+    if weights_dir is None:
+        return None
+    prefix = "model.embed_tokens" if tied else "lm_head"
+    return lambda name, start, end: read_rows(weights_dir, f"{prefix}.{name}", start, end)
+
+
 def shard_pipeline(
     model: nn.Module,
     group: mx.distributed.Group,
     start_layer: int,
     end_layer: int,
-    logits_on: LogitsOn = "last_rank",
+    logits_on: LogitsOn = "vocab_split",
+    weights_dir: Path | None = None,
 ) -> PipelineStage:
     """Keep layers [start_layer, end_layer) of a lazily loaded llama-style model on this rank.
 
@@ -213,7 +260,7 @@ def shard_pipeline(
     last layer), as `services.master.placement` assigns them. Returns a new module to generate with;
     call `materialize` (or `mx.eval(stage.parameters())`) to read this rank's weights.
     """
-    return PipelineStage(model, group, start_layer, end_layer, logits_on)
+    return PipelineStage(model, group, start_layer, end_layer, logits_on, weights_dir)
 
 
 # ----------------------------------------------------------------------------------------------- tensor
@@ -247,7 +294,7 @@ def _check_quantized_split(name: str, linear: nn.Module, world_size: int) -> Non
         )
 
 
-def shard_tensor(model: nn.Module, group: mx.distributed.Group) -> nn.Module:
+def shard_tensor(model: nn.Module, group: mx.distributed.Group, weights_dir: Path | None = None) -> nn.Module:
     """Tensor-parallel a lazily loaded mlx-lm llama model in place over `group`; returns the model.
 
     Raises ShardingError (before touching the model) when heads, KV heads or the MLP width do not divide
@@ -276,6 +323,11 @@ def shard_tensor(model: nn.Module, group: mx.distributed.Group) -> nn.Module:
         mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
         mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
         mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
+    # The head, split by vocabulary rows: each rank computes 1/N of the logits, one all_gather joins them.
+    if _tied(model):
+        inner.embed_tokens = SplitTiedEmbedding(inner.embed_tokens, group, args.vocab_size)
+    else:
+        model.lm_head = SplitHead(model.lm_head, group, args.vocab_size, head_reader(weights_dir, tied=False))
     return model
 
 
@@ -313,7 +365,7 @@ def load_shard(
     group: mx.distributed.Group | None = None,
     start_layer: int = 0,
     end_layer: int | None = None,
-    logits_on: LogitsOn = "last_rank",
+    logits_on: LogitsOn = "vocab_split",
 ) -> tuple[nn.Module, Any]:
     """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
 
@@ -336,12 +388,12 @@ def load_shard(
     if strategy == "pipeline":
         end = n_layers if end_layer is None else end_layer
         check_layer_ranges(group, start_layer, end, n_layers)
-        stage = shard_pipeline(model, group, start_layer, end, logits_on)
+        stage = shard_pipeline(model, group, start_layer, end, logits_on, path)
         del model
         materialize(stage, group)
         return stage, tokenizer
     if strategy == "tensor":
-        shard_tensor(model, group)
+        shard_tensor(model, group, path)
         materialize(model, group)
         return model, tokenizer
     raise ShardingError(f"unknown strategy {strategy!r}")
