@@ -417,7 +417,14 @@ def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group |
 def sync_ranks(group: mx.distributed.Group | None) -> None:
     """Wait for this rank's queued work, then for every rank. Call after each generation and before a
     rank exits: mlx-lm's loop leaves one look-ahead step in flight, and a rank that exits while a peer
-    still needs it for that step's collectives breaks the peer's ring ("connection to a peer was lost")."""
-    mx.synchronize()
+    still needs it for that step's collectives breaks the peer's ring ("connection to a peer was lost").
+
+    The barrier runs on mlx-lm's generation stream, behind that work: on another stream it could run while
+    a transfer of the step is still in flight, and the two would mix on the ring's sockets (seen: a
+    barrier's bytes inside an activation)."""
+    from mlx_lm.generate import generation_stream
+
     if group is not None and group.size() > 1:
-        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
+        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=generation_stream))
+    mx.synchronize(generation_stream)
+    mx.synchronize()
