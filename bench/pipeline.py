@@ -3,8 +3,8 @@ run: decode tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor paralle
 3-stage pipeline again with MLX's own busy-polling ring (`EXO_RING_WAIT=spin`, what runners did before
 services/worker/runner/ring_wait.py); and placement time over 64 synthetic nodes.
 
-The single node and the three clusters run side by side (idle ranks sleep, so an idle cluster costs the
-others next to nothing) and are measured in turns, round after round, in a rotating order: each round gives
+The single node and the three clusters run side by side (idle ranks sleep; the CPU all of them use while
+idle is measured and printed) and are measured in turns, round after round, in a rotating order: each round gives
 every case the same machine conditions, and each round's ratios are taken against that round's single
 node. This machine's speed drifts by +-10 % over minutes; measured one cluster after another, the drift
 lands in the ratios. The spin case runs alone afterwards (its idle ranks would burn the cores the others
@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import openai
+import psutil
 
 from bench.engine import stream_once
 from bench.node_process import Node, scratch_dir
@@ -81,6 +82,30 @@ def stop(nodes: list[Node]) -> None:
         n.stop()
 
 
+def idle_cores(clusters: dict[str, list[Node]], seconds: float = 3.0) -> float:
+    """CPU cores that every node process and its children (services, runners, nats-server) use together
+    while nothing is asked of them: what the clusters standing by cost the one being measured."""
+    procs = []
+    for nodes in clusters.values():
+        for node in nodes:
+            assert node.proc is not None
+            root = psutil.Process(node.proc.pid)
+            procs += [root, *root.children(recursive=True)]
+
+    def cpu() -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                total += sum(p.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    before = cpu()
+    time.sleep(seconds)
+    return (cpu() - before) / seconds
+
+
 def interleaved(clusters: dict[str, list[Node]], tokens: int, rounds: int) -> list[dict[str, float]]:
     """One decode run per case per round; the order rotates every round."""
     labels = list(clusters)
@@ -116,6 +141,7 @@ def main() -> None:
     try:
         for label, (size, memory, strategy) in CASES.items():
             clusters[label] = cluster(root / label, size, memory, strategy, {})
+        standing_by = idle_cores(clusters)
         runs = interleaved(clusters, args.tokens, args.rounds)
     finally:
         for nodes in clusters.values():
@@ -137,6 +163,7 @@ def main() -> None:
     print(json.dumps({
         "decode_tok_s_median": {label: round(statistics.median(run[label] for run in runs), 2) for label in CASES},
         "rounds": [{label: round(v, 2) for label, v in run.items()} for run in runs],
+        "idle_cores_all_clusters": round(standing_by, 3),
         "pipeline_2_over_single": ratio("pipeline_2"),
         "pipeline_3_over_single": ratio("pipeline_3"),
         "tensor_3_over_single": ratio("tensor_3"),

@@ -77,7 +77,7 @@ class ControlChannel:
     def __init__(self, group) -> None:  # noqa: ANN001 - mx.distributed.Group
         self.group = group
         self.rank, self.size = group.rank(), group.size()
-        self._pending = None  # rank 0: (control, overflow bytes); other ranks: the block being received
+        self._pending = None  # (the control posted (rank 0), its overflow bytes (rank 0), the queued transfer)
         self.posted_work = False  # rank 0: the control in flight admits, cancels or stops something
 
     def _pass_on(self, data):  # mx.array in, mx.array out
