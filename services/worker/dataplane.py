@@ -31,9 +31,11 @@ from shared.facts import NodeFacts
 
 HOSTFILE_NAME = "hostfile.json"
 DEVICES_NAME = "ibv_devices.json"
-# Ports for ring listeners and the jaccl coordinator: above the usual services, below Linux's ephemeral
-# range (32768-60999 on Linux, 49152-65535 on macOS overlap; we stay clear of 49152+ by default).
-PORT_RANGE = (40000, 48000)
+# Ports for ring listeners and the jaccl coordinator: above the usual services and BELOW the ephemeral
+# ranges (Linux 32768-60999, macOS 49152-65535), where the OS hands out ports to outgoing connections and
+# to servers that bind port 0: a port there can be taken by any socket of the machine at any time, and an
+# instance whose derived port is taken fails to start on every retry (seen in CI with 40000-48000).
+PORT_RANGE = (20000, 32000)
 
 RdmaDevice = str | Sequence[str]
 

@@ -82,6 +82,12 @@ def test_instance_base_port_is_deterministic_and_in_range():
     assert len({instance_base_port(f"inst-{i}", 3) for i in range(50)}) > 40
 
 
+def test_instance_ports_stay_below_the_ephemeral_ranges():
+    """Linux hands out 32768-60999 (and macOS 49152-65535) to outgoing connections and to port-0 binds:
+    a derived ring port there can be held by any socket of the machine."""
+    assert 1024 < PORT_RANGE[0] < PORT_RANGE[1] <= 32768
+
+
 def test_choose_free_ports_are_distinct_and_bindable():
     ports = choose_free_ports(4)
     assert len(set(ports)) == 4

@@ -52,6 +52,7 @@ sums in a different order than one matmul would, so results differ from one proc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -404,6 +405,10 @@ def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group |
     jaccl variables); None for a one-rank instance."""
     if world_size <= 1:
         return None
+    if backend == "ring" and (hostfile := os.environ.get("MLX_HOSTFILE")) and (rank := os.environ.get("MLX_RANK")):
+        from services.worker.runner.ring_ports import check_ring_ports
+
+        check_ring_ports(int(rank), hostfile)
     group = mx.distributed.init(strict=True, backend=backend)
     if group.size() != world_size:
         raise ShardingError(f"joined a group of {group.size()} ranks, expected {world_size}")
