@@ -1,7 +1,9 @@
 """Benchmark one model across several nodes (one machine, one bus per cluster), through the gateway, in one
 run: decode tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor parallel over a single node; the
 3-stage pipeline again with MLX's own busy-polling ring (`EXO_RING_WAIT=spin`, what runners did before
-services/worker/runner/ring_wait.py); and placement time over 64 synthetic nodes.
+services/worker/runner/ring_wait.py); a single node without the CPU fusion of norms and RoPEs
+(`EXO_CPU_FUSION=off`, services/worker/runner/cpu_fusion.py), the baseline of that fusion; and placement
+time over 64 synthetic nodes.
 
 The single node and the three clusters run side by side (idle ranks sleep; the CPU all of them use while
 idle is measured and printed) and are measured in turns, round after round, in a rotating order: each round gives
@@ -36,12 +38,14 @@ from shared.state import ClusterState
 
 MODEL = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
-# label: (nodes, memory budget per node, strategy)
+# label: (nodes, memory budget per node, strategy, environment). "single_unfused": one node with mlx-lm's own
+# norm and RoPE modules (EXO_CPU_FUSION=off, services/worker/runner/cpu_fusion.py), the baseline of the fusion.
 CASES = {
-    "single": (1, "2GB", "pipeline"),
-    "pipeline_2": (2, "70MB", "pipeline"),
-    "pipeline_3": (3, "45MB", "pipeline"),
-    "tensor_3": (3, "1GB", "tensor"),
+    "single": (1, "2GB", "pipeline", {}),
+    "single_unfused": (1, "2GB", "pipeline", {"EXO_CPU_FUSION": "off"}),
+    "pipeline_2": (2, "70MB", "pipeline", {}),
+    "pipeline_3": (3, "45MB", "pipeline", {}),
+    "tensor_3": (3, "1GB", "tensor", {}),
 }
 
 
@@ -139,8 +143,8 @@ def main() -> None:
     root = scratch_dir("exo-bench-pipeline-")
     clusters: dict[str, list[Node]] = {}
     try:
-        for label, (size, memory, strategy) in CASES.items():
-            clusters[label] = cluster(root / label, size, memory, strategy, {})
+        for label, (size, memory, strategy, env) in CASES.items():
+            clusters[label] = cluster(root / label, size, memory, strategy, env)
         standing_by = idle_cores(clusters)
         runs = interleaved(clusters, args.tokens, args.rounds)
     finally:
@@ -157,8 +161,8 @@ def main() -> None:
         for nodes in clusters.values():
             stop(nodes)
 
-    def ratio(label: str) -> float:  # median over rounds of (case / single in the same round)
-        return round(statistics.median(run[label] / run["single"] for run in runs), 3)
+    def ratio(label: str, over: str = "single") -> float:  # median over rounds of (case / baseline in the same round)
+        return round(statistics.median(run[label] / run[over] for run in runs), 3)
 
     print(json.dumps({
         "decode_tok_s_median": {label: round(statistics.median(run[label] for run in runs), 2) for label in CASES},
@@ -167,6 +171,9 @@ def main() -> None:
         "pipeline_2_over_single": ratio("pipeline_2"),
         "pipeline_3_over_single": ratio("pipeline_3"),
         "tensor_3_over_single": ratio("tensor_3"),
+        "single_over_single_unfused": ratio("single", "single_unfused"),
+        "pipeline_2_over_single_unfused": ratio("pipeline_2", "single_unfused"),
+        "pipeline_3_over_single_unfused": ratio("pipeline_3", "single_unfused"),
         "pipeline_3_spin_over_single_alone": round(spin / single_alone, 3),
         "placement_64_nodes_ms": round(statistics.median(placement_ms() for _ in range(20)), 2),
     }, indent=2))  # fmt: skip

@@ -384,7 +384,7 @@ def load_shard(
         if strategy == "pipeline" and (start_layer, end_layer or n_layers) != (0, n_layers):
             raise ShardingError("a one-rank pipeline holds every layer")
         materialize(model)
-        return model, tokenizer
+        return _fuse(model), tokenizer
     assert group is not None
     if strategy == "pipeline":
         end = n_layers if end_layer is None else end_layer
@@ -392,12 +392,21 @@ def load_shard(
         stage = shard_pipeline(model, group, start_layer, end, logits_on, path)
         del model
         materialize(stage, group)
-        return stage, tokenizer
+        return _fuse(stage), tokenizer
     if strategy == "tensor":
         shard_tensor(model, group, path)
         materialize(model, group)
-        return model, tokenizer
+        return _fuse(model), tokenizer
     raise ShardingError(f"unknown strategy {strategy!r}")
+
+
+def _fuse(model: nn.Module) -> nn.Module:
+    """Fused norms and RoPEs on a CPU (cpu_fusion.py); every rank decides the same way."""
+    from services.worker.runner import cpu_fusion
+
+    if cpu_fusion.wanted():
+        cpu_fusion.fuse_for_cpu(model)
+    return model
 
 
 def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group | None:

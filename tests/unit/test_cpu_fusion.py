@@ -1,0 +1,102 @@
+"""Fused norms and RoPEs for CPU models (services/worker/runner/cpu_fusion.py), on the real SmolLM2: the same
+tokens and logits (to rounding) as mlx-lm's modules, far fewer graph ops per decode step."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx import nn
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import make_prompt_cache
+
+from services.worker.model_store import ModelStore
+from services.worker.runner.cpu_fusion import (
+    FusedRMSNorm,
+    FusedRoPE,
+    fuse_for_cpu,
+    wanted,
+)
+from shared.models import get_card
+
+PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1789, 30, 198] * 3
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ModelStore(tmp_path_factory.mktemp("models")).ensure(get_card("smollm2-135m"), "f32")
+
+
+def load(path: Path, fused: bool) -> nn.Module:
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(path)
+    if fused:
+        fuse_for_cpu(model)
+    return model
+
+
+def greedy(model: nn.Module, steps: int) -> tuple[list[int], list[mx.array]]:
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([PROMPT]), cache=cache)[:, -1, :]
+    tokens, rows = [], []
+    for _ in range(steps):
+        token = mx.argmax(logits, axis=-1)
+        tokens.append(token.item())
+        rows.append(logits)
+        logits = model(token[:, None], cache=cache)[:, -1, :]
+    return tokens, rows
+
+
+def op_count(model: nn.Module, tmp: Path) -> int:
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array([PROMPT]), cache=cache))
+    mx.export_to_dot(str(tmp / "step.dot"), model(mx.array([[42]]), cache=cache))
+    return len(re.findall(r'label ="[A-Za-z]', (tmp / "step.dot").read_text()))
+
+
+def test_every_norm_and_rope_is_replaced_and_the_parameters_stay(model_path: Path) -> None:
+    plain, fused = load(model_path, False), load(model_path, True)
+    modules = [m for _, m in fused.named_modules()]
+    assert sum(isinstance(m, FusedRMSNorm) for m in modules) == 61  # 2 per layer + the final norm
+    assert sum(isinstance(m, FusedRoPE) for m in modules) == 30
+    assert not any(type(m) is nn.RMSNorm for m in modules)
+    before, after = dict(tree_flatten(plain.parameters())), dict(tree_flatten(fused.parameters()))
+    assert sorted(before) == sorted(after)
+    assert all(mx.array_equal(before[k], after[k]).item() for k in before)
+
+
+def test_same_greedy_tokens_and_logits_to_rounding(model_path: Path) -> None:
+    plain_tokens, plain_rows = greedy(load(model_path, False), 48)
+    fused_tokens, fused_rows = greedy(load(model_path, True), 48)
+    assert fused_tokens == plain_tokens
+    for a, b in zip(plain_rows, fused_rows):
+        assert mx.allclose(a, b, rtol=1e-4, atol=1e-4).item()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="MLX compiles CPU kernels with g++; without it nothing is fused")
+def test_a_decode_step_has_far_fewer_ops(model_path: Path, tmp_path: Path) -> None:
+    plain, fused = op_count(load(model_path, False), tmp_path), op_count(load(model_path, True), tmp_path)
+    assert fused < plain * 0.7, (plain, fused)
+
+
+def test_prefill_keeps_the_unfused_rope_bit_for_bit() -> None:
+    rope = nn.RoPE(64, base=100000)
+    fused = FusedRoPE(rope)
+    x = mx.random.normal((1, 9, 5, 64), key=mx.random.key(0))
+    assert mx.array_equal(fused(x, offset=7), rope(x, offset=7)).item()
+    one = x[:, :, :1, :]
+    assert mx.allclose(fused(one, offset=7), rope(one, offset=7), atol=1e-6).item()
+    offsets = mx.array([3, 9], dtype=mx.int32)  # a batch cache gives one offset per sequence
+    two = mx.random.normal((2, 9, 1, 64), key=mx.random.key(1))
+    assert mx.allclose(fused(two, offset=offsets), rope(two, offset=offsets), atol=1e-6).item()
+
+
+def test_the_switch() -> None:
+    assert wanted({}) is (mx.default_device() == mx.cpu)
+    assert wanted({"EXO_CPU_FUSION": "off"}) is False
+    with pytest.raises(ValueError, match="EXO_CPU_FUSION"):
+        wanted({"EXO_CPU_FUSION": "maybe"})
