@@ -5,7 +5,7 @@ services/worker/runner/ring_wait.py); a single node without the CPU fusion of no
 (`EXO_CPU_FUSION=off`, services/worker/runner/cpu_fusion.py), the baseline of that fusion; and placement
 time over 64 synthetic nodes.
 
-The single node and the three clusters run side by side (idle ranks sleep; the CPU all of them use while
+The two single nodes and the three clusters run side by side (idle ranks sleep; the CPU all of them use while
 idle is measured and printed) and are measured in turns, round after round, in a rotating order: each round gives
 every case the same machine conditions, and each round's ratios are taken against that round's single
 node. This machine's speed drifts by +-10 % over minutes; measured one cluster after another, the drift

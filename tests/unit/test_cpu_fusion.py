@@ -100,3 +100,39 @@ def test_the_switch() -> None:
     assert wanted({"EXO_CPU_FUSION": "off"}) is False
     with pytest.raises(ValueError, match="EXO_CPU_FUSION"):
         wanted({"EXO_CPU_FUSION": "maybe"})
+
+
+def test_a_llama3_rope_model_gives_the_same_tokens() -> None:
+    """Llama 3's scaled RoPE (mlx-lm's Llama3RoPE, frequencies instead of a base), in a small random model."""
+    from mlx_lm.models.llama import Model, ModelArgs
+    from mlx_lm.models.rope_utils import Llama3RoPE
+
+    args = ModelArgs(
+        model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+        rms_norm_eps=1e-5, vocab_size=256, num_key_value_heads=2, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+    )  # fmt: skip
+    mx.random.seed(3)
+    model = Model(args)
+    mx.eval(model.parameters())
+    assert isinstance(model.model.layers[0].self_attn.rope, Llama3RoPE)
+
+    def decode(steps: int) -> tuple[list[int], list[mx.array]]:
+        cache = make_prompt_cache(model)
+        logits = model(mx.array([[5, 17, 42, 99, 3]]), cache=cache)[:, -1, :]
+        tokens, rows = [], []
+        for _ in range(steps):
+            token = mx.argmax(logits, axis=-1)
+            tokens.append(token.item())
+            rows.append(logits)
+            logits = model(token[:, None], cache=cache)[:, -1, :]
+        return tokens, rows
+
+    plain_tokens, plain_rows = decode(24)
+    assert fuse_for_cpu(model) == 5 + 2  # 2 norms per layer + the final one; one RoPE per layer
+    assert isinstance(model.model.layers[0].self_attn.rope, FusedRoPE)
+    fused_tokens, fused_rows = decode(24)
+    assert fused_tokens == plain_tokens
+    for a, b in zip(plain_rows, fused_rows):
+        assert mx.allclose(a, b, rtol=1e-4, atol=1e-5).item()

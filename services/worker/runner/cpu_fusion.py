@@ -10,8 +10,8 @@ over. `mx.compile` fuses each chain of element-wise ops into one kernel, so the 
 2,620 ops. The results are the same to rounding (mlx-lm already compiles its SwiGLU the same way).
 
 Scope, chosen to stay safe:
-  - only `nn.RMSNorm` and `nn.RoPE` modules of exactly those types are replaced (Llama, Qwen2,
-    Mistral and SmolLM2 use them; other RoPE variants keep mlx-lm's own module);
+  - only modules of exactly the types `nn.RMSNorm`, `nn.RoPE` and mlx-lm's `Llama3RoPE` are replaced
+    (Llama 2 and 3, Qwen2, Mistral and SmolLM2 use them; other RoPE variants keep mlx-lm's module);
   - a RoPE is fused for decode only (one new token per sequence): prefill lengths vary, and a compiled
     function keeps one trace per input shape, so they keep the unfused path (a prefill step is
     dominated by its matrix products anyway);
@@ -45,6 +45,15 @@ def _rope(dims: int, traditional: bool, base: float, scale: float):
     )
 
 
+@cache
+def _rope_with_freqs(dims: int, traditional: bool):
+    return mx.compile(
+        lambda x, offset, freqs: mx.fast.rope(
+            x, dims, traditional=traditional, base=None, scale=1.0, offset=offset, freqs=freqs
+        )
+    )
+
+
 class FusedRMSNorm(nn.Module):
     """`nn.RMSNorm` with the same weight, computed by one compiled function shared by all norms with
     the same epsilon."""
@@ -59,12 +68,17 @@ class FusedRMSNorm(nn.Module):
 
 
 class FusedRoPE(nn.Module):
-    """`nn.RoPE`, fused for decode steps (one position per sequence); other lengths use the original."""
+    """`nn.RoPE` or mlx-lm's `Llama3RoPE`, fused for decode steps (one position per sequence); other
+    lengths use the original module."""
 
-    def __init__(self, rope: nn.RoPE) -> None:
+    def __init__(self, rope: nn.Module) -> None:
         super().__init__()
         self.original = rope
-        self._fused = _rope(rope.dims, rope.traditional, rope.base, rope.scale)
+        if type(rope) is nn.RoPE:
+            self._fused = _rope(rope.dims, rope.traditional, rope.base, rope.scale)
+        else:  # Llama3RoPE: its per-dimension frequencies replace the base
+            fused = _rope_with_freqs(rope.dims, rope.traditional)
+            self._fused = lambda x, offset: fused(x, offset, rope._freqs)
 
     def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
         if x.ndim < 3 or x.shape[-2] != 1:
@@ -83,9 +97,11 @@ def wanted(environ: dict[str, str] | None = None) -> bool:
 
 
 def _fused(module: nn.Module) -> nn.Module | None:
+    from mlx_lm.models.rope_utils import Llama3RoPE
+
     if type(module) is nn.RMSNorm:
         return FusedRMSNorm(module)
-    if type(module) is nn.RoPE:
+    if type(module) in (nn.RoPE, Llama3RoPE):
         return FusedRoPE(module)
     return None
 
