@@ -39,9 +39,9 @@ def load(path: Path, fused: bool) -> nn.Module:
     return model
 
 
-def greedy(model: nn.Module, steps: int) -> tuple[list[int], list[mx.array]]:
+def greedy(model: nn.Module, steps: int, prompt: list[int] = PROMPT) -> tuple[list[int], list[mx.array]]:
     cache = make_prompt_cache(model)
-    logits = model(mx.array([PROMPT]), cache=cache)[:, -1, :]
+    logits = model(mx.array([prompt]), cache=cache)[:, -1, :]
     tokens, rows = [], []
     for _ in range(steps):
         token = mx.argmax(logits, axis=-1)
@@ -118,21 +118,10 @@ def test_a_llama3_rope_model_gives_the_same_tokens() -> None:
     mx.eval(model.parameters())
     assert isinstance(model.model.layers[0].self_attn.rope, Llama3RoPE)
 
-    def decode(steps: int) -> tuple[list[int], list[mx.array]]:
-        cache = make_prompt_cache(model)
-        logits = model(mx.array([[5, 17, 42, 99, 3]]), cache=cache)[:, -1, :]
-        tokens, rows = [], []
-        for _ in range(steps):
-            token = mx.argmax(logits, axis=-1)
-            tokens.append(token.item())
-            rows.append(logits)
-            logits = model(token[:, None], cache=cache)[:, -1, :]
-        return tokens, rows
-
-    plain_tokens, plain_rows = decode(24)
+    plain_tokens, plain_rows = greedy(model, 24, [5, 17, 42, 99, 3])
     assert fuse_for_cpu(model) == 5 + 2  # 2 norms per layer + the final one; one RoPE per layer
     assert isinstance(model.model.layers[0].self_attn.rope, FusedRoPE)
-    fused_tokens, fused_rows = decode(24)
+    fused_tokens, fused_rows = greedy(model, 24, [5, 17, 42, 99, 3])
     assert fused_tokens == plain_tokens
     for a, b in zip(plain_rows, fused_rows):
         assert mx.allclose(a, b, rtol=1e-4, atol=1e-5).item()
