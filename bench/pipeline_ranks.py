@@ -29,14 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+from bench.pipeline import PROMPT  # the prompt of the through-the-gateway benchmark
 
 
 def rank_child() -> None:
     """One rank (WORLD, MODEL, TOKENS and the ring's MLX_* variables in the environment): a warm-up request,
     then two measured ones; rank 0 prints the median ms between tokens and the cores the process used."""
-    import mlx.core as mx  # noqa: F401 - initialises MLX before the group
-
     from services.worker.runner.control import Control, ControlChannel, Submit
     from services.worker.runner.engine import Engine
     from services.worker.runner.sharding import init_group, load_shard, sync_ranks
@@ -120,7 +118,10 @@ def random_weights(source: Path, target: Path) -> Path:
     float32 dtype (the config alone is enough: no weight file is read)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes, load_config  # mlx-lm's own config -> model class mapping
+    from mlx_lm.utils import (  # mlx-lm's own config -> model class mapping
+        _get_classes,
+        load_config,
+    )
 
     config = load_config(source)
     model_class, args_class = _get_classes(config)

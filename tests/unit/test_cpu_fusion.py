@@ -125,3 +125,11 @@ def test_a_llama3_rope_model_gives_the_same_tokens() -> None:
     assert fused_tokens == plain_tokens
     for a, b in zip(plain_rows, fused_rows):
         assert mx.allclose(a, b, rtol=1e-4, atol=1e-5).item()
+
+
+def test_a_bad_switch_fails_before_any_weight_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from services.worker.runner.sharding import load_shard
+
+    monkeypatch.setenv("EXO_CPU_FUSION", "maybe")
+    with pytest.raises(ValueError, match="EXO_CPU_FUSION must be on or off"):
+        load_shard(tmp_path / "no-model-here", "single")

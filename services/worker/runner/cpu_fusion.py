@@ -29,6 +29,7 @@ from functools import cache
 
 import mlx.core as mx
 from mlx import nn
+from mlx_lm.models.rope_utils import Llama3RoPE
 
 ENV = "EXO_CPU_FUSION"
 
@@ -97,8 +98,6 @@ def wanted(environ: dict[str, str] | None = None) -> bool:
 
 
 def _fused(module: nn.Module) -> nn.Module | None:
-    from mlx_lm.models.rope_utils import Llama3RoPE
-
     if type(module) is nn.RMSNorm:
         return FusedRMSNorm(module)
     if type(module) in (nn.RoPE, Llama3RoPE):

@@ -375,6 +375,9 @@ def load_shard(
     """
     from mlx_lm.utils import load_model, load_tokenizer
 
+    from services.worker.runner import cpu_fusion
+
+    fuse = cpu_fusion.wanted()  # decided before any weight is read: a bad EXO_CPU_FUSION fails at once
     path = Path(model_path)
     model, config = load_model(path, lazy=True)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
@@ -384,29 +387,21 @@ def load_shard(
         if strategy == "pipeline" and (start_layer, end_layer or n_layers) != (0, n_layers):
             raise ShardingError("a one-rank pipeline holds every layer")
         materialize(model)
-        return _fuse(model), tokenizer
-    assert group is not None
-    if strategy == "pipeline":
+    elif strategy == "pipeline":
+        assert group is not None
         end = n_layers if end_layer is None else end_layer
         check_layer_ranges(group, start_layer, end, n_layers)
-        stage = shard_pipeline(model, group, start_layer, end, logits_on, path)
-        del model
-        materialize(stage, group)
-        return _fuse(stage), tokenizer
-    if strategy == "tensor":
+        model = shard_pipeline(model, group, start_layer, end, logits_on, path)
+        materialize(model, group)
+    elif strategy == "tensor":
+        assert group is not None
         shard_tensor(model, group, path)
         materialize(model, group)
-        return _fuse(model), tokenizer
-    raise ShardingError(f"unknown strategy {strategy!r}")
-
-
-def _fuse(model: nn.Module) -> nn.Module:
-    """Fused norms and RoPEs on a CPU (cpu_fusion.py); every rank decides the same way."""
-    from services.worker.runner import cpu_fusion
-
-    if cpu_fusion.wanted():
+    else:
+        raise ShardingError(f"unknown strategy {strategy!r}")
+    if fuse:  # fused norms and RoPEs on a CPU (cpu_fusion.py); every rank decides the same way
         cpu_fusion.fuse_for_cpu(model)
-    return model
+    return model, tokenizer
 
 
 def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group | None:
