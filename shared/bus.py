@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
@@ -119,24 +120,73 @@ async def stream_last_seq(js: JetStreamContext) -> int:
 EventHandler = Callable[[ClusterState, AnyEvent], Awaitable[None] | None]
 
 
+STALL_S = 1.5  # a follower behind the stream that applies nothing for this long has lost its subscription
+WATCH_EVERY_S = 5.0  # how often a follower checks, between catch-ups, that it is not behind for good
+
+
 class StateFollower:
     """Replays the event stream from the start and follows it, keeping `state` current.
 
-    An ordered consumer re-creates itself after a gap or a reconnect, so the state never misses an event.
+    An ordered consumer re-creates itself after a gap or a reconnect, so the state never misses an event,
+    with one exception that nats-py does not cover: a consumer that has delivered nothing yet cannot see
+    that it missed its first message (lost while the connection was down; the server's heartbeats keep
+    saying the consumer is fine). So the follower also compares itself with the stream: behind it and not
+    moving, it subscribes again from the event after the last one it applied (`_watch`, `catch_up`).
     """
 
-    def __init__(self, js: JetStreamContext, on_event: EventHandler | None = None) -> None:
+    def __init__(
+        self, js: JetStreamContext, on_event: EventHandler | None = None, watch_every_s: float = WATCH_EVERY_S
+    ) -> None:
         self._js = js
         self._on_event = on_event
+        self._watch_every_s = watch_every_s
         self.state = ClusterState()
         self._changed = asyncio.Condition()
         self._sub = None
+        self._watcher: asyncio.Task | None = None
+        self._resubscribing = asyncio.Lock()
+        self.resubscribed = 0  # how many times a stalled subscription was replaced
 
     async def start(self) -> None:
         await self._wait_for_stream()
-        self._sub = await self._js.subscribe(
-            EVENTS_SUBJECT, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL, cb=self._handle
-        )
+        await self._subscribe()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _subscribe(self) -> None:
+        """An ordered consumer from the event after the last one applied (from the start, at first)."""
+        start = self.state.last_seq + 1
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL) if start == 1 else api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)  # fmt: skip
+        self._sub = await self._js.subscribe(EVENTS_SUBJECT, ordered_consumer=True, config=config, cb=self._handle)
+
+    async def _resubscribe_if_stuck(self, applied: int, stream_seq: int) -> None:
+        """Subscribe again from the next event, unless an event was applied since `applied` was read."""
+        async with self._resubscribing:
+            if self.state.last_seq != applied or self.state.last_seq >= stream_seq:
+                return
+            log.warning("event stream follower stalled; subscribing again", applied=applied, stream=stream_seq)
+            old, self._sub = self._sub, None
+            if old is not None:
+                try:
+                    await old.unsubscribe()
+                except (nats.errors.Error, TimeoutError) as exc:  # its consumer ends by inactivity then
+                    log.debug("stalled subscription not removed", error=str(exc))
+            await self._subscribe()
+            self.resubscribed += 1
+
+    async def _watch(self) -> None:
+        """Between catch-ups: behind the stream at two checks in a row with nothing applied in between."""
+        behind_at: int | None = None  # last_seq at the previous check, if the follower was behind then
+        while True:
+            await asyncio.sleep(self._watch_every_s)
+            try:
+                stream_seq = await stream_last_seq(self._js)
+                applied = self.state.last_seq
+                if stream_seq > applied and behind_at == applied:
+                    await self._resubscribe_if_stuck(applied, stream_seq)
+                behind_at = applied if stream_seq > applied else None
+            except (nats.errors.Error, TimeoutError, OSError) as exc:  # the bus is away: next round
+                log.debug("event stream not checked", error=str(exc))
 
     async def _wait_for_stream(self) -> None:
         while True:
@@ -168,8 +218,20 @@ class StateFollower:
             await asyncio.wait_for(self._changed.wait_for(lambda: self.state.last_seq >= seq), timeout)
 
     async def catch_up(self, timeout: float = 10.0) -> None:
-        """Wait until every event that is in the stream now has been applied."""
-        await self.wait_for_seq(await stream_last_seq(self._js), timeout)
+        """Wait until every event that is in the stream now has been applied. A follower that applies nothing
+        for STALL_S meanwhile subscribes again (see the class), so one lost message does not cost `timeout`."""
+        target = await stream_last_seq(self._js)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            applied = self.state.last_seq
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                await self.wait_for_seq(target, max(0.0, min(STALL_S, left)))
+                return
+            except TimeoutError:
+                if left <= STALL_S:
+                    raise
+            await self._resubscribe_if_stuck(applied, target)
 
     async def wait_until(self, predicate: Callable[[ClusterState], bool], timeout: float) -> ClusterState:
         async with self._changed:
@@ -177,6 +239,8 @@ class StateFollower:
         return self.state
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
 

@@ -8,6 +8,7 @@ its whole process tree (supervisor, nats-server, services, runners) exits within
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import nats.errors
 import psutil
 import pytest
 
+from services.node.nats_server import nats_server_binary, wait_for_port
 from shared.cluster_secret import nats_client_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -363,3 +365,18 @@ def node(start_node: Callable[..., Node]) -> Iterator[Node]:
     n = start_node("session")
     yield n
     n.stop()
+
+
+@pytest.fixture
+async def bus_url() -> AsyncIterator[str]:
+    """A bare JetStream server on loopback (not a node's bus: no node, no credentials)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="exo-bus-") as store:
+        argv = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - returns at once
+        try:
+            assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 10.0), "nats-server did not start"
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -69,7 +69,9 @@ def render_config(c: ServerConfig) -> str:
         f"server_name: {_q(c.server_name)}",
         f"listen: {_q(f'{c.host}:{c.port}')}",
         f"jetstream {{ store_dir: {_q(c.store_dir)} }}",
-        f"authorization {{ user: {_q(c.client_user)}, password: {_q(c.client_password)} }}",
+        # A list of one user, not `authorization { user, password }`: with that single-user form, every reload
+        # (new routes, see embedded_bus.py) disconnects the clients, and a follower could miss an event.
+        f"authorization {{ users: [ {{ user: {_q(c.client_user)}, password: {_q(c.client_password)} }} ] }}",
     ]
     if c.clustered:
         routes = ", ".join(

@@ -5,10 +5,8 @@ leader loses its lease, and a replaced writer gets StaleWriter even where its re
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -17,27 +15,10 @@ from nats.aio.client import Client as NATS
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
 from services.master.lease import LEASE_TTL_S
 from services.master.lease_keeper import LeaseKeeper
-from services.node.nats_server import nats_server_binary, wait_for_port
 from shared.bus import StateFollower, ensure_event_stream
 from shared.events import NodeLost
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def bus_url() -> AsyncIterator[str]:
-    """A bare JetStream server on loopback (not a node's bus: no node, no credentials)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="exo-lease-") as store:
-        argv = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 - returns at once
-        try:
-            assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 10.0), "nats-server did not start"
-            yield f"nats://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 class Campaigner:

@@ -29,7 +29,7 @@ def test_a_node_alone_runs_a_standalone_server_on_loopback_with_credentials(tmp_
     text = render_config(config(tmp_path))
     user, password = nats_client_credentials(SECRET)
     assert 'listen: "127.0.0.1:4222"' in text
-    assert f'authorization {{ user: "{user}", password: "{password}" }}' in text
+    assert f'authorization {{ users: [ {{ user: "{user}", password: "{password}" }} ] }}' in text
     assert "cluster" not in text  # JetStream cannot start clustered without a route
     assert str(tmp_path / "nats" / "standalone") in text
 
