@@ -171,7 +171,11 @@ class StateFollower:
                     await old.unsubscribe()
                 except (nats.errors.Error, TimeoutError) as exc:  # its consumer ends by inactivity then
                     log.debug("stalled subscription not removed", error=str(exc))
-            await self._subscribe()
+            try:
+                await self._subscribe()
+            except (nats.errors.Error, TimeoutError) as exc:  # no subscription now: the next check tries again
+                log.warning("event stream follower could not subscribe again", error=str(exc))
+                return
             self.resubscribed += 1
 
     async def _watch(self) -> None:

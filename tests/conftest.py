@@ -278,20 +278,24 @@ def launch_node(state_root: Path, name: str, *extra_args: str) -> Node:
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         node = Node(name, state_dir, port, nats_port, output_path, proc)
         # The gateway answering is not enough when its port was taken by someone else: it must be ours.
+        # Checked once: a node that meets its first peer just after it started restarts its services, so a
+        # second look could catch the gateway between two lives.
         deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline and proc.poll() is None:
-            health = node.try_health()
-            if health is not None and _own_gateway(node):
-                break
-            time.sleep(0.25)
-        if proc.poll() is not None or not _own_gateway(node):
+        ours = False
+        while time.monotonic() < deadline and proc.poll() is None and not ours:
+            ours = node.try_health() is not None and _own_gateway(node)
+            if not ours:
+                time.sleep(0.25)
+        if proc.poll() is not None or not ours:
             output = _tail(output_path, 60)
             node.stopped = True
-            if proc.poll() is None:
+            exit_code = proc.poll()  # before we kill it
+            if exit_code is None:
                 _kill_tree(node)
             if "is taken" in output or "address already in use" in output.lower():
                 continue  # lost a race for a port; try others
-            pytest.fail(f"node {name} did not start (exit code {proc.poll()})\n" + node.log_tail(60))
+            how = "its gateway never answered" if exit_code is None else f"exit code {exit_code}"
+            pytest.fail(f"node {name} did not start ({how})\n" + node.log_tail(60))
         if wants_model:
             try:
                 node.wait_ready()

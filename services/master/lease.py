@@ -26,6 +26,9 @@ LEASE_TTL_S = 2.0
 # Renew often enough that two renewals in a row may be slow or lost to a hiccup of the event loop.
 RENEW_EVERY_S = 0.5
 CAMPAIGN_EVERY_S = 0.25
+# A master that won but could not lead (it could not claim the log, or found another leader's term in it)
+# campaigns again only after this long, so that a healthy master wins meanwhile instead of the same one.
+SIT_OUT_S = 3.0
 # A holder whose last good renewal is this old must assume the key expired (the server's clock and ours
 # need not agree to the millisecond, and the renewal that we are about to send may arrive late).
 LOCAL_EXPIRY_MARGIN_S = 0.3

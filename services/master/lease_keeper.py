@@ -20,6 +20,7 @@ from shared.subjects import LEADER_BUCKET, LEADER_KEY
 from services.master.lease import (
     CAMPAIGN_EVERY_S,
     LEASE_TTL_S,
+    SIT_OUT_S,
     Lease,
     expired_locally,
     lease_bucket_config,
@@ -57,6 +58,7 @@ class LeaseKeeper:
         self._lease: Lease | None = None
         self._wake = asyncio.Event()
         self._advancing = False  # no campaign while advance_past deletes the lease and moves the sequence
+        self._sitting_out_until = 0.0  # monotonic time before which this master does not campaign (give_up)
 
     @property
     def lease(self) -> Lease | None:
@@ -72,7 +74,7 @@ class LeaseKeeper:
                 await self._sleep(stop, 1.0)
         while not stop.is_set():
             if self._lease is None:
-                if not self._advancing:
+                if not self._advancing and time.monotonic() >= self._sitting_out_until:
                     await self._campaign()
                 await self._sleep(stop, 0 if self._lease is not None else CAMPAIGN_EVERY_S)
             else:
@@ -81,8 +83,10 @@ class LeaseKeeper:
                 if self._lease is not None:
                     await self._sleep(stop, seconds_until_renewal(self._lease, time.monotonic()))
 
-    def give_up(self, reason: str) -> None:
-        """The master found it may not write (another leader claimed the log): drop the lease now."""
+    def give_up(self, reason: str, sit_out_s: float = SIT_OUT_S) -> None:
+        """The master may not or cannot write (another leader claimed the log, or its claim failed): drop the
+        lease now, and leave the next `sit_out_s` to the other masters' campaigns."""
+        self._sitting_out_until = time.monotonic() + sit_out_s
         lease, self._lease = self._lease, None
         if lease is not None:
             log.warning("giving up the leader lease", term=lease.term, reason=reason)

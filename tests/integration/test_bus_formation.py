@@ -2,7 +2,8 @@
 
 Two nodes on loopback, each with its own bus, find each other by static peers (`--peers`: loopback carries no
 broadcast between them). The first, alone until then, restarts its bus as a member of the NATS cluster and
-places its model again; the second starts clustered at once. Both then see one cluster state.
+places its model again; the second starts clustered at once (or, when it hears the first only after its
+formation window, as on a loaded machine, restarts too). Both then see one cluster state.
 """
 
 from __future__ import annotations

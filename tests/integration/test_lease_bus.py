@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
-from services.master.lease import LEASE_TTL_S
+from services.master.lease import LEASE_TTL_S, SIT_OUT_S
 from services.master.lease_keeper import LeaseKeeper
 from shared.bus import StateFollower, ensure_event_stream
 from shared.events import NodeLost
@@ -79,6 +79,32 @@ async def test_a_leader_paused_past_its_ttl_loses_the_lease(bus_url: str) -> Non
         a.task = asyncio.create_task(a.keeper.run(a.stop))  # resumed
         await wait_for(lambda: a.lost, 2, "step down")
         assert a.keeper.lease is None and b.keeper.lease is not None
+        a.kill()
+        b.kill()
+    finally:
+        await a_nc.close()
+        await b_nc.close()
+
+
+async def test_a_master_that_gives_up_leaves_the_next_term_to_another(bus_url: str) -> None:
+    """A master that won but could not lead (its claim on the log failed) must not win again at once: in a
+    cluster, a healthy master takes the lease meanwhile; alone, it tries again after SIT_OUT_S."""
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        a = Campaigner(a_nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        a.keeper.give_up("could not lead: TimeoutError()")
+        await asyncio.sleep(SIT_OUT_S / 2)
+        assert len(a.won) == 1  # alone, and still sitting out
+        took = await wait_for(lambda: len(a.won) == 2, SIT_OUT_S + 1, "the next campaign")
+        assert took >= SIT_OUT_S / 2 - 0.5
+
+        b = Campaigner(b_nc, "node-b")
+        await asyncio.sleep(0.5)
+        assert b.won == []  # a leads again
+        a.keeper.give_up("could not lead: TimeoutError()")
+        await wait_for(lambda: b.won, 2, "the other master taking over")
+        assert b.won[0] > a.won[-1] and len(a.won) == 2
         a.kill()
         b.kill()
     finally:
