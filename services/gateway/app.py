@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from shared import subjects
 from shared.bus import StateFollower, connect
-from shared.service import register
+from shared.service import end_with_the_node, register
 
 from services.gateway import completions, instances
 from services.gateway.errors import OpenAIError, not_found_handler, openai_error_handler, unexpected_error_handler
@@ -39,10 +42,13 @@ def create_app(nats_url: str, node_id: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        # uvicorn stops gracefully on SIGTERM: the same when the node's supervisor is gone
+        watch = asyncio.create_task(end_with_the_node(lambda: os.kill(os.getpid(), signal.SIGTERM)))
         await gateway.start()
         app.state.gateway = gateway
         yield
         await gateway.stop()
+        watch.cancel()
 
     app = FastAPI(title="exo-distributed gateway", lifespan=lifespan)
     app.add_exception_handler(OpenAIError, openai_error_handler)

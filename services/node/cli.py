@@ -24,6 +24,7 @@ from services.node.embedded_bus import (
     wait_for_peers,
 )
 from services.node.launchd import write_plists
+from services.node.leftovers import stop_left_bus
 from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_for_port, write_config
 from services.node.supervisor import ChildSpec, Supervisor
 from shared.bus import connect
@@ -205,6 +206,7 @@ async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
     tasks: list[asyncio.Task] = []
     try:
         if own_bus:
+            stop_left_bus(state_dir)  # before its port is checked: a killed run of this node may have left it
             check_bus_ports(args)
         if not args.no_discovery:  # first: its beacons find peers while the bus is not up yet
             await supervisor.start(ChildSpec("discovery", [sys.executable, "-m", "services.discovery"], env))

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from services.node import die_with_parent
 from services.node.nats_server import ServerConfig, nats_server_argv, write_config
 from services.node.supervisor import BUS_CHILD, ChildSpec, Supervisor
 from shared.cluster_secret import (
@@ -72,7 +73,7 @@ class EmbeddedBus:
         self.config = msgspec.structs.replace(self.config, routes=routes)
         conf = write_config(self.state_dir, self.config)
         log.info("starting the bus", clustered=self.clustered, routes=list(routes))
-        await self.supervisor.start(ChildSpec(BUS_CHILD, nats_server_argv(conf), {}))
+        await self.supervisor.start(ChildSpec(BUS_CHILD, die_with_parent.argv(nats_server_argv(conf)), {}))
 
     def wants(self, routes: tuple[str, ...]) -> tuple[str, ...]:
         """The routes this bus should have: the ones it has and any new ones (never dropped: nats-server

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import msgspec
-import psutil
 import structlog
 
 log = structlog.get_logger()
@@ -68,19 +67,3 @@ def remove_record(state_dir: Path, instance_id: str, rank: int, pid: int | None 
         if current is not None and current.pid != pid:
             return
     path.unlink(missing_ok=True)
-
-
-def create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def process_alive(pid: int, created: float) -> bool:
-    """The process with this pid exists, is the same one (create time), and is not a zombie."""
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - created) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

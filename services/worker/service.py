@@ -21,6 +21,7 @@ from shared.config import CommonConfig
 from shared.events import AnyEvent, Instance, RunnerStatusChanged
 from shared.state import ClusterState, runner_key
 from shared.models import get_card
+from shared.processes import SUPERVISOR_ENV, create_time, process_alive
 from shared.service import register
 
 from services.worker import registry
@@ -39,7 +40,7 @@ from services.worker.plan import (
 )
 from services.worker.registry import RunnerRecord
 from services.worker.reporting import report_runner, report_worker_started
-from services.worker.runner.lifetime import RECORD_ENV, SUPERVISOR_ENV, WORKER_ENV
+from services.worker.runner.lifetime import RECORD_ENV, WORKER_ENV
 from services.worker.runner_process import AdoptedRunner, RunnerProcess, runner_command
 
 log = structlog.get_logger()
@@ -61,7 +62,7 @@ class Worker:
         # ends runners that no worker comes back for).
         self.node_pid = os.environ.get(SUPERVISOR_ENV) or str(os.getppid())
         self.pid = os.getpid()
-        self.create_time = registry.create_time(self.pid) or 0.0
+        self.create_time = create_time(self.pid) or 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         self.store = ModelStore(self.config.state_dir / "models")
@@ -109,7 +110,7 @@ class Worker:
                 path.unlink(missing_ok=True)
             else:
                 records.append(record)
-        alive = {r.pid for r in records if registry.process_alive(r.pid, r.create_time)}
+        alive = {r.pid for r in records if process_alive(r.pid, r.create_time)}
         decision = sort_recorded(self.follower.state, records, alive, self.node_id)
         for record in decision.forget:
             registry.remove_record(state_dir, record.instance_id, record.rank, record.pid)
@@ -183,7 +184,7 @@ class Worker:
             await process.start()
             pid = process.proc.pid
             registry.write_record(self.config.state_dir, RunnerRecord(
-                iid, shard.rank, instance.model_id, pid, registry.create_time(pid) or 0.0, time.time(),
+                iid, shard.rank, instance.model_id, pid, create_time(pid) or 0.0, time.time(),
                 self.pid, self.create_time))  # fmt: skip
             log.info("runner started", instance=iid, rank=shard.rank, pid=pid)
             code = await process.wait()

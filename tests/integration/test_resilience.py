@@ -19,7 +19,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import MODEL, Node, wait_for
+from tests.conftest import MODEL, Node, _describe, _is_alive, poll_until, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +169,22 @@ def test_killed_runner_fails_the_stream_and_is_restarted(rnode: Node, client: op
                 raise
             time.sleep(1)
     assert "Paris" in response.choices[0].message.content
+
+
+def test_nothing_of_a_node_outlives_its_supervisor_killed_with_minus_9(start_node: Callable[..., Node]) -> None:
+    """kill -9 of `exo` itself: nobody can stop the children, so each must notice and end by itself (the
+    services and runners watch the supervisor; the bus dies with its parent on Linux)."""
+    node = start_node("killed-supervisor")
+    tree = node.process_tree()
+    names = set(node.pids())
+    assert {"supervisor", "nats-server", "discovery", "master", "worker", "gateway"} <= names
+    assert node.runner_pids(), "the node runs a runner"
+    os.kill(node.proc.pid, signal.SIGKILL)
+    node.proc.wait(10)
+    node.stopped = True  # nothing left for its stop() to do: it asserts what this test asserts
+    left = lambda: [p for p in tree if _is_alive(p)]  # noqa: E731
+    started = time.monotonic()
+    poll_until(lambda: not left(), 30, "every process of the killed node to end",
+               lambda: f"still running: {[_describe(p) for p in left()]}\n" + node.log_tail())  # fmt: skip
+    print(f"every process of the node ended {time.monotonic() - started:.1f} s after kill -9 of its supervisor")
+    assert "the node's supervisor is gone; stopping" in node.output_path.read_text()

@@ -13,6 +13,7 @@ import pytest
 
 from services.worker import registry
 from services.worker.registry import RunnerRecord
+from shared.processes import create_time, process_alive
 from services.worker.runner.lifetime import ADOPTION_TIMEOUT_S, lifetime_verdict
 
 
@@ -42,7 +43,7 @@ def test_a_runner_never_outlives_its_node():
 
 
 def test_registry_round_trip_and_guarded_removal(tmp_path: Path):
-    record = RunnerRecord("inst-1", 0, "smollm2-135m", pid=os.getpid(), create_time=registry.create_time(os.getpid()),
+    record = RunnerRecord("inst-1", 0, "smollm2-135m", pid=os.getpid(), create_time=create_time(os.getpid()),
                           started_at=1.0, worker_pid=1, worker_create_time=0.0)  # fmt: skip
     path = registry.write_record(tmp_path, record)
     assert path == tmp_path / "runners" / "inst-1-0.json"
@@ -60,12 +61,12 @@ def test_unreadable_record_reads_as_none(tmp_path: Path):
 
 
 def test_process_alive_checks_the_create_time():
-    me, created = os.getpid(), registry.create_time(os.getpid())
-    assert registry.process_alive(me, created)
-    assert not registry.process_alive(me, created - 5.0)  # the same pid, another process: a reused pid
+    me, created = os.getpid(), create_time(os.getpid())
+    assert process_alive(me, created)
+    assert not process_alive(me, created - 5.0)  # the same pid, another process: a reused pid
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone = int(done.stdout)
-    assert not registry.process_alive(gone, registry.create_time(gone) or 0.0)
+    assert not process_alive(gone, create_time(gone) or 0.0)
 
 
 def test_the_supervisor_passes_its_own_pid_to_the_services():

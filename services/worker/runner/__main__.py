@@ -95,7 +95,7 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(f"runner-{args.instance_id}-{args.rank}", None, os.environ.get("EXO_LOG_LEVEL", "info"))
-    run_until_signalled(lambda stop: run(args, stop))
+    run_until_signalled(lambda stop: run(args, stop), watch_the_node=False)  # lifetime.py watches it
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import structlog
 
-from services.worker.registry import create_time, process_alive, read_record
+from services.worker.registry import read_record
+from shared.processes import SUPERVISOR_ENV, Anchor
 
 log = structlog.get_logger()
 
 ADOPTION_TIMEOUT_S = 60.0
 CHECK_PERIOD_S = 1.0
 EXIT_GRACE_S = 10.0  # a rank blocked in a collective may never see `stop`: then it exits hard
-SUPERVISOR_ENV = "EXO_SUPERVISOR_PID"
 WORKER_ENV = "EXO_WORKER_PID"  # the worker that started the runner (it may be gone before the runner looks)
 RECORD_ENV = "EXO_RUNNER_RECORD"
 
@@ -40,23 +40,6 @@ def lifetime_verdict(
     if now - since >= timeout:
         return f"no worker adopted this runner within {timeout:.0f} s", since
     return None, since
-
-
-class Anchor:
-    """A process identified by pid and create time (a reused pid is not the same process)."""
-
-    def __init__(self, pid: int, created: float | None) -> None:
-        self.pid = pid
-        self.created = created
-
-    @classmethod
-    def of(cls, pid: int) -> Anchor:
-        """The process `pid`, if it is older than us: a younger one reused the pid of one that is gone."""
-        created, own = create_time(pid), create_time(os.getpid())
-        return cls(pid, created if created is not None and own is not None and created <= own else None)
-
-    def alive(self) -> bool:
-        return self.created is not None and process_alive(self.pid, self.created)
 
 
 async def watch_lifetime(stop: asyncio.Event, timeout: float = ADOPTION_TIMEOUT_S) -> None:
