@@ -8,6 +8,7 @@ import msgspec
 
 from shared.events import (
     AnyEvent,
+    InstanceAwaitingNodes,
     InstanceDeleted,
     InstancePlaced,
     LeaderElected,
@@ -35,6 +36,8 @@ def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> Clust
             new = _leader_elected(state, event)
         case WorkerStarted():
             new = _forget_runners_of(state, event.node_id, keep=frozenset(event.kept))
+        case InstanceAwaitingNodes():
+            new = msgspec.structs.replace(state, waiting={**state.waiting, event.instance_id: event})
         case _:
             assert_never(event)
     if seq is not None:
@@ -64,14 +67,17 @@ def _forget_runners_of(state: ClusterState, node_id: str, keep: frozenset[str] =
 
 def _instance_placed(state: ClusterState, event: InstancePlaced) -> ClusterState:
     instance = event.instance
-    return msgspec.structs.replace(state, instances={**state.instances, instance.instance_id: instance})
+    waiting = {k: v for k, v in state.waiting.items() if v.model_id != instance.model_id}  # placed again
+    instances = {**state.instances, instance.instance_id: instance}
+    return msgspec.structs.replace(state, instances=instances, waiting=waiting)
 
 
 def _instance_deleted(state: ClusterState, event: InstanceDeleted) -> ClusterState:
     instances = {k: v for k, v in state.instances.items() if k != event.instance_id}
     prefix = f"{event.instance_id}/"
     runners = {k: v for k, v in state.runners.items() if not k.startswith(prefix)}
-    return msgspec.structs.replace(state, instances=instances, runners=runners)
+    waiting = {k: v for k, v in state.waiting.items() if k != event.instance_id}
+    return msgspec.structs.replace(state, instances=instances, runners=runners, waiting=waiting)
 
 
 def _runner_status(state: ClusterState, event: RunnerStatusChanged) -> ClusterState:

@@ -83,8 +83,23 @@ class WorkerStarted(Event, frozen=True):
     kept: tuple[str, ...] = ()
 
 
+class InstanceAwaitingNodes(Event, frozen=True):
+    """An instance deleted with a lost node did not fit on the nodes that were left. Its model waits, keyed by
+    the old instance id, and the leader places it again, with the strategy and backend it had if they still
+    fit, as soon as it fits anywhere (the node came back, or another joined). The wait ends with the next
+    InstancePlaced of the model (by the leader or anyone), or with InstanceDeleted of the old id (the user
+    gave up on it: DELETE /instances/<old id>)."""
+
+    instance_id: str
+    model_id: str
+    strategy: Literal["pipeline", "tensor"]
+    backend: Literal["ring", "jaccl"]
+    reason: str
+
+
 AnyEvent = (
-    NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | RunnerStatusChanged | LeaderElected | WorkerStarted
+    NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | InstanceAwaitingNodes | RunnerStatusChanged
+    | LeaderElected | WorkerStarted
 )
 
 _encoder = msgspec.json.Encoder()

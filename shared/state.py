@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.events import Instance, RunnerStatusChanged
+from shared.events import Instance, InstanceAwaitingNodes, RunnerStatusChanged
 from shared.facts import NodeFacts
 
 
@@ -16,6 +16,7 @@ class ClusterState(msgspec.Struct, frozen=True):
     nodes: dict[str, NodeFacts] = {}
     instances: dict[str, Instance] = {}
     runners: dict[str, RunnerStatusChanged] = {}  # runner_key -> latest status
+    waiting: dict[str, InstanceAwaitingNodes] = {}  # old instance id -> its model, waiting to fit again
     leader_node_id: str | None = None  # the master that may write (see LeaderElected)
     leader_term: int = 0  # its lease term; 0 before any leader was elected
     last_seq: int = 0

@@ -73,13 +73,19 @@ async def health(request: Request) -> dict:
         "nodes": sorted(state.nodes),
         "events_applied": state.last_seq,
         "ready_instances": sorted(i for i in state.instances if state.instance_ready(i)),
+        "waiting_instances": sorted(state.waiting),  # lost with a node; placed again once the model fits
     }
 
 
 @router.get("/instances")
 async def list_instances(request: Request) -> dict:
     state: ClusterState = request.app.state.gateway.follower.state
-    return {"instances": [instance_view(state, iid) for iid in sorted(state.instances)]}
+    waiting = [
+        {"instance_id": w.instance_id, "model": w.model_id, "strategy": w.strategy, "backend": w.backend,
+         "reason": w.reason}
+        for w in sorted(state.waiting.values(), key=lambda w: w.instance_id)
+    ]  # fmt: skip
+    return {"instances": [instance_view(state, iid) for iid in sorted(state.instances)], "waiting": waiting}
 
 
 class CreateInstance(msgspec.Struct):

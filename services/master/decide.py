@@ -53,7 +53,8 @@ def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: str) -> D
 
 
 def decide_delete(state: ClusterState, cmd: DeleteInstance) -> Decision:
-    if cmd.instance_id not in state.instances:
+    """Delete an instance, or stop waiting for one that was lost with a node (state.waiting)."""
+    if cmd.instance_id not in state.instances and cmd.instance_id not in state.waiting:
         return [], CommandReply(ok=False, error=f"no instance {cmd.instance_id!r}")
     return [InstanceDeleted(cmd.instance_id, reason="deleted on request")], CommandReply(
         ok=True, instance_id=cmd.instance_id

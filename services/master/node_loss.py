@@ -1,9 +1,11 @@
-"""What the master writes when nodes go silent. Pure: state in, events out.
+"""What the master writes when nodes go silent, and when a model that was lost with a node fits again.
+Pure: state in, events out.
 
 A lost node takes its ranks with it, and an instance missing a rank cannot generate: each instance that
 used a lost node is deleted (the reason names the node) and placed again, same model and a new instance id,
-on the nodes that are left, all in the one append that records the loss. Where the model no longer fits the
-instance stays deleted: its reason is in the log (the deletion) and the next place command says why."""
+on the nodes that are left, all in the one append that records the loss. Where the model no longer fits,
+its instance waits (InstanceAwaitingNodes), and the leader places it as soon as it fits again: the lost node
+came back, or another joined (`decide_place_waiting`, every liveness round)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Callable
 
 from shared.apply import apply
 from shared.commands import PlaceInstance
-from shared.events import AnyEvent, Instance, InstanceDeleted, InstancePlaced, NodeLost
+from shared.events import AnyEvent, Instance, InstanceAwaitingNodes, InstanceDeleted, InstancePlaced, NodeLost
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
@@ -51,13 +53,32 @@ def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id:
     for instance in broken:
         replacement = replace_instance(after, instance, new_instance_id())
         if replacement is not None:
-            placed = InstancePlaced(replacement)
-            events.append(placed)
-            after = apply(after, placed)  # the next replacement sees this one (placement reads the state)
+            event: AnyEvent = InstancePlaced(replacement)
+        else:
+            gone = ", ".join(sorted({s.node_id for s in instance.shards} - after.nodes.keys()))
+            reason = f"does not fit on the nodes left after {gone} was lost"
+            i = instance
+            event = InstanceAwaitingNodes(i.instance_id, i.model_id, i.strategy, i.backend, reason)
+        events.append(event)
+        after = apply(after, event)  # the next replacement sees this one (placement reads the state)
     return events
 
 
-def replace_instance(state: ClusterState, old: Instance, instance_id: str) -> Instance | None:
+def decide_place_waiting(state: ClusterState, new_instance_id: Callable[[], str]) -> list[AnyEvent]:
+    """InstancePlaced for each waiting model that fits now (oldest first; one instance per model)."""
+    events: list[AnyEvent] = []
+    after = state
+    for waiting in list(state.waiting.values()):
+        if waiting.instance_id not in after.waiting:
+            continue  # its model was placed by an earlier one of these
+        plan = replace_instance(after, waiting, new_instance_id())
+        if plan is not None:
+            events.append(InstancePlaced(plan))
+            after = apply(after, events[-1])
+    return events
+
+
+def replace_instance(state: ClusterState, old: Instance | InstanceAwaitingNodes, instance_id: str) -> Instance | None:
     """A new plan for `old`'s model on `state`'s nodes: its own strategy and backend if they still fit
     (tensor needs the same divisibility, jaccl RDMA everywhere), else whatever fits; None if nothing does."""
     try:

@@ -28,8 +28,9 @@ from services.master.decide import (
 )
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
 from services.master.lease_keeper import LeaseKeeper
-from services.master.node_loss import decide_forget_silent_nodes
+from services.master.node_loss import decide_forget_silent_nodes, decide_place_waiting
 from shared import subjects
+from shared.apply import apply
 from shared.bus import StateFollower, connect, ensure_event_stream, scale_replicas
 from shared.commands import (
     CommandReply,
@@ -211,9 +212,9 @@ class Master:
             self._give_up(f"recording facts: {exc}")
 
     async def _liveness_loop(self) -> None:
-        """Forget silent nodes (and keep the log replicated) until cancelled. StaleWriter ends it (and the
-        leadership); other errors are logged and the next round tries again, as a failed command does not
-        stop the master either."""
+        """Forget silent nodes, place models that wait for nodes where they fit now (and keep the log
+        replicated) until cancelled. StaleWriter ends it (and the leadership); other errors are logged and the
+        next round tries again, as a failed command does not stop the master either."""
         last_scaled = 0.0
         while True:
             await asyncio.sleep(LIVENESS_PERIOD_S)
@@ -221,14 +222,14 @@ class Master:
                 last_scaled = time.monotonic()
                 await self._keep_replicated()
             try:
-                events = await self.log.decide_and_append(self._decide_forget_silent_nodes)
+                events = await self.log.decide_and_append(self._decide_liveness)
             except StaleWriter:
                 raise
             except Exception:
                 log.exception("forgetting silent nodes failed; trying again")
                 continue
             for event in events:
-                log.warning("node loss recorded", recorded=msgspec.json.encode(event).decode())
+                log.warning("liveness: recorded", recorded=msgspec.json.encode(event).decode())
 
     async def _keep_replicated(self) -> None:
         """The log and the lease on as many servers as the NATS cluster has (up to 3), as servers join:
@@ -240,6 +241,10 @@ class Master:
             except (nats.errors.Error, TimeoutError) as exc:
                 log.debug("replicas not raised this time", stream=stream, error=str(exc))
 
-    def _decide_forget_silent_nodes(self, state: ClusterState) -> tuple[list[AnyEvent], list[AnyEvent]]:
+    def _decide_liveness(self, state: ClusterState) -> tuple[list[AnyEvent], list[AnyEvent]]:
         events = decide_forget_silent_nodes(state, self.last_seen, time.monotonic(), NODE_TIMEOUT_S, new_instance_id)
+        after = state
+        for event in events:
+            after = apply(after, event)
+        events += decide_place_waiting(after, new_instance_id)
         return events, events

@@ -1,6 +1,7 @@
 """Three hosts as network namespaces on one bridge, each running plain `exo` with the same cluster secret and
 nothing else: no peers, no ports. They must find each other, form one bus and one cluster, spread a model
-across themselves, keep streaming when the leader's master is killed, and survive a host cut off and healed.
+across themselves, keep streaming when the leader's master is killed, and survive a host cut off and healed
+(the model, which fits on no two hosts, waits while the host is cut off and is placed again once it is back).
 
 The hosts share this machine's file system, so the tests read each host's state dir (pids, peers.json)
 directly. Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
@@ -275,14 +276,27 @@ def test_a_host_cut_off_and_healed(hosts: list[Host], instance: dict) -> None:
                         lambda: cut_id not in (first.health() or {}).get("nodes", [cut_id]), 30, hosts)  # fmt: skip
         detected = time.monotonic() - cut_at
         assert gone
-        # its instance used the cut host: failed, and not ready any more
+        # its instance used the cut host: deleted; the model fits on no two hosts, so it waits for nodes
         wait_for("the instance leaving", lambda: instance["instance_id"] not in
                  {i["instance_id"] for i in httpx.get(f"{first.base_url}/instances", timeout=10).json()["instances"]},
                  20, hosts)  # fmt: skip
+        waiting = httpx.get(f"{first.base_url}/instances", timeout=10).json()["waiting"]
+        assert [(w["instance_id"], w["model"]) for w in waiting] == [(instance["instance_id"], MODEL)], waiting
+        assert cut_id in waiting[0]["reason"]
         print(f"cut host detected as lost in {detected:.1f} s")
     finally:
         lab.heal(2)
+    healed_at = time.monotonic()
     ids = sorted(h.node_id() for h in hosts)
     wait_for("the healed host back in the peer table",
              lambda: [p["node_id"] for p in first.peers()].count(cut_id) == 1, 30, hosts)  # fmt: skip
     wait_for("the healed host back in the cluster", lambda: (first.health() or {}).get("nodes") == ids, 60, hosts)
+    # the waiting model is placed again over the three hosts, by itself, and answers
+    ready = wait_for("the model placed again and ready",
+                     lambda: (first.health() or {}).get("ready_instances"), 240, hosts)  # fmt: skip
+    assert instance["instance_id"] not in ready and (first.health() or {}).get("waiting_instances") == []
+    print(f"model ready again {time.monotonic() - healed_at:.1f} s after the heal")
+    client = openai.OpenAI(base_url=f"{hosts[2].base_url}/v1", api_key="none", timeout=300, max_retries=0)
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+                                       max_tokens=8, temperature=0)  # fmt: skip
+    assert r.usage.completion_tokens >= 1

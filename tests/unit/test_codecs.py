@@ -21,6 +21,7 @@ from shared.commands import (
 from shared.events import (
     AnyEvent,
     Instance,
+    InstanceAwaitingNodes,
     InstanceDeleted,
     InstancePlaced,
     LeaderElected,
@@ -71,6 +72,7 @@ EVENTS: list[AnyEvent] = [
     NodeLost("node-a", reason="no facts for 31 s"),
     InstancePlaced(INSTANCE),
     InstanceDeleted("inst-1", reason="deleted on request"),
+    InstanceAwaitingNodes("inst-1", "smollm2-135m", "pipeline", "ring", reason="does not fit after node-b was lost"),
     RunnerStatusChanged("inst-1", "node-a", 0, "importing", detail="gguf → mlx", progress=0.25),
     RunnerStatusChanged("inst-1", "node-b", 1, "ready"),
     LeaderElected("node-a", 7),

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import itertools
 
-from services.master.node_loss import decide_forget_silent_nodes, decide_node_loss
+from services.master.node_loss import decide_forget_silent_nodes, decide_node_loss, decide_place_waiting
 from shared.apply import apply
-from shared.events import Instance, InstanceDeleted, InstancePlaced, NodeFactsRecorded, NodeLost, ShardAssignment
+from shared.events import (
+    Instance,
+    InstanceAwaitingNodes,
+    InstanceDeleted,
+    InstancePlaced,
+    NodeFactsRecorded,
+    NodeLost,
+    ShardAssignment,
+)
 from shared.state import ClusterState
 from tests.unit.factories import GiB, facts
 
@@ -73,12 +81,46 @@ def test_pipeline_across_the_lost_node_is_spread_again_over_the_nodes_left():
     assert placed[0].strategy == "pipeline"
 
 
-def test_instance_that_no_longer_fits_stays_deleted():
+def test_instance_that_no_longer_fits_waits_for_nodes_and_is_placed_when_one_returns():
     budget = {"memory_budget": 70 * MB}
     state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[two_stage("inst-1", "node-a", "node-b")])
     events = decide_node_loss(state, [NodeLost("node-b", "x")], ids())
-    assert [type(e) for e in events] == [NodeLost, InstanceDeleted]
-    assert replay(state, events).instances == {}
+    assert [type(e) for e in events] == [NodeLost, InstanceDeleted, InstanceAwaitingNodes]
+    waits = events[2]
+    assert (waits.instance_id, waits.model_id, waits.strategy, waits.backend) == ("inst-1", MODEL, "pipeline", "ring")
+    assert "node-b" in waits.reason
+    after = replay(state, events)
+    assert after.instances == {} and set(after.waiting) == {"inst-1"}
+    assert decide_place_waiting(after, ids()) == []  # still does not fit: nothing is written
+
+    back = apply(after, NodeFactsRecorded(facts("node-b", **budget)))
+    placed = decide_place_waiting(back, ids())
+    assert [type(e) for e in placed] == [InstancePlaced]
+    assert {s.node_id for s in placed[0].instance.shards} == {"node-a", "node-b"}
+    final = replay(back, placed)
+    assert final.waiting == {} and set(final.instances) == {"inst-new-1"}
+    assert decide_place_waiting(final, ids()) == []  # placed once
+
+
+def test_a_waiting_instance_ends_when_its_model_is_placed_or_it_is_deleted():
+    budget = {"memory_budget": 70 * MB}
+    state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[two_stage("inst-1", "node-a", "node-b")])
+    after = replay(state, decide_node_loss(state, [NodeLost("node-b", "x")], ids()))
+    assert set(after.waiting) == {"inst-1"}
+    assert apply(after, InstanceDeleted("inst-1", "deleted on request")).waiting == {}  # the user gave up on it
+    elsewhere = apply(after, NodeFactsRecorded(facts("node-c", memory_available=4 * GiB)))
+    assert apply(elsewhere, InstancePlaced(single("inst-9", "node-c"))).waiting == {}  # placed by anyone
+
+
+def test_two_waiting_instances_of_one_model_give_one_instance():
+    state = cluster(facts("node-a", memory_budget=70 * MB))
+    for old in ("inst-1", "inst-2"):
+        state = apply(state, InstanceAwaitingNodes(old, MODEL, "pipeline", "ring", "does not fit"))
+    assert decide_place_waiting(state, ids()) == []
+    state = apply(state, NodeFactsRecorded(facts("node-e", memory_available=4 * GiB)))
+    placed = decide_place_waiting(state, ids())
+    assert [type(e) for e in placed] == [InstancePlaced]
+    assert replay(state, placed).waiting == {}
 
 
 def test_two_lost_nodes_in_one_decision():
