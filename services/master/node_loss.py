@@ -56,12 +56,29 @@ def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id:
             event: AnyEvent = InstancePlaced(replacement)
         else:
             gone = ", ".join(sorted({s.node_id for s in instance.shards} - after.nodes.keys()))
-            reason = f"does not fit on the nodes left after {gone} was lost"
-            i = instance
-            event = InstanceAwaitingNodes(i.instance_id, i.model_id, i.strategy, i.backend, reason)
+            event = InstanceAwaitingNodes(
+                instance.instance_id, instance.model_id, instance.strategy, instance.backend,
+                reason=f"does not fit on the nodes left after {gone} was lost",
+            )  # fmt: skip
         events.append(event)
         after = apply(after, event)  # the next replacement sees this one (placement reads the state)
     return events
+
+
+def decide_liveness(
+    state: ClusterState,
+    last_seen: dict[str, float],
+    now: float,
+    timeout: float,
+    new_instance_id: Callable[[], str],
+) -> list[AnyEvent]:
+    """One round of the leader's liveness loop: silent nodes are forgotten (their instances deleted and placed
+    again, or waiting), then the models that wait for nodes are placed where they fit now."""
+    events = decide_forget_silent_nodes(state, last_seen, now, timeout, new_instance_id)
+    after = state
+    for event in events:
+        after = apply(after, event)
+    return events + decide_place_waiting(after, new_instance_id)
 
 
 def decide_place_waiting(state: ClusterState, new_instance_id: Callable[[], str]) -> list[AnyEvent]:

@@ -28,9 +28,8 @@ from services.master.decide import (
 )
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
 from services.master.lease_keeper import LeaseKeeper
-from services.master.node_loss import decide_forget_silent_nodes, decide_place_waiting
+from services.master.node_loss import decide_liveness
 from shared import subjects
-from shared.apply import apply
 from shared.bus import StateFollower, connect, ensure_event_stream, scale_replicas
 from shared.commands import (
     CommandReply,
@@ -242,9 +241,5 @@ class Master:
                 log.debug("replicas not raised this time", stream=stream, error=str(exc))
 
     def _decide_liveness(self, state: ClusterState) -> tuple[list[AnyEvent], list[AnyEvent]]:
-        events = decide_forget_silent_nodes(state, self.last_seen, time.monotonic(), NODE_TIMEOUT_S, new_instance_id)
-        after = state
-        for event in events:
-            after = apply(after, event)
-        events += decide_place_waiting(after, new_instance_id)
+        events = decide_liveness(state, self.last_seen, time.monotonic(), NODE_TIMEOUT_S, new_instance_id)
         return events, events

@@ -22,8 +22,8 @@ def argv(program: list[str]) -> list[str]:
     return [sys.executable, "-m", "services.node.die_with_parent", *program]
 
 
-def main(argv: list[str]) -> None:
-    if not argv:
+def main(program: list[str]) -> None:
+    if not program:
         raise SystemExit("usage: python -m services.node.die_with_parent PROGRAM [ARGS...]")
     parent = os.getppid()
     if sys.platform.startswith("linux"):
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
             print(f"die_with_parent: prctl failed (errno {ctypes.get_errno()}); running unwatched", file=sys.stderr)
         elif os.getppid() != parent:  # the parent died before the kernel watched it: nobody to serve
             raise SystemExit(1)
-    os.execvp(argv[0], argv)
+    os.execvp(program[0], program)
 
 
 if __name__ == "__main__":

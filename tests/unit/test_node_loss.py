@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import itertools
 
-from services.master.node_loss import decide_forget_silent_nodes, decide_node_loss, decide_place_waiting
+from services.master.node_loss import (
+    decide_forget_silent_nodes,
+    decide_liveness,
+    decide_node_loss,
+    decide_place_waiting,
+)
 from shared.apply import apply
 from shared.events import (
     Instance,
@@ -164,3 +169,13 @@ def test_an_instance_left_on_a_forgotten_node_is_finished_off():
     assert [type(e) for e in events] == [InstanceDeleted, InstancePlaced]
     assert "node-a" in events[0].reason
     assert decide_forget_silent_nodes(replay(state, events), {"node-b": 130.0}, 131.0, 10.0, ids()) == []
+
+
+def test_a_liveness_round_forgets_silent_nodes_then_places_waiting_models():
+    budget = {"memory_budget": 70 * MB}
+    state = cluster(facts("node-a", **budget), facts("node-b", **budget), facts("node-c", **budget))
+    state = apply(state, InstanceAwaitingNodes("inst-1", MODEL, "pipeline", "ring", "does not fit"))
+    events = decide_liveness(state, {"node-a": 129.0, "node-b": 129.0, "node-c": 100.0}, 131.0, 10.0, ids())
+    assert [type(e) for e in events] == [NodeLost, InstancePlaced]  # placed on what is left after the loss
+    assert {s.node_id for s in events[1].instance.shards} == {"node-a", "node-b"}
+    assert decide_liveness(replay(state, events), {"node-a": 129.0, "node-b": 129.0}, 131.0, 10.0, ids()) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from services.worker.registry import read_record
-from shared.processes import SUPERVISOR_ENV, Anchor
+from shared.processes import Anchor, supervisor_anchor
 
 log = structlog.get_logger()
 
@@ -46,8 +46,7 @@ async def watch_lifetime(stop: asyncio.Event, timeout: float = ADOPTION_TIMEOUT_
     """Set `stop` when the node is gone, or when no worker has owned this runner for `timeout` seconds."""
     # the worker that started us, until the record names one (our parent: unless it died before we got here)
     parent = Anchor.of(int(os.environ.get(WORKER_ENV) or os.getppid()))
-    supervisor_pid = os.environ.get(SUPERVISOR_ENV)
-    node = Anchor.of(int(supervisor_pid)) if supervisor_pid else parent
+    node = supervisor_anchor() or parent
     record_path = Path(os.environ[RECORD_ENV]) if os.environ.get(RECORD_ENV) else None
     orphaned_since: float | None = None
     loop = asyncio.get_running_loop()
