@@ -86,6 +86,24 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
     raise ConnectionError(f"cannot reach NATS at {redact(url)}: {reason}")
 
 
+async def disconnect(nc: NATS) -> None:
+    """Let go of the bus at a service's stop: drain a connected client (what it sent and was sent is not
+    lost), close one whose bus is gone or that cannot drain (drain would raise, or wait for a server that is
+    not there)."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            await nc.drain()
+            return
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("could not drain the bus connection; closing it", error=str(exc))
+    try:
+        await nc.close()
+    except OSError as exc:  # the connection broke while closing: it is closed all the same
+        log.debug("bus connection closed with an error", error=str(exc))
+
+
 def bus_credentials(url: str) -> dict[str, str]:
     """The user and password of the cluster's bus, derived from the secret in the environment (services
     inherit it from the node; launchd-run ones read it from the state dir, see shared.config). A URL that

@@ -1,10 +1,24 @@
-"""Running a service process: signals, logging, and its micro-service registration."""
+"""Running a service process: signals, logging, and its micro-service registration.
+
+Two guards make sure a service process ends, whatever its event loop does. Both are daemon threads, so no
+task can cancel them and no blocked event loop can starve them:
+- the node watch: when the node's supervisor is gone (killed with -9, say: it could not stop us), the service
+  is asked to stop, and exits hard EXIT_GRACE_S later if it is still there;
+- the exit deadline: once a service's main has ended, the process exits hard if it is still there EXIT_GRACE_S
+  later. asyncio.run ends by cancelling the tasks left and waiting for them; a task that ignores its cancel
+  keeps the process alive for ever. nats-py's reconnect loop can (on Python 3.11, asyncio.wait_for returns the
+  result of a connect that failed at the moment it was cancelled, and the loop tries again), so a service
+  whose bus was gone could hang in that wait: CI saw a worker do so after kill -9 of its node.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -26,38 +40,64 @@ async def register(nc: NATS, name: str, node_id: str, description: str) -> Servi
 
 
 SUPERVISOR_CHECK_S = 1.0
-EXIT_GRACE_S = 10.0  # a service that does not stop by itself this long after its node went exits hard
+EXIT_GRACE_S = 10.0  # how long a service may take to end by itself, once told to, before it exits hard
 
 
-async def end_with_the_node(stop: Callable[[], None], check_s: float = SUPERVISOR_CHECK_S) -> None:
-    """Call `stop` when the node's supervisor is gone (killed with -9, say: it could not stop us), so that a
-    node's services never outlive it; exit hard if the service is still there EXIT_GRACE_S later. Services
-    that the node did not start (launchd's) have no supervisor to watch: this returns at once."""
+def exit_if_still_running(after_s: float, why: str, code: int) -> None:
+    """Exit the process with `code` if it is still running `after_s` from now (a daemon thread's timer)."""
+
+    def hard_exit() -> None:
+        log.error(f"{why}; exiting hard", after_s=after_s)
+        os._exit(code)
+
+    timer = threading.Timer(after_s, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
+def watch_the_node(on_gone: Callable[[], None], check_s: float = SUPERVISOR_CHECK_S,
+                   grace_s: float = EXIT_GRACE_S) -> threading.Thread | None:  # fmt: skip
+    """Call `on_gone` (from a thread) when the node's supervisor is gone, and exit hard `grace_s` later if the
+    process is still there: a node's services never outlive it. Services that the node did not start
+    (launchd's) have no supervisor to watch: then nothing is watched and this returns None."""
     supervisor = supervisor_anchor()
     if supervisor is None:
-        return
-    while supervisor.alive():
-        await asyncio.sleep(check_s)
-    log.warning("the node's supervisor is gone; stopping", supervisor=supervisor.pid)
-    stop()
-    await asyncio.sleep(EXIT_GRACE_S)
-    log.error("still running after the node's supervisor went; exiting hard")
-    os._exit(1)
+        return None
+
+    def watch() -> None:
+        while supervisor.alive():
+            time.sleep(check_s)
+        log.warning("the node's supervisor is gone; stopping", supervisor=supervisor.pid)
+        exit_if_still_running(grace_s, "still running after the node's supervisor went", 1)
+        on_gone()
+
+    thread = threading.Thread(target=watch, name="node-watch", daemon=True)
+    thread.start()
+    return thread
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], watch_the_node: bool = True) -> None:
-    """Run `main(stop)` until SIGTERM/SIGINT sets `stop`, or (`watch_the_node`) the node's supervisor is gone."""
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], watch_node: bool = True,
+                        grace_s: float = EXIT_GRACE_S) -> None:  # fmt: skip
+    """Run `main(stop)` until SIGTERM/SIGINT sets `stop`, or (`watch_node`) the node's supervisor is gone;
+    once main has ended, the process ends within `grace_s` (see the module's doc)."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        watch = loop.create_task(end_with_the_node(stop.set)) if watch_the_node else None
+        if watch_node:
+            watch_the_node(lambda: _call_soon(loop, stop.set), grace_s=grace_s)
         try:
             await main(stop)
-        finally:
-            if watch is not None:
-                watch.cancel()
+        except BaseException:
+            exit_if_still_running(grace_s, "the service failed and its event loop did not end", 1)
+            raise
+        exit_if_still_running(grace_s, "the service stopped but its event loop did not end", 0)
 
     asyncio.run(runner())
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending anyway
+        loop.call_soon_threadsafe(callback)

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request
 
 from shared import subjects
-from shared.bus import connect
+from shared.bus import connect, disconnect
 from shared.cluster_secret import beacon_key
 from shared.config import CommonConfig
 from shared.peers import PeerTable, peers_path, write_table
@@ -138,4 +138,4 @@ class Discovery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PUBLISH_PERIOD_S)
         await service.stop()
-        await nc.drain()
+        await disconnect(nc)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from shared import subjects
-from shared.bus import StateFollower, connect
-from shared.service import end_with_the_node, register
+from shared.bus import StateFollower, connect, disconnect
+from shared.service import register
 
 from services.gateway import completions, instances
 from services.gateway.errors import OpenAIError, not_found_handler, openai_error_handler, unexpected_error_handler
@@ -34,21 +32,22 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.service.stop()
-        await self.nc.drain()
+        await disconnect(self.nc)
 
 
-def create_app(nats_url: str, node_id: str) -> FastAPI:
+def create_app(nats_url: str, node_id: str, on_stopped: Callable[[], None] | None = None) -> FastAPI:
+    """The gateway's app; `on_stopped` runs once the gateway has let go of the bus (its process arms an exit
+    deadline there: see shared/service.py)."""
     gateway = Gateway(nats_url, node_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        # uvicorn stops gracefully on SIGTERM: the same when the node's supervisor is gone
-        watch = asyncio.create_task(end_with_the_node(lambda: os.kill(os.getpid(), signal.SIGTERM)))
         await gateway.start()
         app.state.gateway = gateway
         yield
         await gateway.stop()
-        watch.cancel()
+        if on_stopped is not None:
+            on_stopped()
 
     app = FastAPI(title="exo-distributed gateway", lifespan=lifespan)
     app.add_exception_handler(OpenAIError, openai_error_handler)

@@ -96,8 +96,7 @@ class LeaseKeeper:
     async def release(self) -> None:
         """Let the next master take over at once instead of after the TTL (a clean stop)."""
         lease, self._lease = self._lease, None
-        if lease is not None:
-            await self._delete(lease)
+        if lease is not None and await self._delete(lease):
             log.info("leader lease released", term=lease.term)
 
     async def advance_past(self, term: int) -> None:
@@ -158,12 +157,14 @@ class LeaseKeeper:
         log.warning("lost the leader lease", term=lease.term if lease else None, reason=reason)
         self._on_lost(reason)
 
-    async def _delete(self, lease: Lease) -> None:
+    async def _delete(self, lease: Lease) -> bool:
         assert self._kv is not None
         try:
             await self._kv.delete(LEADER_KEY, last=lease.revision)  # only if it is still ours
+            return True
         except BUS_ERRORS as exc:
-            log.debug("lease not released (it expires on its own)", error=str(exc))
+            log.info("leader lease not released (it expires on its own)", term=lease.term, error=str(exc))
+            return False
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         self._wake.clear()

@@ -30,7 +30,7 @@ from services.master.event_log import EventLog, StaleWriter, TermNotNewer
 from services.master.lease_keeper import LeaseKeeper
 from services.master.node_loss import decide_liveness
 from shared import subjects
-from shared.bus import StateFollower, connect, ensure_event_stream, scale_replicas
+from shared.bus import StateFollower, connect, disconnect, ensure_event_stream, scale_replicas
 from shared.commands import (
     CommandReply,
     DeleteInstance,
@@ -83,7 +83,7 @@ class Master:
         if leading is not None:
             await asyncio.gather(leading, return_exceptions=True)
         await self.keeper.release()  # after the last write: the next master need not wait for the TTL
-        await nc.drain()
+        await disconnect(nc)
 
     # -- leadership -------------------------------------------------------------------------------
 

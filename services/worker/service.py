@@ -16,7 +16,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from shared import subjects
-from shared.bus import StateFollower, connect
+from shared.bus import StateFollower, connect, disconnect
 from shared.config import CommonConfig
 from shared.events import AnyEvent, Instance, RunnerStatusChanged
 from shared.state import ClusterState, runner_key
@@ -90,7 +90,7 @@ class Worker:
             if runner is not None and process.pid is not None:
                 registry.remove_record(self.config.state_dir, iid, runner.rank, process.pid)
         await service.stop()
-        await self.nc.drain()
+        await disconnect(self.nc)
 
     async def _on_event(self, _state: ClusterState, event: AnyEvent) -> None:
         self._wake.set()

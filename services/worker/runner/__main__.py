@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 import structlog
 
-from shared.bus import connect
+from shared.bus import connect, disconnect
 from shared.logging import setup_logging
 from shared.service import run_until_signalled
 
@@ -72,7 +72,7 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the master, then the runner exits
         log.exception("model failed to load")
         await report("failed", f"model failed to load: {exc}")
-        await nc.drain()
+        await disconnect(nc)
         raise SystemExit(3) from exc
     if args.rank == 0:
         max_waiting = int(os.environ.get("EXO_MAX_WAITING", WAITING_PER_SLOT))
@@ -87,7 +87,7 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
         except Exception:  # noqa: BLE001 - a lost peer: exit, the worker reports it and restarts us
             log.exception("lost the instance's group")
             failed = True
-    await nc.drain()
+    await disconnect(nc)
     if failed:
         raise SystemExit(1)
 
@@ -95,7 +95,7 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(f"runner-{args.instance_id}-{args.rank}", None, os.environ.get("EXO_LOG_LEVEL", "info"))
-    run_until_signalled(lambda stop: run(args, stop), watch_the_node=False)  # lifetime.py watches it
+    run_until_signalled(lambda stop: run(args, stop), watch_node=False)  # lifetime.py watches it
 
 
 if __name__ == "__main__":

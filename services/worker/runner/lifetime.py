@@ -17,6 +17,7 @@ import structlog
 
 from services.worker.registry import read_record
 from shared.processes import Anchor, supervisor_anchor
+from shared.service import exit_if_still_running
 
 log = structlog.get_logger()
 
@@ -59,10 +60,10 @@ async def watch_lifetime(stop: asyncio.Event, timeout: float = ADOPTION_TIMEOUT_
         reason, orphaned_since = lifetime_verdict(node.alive(), worker.alive(), orphaned_since, loop.time(), timeout)
         if reason is not None:
             log.warning("runner stops", reason=reason)
+            # a timer thread: neither a rank blocked in a collective nor asyncio.run's cancel of this task stops it
+            exit_if_still_running(EXIT_GRACE_S, f"runner did not stop in time ({reason})", 1)
             stop.set()
-            await asyncio.sleep(EXIT_GRACE_S)
-            log.error("runner did not stop in time; exiting hard", reason=reason)
-            os._exit(1)
+            return
         if orphaned_since is not None and not was_orphaned:
             log.warning("worker is gone; runner waits to be adopted", timeout_s=timeout)
         elif was_orphaned and orphaned_since is None:
