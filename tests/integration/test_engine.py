@@ -114,9 +114,13 @@ def tiny_node(start_node: Callable[..., Node]) -> Iterator[Node]:
     n.stop()
 
 
-def open_stream(node: Node, max_tokens: int = 2000) -> tuple[httpx.Client, httpx.Response]:
+def open_stream(node: Node, max_tokens: int = 2000) -> tuple[httpx.Client, httpx.Response, Iterator[str]]:
+    """A stream that holds a slot, once its tokens flow. Keep all three: the line iterator too, since dropping
+    it closes the response (httpx's generator closes its stream), and the gateway then cancels the request."""
     http = httpx.Client(timeout=60)
-    body = {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "stream": True}
+    # greedy: this prompt's greedy reply runs past 400 tokens, so the stream holds the slot for the whole test
+    # (sampled at the default temperature, 1 story in 60 ended within 40 tokens)
+    body = {"model": MODEL, "messages": STORY, "max_tokens": max_tokens, "stream": True, "temperature": 0}
     deadline = time.monotonic() + 20
     while True:  # the previous test's cancelled stream frees the only slot asynchronously
         response = http.send(http.build_request("POST", f"{node.api_url}/chat/completions", json=body), stream=True)
@@ -129,18 +133,18 @@ def open_stream(node: Node, max_tokens: int = 2000) -> tuple[httpx.Client, httpx
     for line in lines:  # wait until tokens flow: the request holds the only slot
         if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
             break
-    return http, response
+    return http, response, lines
 
 
 def test_queue_overflow_answers_429_with_retry_after(tiny_node: Node) -> None:
-    http, stream = open_stream(tiny_node)
+    http, stream, _lines = open_stream(tiny_node)
     try:
         r = httpx.post(
             f"{tiny_node.api_url}/chat/completions",
             json={"model": MODEL, "messages": STORY, "max_tokens": 4},
             timeout=30,
         )
-        assert r.status_code == 429
+        assert r.status_code == 429, r.text
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["type"] == "rate_limit_error"
     finally:
@@ -149,7 +153,7 @@ def test_queue_overflow_answers_429_with_retry_after(tiny_node: Node) -> None:
 
 
 def test_cancel_mid_stream_frees_the_slot(tiny_node: Node) -> None:
-    http, stream = open_stream(tiny_node)
+    http, stream, _lines = open_stream(tiny_node)
     stream.close()  # the client goes away mid-stream
     http.close()
     deadline = time.monotonic() + 20
@@ -161,7 +165,7 @@ def test_cancel_mid_stream_frees_the_slot(tiny_node: Node) -> None:
         )
         if r.status_code == 200 or time.monotonic() > deadline:
             break
-        assert r.status_code == 429
+        assert r.status_code == 429, r.text
         time.sleep(0.2)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] >= 1

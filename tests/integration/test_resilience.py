@@ -24,6 +24,7 @@ from tests.conftest import MODEL, Node, _describe, _is_alive, poll_until, wait_f
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# its greedy reply runs past 400 tokens: asked with temperature 0, a stream of it is still going seconds later
 LONG = [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}]
 
 
@@ -77,7 +78,7 @@ def _pids(node: Node) -> dict | None:
 
 
 def test_client_disconnect_mid_stream_cancels_the_generation(rnode: Node, client: openai.OpenAI) -> None:
-    body = {"model": MODEL, "messages": LONG, "max_tokens": 2000, "stream": True}
+    body = {"model": MODEL, "messages": LONG, "max_tokens": 2000, "stream": True, "temperature": 0}
     request_id = None
     contents = 0
     with httpx.stream("POST", f"{rnode.api_url}/chat/completions", json=body, timeout=60) as response:
@@ -130,7 +131,8 @@ def test_killed_runner_fails_the_stream_and_is_restarted(rnode: Node, client: op
     def consume() -> None:
         text = []
         try:
-            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000, stream=True)
+            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000, stream=True,
+                                                    temperature=0)
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     text.append(chunk.choices[0].delta.content)
