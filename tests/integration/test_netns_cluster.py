@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import psutil
 import pytest
 
 from shared.cluster_secret import beacon_key
-from tests.conftest import MODEL, REPO_ROOT, _tail, poll_until
+from tests.conftest import MODEL, REPO_ROOT, _tail, keep_or_remove_state, poll_until
 from tests.netns_lab import Lab, skip_reason
 
 pytestmark = pytest.mark.slow
@@ -126,11 +125,7 @@ def hosts(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
         for host in started:
             stop_host(host)
         lab.down()
-        # As tests/conftest.py's nodes: kept (path printed) when a test failed or EXO_TEST_KEEP_STATE=1.
-        if os.environ.get("EXO_TEST_KEEP_STATE") == "1" or request.session.testsfailed:
-            print(f"netns host state kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove_state(root, request, "netns host state")
 
 
 def lab_of(hosts: list[Host]) -> Lab:
