@@ -247,7 +247,8 @@ async def follow_peers(
         if bus.apply_routes(peer_routes(read_table(state_dir), since)) == "formed":
             if place is not None:
                 place.cancel()
-            await supervisor.restart_all()
+            await supervisor.restart_all(
+                bus_ready=lambda: asyncio.to_thread(wait_for_port, "127.0.0.1", args.nats_port, 15.0))
             if not args.no_model:  # the cluster's log does not know this node's model yet
                 place = asyncio.create_task(place_at_start(nats_url, args.model, stop))
 

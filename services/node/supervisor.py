@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -63,6 +64,7 @@ class Supervisor:
         self.pid_file = pid_file
         self.stopping = False
         self._watchers: list[asyncio.Task] = []
+        self._restarting: asyncio.Event | None = None  # set when restart_all has started every child again
 
     async def start(self, spec: ChildSpec) -> Child:
         child = Child(spec)
@@ -75,10 +77,16 @@ class Supervisor:
     async def _watch(self, child: Child) -> None:
         while True:
             started = time.monotonic()
-            assert child.proc is not None
-            code = await child.proc.wait()
+            proc = child.proc
+            assert proc is not None
+            code = await proc.wait()
             if self.stopping:
                 return
+            if self._restarting is not None:  # restart_all stopped it and starts it again: watch the new one
+                await self._restarting.wait()
+                continue
+            if child.proc is not proc:  # restart_all has already started it again
+                continue
             child.backoff = next_backoff(child.backoff, time.monotonic() - started)
             log.warning("service exited; restarting", service=child.spec.name, code=code, in_s=child.backoff)
             await asyncio.sleep(child.backoff)
@@ -94,9 +102,25 @@ class Supervisor:
                 return child.proc.pid
         return None
 
-    async def restart_all(self) -> None:
-        """Stop every child in order; the watchers start each again (the bus with its new configuration)."""
-        await self._stop_in_order()
+    async def restart_all(self, bus_ready: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Stop every child in order, then start them again: the bus first (with its new configuration), and
+        the services once `bus_ready` returns. The watchers do not restart what this stopped: a service
+        restarted while the old bus still ran (another service was slow to stop) connected to it, and mixed
+        the old bus's log into the state it then followed from the new one."""
+        done = asyncio.Event()
+        self._restarting = done
+        try:
+            await self._stop_in_order()
+            for child in sorted(self.children, key=lambda c: c.spec.name != BUS_CHILD):  # the bus, then the rest
+                if self.stopping:
+                    return
+                await child.start()
+                if child.spec.name == BUS_CHILD and bus_ready is not None:
+                    await bus_ready()
+            self._write_pids()
+        finally:
+            self._restarting = None
+            done.set()
 
     async def _stop_in_order(self) -> None:
         """The services together, then the bus they all use."""

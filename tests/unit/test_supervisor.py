@@ -212,3 +212,41 @@ async def test_bus_stopped_after_services(supervisor: Supervisor, tmp_path: Path
     await wait_for(lambda: all(Path(f"{log}.{n}").exists() for n in ("bus", "worker")), 10, "children ready")
     await supervisor.stop()
     assert log.read_text().split() == ["worker", "bus"]
+
+
+async def test_restart_all_starts_the_services_only_after_the_new_bus(supervisor: Supervisor, tmp_path: Path):
+    """The formation restart: no service may start again while the old bus still runs (one service slow to
+    stop kept it up, and a fast one, restarted by its watcher, connected to the old bus: CI saw its master
+    mix the old log into the new cluster's state). Every child starts again exactly once, the bus first."""
+    log = tmp_path / "starts.log"
+
+    def child(name: str, stop_s: float) -> list[str]:
+        code = (
+            "import signal, sys, time\n"
+            "def bye(*_):\n"
+            f"    time.sleep({stop_s}); sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, bye)\n"
+            f"open({str(log)!r}, 'a').write({name!r} + '\\n')\n"
+            "time.sleep(60)\n"
+        )
+        return [sys.executable, "-c", code]
+
+    await supervisor.start(ChildSpec("fast", child("fast", 0.0)))
+    await supervisor.start(ChildSpec(sup.BUS_CHILD, child("bus", 0.0)))
+    await supervisor.start(ChildSpec("slow", child("slow", 1.5)))  # longer than the first restart backoff
+    starts = lambda: log.read_text().split() if log.exists() else []  # noqa: E731
+    await wait_for(lambda: len(starts()) == 3, 10, "three children started")
+    ready = []
+
+    async def bus_ready() -> None:
+        await wait_for(lambda: starts().count("bus") == 2, 10, "the new bus started")
+        ready.append(sorted(starts()[3:]))
+
+    await supervisor.restart_all(bus_ready=bus_ready)
+    await wait_for(lambda: len(starts()) == 6, 10, "every child started again")
+    await asyncio.sleep(sup.BACKOFF_START_S + 1.0)  # a watcher that restarts on its own would do so by now
+    assert sorted(starts()[3:]) == ["bus", "fast", "slow"], starts()
+    assert starts()[3] == "bus", f"a service started again before the bus: {starts()}"
+    assert ready == [["bus"]], f"services started before the new bus was ready: {starts()}"
+    pids = read_pids(supervisor.pid_file)
+    assert all(alive(pids[name]) for name in ("fast", sup.BUS_CHILD, "slow"))
