@@ -88,18 +88,23 @@ def supervisor() -> subprocess.Popen:
     proc.wait()
 
 
+def serve_then_lose_the_node(body: str, supervisor: subprocess.Popen) -> tuple[int, str, float]:
+    """Start a service under `supervisor`; once it prints "serving", kill the supervisor; how the service ended."""
+    proc = start_service(body, env={SUPERVISOR_ENV: str(supervisor.pid)})
+    assert proc.stdout.readline().strip() == "serving"
+    supervisor.kill()
+    supervisor.wait()
+    return ended_within(proc, 20)
+
+
 def test_a_service_stops_when_its_node_is_gone(supervisor: subprocess.Popen) -> None:
-    proc = start_service("""
+    returncode, out, took = serve_then_lose_the_node("""
         async def main(stop):
             print("serving", flush=True)
             await stop.wait()
             print("stopped cleanly", flush=True)
         run_until_signalled(main, grace_s=30.0)
-    """, env={SUPERVISOR_ENV: str(supervisor.pid)})  # fmt: skip
-    assert proc.stdout.readline().strip() == "serving"
-    supervisor.kill()
-    supervisor.wait()
-    returncode, out, took = ended_within(proc, 20)
+    """, supervisor)  # fmt: skip
     assert returncode == 0, out
     assert "the node's supervisor is gone; stopping" in out and "stopped cleanly" in out
     assert took < 10
@@ -107,16 +112,12 @@ def test_a_service_stops_when_its_node_is_gone(supervisor: subprocess.Popen) -> 
 
 def test_a_service_whose_loop_is_blocked_still_ends_with_its_node(supervisor: subprocess.Popen) -> None:
     """The watch is a thread: a service stuck in a blocking call on its event loop is ended all the same."""
-    proc = start_service("""
+    returncode, out, took = serve_then_lose_the_node("""
         async def main(stop):
             print("serving", flush=True)
             time.sleep(120)  # the event loop never runs again
         run_until_signalled(main, grace_s=1.0)
-    """, env={SUPERVISOR_ENV: str(supervisor.pid)})  # fmt: skip
-    assert proc.stdout.readline().strip() == "serving"
-    supervisor.kill()
-    supervisor.wait()
-    returncode, out, took = ended_within(proc, 20)
+    """, supervisor)  # fmt: skip
     assert returncode == 1, out
     assert "still running after the node's supervisor went; exiting hard" in out
     assert took < 10
