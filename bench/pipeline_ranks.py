@@ -35,9 +35,9 @@ from bench.pipeline import PROMPT  # the prompt of the through-the-gateway bench
 def rank_child() -> None:
     """One rank (WORLD, MODEL, TOKENS and the ring's MLX_* variables in the environment): a warm-up request,
     then two measured ones; rank 0 prints the median ms between tokens and the cores the process used."""
-    from services.worker.runner.control import Control, ControlChannel, Submit
-    from services.worker.runner.engine import Engine
-    from services.worker.runner.sharding import init_group, load_shard, sync_ranks
+    from services.worker.runner.serve.control import Control, ControlChannel, Submit
+    from services.worker.runner.serve.engine import Engine
+    from services.worker.runner.model.sharding import init_group, load_shard, sync_ranks
     from shared.generation import SamplingParams
 
     world, tokens = int(os.environ["WORLD"]), int(os.environ["TOKENS"])
@@ -86,7 +86,7 @@ def rank_child() -> None:
 
 
 def run_case(world: int, cpus: str, model: Path, tokens: int, n_layers: int, scratch: Path) -> dict | None:
-    from services.worker.blas import runner_blas_env
+    from services.worker.runner.blas import runner_blas_env
     from services.worker.dataplane import choose_free_ports, ring_config, write_files
     from shared.events import Instance, ShardAssignment
 
@@ -156,7 +156,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, scratch: Path) -> None:
     model = args.model_path
     if model is None:
-        from services.worker.model_store import ModelStore
+        from services.worker.models.store import ModelStore
         from shared.models import get_card
 
         model = ModelStore(scratch / "models").ensure(get_card("smollm2-135m"), "f32")

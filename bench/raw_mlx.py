@@ -25,7 +25,7 @@ def main() -> None:
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from services.worker.blas import current_blas
+    from services.worker.runner.blas import current_blas
 
     model, tokenizer = load(args.model_path)
     messages = PROMPT

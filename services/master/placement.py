@@ -18,7 +18,7 @@ node, or the reason it is infeasible. The gateway shows it.
 Memory model: a node holding k layers needs k * bytes_per_layer * MEMORY_HEADROOM, where
 bytes_per_layer = storage_bytes / n_layers (embedding and head spread over the layers: the runners split
 the head by vocabulary rows over the ranks, and rank 0 also keeps the embedding; see
-services/worker/runner/sharding.py). The headroom covers the KV cache, activations, the runtime and rank
+services/worker/runner/model/sharding.py). The headroom covers the KV cache, activations, the runtime and rank
 0's embedding.
 """
 

@@ -7,7 +7,7 @@ import msgspec
 from shared.events import Instance, RunnerStatusChanged, ShardAssignment
 from shared.state import ClusterState
 
-from services.worker.registry import RunnerRecord
+from services.worker.runners.registry import RunnerRecord
 
 MAX_START_ATTEMPTS = 3
 RESTART_BACKOFF_S = (1.0, 4.0)  # before the 2nd and 3rd attempt
@@ -93,7 +93,7 @@ def _may_restart(runner: LocalRunner, now: float) -> bool:
 
 
 class Adoption(msgspec.Struct, frozen=True):
-    """What a (re)started worker does with the runners its registry records (see services/worker/registry.py)."""
+    """What a (re)started worker does with the runners its registry records (see services/worker/runners/registry.py)."""
 
     adopt: list[RunnerRecord]  # alive and still wanted: keep serving, watch them
     stop: list[tuple[RunnerRecord, str]]  # alive but not wanted any more: stop them (by pid), with the reason

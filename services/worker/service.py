@@ -24,10 +24,10 @@ from shared.models import get_card
 from shared.processes import SUPERVISOR_ENV, create_time, process_alive
 from shared.service import register
 
-from services.worker import registry
-from services.worker.blas import runner_blas_env
+from services.worker.runners import registry
+from services.worker.runner.blas import runner_blas_env
 from services.worker.dataplane import dataplane_config, write_files
-from services.worker.model_store import ModelStore, default_weight_format
+from services.worker.models.store import ModelStore, default_weight_format
 from services.worker.plan import (
     LocalRunner,
     StartRunner,
@@ -38,10 +38,10 @@ from services.worker.plan import (
     sort_recorded,
     stop_for_failed_sibling,
 )
-from services.worker.registry import RunnerRecord
-from services.worker.reporting import report_runner, report_worker_started
+from services.worker.runners.registry import RunnerRecord
+from services.worker.runner.reporting import report_runner, report_worker_started
 from services.worker.runner.lifetime import RECORD_ENV, WORKER_ENV
-from services.worker.runner_process import AdoptedRunner, RunnerProcess, runner_command
+from services.worker.runners.process import AdoptedRunner, RunnerProcess, runner_command
 
 log = structlog.get_logger()
 

@@ -1,4 +1,4 @@
-"""One rank of an MLX ring group that exchanges controls (services/worker/runner/control.py), for
+"""One rank of an MLX ring group that exchanges controls (services/worker/runner/serve/control.py), for
 tests/integration/test_ring_ranks.py.
 
     MLX_RANK=r MLX_HOSTFILE=hosts.json python tests/integration/ring_ranks.py --world 2 --idle-s 3 --prompt-tokens 4000
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from services.worker.runner.control import Control, ControlChannel, Submit  # noqa: E402
-from services.worker.runner.sharding import init_group, sync_ranks  # noqa: E402
+from services.worker.runner.serve.control import Control, ControlChannel, Submit  # noqa: E402
+from services.worker.runner.model.sharding import init_group, sync_ranks  # noqa: E402
 from shared.generation import SamplingParams  # noqa: E402
 
 

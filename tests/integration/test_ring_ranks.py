@@ -1,6 +1,6 @@
 """Real rank processes on MLX's ring backend over loopback (no model): a rank that waits for its peer
-sleeps instead of spinning (services/worker/runner/ring_wait.py), and the control channel carries a
-prompt too long for its block (services/worker/runner/control.py)."""
+sleeps instead of spinning (services/worker/runner/ring/ring_wait.py), and the control channel carries a
+prompt too long for its block (services/worker/runner/serve/control.py)."""
 
 from __future__ import annotations
 

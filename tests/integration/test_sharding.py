@@ -28,8 +28,8 @@ RUN_TIMEOUT_S = 900
 
 @pytest.fixture(scope="session")
 def f32_model(tmp_path_factory) -> Path:
-    from services.worker.gguf_import import convert_gguf
-    from services.worker.model_store import packaged_file
+    from services.worker.models.gguf_import import convert_gguf
+    from services.worker.models.store import packaged_file
     from shared.models import PackagedGguf, get_card
 
     source = get_card("smollm2-135m").source
@@ -188,7 +188,7 @@ def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, si
 def test_tensor_parallel_refuses_two_ranks_for_smollm2(f32_model):
     from mlx_lm.utils import load_model
 
-    from services.worker.runner.sharding import ShardingError, shard_tensor
+    from services.worker.runner.model.sharding import ShardingError, shard_tensor
 
     class TwoRanks:
         def size(self) -> int:
@@ -233,9 +233,9 @@ def _sub(path: Path, name: str) -> Path:
 def test_a_request_cancelled_in_the_control_that_submits_it_ends_as_cancelled(f32_model):
     """Rank 0 posts newcomers one step ahead, so a client can cancel before its request ever joined the batch:
     the same control then carries both. The request must still end (the runner frees its queue place)."""
-    from services.worker.runner.control import Control, Submit
-    from services.worker.runner.engine import Engine, Step
-    from services.worker.runner.sharding import load_shard
+    from services.worker.runner.serve.control import Control, Submit
+    from services.worker.runner.serve.engine import Engine, Step
+    from services.worker.runner.model.sharding import load_shard
     from shared.generation import SamplingParams
 
     model, tokenizer = load_shard(f32_model, "single")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.worker.blas import OPENBLAS_CANDIDATES, blas_in_use, runner_blas_env
+from services.worker.runner.blas import OPENBLAS_CANDIDATES, blas_in_use, runner_blas_env
 
 PREFIX = Path("/venv")
 MKL = "/venv/lib/libmkl_rt.so.3"

@@ -1,4 +1,4 @@
-"""The control block rank 0 all-sums to the other ranks before each step: services/worker/runner/control.py.
+"""The control block rank 0 all-sums to the other ranks before each step: services/worker/runner/serve/control.py.
 Over a real MLX group (two ranks, a prompt too long for the block): tests/integration/test_ring_ranks.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from services.worker.runner.control import (
+from services.worker.runner.serve.control import (
     BLOCK_BYTES,
     INLINE_BYTES,
     Control,

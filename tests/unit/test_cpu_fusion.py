@@ -1,4 +1,4 @@
-"""Fused norms and RoPEs for CPU models (services/worker/runner/cpu_fusion.py), on the real SmolLM2: the same
+"""Fused norms and RoPEs for CPU models (services/worker/runner/model/cpu_fusion.py), on the real SmolLM2: the same
 tokens and logits (to rounding) as mlx-lm's modules, far fewer graph ops per decode step."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from mlx import nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from services.worker.model_store import ModelStore
-from services.worker.runner.cpu_fusion import (
+from services.worker.models.store import ModelStore
+from services.worker.runner.model.cpu_fusion import (
     FusedRMSNorm,
     FusedRoPE,
     fuse_for_cpu,
@@ -128,7 +128,7 @@ def test_a_llama3_rope_model_gives_the_same_tokens() -> None:
 
 
 def test_a_bad_switch_fails_before_any_weight_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from services.worker.runner.sharding import load_shard
+    from services.worker.runner.model.sharding import load_shard
 
     monkeypatch.setenv("EXO_CPU_FUSION", "maybe")
     with pytest.raises(ValueError, match="EXO_CPU_FUSION must be on or off"):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.worker.blas import current_blas
-from services.worker.model_store import ModelStore
-from services.worker.runner.engine import Engine
+from services.worker.runner.blas import current_blas
+from services.worker.models.store import ModelStore
+from services.worker.runner.serve.engine import Engine
 from shared.generation import ChatMessage, GenerateRequest, SamplingParams
 from shared.models import get_card
 

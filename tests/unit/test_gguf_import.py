@@ -13,8 +13,8 @@ import mlx_lm
 import pytest
 from mlx_lm.utils import load_model, load_tokenizer
 
-from services.worker.gguf_import import TEMP_PREFIX, convert_gguf, unpermute_rows
-from services.worker.model_store import (
+from services.worker.models.gguf_import import TEMP_PREFIX, convert_gguf, unpermute_rows
+from services.worker.models.store import (
     MARKER,
     ModelStore,
     ModelUnavailable,
@@ -246,7 +246,7 @@ def test_choose_weight_format(has_metal: bool, dense: int, available: int, expec
 _ENSURE_SCRIPT = """
 import sys
 from pathlib import Path
-from services.worker.model_store import ModelStore
+from services.worker.models.store import ModelStore
 from shared.models import get_card
 store = ModelStore(Path(sys.argv[1]))
 store.ensure(get_card("smollm2-135m"), "q4", progress=lambda stage, f: print("stage", stage, flush=True))

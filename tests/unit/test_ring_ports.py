@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from services.worker.runner.ring_ports import RingPortTaken, check_ring_ports
+from services.worker.runner.ring.ring_ports import RingPortTaken, check_ring_ports
 
 
 def _hostfile(tmp_path, ports):

@@ -1,4 +1,4 @@
-"""Ring sockets that wait in the kernel: services/worker/runner/ring_wait.py (which sockets, and what the
+"""Ring sockets that wait in the kernel: services/worker/runner/ring/ring_wait.py (which sockets, and what the
 switch does to a real socket). The end-to-end effect on a waiting rank's CPU is in
 tests/integration/test_ring_ranks.py."""
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from services.worker.runner.ring_wait import (
+from services.worker.runner.ring.ring_wait import (
     WAIT_S,
     block_with_timeout,
     is_ring_socket,

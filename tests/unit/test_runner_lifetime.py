@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.worker import registry
-from services.worker.registry import RunnerRecord
+from services.worker.runners import registry
+from services.worker.runners.registry import RunnerRecord
 from shared.processes import create_time, process_alive
 from services.worker.runner.lifetime import ADOPTION_TIMEOUT_S, lifetime_verdict
 

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import pytest
 
-from services.worker.runner.safetensors_rows import read_rows
+from services.worker.runner.model.safetensors_rows import read_rows
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Stop strings over streamed text: services/worker/runner/stops.py."""
+"""Stop strings over streamed text: services/worker/runner/serve/stops.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.worker.runner.stops import StopMatcher
+from services.worker.runner.serve.stops import StopMatcher
 
 
 def run(stops: tuple[str, ...], chunks: list[str]) -> tuple[list[str], bool, str]:

@@ -7,7 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-from services.worker.runner.vocab_split import join_parts, part_logits, vocab_part, vocab_rows
+from services.worker.runner.model.vocab_split import join_parts, part_logits, vocab_part, vocab_rows
 
 
 @pytest.mark.parametrize("vocab, size", [(12, 3), (10, 3), (10, 4), (7, 1), (49152, 3)])

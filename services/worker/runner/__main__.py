@@ -16,12 +16,12 @@ from shared.bus import connect, disconnect
 from shared.logging import setup_logging
 from shared.service import run_until_signalled
 
-from services.worker.blas import current_blas
-from services.worker.reporting import report_runner
-from services.worker.runner.control import ControlChannel
-from services.worker.runner.engine import MAX_BATCH, Engine
+from services.worker.runner.blas import current_blas
+from services.worker.runner.reporting import report_runner
+from services.worker.runner.serve.control import ControlChannel
+from services.worker.runner.serve.engine import MAX_BATCH, Engine
 from services.worker.runner.lifetime import watch_lifetime
-from services.worker.runner.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
+from services.worker.runner.serve.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
 
 log = structlog.get_logger()
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
 
 
 def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
-    from services.worker.runner.sharding import init_group, load_shard
+    from services.worker.runner.model.sharding import init_group, load_shard
 
     group = init_group(args.world_size, args.backend)
     strategy = "single" if group is None else args.strategy
@@ -47,7 +47,7 @@ def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
 
 def follow(engine: Engine, group) -> None:  # noqa: ANN001
     """Ranks above 0: run exactly the cycles rank 0 runs, until it says stop."""
-    from services.worker.runner.sharding import sync_ranks
+    from services.worker.runner.model.sharding import sync_ranks
 
     channel = ControlChannel(group)
     channel.post(None)

@@ -61,8 +61,8 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import shard_linear
 from mlx.utils import tree_flatten
 
-from services.worker.runner.safetensors_rows import read_rows
-from services.worker.runner.vocab_split import (
+from services.worker.runner.model.safetensors_rows import read_rows
+from services.worker.runner.model.vocab_split import (
     RowReader,
     SplitHead,
     SplitTiedEmbedding,
@@ -375,7 +375,7 @@ def load_shard(
     """
     from mlx_lm.utils import load_model, load_tokenizer
 
-    from services.worker.runner import cpu_fusion
+    from services.worker.runner.model import cpu_fusion
 
     fuse = cpu_fusion.wanted()  # decided before any weight is read: a bad EXO_CPU_FUSION fails at once
     path = Path(model_path)
@@ -410,14 +410,14 @@ def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group |
     if world_size <= 1:
         return None
     if backend == "ring" and (hostfile := os.environ.get("MLX_HOSTFILE")) and (rank := os.environ.get("MLX_RANK")):
-        from services.worker.runner.ring_ports import check_ring_ports
+        from services.worker.runner.ring.ring_ports import check_ring_ports
 
         check_ring_ports(int(rank), hostfile)
     group = mx.distributed.init(strict=True, backend=backend)
     if group.size() != world_size:
         raise ShardingError(f"joined a group of {group.size()} ranks, expected {world_size}")
     if backend == "ring":
-        from services.worker.runner.ring_wait import quiet_ring
+        from services.worker.runner.ring.ring_wait import quiet_ring
 
         quiet_ring(group.rank())
     return group

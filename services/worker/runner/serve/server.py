@@ -22,10 +22,10 @@ from shared.generation import (
     TokenChunk,
 )
 
-from services.worker.blas import current_blas
-from services.worker.reporting import report_runner
-from services.worker.runner.control import Control, ControlChannel, Submit
-from services.worker.runner.engine import Engine, Step
+from services.worker.runner.blas import current_blas
+from services.worker.runner.reporting import report_runner
+from services.worker.runner.serve.control import Control, ControlChannel, Submit
+from services.worker.runner.serve.engine import Engine, Step
 
 log = structlog.get_logger()
 
@@ -194,7 +194,7 @@ class RunnerServer:
     def _shut_down_ranks(self) -> None:
         """On the MLX thread: take the control in flight and run its cycle (the other ranks run it too),
         post the stop, and wait until every rank has it and has finished its work."""
-        from services.worker.runner.sharding import sync_ranks
+        from services.worker.runner.model.sharding import sync_ranks
 
         assert self.channel is not None
         control = self.channel.take()

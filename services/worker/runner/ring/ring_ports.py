@@ -12,7 +12,7 @@ import json
 import socket
 from pathlib import Path
 
-from services.worker.runner.ring_wait import ring_endpoints
+from services.worker.runner.ring.ring_wait import ring_endpoints
 
 
 class RingPortTaken(RuntimeError):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from services.worker.gguf_import import TEMP_PREFIX, Progress, convert_gguf, temp_dir_for
+from services.worker.models.gguf_import import TEMP_PREFIX, Progress, convert_gguf, temp_dir_for
 from shared.models import HubRepo, ModelCard, PackagedGguf
 
 log = structlog.get_logger()

@@ -10,9 +10,9 @@ from mlx_lm.models.cache import LRUPromptCache
 
 from shared.generation import GenerateRequest, SamplingParams
 
-from services.worker.runner.control import Control
-from services.worker.runner.sampling import make_seeded_sampler
-from services.worker.runner.stops import StopMatcher
+from services.worker.runner.serve.control import Control
+from services.worker.runner.serve.sampling import make_seeded_sampler
+from services.worker.runner.serve.stops import StopMatcher
 
 MAX_BATCH = 8
 PREFILL_STEP = 512
