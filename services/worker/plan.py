@@ -7,7 +7,7 @@ import msgspec
 from shared.events import Instance, RunnerStatusChanged, ShardAssignment
 from shared.state import ClusterState
 
-from services.worker.runners.registry import RunnerRecord
+from shared.runner_record import RunnerRecord
 
 MAX_START_ATTEMPTS = 3
 RESTART_BACKOFF_S = (1.0, 4.0)  # before the 2nd and 3rd attempt

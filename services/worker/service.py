@@ -38,7 +38,7 @@ from services.worker.plan import (
     sort_recorded,
     stop_for_failed_sibling,
 )
-from services.worker.runners.registry import RunnerRecord
+from shared.runner_record import RunnerRecord
 from services.worker.runner.reporting import report_runner, report_worker_started
 from services.worker.runner.lifetime import RECORD_ENV, WORKER_ENV
 from services.worker.runners.process import AdoptedRunner, RunnerProcess, runner_command

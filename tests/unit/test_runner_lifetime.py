@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from services.worker.runners import registry
-from services.worker.runners.registry import RunnerRecord
+from shared.runner_record import RunnerRecord
 from shared.processes import create_time, process_alive
 from services.worker.runner.lifetime import ADOPTION_TIMEOUT_S, lifetime_verdict
 

@@ -18,7 +18,7 @@ from services.worker.plan import (
     record_exit,
     sort_recorded,
 )
-from services.worker.runners.registry import RunnerRecord
+from shared.runner_record import RunnerRecord
 from shared.apply import apply
 from shared.events import Instance, InstanceDeleted, InstancePlaced, ShardAssignment
 from shared.state import ClusterState

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from services.worker.runners.registry import read_record
+from shared.runner_record import read_record
 from shared.processes import Anchor, supervisor_anchor
 from shared.service import exit_if_still_running
 

@@ -1,9 +1,8 @@
 """The worker's registry of its runners: one small JSON file per runner under <state-dir>/runners/.
 
-A runner outlives a killed worker; the restarted worker reads the registry to find it again (adoption). Each
-record carries the process create time next to the pid, so a pid that the OS reused for another process is
-never mistaken for the runner. The record also names the worker that currently owns the runner: the runner
-reads it to know whether anyone still looks after it (services/worker/runner/lifetime.py)."""
+A runner outlives a killed worker; the restarted worker reads the registry to find it again (adoption). The
+record itself (shared/runner_record.py) also names the worker that currently owns the runner: the runner reads
+it to know whether anyone still looks after it."""
 
 from __future__ import annotations
 
@@ -13,18 +12,9 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from shared.runner_record import RunnerRecord, read_record
+
 log = structlog.get_logger()
-
-
-class RunnerRecord(msgspec.Struct, frozen=True):
-    instance_id: str
-    rank: int
-    model_id: str
-    pid: int
-    create_time: float  # psutil's create time of the runner process (guards against pid reuse)
-    started_at: float  # wall clock
-    worker_pid: int  # the worker that owns the runner now
-    worker_create_time: float
 
 
 def registry_dir(state_dir: Path) -> Path:
@@ -42,13 +32,6 @@ def write_record(state_dir: Path, record: RunnerRecord) -> Path:
     tmp.write_bytes(msgspec.json.encode(record))
     tmp.replace(path)  # atomic: the runner never reads half a record
     return path
-
-
-def read_record(path: Path) -> RunnerRecord | None:
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=RunnerRecord)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
 
 
 def read_all(state_dir: Path) -> list[tuple[Path, RunnerRecord | None]]:
