@@ -8,7 +8,7 @@ import os
 from shared.config import add_common_args, common_from_args, parse_bytes
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
-from shared.service import run_until_signalled
+from shared.process_lifetime import run_until_signalled
 
 from services.discovery.service import Discovery
 from services.discovery.settings import add_discovery_args, settings_from_args

@@ -22,7 +22,7 @@ from shared.bus import connect, disconnect
 from shared.cluster_secret import beacon_key
 from shared.config import CommonConfig
 from shared.peers import PeerTable, peers_path, write_table
-from shared.service import register
+from shared.process_lifetime import register
 
 from services.discovery.beacon_io import BeaconIO
 from services.discovery.local_facts import mlx_backends, read_facts

@@ -11,7 +11,7 @@ import uvicorn
 from shared.config import DEFAULT_API_PORT, add_common_args, common_from_args
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
-from shared.service import EXIT_GRACE_S, exit_if_still_running, watch_the_node
+from shared.process_lifetime import EXIT_GRACE_S, exit_if_still_running, watch_the_node
 
 from services.gateway.app import create_app
 

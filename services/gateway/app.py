@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
-from shared.service import register
+from shared.process_lifetime import register
 
 from services.gateway import completions, instances
 from services.gateway.errors import OpenAIError, not_found_handler, openai_error_handler, unexpected_error_handler
@@ -37,7 +37,7 @@ class Gateway:
 
 def create_app(nats_url: str, node_id: str, on_stopped: Callable[[], None] | None = None) -> FastAPI:
     """The gateway's app; `on_stopped` runs once the gateway has let go of the bus (its process arms an exit
-    deadline there: see shared/service.py)."""
+    deadline there: see shared/process_lifetime.py)."""
     gateway = Gateway(nats_url, node_id)
 
     @asynccontextmanager

@@ -7,7 +7,7 @@ import argparse
 from shared.config import add_common_args, common_from_args
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
-from shared.service import run_until_signalled
+from shared.process_lifetime import run_until_signalled
 
 from services.master.service import Master
 

@@ -35,8 +35,9 @@ LOCAL_EXPIRY_MARGIN_S = 0.3
 
 
 def lease_bucket_replicas() -> int:
-    """How many JetStream servers keep the lease. One for now; with a clustered bus this should follow the
-    cluster size (an odd number up to 3 or 5), so the lease survives the loss of a server."""
+    """How many JetStream servers keep the lease when the bucket is made: one. On a clustered bus the leader
+    raises it to follow the cluster (scale_replicas, services/master/service.py), so the lease survives the loss
+    of a server."""
     return 1
 
 

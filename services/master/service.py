@@ -18,7 +18,7 @@ import structlog
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from services.master.decide import (
+from services.master.decide_commands import (
     decide_delete,
     decide_place,
     decide_preview,
@@ -28,7 +28,7 @@ from services.master.decide import (
 )
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
 from services.master.lease_keeper import LeaseKeeper
-from services.master.node_loss import decide_liveness
+from services.master.decide_liveness import decide_liveness
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect, ensure_event_stream, scale_replicas
 from shared.commands import (
@@ -46,7 +46,7 @@ from shared.config import CommonConfig
 from shared.events import AnyEvent
 from shared.facts import NodeFacts
 from shared.ids import new_instance_id
-from shared.service import register
+from shared.process_lifetime import register
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, LEADER_BUCKET
 

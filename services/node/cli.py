@@ -24,7 +24,7 @@ from services.node.embedded_bus import (
     wait_for_peers,
 )
 from services.node.launchd import write_plists
-from services.node.leftovers import stop_left_bus
+from services.node.previous_run import stop_left_bus
 from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_for_port, write_config
 from services.node.supervisor import ChildSpec, Supervisor
 from shared.bus import connect
@@ -42,7 +42,7 @@ from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
 from shared.models import DEFAULT_MODEL, MODEL_CARDS
 from shared.peers import read_table
-from shared.service import VERSION
+from shared.process_lifetime import VERSION
 
 log = structlog.get_logger()
 

@@ -2,9 +2,9 @@
 parent, the node's supervisor, even when that is killed with -9 and cannot stop it.
 
 For the node's one child that is not ours, nats-server (the services watch the supervisor themselves:
-shared/service.py). Linux: the kernel sends SIGTERM to the program when its parent dies (PR_SET_PDEATHSIG,
+shared/process_lifetime.py). Linux: the kernel sends SIGTERM to the program when its parent dies (PR_SET_PDEATHSIG,
 kept across exec), and nats-server stops cleanly on SIGTERM. Elsewhere (macOS) the program just runs: a bus
-left behind there is stopped by the node's next start on the same state dir (services/node/leftovers.py).
+left behind there is stopped by the node's next start on the same state dir (services/node/previous_run.py).
 """
 
 from __future__ import annotations

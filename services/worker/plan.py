@@ -100,7 +100,7 @@ class Adoption(msgspec.Struct, frozen=True):
     forget: list[RunnerRecord]  # gone (or a reused pid): only their records remain, remove them
 
 
-def sort_recorded(
+def triage_recorded(
     state: ClusterState, records: list[RunnerRecord], alive: set[int], node_id: str
 ) -> Adoption:
     """`alive`: the pids of recorded runners whose process still runs with the recorded create time."""

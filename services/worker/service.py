@@ -22,7 +22,7 @@ from shared.events import AnyEvent, Instance, RunnerStatusChanged
 from shared.state import ClusterState, runner_key
 from shared.models import get_card
 from shared.processes import SUPERVISOR_ENV, create_time, process_alive
-from shared.service import register
+from shared.process_lifetime import register
 
 from services.worker.runners import registry
 from services.worker.runner.blas import runner_blas_env
@@ -35,7 +35,7 @@ from services.worker.plan import (
     adopted_runner,
     plan,
     record_exit,
-    sort_recorded,
+    triage_recorded,
     stop_for_failed_sibling,
 )
 from shared.runner_record import RunnerRecord
@@ -111,7 +111,7 @@ class Worker:
             else:
                 records.append(record)
         alive = {r.pid for r in records if process_alive(r.pid, r.create_time)}
-        decision = sort_recorded(self.follower.state, records, alive, self.node_id)
+        decision = triage_recorded(self.follower.state, records, alive, self.node_id)
         for record in decision.forget:
             registry.remove_record(state_dir, record.instance_id, record.rank, record.pid)
         for record, reason in decision.stop:

@@ -1,5 +1,5 @@
 """A service process always ends: when told to, when its node's supervisor is gone, and even when its event loop
-does not (shared/service.py). Each service here is a real child process running run_until_signalled."""
+does not (shared/process_lifetime.py). Each service here is a real child process running run_until_signalled."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def stubborn():
 def start_service(body: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     script = textwrap.dedent("""
         import asyncio, sys, time
-        from shared.service import run_until_signalled
+        from shared.process_lifetime import run_until_signalled
     """) + STUBBORN + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip

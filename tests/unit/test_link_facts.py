@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.master.decide import facts_event
+from services.master.decide_commands import facts_event
 from shared.apply import apply
 from shared.events import NodeFactsRecorded
 from shared.facts import Link

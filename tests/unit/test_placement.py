@@ -263,7 +263,7 @@ def test_link_aware_choice_orders_ranks_along_the_ring():
 
 
 def test_decide_place_still_calls_place_with_four_arguments():
-    from services.master.decide import decide_place
+    from services.master.decide_commands import decide_place
 
     events, reply = decide_place(cluster(node("a", 8 * GB)), PlaceInstance("smollm2-135m"), "inst-x")
     assert reply.ok and events[0].instance.shards[0].node_id == "a"

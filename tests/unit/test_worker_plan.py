@@ -16,7 +16,7 @@ from services.worker.plan import (
     my_shards,
     plan,
     record_exit,
-    sort_recorded,
+    triage_recorded,
 )
 from shared.runner_record import RunnerRecord
 from shared.apply import apply
@@ -206,20 +206,20 @@ def recorded(instance_id: str, rank: int, pid: int, model_id: str = "smollm2-135
 
 def test_alive_and_wanted_runner_is_adopted():
     record = recorded("inst-1", 1, pid=11)
-    decision = sort_recorded(state_with(SHARED), [record], alive={11}, node_id=ME)
+    decision = triage_recorded(state_with(SHARED), [record], alive={11}, node_id=ME)
     assert decision == Adoption(adopt=[record], stop=[], forget=[])
 
 
 def test_dead_runner_record_is_forgotten_even_when_wanted():
     record = recorded("inst-1", 1, pid=11)
-    decision = sort_recorded(state_with(SHARED), [record], alive=set(), node_id=ME)
+    decision = triage_recorded(state_with(SHARED), [record], alive=set(), node_id=ME)
     assert decision == Adoption(adopt=[], stop=[], forget=[record])
 
 
 def test_alive_runner_of_a_deleted_instance_is_stopped():
     record = recorded("inst-1", 1, pid=11)
     state = apply(state_with(SHARED), InstanceDeleted("inst-1", reason="gone"))
-    decision = sort_recorded(state, [record], alive={11}, node_id=ME)
+    decision = triage_recorded(state, [record], alive={11}, node_id=ME)
     assert decision.adopt == [] and decision.forget == []
     assert [r for r, _ in decision.stop] == [record]
 
@@ -227,20 +227,20 @@ def test_alive_runner_of_a_deleted_instance_is_stopped():
 def test_alive_runner_of_a_shard_now_elsewhere_or_another_rank_is_stopped():
     on_other_node = recorded("inst-2", 0, pid=12)  # inst-2's only shard is on OTHER
     wrong_rank = recorded("inst-1", 0, pid=13)  # rank 0 of inst-1 is OTHER's
-    decision = sort_recorded(state_with(SHARED, ONLY_OTHER), [on_other_node, wrong_rank], alive={12, 13}, node_id=ME)
+    decision = triage_recorded(state_with(SHARED, ONLY_OTHER), [on_other_node, wrong_rank], alive={12, 13}, node_id=ME)
     assert decision.adopt == []
     assert [r for r, _ in decision.stop] == [on_other_node, wrong_rank]
 
 
 def test_runner_of_another_model_is_stopped():
     record = recorded("inst-3", 0, pid=14, model_id="smollm2-135m")  # inst-3 is llama-3.3-70b
-    decision = sort_recorded(state_with(ONLY_ME), [record], alive={14}, node_id=ME)
+    decision = triage_recorded(state_with(ONLY_ME), [record], alive={14}, node_id=ME)
     assert decision.adopt == [] and [r for r, _ in decision.stop] == [record]
 
 
 def test_second_runner_for_one_shard_is_stopped():
     first, second = (recorded("inst-3", 0, pid=p, model_id="llama-3.3-70b") for p in (15, 16))
-    decision = sort_recorded(state_with(ONLY_ME), [first, second], alive={15, 16}, node_id=ME)
+    decision = triage_recorded(state_with(ONLY_ME), [first, second], alive={15, 16}, node_id=ME)
     assert decision.adopt == [first] and [r for r, _ in decision.stop] == [second]
 
 

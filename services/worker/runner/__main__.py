@@ -14,7 +14,7 @@ import structlog
 
 from shared.bus import connect, disconnect
 from shared.logging import setup_logging
-from shared.service import run_until_signalled
+from shared.process_lifetime import run_until_signalled
 
 from services.worker.runner.blas import current_blas
 from services.worker.runner.reporting import report_runner

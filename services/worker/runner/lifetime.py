@@ -17,7 +17,7 @@ import structlog
 
 from shared.runner_record import read_record
 from shared.processes import Anchor, supervisor_anchor
-from shared.service import exit_if_still_running
+from shared.process_lifetime import exit_if_still_running
 
 log = structlog.get_logger()
 

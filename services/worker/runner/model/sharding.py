@@ -1,53 +1,24 @@
 """Split one mlx-lm model across the ranks of an `mx.distributed` group: pipeline or tensor parallel.
 
-Both entry points take a model loaded LAZILY (`mlx_lm.utils.load_model(path, lazy=True)`): no weight
-has been read yet, so whatever this rank drops is never read from disk and never held in memory.
-Only after sharding are the remaining parameters evaluated (`materialize`).
+The model arrives loaded lazily (`mlx_lm.utils.load_model(path, lazy=True)`), so the weights a rank drops are
+never read from disk; only what remains is evaluated (`materialize`). Every rank runs the same engine step on
+the same inputs and gets the same logits, so every rank samples the same token and no token crosses ranks.
 
-Every rank runs mlx-lm's own sampling loop (`mlx_lm.stream_generate`) with identical inputs and gets
-identical logits, so every rank samples the same token (greedy, or seeded with the same seed) and
-feeds it back into the next step; no token ever has to be sent between ranks.
+Pipeline (`shard_pipeline`): rank r holds layers [a_r, b_r) in placement order and passes the hidden state on
+with send/recv; during prefill the send is tied into the last KV cache with `mx.depends`, as mlx-lm does, or
+the next stage would wait for ever. Who computes the logits (`logits_on`):
+  - "vocab_split" (default): every rank computes the rows of the head for its slice of the vocabulary, read
+    straight from safetensors (safetensors_rows.py), and an all_gather joins them (vocab_split.py). The head is
+    the largest matrix of a small model; split, no rank holds it whole and N ranks share its compute.
+  - "last_rank": the last rank alone runs norm + head; the logits are all-gathered.
+  - "every_rank" (mlx-lm's pattern): every rank holds and runs the whole head.
+The measured ms per token of each choice are in the README ("Pipeline and tensor parallel").
 
-Pipeline (`shard_pipeline`), following mlx-lm's `PipelineMixin`/DeepseekV3 pattern but with our
-placement's layer order (rank 0 holds the first layers, rank N-1 the last), and the head split by
-vocabulary rows over the ranks (`logits_on="vocab_split"`, the default):
-
-    rank 0:    embed -> layers[a0:b0] -> send(h, 1)           -> all_gather(h)[last] -> norm -> head rows 0
-    rank r:    recv(h, r-1) -> layers[ar:br] -> send(h, r+1)  -> all_gather(h)[last] -> norm -> head rows r
-    rank N-1:  recv(h, N-2) -> layers[a:b]                    -> all_gather(h)[last] -> norm -> head rows N-1
-    then every rank: all_gather(its logits rows) -> the whole logits row
-
-The first all_gather hands the last stage's hidden state to every rank while keeping the send/recv in the
-graph; every rank then computes the final norm and the logits of its slice of the vocabulary, at the same
-time, and the second all_gather joins the slices (vocab_split.py). During prefill mlx-lm evaluates only
-the KV caches, so the send is tied into the last cache with `mx.depends` (as mlx-lm does); else the next
-stage would wait for ever.
-
-Which ranks hold what, and who computes the logits (pipeline):
-  - layers: only this rank's range; the other layers are dropped before any weight is read.
-  - `logits_on="vocab_split"` (the default): rank 0 holds the embedding (input; with a tied head its
-    slice of the head is a view of it), every other rank 1/N of the head's rows, read straight from the
-    safetensors file (safetensors_rows.py), so no rank ever holds the whole head. Why: the head is the
-    largest matrix of a small model (SmolLM2: 49152 x 576, the compute of ~8 of its 30 layers) and on one
-    rank it is a serial step every other rank waits for; split, N ranks share it. Wire cost per token: the
-    hidden state (2.3 KB) and the logits (196 KB) gathered.
-  - `logits_on="last_rank"`: only the last rank runs norm + head; the logits are all-gathered. The last
-    rank holds the whole head (for tied models the whole embedding again) and computes it alone.
-  - `logits_on="every_rank"` (mlx-lm's pattern): the last hidden state is gathered and every rank runs
-    norm + the whole head, so every rank holds it (with tied embeddings, 113 MB in f32 on every rank on
-    top of its layers) and N ranks pay its compute on every token.
-  Measured on the 2-core build machine, median ms per token through the engine (the #4 notes have the
-  runs): every_rank 53.2-59.6 / 64.9-73.6 (2 / 3 stages), last_rank 50.6-54.5 / 55.8-59.1, vocab_split
-  49.4-51.8 / 54.6-55.0, against one process's 44-47.
-
-Tensor parallel (`shard_tensor`), Llama-family: q/k/v/gate/up become all-to-sharded linears (each rank
-computes 1/N of the heads and of the MLP columns), o/down become sharded-to-all (partial products
-summed with all_sum). Embedding and norms are replicated; the head is split by vocabulary rows as in the
-pipeline (SplitTiedEmbedding / SplitHead in vocab_split.py), so N ranks share its compute. Needs heads, KV heads and the MLP width
-divisible by N (and, for quantized weights, the per-rank input width of o/down divisible by the
-quantization group size). Dense (float) and affine-quantized weights both work (mlx has
-AllToShardedLinear / ShardedToAllLinear and their Quantized* twins); the all_sum adds the N partial
-sums in a different order than one matmul would, so results differ from one process in the last bits.
+Tensor parallel (`shard_tensor`), Llama family: q/k/v/gate/up become all-to-sharded linears, o/down
+sharded-to-all (partial sums added with all_sum); embedding and norms are replicated, the head split by
+vocabulary rows as above. Needs heads, KV heads and the MLP width divisible by N (and, quantized, the per-rank
+input width of o/down divisible by the group size). The all_sum adds in another order than one matmul, so the
+logits differ from one process's in the last bits.
 """
 
 from __future__ import annotations
@@ -370,7 +341,7 @@ def load_shard(
 ) -> tuple[nn.Module, Any]:
     """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
 
-    Returns (model, tokenizer); the model works with `mlx_lm.stream_generate` on every rank with the
+    Returns (model, tokenizer); the model works with the engine's batched steps on every rank with the
     same prompt and sampler. `strategy="single"` (or a group of size 1) loads the whole model.
     """
     from mlx_lm.utils import load_model, load_tokenizer

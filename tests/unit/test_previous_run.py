@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from services.node.embedded_bus import base_config
-from services.node.leftovers import stop_left_bus
+from services.node.previous_run import stop_left_bus
 from services.node.nats_server import nats_server_argv, write_config
 from tests.conftest import REPO_ROOT, free_port
 

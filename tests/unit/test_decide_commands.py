@@ -1,11 +1,11 @@
-"""The master's pure decisions: services/master/decide.py (placement itself is tested elsewhere)."""
+"""The master's pure decisions: services/master/decide_commands.py (placement itself is tested elsewhere)."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from services.master.decide import (
+from services.master.decide_commands import (
     MEMORY_CHANGE_WORTH_RECORDING,
     decide_delete,
     decide_place,

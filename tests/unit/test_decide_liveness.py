@@ -1,10 +1,10 @@
-"""services/master/node_loss.py: a lost node's instances are deleted with a reason and placed again."""
+"""services/master/decide_liveness.py: a lost node's instances are deleted with a reason and placed again."""
 
 from __future__ import annotations
 
 import itertools
 
-from services.master.node_loss import (
+from services.master.decide_liveness import (
     decide_forget_silent_nodes,
     decide_liveness,
     decide_node_loss,

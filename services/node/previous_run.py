@@ -1,5 +1,5 @@
 """What a node's previous run left running when its `exo` process was killed (-9, a crash) and could not stop
-its children. The services and runners stop by themselves once the supervisor is gone (shared/service.py,
+its children. The services and runners stop by themselves once the supervisor is gone (shared/process_lifetime.py,
 runner/lifetime.py), and on Linux so does the bus (die_with_parent.py). On other systems the bus stays up;
 the next start on the same state dir stops it here, instead of failing on its taken port.
 

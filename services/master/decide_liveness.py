@@ -17,7 +17,7 @@ from shared.events import AnyEvent, Instance, InstanceAwaitingNodes, InstanceDel
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
-from services.master.decide import nodes_to_forget
+from services.master.decide_commands import nodes_to_forget
 from services.master.placement import place
 
 
