@@ -7,6 +7,8 @@ Each streamed request ends as one of:
   5xx       an HTTP 500-599 other than 503 (an unhandled error)
   broken    the connection broke, or the stream ended with neither a finish nor an error event (lost)
   hung      no end within --hang-s seconds
+A kill after which the node does not answer a plain request within --recover-s counts as `not_recovered`, and
+the remaining trials of that target are skipped.
 
     .venv/bin/python -m bench.chaos [--trials 5] [--targets discovery,master,worker,gateway,runner]
 """
@@ -70,7 +72,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, i: int, hang_s: float)
         return "broken"
 
 
-async def wait_answering(node: Node, timeout: float = 180.0) -> None:
+async def wait_answering(node: Node, timeout: float) -> None:
     """Until a plain request through the gateway succeeds again (the node recovered from the kill)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=30) as client:
@@ -87,13 +89,16 @@ async def wait_answering(node: Node, timeout: float = 180.0) -> None:
     raise TimeoutError("the node did not answer again after the kill")
 
 
-async def trial(node: Node, target: str, hang_s: float, kill_after_s: float) -> Counter[str]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(hang_s, connect=5)) as client:
-        streams = [asyncio.create_task(one_stream(client, node.base_url, i, hang_s)) for i in range(STREAMS)]
-        await asyncio.sleep(kill_after_s)
+async def trial(node: Node, target: str, args: argparse.Namespace) -> Counter[str]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(args.hang_s, connect=5)) as client:
+        streams = [asyncio.create_task(one_stream(client, node.base_url, i, args.hang_s)) for i in range(STREAMS)]
+        await asyncio.sleep(args.kill_after_s)
         os.kill(target_pid(node, target), signal.SIGKILL)
         outcomes = Counter(await asyncio.gather(*streams))
-    await wait_answering(node)
+    try:
+        await wait_answering(node, args.recover_s)
+    except TimeoutError:
+        outcomes["not_recovered"] += 1
     return outcomes
 
 
@@ -102,14 +107,16 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     node.start()
     try:
         node.wait_ready()
-        await wait_answering(node)
+        await wait_answering(node, args.recover_s)
         totals: dict[str, Counter[str]] = {}
         for target in args.targets.split(","):
             totals[target] = Counter()
             for t in range(args.trials):
-                outcomes = await trial(node, target, args.hang_s, args.kill_after_s)
+                outcomes = await trial(node, target, args)
                 totals[target] += outcomes
                 print(f"  {target} trial {t + 1}: {dict(outcomes)}", file=sys.stderr)
+                if outcomes["not_recovered"]:
+                    break
         return {target: dict(c) for target, c in totals.items()}
     finally:
         node.stop()
@@ -120,6 +127,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--hang-s", type=float, default=90.0, help="a stream with no end after this long is hung")
+    p.add_argument("--recover-s", type=float, default=180.0, help="how long the node may take to answer again")
     p.add_argument("--kill-after-s", type=float, default=1.5, help="seconds between starting the streams and the kill")
     args = p.parse_args()
     totals = asyncio.run(run(args))
