@@ -23,7 +23,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 
