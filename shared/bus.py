@@ -18,7 +18,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from shared.apply import apply
 from shared.cluster_secret import SECRET_ENV, nats_client_credentials, normalise, redact
-from shared.commands import CommandReply, decode
+from shared.commands import CommandReply, decode_reply
 from shared.events import AnyEvent, decode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
@@ -272,7 +272,7 @@ async def send_command(nc: NATS, subject: str, payload: bytes, attempts: int = 2
     for attempt in range(attempts):
         try:
             msg = await nc.request(subject, payload, timeout=2.0)
-            return decode(msg.data, CommandReply)
+            return decode_reply(msg.data, msg.headers, CommandReply)
         except (NoRespondersError, NatsTimeout):
             await asyncio.sleep(min(0.25 * (attempt + 1), 2.0))
     return None

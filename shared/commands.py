@@ -67,6 +67,20 @@ class CommandReply(msgspec.Struct, frozen=True):
     instance_id: str | None = None
 
 
+# The headers of a NATS micro error answer (the handler failed; micro counts it as an error in $SRV.STATS).
+SERVICE_ERROR_HEADER = "Nats-Service-Error"
+
+
+R = TypeVar("R", CommandReply, PreviewReply)
+
+
+def decode_reply(data: bytes, headers: dict[str, str] | None, type_: type[R]) -> R:
+    """A master's answer: the reply struct, or a failed one made from a micro error answer."""
+    if headers and SERVICE_ERROR_HEADER in headers:
+        return type_(ok=False, error=headers[SERVICE_ERROR_HEADER])
+    return decode(data, type_)
+
+
 def encode(obj: msgspec.Struct) -> bytes:
     return msgspec.json.encode(obj)
 

@@ -15,12 +15,18 @@ LEADER_KEY = "master"
 FACTS_PREFIX = "exo.facts"
 
 # Commands: request/reply to the master's micro service endpoints.
+# Each command's endpoint name is declared once here; the subject is the group prefix plus that name.
 COMMAND_PREFIX = "exo.cmd"
-CMD_PLACE_INSTANCE = f"{COMMAND_PREFIX}.place_instance"
-CMD_DELETE_INSTANCE = f"{COMMAND_PREFIX}.delete_instance"
-CMD_REPORT_RUNNER = f"{COMMAND_PREFIX}.report_runner"
-CMD_WORKER_STARTED = f"{COMMAND_PREFIX}.worker_started"
-CMD_PREVIEW = f"{COMMAND_PREFIX}.preview"
+ENDPOINT_PLACE_INSTANCE = "place_instance"
+ENDPOINT_DELETE_INSTANCE = "delete_instance"
+ENDPOINT_REPORT_RUNNER = "report_runner"
+ENDPOINT_WORKER_STARTED = "worker_started"
+ENDPOINT_PREVIEW = "preview"
+CMD_PLACE_INSTANCE = f"{COMMAND_PREFIX}.{ENDPOINT_PLACE_INSTANCE}"
+CMD_DELETE_INSTANCE = f"{COMMAND_PREFIX}.{ENDPOINT_DELETE_INSTANCE}"
+CMD_REPORT_RUNNER = f"{COMMAND_PREFIX}.{ENDPOINT_REPORT_RUNNER}"
+CMD_WORKER_STARTED = f"{COMMAND_PREFIX}.{ENDPOINT_WORKER_STARTED}"
+CMD_PREVIEW = f"{COMMAND_PREFIX}.{ENDPOINT_PREVIEW}"
 
 # Micro service names (listed by `nats micro ls`, answered on $SRV.PING / $SRV.INFO).
 SERVICE_MASTER = "exo-master"

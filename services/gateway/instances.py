@@ -17,7 +17,7 @@ from shared.commands import (
     PlaceInstance,
     PreviewPlacements,
     PreviewReply,
-    decode,
+    decode_reply,
     encode,
 )
 from shared.models import MODEL_CARDS
@@ -146,7 +146,7 @@ async def _command(request: Request, subject: str, payload: bytes, reply_type: t
     while True:
         try:
             msg = await request.app.state.gateway.nc.request(subject, payload, timeout=COMMAND_TIMEOUT_S)
-            return decode(msg.data, reply_type)
+            return decode_reply(msg.data, msg.headers, reply_type)
         except NoRespondersError:
             if loop.time() >= deadline:
                 raise unavailable(

@@ -1,4 +1,5 @@
-"""The master's I/O shell: every node runs one; they campaign for the leader lease (lease_keeper.py).
+"""The master's I/O shell: every node runs one; they campaign for the leader lease (lease_keeper.py). This file is
+the leadership (take over, step down, liveness); the commands a leader answers are in command_endpoints.py.
 
 All masters replay the log and hear node facts, so a follower is current and takes over at once. Only the
 leader writes (the event log is fenced by its term), answers commands (the micro service with the command
@@ -10,43 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.errors
 import structlog
-from nats.micro.request import Request
 from nats.micro.service import Service
 
-from services.master.decide_commands import (
-    decide_delete,
-    decide_place,
-    decide_preview,
-    decide_report,
-    decide_worker_started,
-    facts_event,
-)
+from services.master.command_endpoints import CommandEndpoints
+from services.master.decide_commands import facts_event
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
 from services.master.lease_keeper import LeaseKeeper
 from services.master.decide_liveness import decide_liveness
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect, ensure_event_stream, scale_replicas
-from shared.commands import (
-    CommandReply,
-    DeleteInstance,
-    PlaceInstance,
-    PreviewPlacements,
-    PreviewReply,
-    ReportRunner,
-    ReportWorkerStarted,
-    decode,
-    encode,
-)
 from shared.config import CommonConfig
 from shared.events import AnyEvent
 from shared.facts import NodeFacts
 from shared.ids import new_instance_id
-from shared.process_lifetime import register
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, LEADER_BUCKET
 
@@ -115,7 +96,8 @@ class Master:
             # a fresh baseline: silence before the takeover was nobody's to observe (or was this master's
             # own while it was a follower, which is no better), so no node is forgotten at once
             self.last_seen = {node_id: now for node_id in self.follower.state.nodes}
-            service = await self._register_commands()
+            commands = CommandEndpoints(self.log, lambda: self.follower.state, self._give_up)
+            service = await commands.register(self.nc, self.node_id)
             took_ms = round((time.monotonic() - won_at) * 1000)
             log.info("leading", term=term, took_ms=took_ms, log_seq=self.follower.state.last_seq)
             await self._liveness_loop()
@@ -136,58 +118,6 @@ class Master:
                     await service.stop()
                 except nats.errors.Error as exc:  # the connection is going anyway
                     log.debug("command endpoints not stopped cleanly", error=str(exc))
-
-    async def _register_commands(self) -> Service:
-        service = await register(self.nc, subjects.SERVICE_MASTER, self.node_id, "cluster state, placement, commands")
-        group = service.add_group(name=subjects.COMMAND_PREFIX)
-        await group.add_endpoint(name="place_instance", handler=self._endpoint(PlaceInstance, self._place))
-        await group.add_endpoint(name="delete_instance", handler=self._endpoint(DeleteInstance, self._delete))
-        await group.add_endpoint(name="report_runner", handler=self._endpoint(ReportRunner, self._report))
-        await group.add_endpoint(name="preview", handler=self._endpoint(PreviewPlacements, self._preview))
-        await group.add_endpoint(
-            name="worker_started", handler=self._endpoint(ReportWorkerStarted, self._worker_started)
-        )
-        return service
-
-    # -- commands ---------------------------------------------------------------------------------
-
-    def _endpoint(self, type_: type, handle: Callable[..., Awaitable[CommandReply | PreviewReply]]) -> Callable:
-        async def handler(req: Request) -> None:
-            try:
-                cmd = decode(req.data, type_)
-            except msgspec.DecodeError as exc:
-                await req.respond(encode(CommandReply(ok=False, error=f"bad {type_.__name__}: {exc}")))
-                return
-            try:
-                reply = await handle(cmd)
-            except StaleWriter as exc:
-                # no answer: the caller times out and retries, and reaches the leader that replaced this one
-                self._give_up(f"{type_.__name__}: {exc}")
-                return
-            except Exception as exc:  # the caller gets the reason instead of a timeout
-                log.exception("command failed", command=type_.__name__)
-                reply = CommandReply(ok=False, error=f"{type_.__name__} failed: {exc}")
-            await req.respond(encode(reply))
-
-        return handler
-
-    async def _place(self, cmd: PlaceInstance) -> CommandReply:
-        instance_id = new_instance_id()
-        reply = await self.log.decide_and_append(lambda s: decide_place(s, cmd, instance_id))
-        log.info("place instance", model=cmd.model_id, ok=reply.ok, error=reply.error, instance=reply.instance_id)
-        return reply
-
-    async def _delete(self, cmd: DeleteInstance) -> CommandReply:
-        return await self.log.decide_and_append(lambda s: decide_delete(s, cmd))
-
-    async def _report(self, cmd: ReportRunner) -> CommandReply:
-        return await self.log.decide_and_append(lambda s: decide_report(s, cmd))
-
-    async def _preview(self, cmd: PreviewPlacements) -> PreviewReply:
-        return decide_preview(self.follower.state, cmd)
-
-    async def _worker_started(self, cmd: ReportWorkerStarted) -> CommandReply:
-        return await self.log.decide_and_append(lambda s: decide_worker_started(s, cmd))
 
     # -- observations (leader only) ---------------------------------------------------------------
 

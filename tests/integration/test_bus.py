@@ -13,9 +13,10 @@ from nats.js.errors import APIError
 
 from shared.apply import apply
 from shared.bus import WRONG_LAST_SEQUENCE
+from shared.commands import CommandReply, decode_reply
 from shared.events import InstancePlaced, LeaderElected, RunnerStatusChanged, decode_event
 from shared.state import ClusterState
-from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
+from shared.subjects import CMD_PLACE_INSTANCE, EVENTS_STREAM, EVENTS_SUBJECT
 from tests.conftest import MODEL, Node, micro_replies
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,22 @@ async def test_every_service_is_a_micro_service(node: Node) -> None:
         (info,) = await micro_replies(nc, "$SRV.INFO.exo-master")
         subjects = {e["subject"] for e in info["endpoints"]}
         assert {"exo.cmd.place_instance", "exo.cmd.delete_instance", "exo.cmd.report_runner"} <= subjects
+    finally:
+        await nc.close()
+
+
+async def test_a_failed_command_is_a_micro_error_with_its_reason(node: Node) -> None:
+    """A command the master cannot handle is answered with micro's error headers (counted in $SRV.STATS), and
+    the callers' decode_reply turns that into a failed reply with the reason."""
+    nc = await nats.connect(node.nats_url)
+    try:
+        msg = await nc.request(CMD_PLACE_INSTANCE, b"{not json", timeout=10)
+        reply = decode_reply(msg.data, msg.headers, CommandReply)
+        assert not reply.ok and "bad PlaceInstance" in (reply.error or ""), reply
+        assert msg.headers and msg.headers.get("Nats-Service-Error-Code") == "400"
+        stats = await micro_replies(nc, "$SRV.STATS.exo-master")
+        (place,) = [e for s in stats for e in s["endpoints"] if e["subject"] == CMD_PLACE_INSTANCE]
+        assert place["num_errors"] >= 1 and "bad PlaceInstance" in place["last_error"]
     finally:
         await nc.close()
 
