@@ -7,7 +7,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -57,6 +59,7 @@ class Worker:
         self.local: dict[str, LocalRunner] = {}
         self.processes: dict[str, RunnerProcess | AdoptedRunner] = {}
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()  # kept: the loop holds only weak references to running tasks
         # The process whose exit ends the node, for the runners to watch: the supervisor; for a worker started
         # alone (launchd, a shell), its own parent (launchd itself never exits: then only the adoption timeout
         # ends runners that no worker comes back for).
@@ -75,7 +78,7 @@ class Worker:
         # Forget what the old runners said, except the adopted ones': they still serve, the instance stays ready.
         await report_worker_started(self.nc, self.node_id, tuple(runner_key(r.instance_id, r.rank) for r in adopted))
         for record in adopted:
-            asyncio.create_task(self._watch_adopted(record))
+            self._spawn(self._watch_adopted(record))
         log.info("worker ready", node=self.node_id, adopted=len(adopted))
         while not stop.is_set():
             await self._reconcile()
@@ -85,12 +88,20 @@ class Worker:
             for w in waiters:
                 w.cancel()
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
+        for task in list(self._tasks):  # the runners are stopped: what still watches them has nothing to do
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for iid, process in self.processes.items():
             runner = self.local.get(iid)
             if runner is not None and process.pid is not None:
                 registry.remove_record(self.config.state_dir, iid, runner.rank, process.pid)
         await service.stop()
         await disconnect(self.nc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_event(self, _state: ClusterState, event: AnyEvent) -> None:
         self._wake.set()
@@ -99,7 +110,7 @@ class Worker:
             process = self.processes.get(event.instance_id)
             if stop is not None and process is not None:
                 log.warning("stopping runner: its group lost a rank", instance=stop.instance_id, reason=stop.reason)
-                asyncio.create_task(process.stop())  # an expected exit: the plan restarts it after its backoff
+                self._spawn(process.stop())  # an expected exit: the plan restarts it after its backoff
 
     async def _adopt_recorded(self) -> list[RunnerRecord]:
         """Runners that outlived the previous worker: adopt those still wanted, stop the others, drop stale records."""
@@ -157,7 +168,7 @@ class Worker:
         self.local[instance_id] = LocalRunner(
             instance_id, action.shard.rank, running=True, attempts=attempts, started_at=time.monotonic()
         )
-        asyncio.create_task(self._run_runner(action))
+        self._spawn(self._run_runner(action))
 
     async def _stop(self, action: StopRunner) -> None:
         log.info("stopping runner", instance=action.instance_id, reason=action.reason)
