@@ -13,6 +13,10 @@ from shared.state import ClusterState
 
 router = APIRouter()
 
+# A runner's detail may carry its last log lines (other clients' request ids); /health is open, so it shows
+# only a detail that is one short line, and points to the key-guarded GET /instances for the rest.
+SHORT_DETAIL_CHARS = 100
+
 
 def runners_summary(state: ClusterState, instance_id: str) -> str:
     """What each rank of an instance is doing, e.g. 'rank 0 on node-a: loading 40% (layers 0-15)'."""
@@ -22,9 +26,15 @@ def runners_summary(state: ClusterState, instance_id: str) -> str:
             parts.append(f"rank {shard.rank} on {shard.node_id}: waiting for its worker")
         else:
             progress = f" {runner.progress:.0%}" if runner.progress is not None else ""
-            detail = f" ({runner.detail})" if runner.detail else ""
+            detail = f" ({short_detail(runner.detail)})" if runner.detail else ""
             parts.append(f"rank {shard.rank} on {shard.node_id}: {runner.phase}{progress}{detail}")
     return "; ".join(parts)
+
+
+def short_detail(detail: str) -> str:
+    if "\n" in detail or len(detail) > SHORT_DETAIL_CHARS:
+        return "details in GET /instances"
+    return detail
 
 
 def degraded_reasons(state: ClusterState, bus_connected: bool) -> list[str]:
