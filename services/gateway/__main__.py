@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("EXO_HOST", "127.0.0.1"), help="bind address (env EXO_HOST)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("EXO_PORT", DEFAULT_API_PORT)))
     parser.add_argument("--max-body-bytes", type=body_limit,
-                        default=body_limit(os.environ.get("EXO_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))),
+                        default=os.environ.get("EXO_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES)),  # type= parses it
                         help="largest request body, e.g. 8MiB; larger ones get 413 (env EXO_MAX_BODY_BYTES)")  # fmt: skip
     parser.add_argument("--api-key-file", default=os.environ.get(API_KEY_FILE_ENV),
                         help=f"require this file's key on every API route (env {API_KEY_FILE_ENV}, or the key in {API_KEY_ENV})")  # fmt: skip
