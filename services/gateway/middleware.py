@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.errors import OpenAIError, body_too_large, internal_error
@@ -86,6 +87,8 @@ class ErrorsAsJSON:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            return  # the client is gone: no one to answer
         except Exception as exc:  # noqa: BLE001 - the point: nothing escapes to the server
             err = exc if isinstance(exc, OpenAIError) else internal_error(exc)
             if not isinstance(exc, OpenAIError):

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from services.gateway.api_key import BadApiKey, exposure_warning, is_loopback, key_matches, resolve_api_key
 from services.gateway.app import create_app
@@ -304,3 +305,11 @@ def test_no_bus_and_no_master_are_degraded():
                                           ("x" * 101, "details in GET /instances")])  # fmt: skip
 def test_short_detail(detail, shown):
     assert short_detail(detail) == shown
+
+
+def test_a_client_gone_is_not_answered():
+    async def client_left(scope_, receive, send) -> None:
+        raise ClientDisconnect()
+
+    sent, _ = run_asgi(ErrorsAsJSON(client_left), scope(), [b""])
+    assert sent == []
