@@ -6,14 +6,26 @@ import argparse
 import os
 import signal
 
+import structlog
 import uvicorn
 
-from shared.config import DEFAULT_API_PORT, add_common_args, common_from_args
+from shared.config import DEFAULT_API_PORT, add_common_args, common_from_args, parse_bytes
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
 from shared.process_lifetime import EXIT_GRACE_S, exit_if_still_running, watch_the_node
 
+from services.gateway.api_key import API_KEY_ENV, API_KEY_FILE_ENV, BadApiKey, exposure_warning, resolve_api_key
 from services.gateway.app import create_app
+from services.gateway.middleware import DEFAULT_MAX_BODY_BYTES
+
+log = structlog.get_logger()
+
+
+def body_limit(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,12 +33,24 @@ def main(argv: list[str] | None = None) -> None:
     add_common_args(parser)
     parser.add_argument("--host", default=os.environ.get("EXO_HOST", "127.0.0.1"), help="bind address (env EXO_HOST)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("EXO_PORT", DEFAULT_API_PORT)))
+    parser.add_argument("--max-body-bytes", type=body_limit,
+                        default=os.environ.get("EXO_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES)),  # type= parses it
+                        help="largest request body, e.g. 8MiB; larger ones get 413 (env EXO_MAX_BODY_BYTES)")  # fmt: skip
+    parser.add_argument("--api-key-file", default=os.environ.get(API_KEY_FILE_ENV),
+                        help=f"require this file's key on every API route (env {API_KEY_FILE_ENV}, or the key in {API_KEY_ENV})")  # fmt: skip
     ns = parser.parse_args(argv)
+    try:
+        api_key = resolve_api_key(os.environ.get(API_KEY_ENV), ns.api_key_file)
+    except BadApiKey as exc:
+        parser.error(str(exc))
     config = common_from_args(ns)
     setup_logging("gateway", config.log_dir, config.log_level, config.console_logs)
+    if warning := exposure_warning(ns.host, api_key is not None):
+        log.warning(warning)
     node_id = load_or_create_node_id(config.state_dir)
     app = create_app(config.nats_url, node_id, on_stopped=lambda: exit_if_still_running(
-        EXIT_GRACE_S, "the gateway stopped but its event loop did not end", 0))  # fmt: skip
+        EXIT_GRACE_S, "the gateway stopped but its event loop did not end", 0),
+        max_body_bytes=ns.max_body_bytes, api_key=api_key)  # fmt: skip
     # uvicorn stops gracefully on SIGTERM: the same when the node's supervisor is gone
     watch_the_node(lambda: os.kill(os.getpid(), signal.SIGTERM))
     uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", access_log=False, log_config=None)

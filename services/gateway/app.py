@@ -6,14 +6,20 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.process_lifetime import register
 
-from services.gateway import completions, instances
-from services.gateway.errors import OpenAIError, not_found_handler, openai_error_handler, unexpected_error_handler
+from services.gateway import completions, health, instances
+from services.gateway.api_key import require_api_key
+from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
 from services.gateway.generation_client import GenerationClient
+from services.gateway.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimit, ErrorsAsJSON
+from services.gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from services.gateway.openapi_doc import describe
 
 
 class Gateway:
@@ -35,9 +41,15 @@ class Gateway:
         await disconnect(self.nc)
 
 
-def create_app(nats_url: str, node_id: str, on_stopped: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    nats_url: str,
+    node_id: str,
+    on_stopped: Callable[[], None] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_key: str | None = None,
+) -> FastAPI:
     """The gateway's app; `on_stopped` runs once the gateway has let go of the bus (its process arms an exit
-    deadline there: see shared/process_lifetime.py)."""
+    deadline there: see shared/process_lifetime.py). With `api_key`, every route but /health requires it."""
     gateway = Gateway(nats_url, node_id)
 
     @asynccontextmanager
@@ -51,9 +63,14 @@ def create_app(nats_url: str, node_id: str, on_stopped: Callable[[], None] | Non
 
     app = FastAPI(title="exo-distributed gateway", lifespan=lifespan)
     app.add_exception_handler(OpenAIError, openai_error_handler)
-    app.add_exception_handler(404, not_found_handler)
-    app.add_exception_handler(Exception, unexpected_error_handler)
-    app.include_router(completions.router)
-    app.include_router(instances.router)
+    app.add_exception_handler(HTTPException, http_exception_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    # added last = outermost: the size limit answers before anything reads the body
+    app.add_middleware(ErrorsAsJSON)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    guarded = [require_api_key(api_key)] if api_key else []
+    app.include_router(completions.router, dependencies=guarded)
+    app.include_router(instances.router, dependencies=guarded)
+    app.include_router(health.router)
+    describe(app, [ChatCompletionRequest, CompletionRequest, instances.CreateInstance])
     return app
-

@@ -16,6 +16,7 @@ from shared.models import UnknownModel, get_card
 
 from services.gateway.errors import OpenAIError, bad_request, model_not_found
 from services.gateway.generation_client import pick_instance
+from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,9 +32,10 @@ from services.gateway.openai_schema import (
 router = APIRouter()
 
 DISCONNECT_POLL_S = 0.5
+GENERATION_ERRORS = error_responses(400, 404, 429, 503)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=GENERATION_ERRORS)
 async def chat_completions(request: Request):  # noqa: ANN201
     body = decode_body(await request.body(), ChatCompletionRequest)
     assert isinstance(body, ChatCompletionRequest)
@@ -43,7 +45,7 @@ async def chat_completions(request: Request):  # noqa: ANN201
     return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, messages=messages), chat=True)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_ERRORS)
 async def completions(request: Request):  # noqa: ANN201
     body = decode_body(await request.body(), CompletionRequest)
     assert isinstance(body, CompletionRequest)

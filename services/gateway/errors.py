@@ -1,9 +1,12 @@
-"""OpenAI-shaped errors: one exception type, one handler that renders it."""
+"""OpenAI-shaped errors: one exception type, the handlers that render it and FastAPI's own errors in its shape."""
 
 from __future__ import annotations
 
+import msgspec
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 import structlog
 
@@ -31,6 +34,22 @@ class OpenAIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct):
+    """What OpenAIError.body() produces, declared for /openapi.json (a unit test holds the two together)."""
+
+    error: ErrorDetail
+
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
@@ -44,17 +63,47 @@ def unavailable(message: str) -> OpenAIError:
     return OpenAIError(503, message, type_="service_unavailable", code="no_ready_instance")
 
 
+def body_too_large(limit: int, size: int | None = None) -> OpenAIError:
+    got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return OpenAIError(413, f"request body is {got}; the limit is {limit} bytes (--max-body-bytes)",
+                       code="request_too_large")  # fmt: skip
+
+
+def internal_error(exc: BaseException) -> OpenAIError:
+    return OpenAIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error", "internal_error")
+
+
+def from_http_exception(method: str, path: str, exc: HTTPException) -> OpenAIError:
+    """Starlette's own answers (an unknown route, a method the route does not take) in OpenAI's shape."""
+    if exc.status_code == 404:
+        return OpenAIError(404, f"no route {method} {path}", code="not_found", headers=exc.headers)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return OpenAIError(405, f"{method} is not allowed on {path}; allowed: {allowed}", code="method_not_allowed",
+                           headers=exc.headers)  # fmt: skip
+    kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+    return OpenAIError(exc.status_code, str(exc.detail), kind, headers=exc.headers)
+
+
+def from_validation_error(exc: RequestValidationError) -> OpenAIError:
+    """FastAPI's checks of query and path parameters: a 400 naming the parameter, like our body checks."""
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(part) for part in first.get("loc", ())]
+    param = loc[-1] if len(loc) > 1 else None
+    where = ".".join(loc) or "request"
+    return bad_request(f"invalid {where}: {first.get('msg', 'invalid value')}", param=param)
+
+
 async def openai_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpenAIError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return exc.response()
 
 
-async def not_found_handler(request: Request, _exc: Exception) -> JSONResponse:
-    err = OpenAIError(404, f"no route {request.method} {request.url.path}", code="not_found")
-    return JSONResponse(err.body(), status_code=404)
+async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return from_http_exception(request.method, request.url.path, exc).response()
 
 
-async def unexpected_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    err = OpenAIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error", "internal_error")
-    return JSONResponse(err.body(), status_code=500)
+async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return from_validation_error(exc).response()

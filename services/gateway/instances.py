@@ -1,13 +1,13 @@
-"""/instances: list, create and delete model instances (commands to the master), /v1/models, /health."""
+"""/instances: list, create and delete model instances (commands to the master), and /v1/models."""
 
 from __future__ import annotations
 
 import asyncio
-
-from typing import TypeVar
+import re
+from typing import Annotated, TypeVar
 
 import msgspec
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from shared import subjects
@@ -24,6 +24,7 @@ from shared.models import MODEL_CARDS
 from shared.state import ClusterState
 
 from services.gateway.errors import OpenAIError, bad_request, model_not_found, unavailable
+from services.gateway.openapi_doc import error_responses, json_body
 
 router = APIRouter()
 
@@ -41,7 +42,7 @@ def instance_view(state: ClusterState, instance_id: str) -> dict:
     }
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses())
 async def list_models(request: Request) -> dict:
     state: ClusterState = request.app.state.gateway.follower.state
     return {
@@ -61,23 +62,7 @@ async def list_models(request: Request) -> dict:
     }
 
 
-@router.get("/health")
-async def health(request: Request) -> dict:
-    gateway = request.app.state.gateway
-    state: ClusterState = gateway.follower.state
-    return {
-        "status": "ok" if gateway.nc.is_connected else "degraded",
-        "nats_connected": gateway.nc.is_connected,
-        "master": state.leader_node_id,  # the leader: the one master that writes and answers commands
-        "leader_term": state.leader_term,
-        "nodes": sorted(state.nodes),
-        "events_applied": state.last_seq,
-        "ready_instances": sorted(i for i in state.instances if state.instance_ready(i)),
-        "waiting_instances": sorted(state.waiting),  # lost with a node; placed again once the model fits
-    }
-
-
-@router.get("/instances")
+@router.get("/instances", responses=error_responses())
 async def list_instances(request: Request) -> dict:
     state: ClusterState = request.app.state.gateway.follower.state
     waiting = [
@@ -89,14 +74,19 @@ async def list_instances(request: Request) -> dict:
 
 
 class CreateInstance(msgspec.Struct):
+    """The body of POST /instances."""
+
     model: str
     strategy: str = "auto"
     backend: str = "auto"
-    min_nodes: int = 1
+    min_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
-@router.get("/instances/preview")
-async def preview_instances(request: Request, model: str, min_nodes: int = 1, max_nodes: int | None = None) -> dict:
+@router.get("/instances/preview", responses=error_responses(400, 404, 503))
+async def preview_instances(
+    request: Request, model: str, min_nodes: Annotated[int, Query(ge=1)] = 1,
+    max_nodes: Annotated[int | None, Query(ge=1)] = None,
+) -> dict:  # fmt: skip
     """Every feasible plan with memory per node, and the reason for each infeasible one."""
     if model not in MODEL_CARDS:
         raise model_not_found(model)
@@ -109,7 +99,8 @@ async def preview_instances(request: Request, model: str, min_nodes: int = 1, ma
     return {"model": model, "options": msgspec.to_builtins(reply.options)}
 
 
-@router.post("/instances", status_code=201)
+@router.post("/instances", status_code=201, openapi_extra=json_body(CreateInstance),
+             responses=error_responses(400, 404, 409, 503))  # fmt: skip
 async def create_instance(request: Request) -> dict:
     try:
         body = msgspec.json.decode(await request.body(), type=CreateInstance)
@@ -117,7 +108,9 @@ async def create_instance(request: Request) -> dict:
             {"model_id": body.model, "strategy": body.strategy, "backend": body.backend, "min_nodes": body.min_nodes},
             PlaceInstance,
         )
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"invalid instance request: {exc}", param=field_of(exc)) from None
+    except msgspec.DecodeError as exc:
         raise bad_request(f"invalid instance request: {exc}") from None
     if body.model not in MODEL_CARDS:
         raise model_not_found(body.model)
@@ -129,12 +122,18 @@ async def create_instance(request: Request) -> dict:
     return instance_view(state, reply.instance_id)
 
 
-@router.delete("/instances/{instance_id}")
+@router.delete("/instances/{instance_id}", responses=error_responses(404, 503))
 async def delete_instance(request: Request, instance_id: str) -> dict:
     reply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(instance_id)))
     if not reply.ok:
         raise OpenAIError(404, reply.error or "no such instance", code="instance_not_found")
     return {"deleted": instance_id}
+
+
+def field_of(exc: msgspec.ValidationError) -> str | None:
+    """The top-level field a msgspec error is about ("... - at `$.min_nodes`"), for the error's param."""
+    found = re.search(r"- at `\$\.(\w+)", str(exc))
+    return found.group(1) if found else None
 
 
 async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:

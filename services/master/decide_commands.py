@@ -39,7 +39,18 @@ LINK_CHANGE_WORTH_RECORDING_MS = 2.0
 LINK_CHANGE_WORTH_RECORDING_RATIO = 0.5
 
 
+def node_count_problem(min_nodes: int, max_nodes: int | None = None) -> str | None:
+    """Commands come from any client of the bus, not only the gateway, which checks the same."""
+    if min_nodes < 1:
+        return f"min_nodes must be at least 1, not {min_nodes}"
+    if max_nodes is not None and max_nodes < min_nodes:
+        return f"max_nodes ({max_nodes}) must be at least min_nodes ({min_nodes})"
+    return None
+
+
 def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: str) -> Decision:
+    if problem := node_count_problem(cmd.min_nodes):
+        return [], CommandReply(ok=False, error=problem)
     try:
         card = get_card(cmd.model_id)
     except UnknownModel:
@@ -92,6 +103,8 @@ def decide_worker_started(state: ClusterState, cmd: ReportWorkerStarted) -> Deci
 
 
 def decide_preview(state: ClusterState, cmd: PreviewPlacements) -> PreviewReply:
+    if problem := node_count_problem(cmd.min_nodes, cmd.max_nodes):
+        return PreviewReply(ok=False, error=problem)
     try:
         card = get_card(cmd.model_id)
     except UnknownModel:

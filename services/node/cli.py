@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from services.discovery.settings import parse_peers, port_number
+from services.gateway.api_key import API_KEY_ENV, API_KEY_FILE_ENV, BadApiKey, exposure_warning, resolve_api_key
 from services.node.bootstrap import place_at_start
 from services.node.embedded_bus import (
     EmbeddedBus,
@@ -57,6 +58,10 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true", help="place no model at start")
     p.add_argument("--port", type=port_number, default=DEFAULT_API_PORT, help="OpenAI API port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="API bind address (default loopback)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require this key on every API route but /health (env {API_KEY_ENV}; a file is safer)")
+    p.add_argument("--api-key-file", default=os.environ.get(API_KEY_FILE_ENV),
+                   help=f"the API key from this file (env {API_KEY_FILE_ENV})")  # fmt: skip
     p.add_argument("--nats-url", default=None, help="use this NATS server instead of starting one")
     p.add_argument("--nats-port", type=port_number, default=DEFAULT_NATS_PORT, help="port of the embedded nats-server")
     p.add_argument("--state-dir", type=Path, default=None, help="node state (default ~/.exo, or ~/.exo/nodes/NAME)")
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("max_batch", "max_waiting"):
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "max_batch" else 0):
             node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
+    check_api_key(args, argv)
     state_dir = (args.state_dir or _named_state_dir(args.node_name)).expanduser()
     setup_logging("node", state_dir / "logs", args.log_level)
     try:
@@ -121,6 +127,21 @@ def main(argv: list[str] | None = None) -> None:
     except NatsServerUnavailable as exc:
         print(f"exo: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_api_key(args: argparse.Namespace, argv: list[str]) -> None:
+    """Resolve the key into args.api_key; only the gateway gets it, in its environment (run_node)."""
+    try:
+        args.api_key = resolve_api_key(args.api_key, args.api_key_file)
+    except BadApiKey as exc:
+        node_parser().error(str(exc))
+    for name in (API_KEY_ENV, API_KEY_FILE_ENV):
+        os.environ.pop(name, None)  # not inherited by every service and runner
+    if any(a == "--api-key" or a.startswith("--api-key=") for a in argv):
+        print("exo: warning: a key on the command line is visible to every user of this machine (ps);"
+              f" use --api-key-file or {API_KEY_ENV}", file=sys.stderr)  # fmt: skip
+    if not args.no_gateway and (warning := exposure_warning(args.host, args.api_key is not None)):
+        print(f"exo: warning: {warning}", file=sys.stderr)
 
 
 def _named_state_dir(name: str | None) -> Path:
@@ -224,7 +245,8 @@ async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
             await check_bus_credentials(nats_url)
         for service in SERVICES[1:]:
             if not getattr(args, f"no_{service}"):
-                await supervisor.start(ChildSpec(service, [sys.executable, "-m", f"services.{service}"], env))
+                own = {API_KEY_ENV: args.api_key} if service == "gateway" and args.api_key else {}
+                await supervisor.start(ChildSpec(service, [sys.executable, "-m", f"services.{service}"], env | own))
         log.info("node started", node=node_id, nats=redact(nats_url), api=None if args.no_gateway else f"http://{args.host}:{args.port}/v1")
         place = None if args.no_model else asyncio.create_task(place_at_start(nats_url, args.model, stop))
         if bus is not None and not args.no_discovery:

@@ -1,0 +1,73 @@
+"""Schemathesis against the described schema of a real node (the real model): no request it makes, valid or
+not, gets a server error (5xx). Bounded: a few examples per operation and generation mode.
+
+Schemathesis' own pytest integration (`from_fixture`) fails on pytest 9, so the test drives its hypothesis
+strategies itself. Half of the generated generation requests name the real model (a random string never
+would), with max_tokens capped so that every one of them finishes in seconds."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from hypothesis import strategies as st
+from schemathesis.generation.modes import GenerationMode
+
+from tests.conftest import MODEL, Node
+
+pytestmark = pytest.mark.slow
+
+# Issue 17's first bug, fixed by the generation path's admission check (another branch): an empty prompt is a
+# 500 and aborts the runner's batch. Until that lands, this one 5xx alone marks the test xfail, not passed.
+KNOWN_EMPTY_PROMPT_500 = "has an empty prompt"
+EXAMPLES = 12  # per operation and mode: ~8 operations x 2 modes x 12, < 60 s here
+MAX_TOKENS_CAP = 4
+
+
+def aim_at_the_model(body: object) -> None:
+    if isinstance(body, dict) and "model" in body:
+        body["model"] = MODEL
+        for field in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(field), int):
+                body[field] = min(body[field], MAX_TOKENS_CAP)
+        if "max_tokens" not in body:
+            body["max_tokens"] = MAX_TOKENS_CAP
+
+
+def test_no_server_errors(node: Node) -> None:
+    schema = schemathesis.openapi.from_url(f"{node.base_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 7
+    server_errors: list[str] = []
+    calls = 0
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode), real_model=st.booleans())
+            @settings(max_examples=EXAMPLES, deadline=None, phases=[Phase.explicit, Phase.generate],
+                      suppress_health_check=list(HealthCheck), database=None)  # fmt: skip
+            def fuzz(case, real_model: bool) -> None:  # noqa: ANN001 - a schemathesis Case
+                nonlocal calls
+                if real_model and operation.path.endswith("completions"):
+                    aim_at_the_model(case.body)
+                try:
+                    response = case.call(timeout=60)
+                except httpx.HTTPError as exc:  # a dropped connection or a hang is as bad as a 5xx
+                    server_errors.append(f"{case.method} {case.formatted_path}: {exc!r}")
+                    return
+                calls += 1
+                if response.status_code >= 500:
+                    server_errors.append(f"{case.method} {case.formatted_path} {response.status_code}: "
+                                         f"{response.text[:300]} <- {case.body!r:.300}")  # fmt: skip
+
+            try:
+                fuzz()
+            except Unsatisfiable:  # nothing of this operation can be made invalid (e.g. no parameters at all)
+                assert mode == GenerationMode.NEGATIVE, operation.label
+    assert calls > 100
+    unknown = [e for e in server_errors if KNOWN_EMPTY_PROMPT_500 not in e]
+    assert unknown == [], "\n".join(unknown)
+    if server_errors:
+        pytest.xfail(f"{len(server_errors)} x the known empty-prompt 500 (issue 17): {server_errors[0][:200]}")
