@@ -106,7 +106,7 @@ async def preview_instances(request: Request, model: str, min_nodes: int = 1, ma
     reply = await _command(request, subjects.CMD_PREVIEW, encode(command), PreviewReply)
     if not reply.ok:
         raise bad_request(reply.error or "preview failed")
-    return {"model": model, "options": msgspec.to_builtins(reply.options)}
+    return {"model": model, "options": msgspec.to_builtins(reply.options), "memory": msgspec.to_builtins(reply.memory)}
 
 
 @router.post("/instances", status_code=201)
