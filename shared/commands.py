@@ -15,6 +15,10 @@ class PlaceInstance(msgspec.Struct, frozen=True):
     backend: Literal["auto", "ring", "jaccl"] = "auto"
     min_nodes: int = 1
     if_absent: bool = False  # do nothing when an instance of the model already exists (start-up placement)
+    # what the instance will serve at once: placement reserves that KV cache on its nodes when it exceeds the
+    # usual headroom (services/master/memory_budget.py); None: the model's context / one sequence
+    context_tokens: int | None = None
+    max_batch: int | None = None
 
 
 class DeleteInstance(msgspec.Struct, frozen=True):
@@ -53,12 +57,26 @@ class PlanPreview(msgspec.Struct, frozen=True):
     shards: list[ShardAssignment] | None = None
     reason: str | None = None
     memory_per_node: dict[str, int] = {}
+    fits_now: bool = False  # beside the instances already placed (what placing it now would do)
+    reason_now: str | None = None
+
+
+class NodeMemory(msgspec.Struct, frozen=True):
+    """One node's memory as placement sees it, in bytes: its budget (--memory, else measured free memory), what
+    placed instances hold of it (per instance id), and what is left for the next one."""
+
+    node_id: str
+    total: int
+    held: int
+    free: int
+    held_by: dict[str, int] = {}
 
 
 class PreviewReply(msgspec.Struct, frozen=True):
     ok: bool
     error: str | None = None
     options: list[PlanPreview] = []
+    memory: list[NodeMemory] = []
 
 
 class CommandReply(msgspec.Struct, frozen=True):

@@ -27,6 +27,7 @@ class Instance(msgspec.Struct, frozen=True):
     strategy: Literal["pipeline", "tensor"]
     backend: Literal["ring", "jaccl"]
     shards: tuple[ShardAssignment, ...]
+    memory_per_node: dict[str, int] = {}  # bytes placement reserved on each node (weights, KV cache, headroom)
 
     @property
     def world_size(self) -> int:

@@ -30,6 +30,9 @@ class NodeFacts(msgspec.Struct, frozen=True):
     roles: tuple[str, ...]  # services this node runs that matter to placement, e.g. "worker"
     rdma: bool = False
     links: tuple[Link, ...] = ()  # to the peers discovery hears, with their measured latency
+    # One id per machine and network stack (services/discovery/local_facts.py: host_id): nodes with equal ids reach
+    # each other on loopback. "" from a node too old to publish it.
+    host_id: str = ""
 
     def placeable_memory(self) -> int:
         return self.memory_budget if self.memory_budget is not None else self.memory_available

@@ -96,7 +96,7 @@ async def preview_instances(
     reply = await _command(request, subjects.CMD_PREVIEW, encode(command), PreviewReply)
     if not reply.ok:
         raise bad_request(reply.error or "preview failed")
-    return {"model": model, "options": msgspec.to_builtins(reply.options)}
+    return {"model": model, "options": msgspec.to_builtins(reply.options), "memory": msgspec.to_builtins(reply.memory)}
 
 
 @router.post("/instances", status_code=201, openapi_extra=json_body(CreateInstance),

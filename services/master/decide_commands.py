@@ -27,7 +27,8 @@ from shared.facts import Link, NodeFacts
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
-from services.master.placement import NoPlacement, place, preview
+from services.master.memory_budget import node_memory
+from services.master.placement import NoPlacement, place, preview, worker_nodes
 
 Decision = tuple[list[AnyEvent], CommandReply]
 
@@ -115,10 +116,11 @@ def decide_preview(state: ClusterState, cmd: PreviewPlacements) -> PreviewReply:
         options=[
             PlanPreview(
                 o.strategy, o.backend, o.n_nodes, o.feasible, list(o.shards) if o.shards else None, o.reason,
-                o.memory_per_node,
+                o.memory_per_node, o.fits_now, o.reason_now,
             )  # fmt: skip
             for o in options
         ],
+        memory=node_memory(state, worker_nodes(state)),
     )
 
 

@@ -15,17 +15,14 @@ Rules (issue 4):
 `preview` lists every combination (strategy x backend x node count) with its plan and the memory per
 node, or the reason it is infeasible. The gateway shows it.
 
-Memory model: a node holding k layers needs k * bytes_per_layer * MEMORY_HEADROOM, where
-bytes_per_layer = storage_bytes / n_layers (embedding and head spread over the layers: the runners split
-the head by vocabulary rows over the ranks, and rank 0 also keeps the embedding; see
-services/worker/runner/model/sharding.py). The headroom covers the KV cache, activations, the runtime and rank
-0's embedding.
+Memory (services/master/memory_budget.py): each node gives the next instance what is left of its budget after
+the instances placed on it; a plan reserves weights plus headroom (or the KV cache the request declares).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -36,16 +33,30 @@ from shared.facts import NodeFacts
 from shared.models import ModelCard
 from shared.state import ClusterState
 
-# Room for the KV cache, activations and the runtime beside the weights.
-MEMORY_HEADROOM = 1.25
-# A link whose latency is not known counts as this slow (seconds): slower than any measured link.
-UNKNOWN_LINK_LATENCY = 1.0
-# How many starting nodes the link-aware search tries (the ones with the most memory).
-LINK_SEARCH_STARTS = 8
+from services.master.memory_budget import (
+    MEMORY_HEADROOM,
+    NodeMemory,
+    describe,
+    layer_bytes_needed,
+    layer_capacity,
+    node_memory,
+    plan_memory,
+    request_kv_bytes,
+    sized_card,
+    tensor_bytes_needed,
+    with_free_memory,
+)
+
+from services.master.node_choice import LinkLatency, choose_nodes, link_cost, measured_links
+
+# re-exported: what placement's callers and tests use from here
+__all__ = [
+    "MEMORY_HEADROOM", "NodeMemory", "layer_bytes_needed", "layer_capacity", "link_cost", "plan_memory",
+    "tensor_bytes_needed",
+]
 
 Strategy = Literal["pipeline", "tensor"]
 Backend = Literal["ring", "jaccl"]
-LinkLatency = Mapping[tuple[str, str], float]
 STRATEGIES: tuple[Strategy, ...] = ("pipeline", "tensor")
 BACKENDS: tuple[Backend, ...] = ("ring", "jaccl")
 
@@ -63,6 +74,9 @@ class PlanOption(msgspec.Struct, frozen=True):
     shards: tuple[ShardAssignment, ...] | None = None
     reason: str | None = None
     memory_per_node: dict[str, int] = {}
+    # the same plan beside the instances already placed (on what they left of each node's memory)
+    fits_now: bool = False
+    reason_now: str | None = None
 
     @property
     def feasible(self) -> bool:
@@ -75,6 +89,12 @@ class PlanOption(msgspec.Struct, frozen=True):
 def worker_nodes(state: ClusterState) -> list[NodeFacts]:
     """Nodes that run a worker, most placeable memory first (ties by node id, so plans are stable)."""
     nodes = [n for n in state.nodes.values() if "worker" in n.roles]
+    return sorted(nodes, key=lambda n: (-n.placeable_memory(), n.node_id))
+
+
+def free_worker_nodes(state: ClusterState) -> list[NodeFacts]:
+    """The worker nodes with what the placed instances left of their memory, most first."""
+    nodes = with_free_memory(state, worker_nodes(state))
     return sorted(nodes, key=lambda n: (-n.placeable_memory(), n.node_id))
 
 
@@ -103,27 +123,6 @@ def choose_backend(request: PlaceInstance, nodes: Sequence[NodeFacts]) -> str | 
 
 
 # --------------------------------------------------------------------------------------------- memory
-
-
-def layer_bytes_needed(card: ModelCard, layers: int) -> int:
-    return int(card.bytes_per_layer() * layers * MEMORY_HEADROOM)
-
-
-def tensor_bytes_needed(card: ModelCard, n: int) -> int:
-    return layer_bytes_needed(card, card.n_layers) // n
-
-
-def layer_capacity(card: ModelCard, memory: int) -> int:
-    """The most layers a node with `memory` bytes may hold (0 when not even one fits)."""
-    per = card.bytes_per_layer() * MEMORY_HEADROOM
-    if per <= 0:
-        return card.n_layers
-    cap = min(card.n_layers, int(memory // per))
-    while cap < card.n_layers and layer_bytes_needed(card, cap + 1) <= memory:
-        cap += 1
-    while cap > 0 and layer_bytes_needed(card, cap) > memory:
-        cap -= 1
-    return cap
 
 
 def allocate_layers_proportionally(n_layers: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
@@ -198,100 +197,8 @@ def tensor_plan(card: ModelCard, nodes: Sequence[NodeFacts]) -> list[ShardAssign
     return [ShardAssignment(node.node_id, rank, 0, card.n_layers) for rank, node in enumerate(nodes)]
 
 
-def plan_memory(card: ModelCard, strategy: Strategy, shards: Iterable[ShardAssignment]) -> dict[str, int]:
-    """Bytes each node of a plan needs (weights with headroom)."""
-    shards = list(shards)
-    if strategy == "tensor":
-        return {s.node_id: tensor_bytes_needed(card, len(shards)) for s in shards}
-    return {s.node_id: layer_bytes_needed(card, s.end_layer - s.start_layer) for s in shards}
-
-
 def make_plan(card: ModelCard, strategy: Strategy, nodes: Sequence[NodeFacts]) -> list[ShardAssignment] | str:
     return pipeline_plan(card, nodes) if strategy == "pipeline" else tensor_plan(card, nodes)
-
-
-# -------------------------------------------------------------------------------------- node choice
-
-
-def link_cost(order: Sequence[str], link_latency: LinkLatency) -> float:
-    """Latency around the ring the ranks form (rank i talks to i+1; the last to the first)."""
-    if len(order) < 2:
-        return 0.0
-    pairs = zip(order, order[1:]) if len(order) == 2 else zip(order, [*order[1:], order[0]])
-    return sum(_latency(a, b, link_latency) for a, b in pairs)
-
-
-def _latency(a: str, b: str, link_latency: LinkLatency) -> float:
-    value = link_latency.get((a, b))
-    if value is None:
-        value = link_latency.get((b, a))
-    return UNKNOWN_LINK_LATENCY if value is None else value
-
-
-def _fits(card: ModelCard, strategy: Strategy, nodes: Sequence[NodeFacts]) -> bool:
-    if strategy == "tensor":
-        need = tensor_bytes_needed(card, len(nodes))
-        return all(n.placeable_memory() >= need for n in nodes)
-    caps = [layer_capacity(card, n.placeable_memory()) for n in nodes]
-    return min(caps) >= 1 and sum(caps) >= card.n_layers
-
-
-def _link_aware_set(
-    card: ModelCard, strategy: Strategy, candidates: Sequence[NodeFacts], n: int, link_latency: LinkLatency
-) -> list[NodeFacts] | None:
-    """A set of n nodes that fits, chosen for low ring latency: from each of the first few nodes, grow a
-    path by always adding the nearest usable node. The fitting path with the lowest cost wins (ties: the
-    more memory). None when no path fits."""
-    if strategy == "tensor":
-        need = tensor_bytes_needed(card, n)
-        usable = [c for c in candidates if c.placeable_memory() >= need]
-    else:
-        usable = [c for c in candidates if layer_capacity(card, c.placeable_memory()) >= 1]
-    if len(usable) < n:
-        return None
-    best: tuple[float, int, list[NodeFacts]] | None = None
-    for start in usable[:LINK_SEARCH_STARTS]:
-        path = [start]
-        rest = [c for c in usable if c is not start]
-        while len(path) < n:
-            last = path[-1].node_id
-            nxt = min(rest, key=lambda c: (_latency(last, c.node_id, link_latency), -c.placeable_memory(), c.node_id))
-            path.append(nxt)
-            rest.remove(nxt)
-        if not _fits(card, strategy, path):
-            continue
-        key = (link_cost([p.node_id for p in path], link_latency), -sum(p.placeable_memory() for p in path))
-        if best is None or key < best[:2]:
-            best = (*key, path)  # type: ignore[assignment]
-    return None if best is None else best[2]
-
-
-def measured_links(state: ClusterState) -> dict[tuple[str, str], float]:
-    """(from, to) -> round trip in ms, as each node's discovery measured it to its peers."""
-    return {
-        (facts.node_id, link.peer_id): link.latency_ms
-        for facts in state.nodes.values()
-        for link in facts.links
-    }
-
-
-def choose_nodes(
-    card: ModelCard,
-    strategy: Strategy,
-    candidates: Sequence[NodeFacts],
-    n: int,
-    link_latency: LinkLatency | None = None,
-) -> list[NodeFacts]:
-    """The n nodes to use, in rank order. Without link data: the n with the most memory (which fit
-    whenever any n nodes fit). With link data: a low-latency set that fits, if one is found."""
-    top = list(candidates[:n])
-    if link_latency and n > 1 and _fits(card, strategy, top):  # when the n largest do not fit, no n nodes do
-        found = _link_aware_set(card, strategy, candidates, n, link_latency)
-        if found is not None and link_cost([f.node_id for f in found], link_latency) < link_cost(
-            [t.node_id for t in top], link_latency
-        ):
-            return found
-    return top
 
 
 # ------------------------------------------------------------------------------------------- place
@@ -308,9 +215,22 @@ def place(
     latencies default to the ones the nodes measured and reported in their facts."""
     if link_latency is None:
         link_latency = measured_links(state)
-    candidates = worker_nodes(state)
-    if not candidates:
+    if not worker_nodes(state):
         return NoPlacement("no node with a worker has joined the cluster")
+    found = _place_on_free_memory(state, request, sized_card(card, request_kv_bytes(card, request.context_tokens,
+                                                                                    request.max_batch)),
+                                  instance_id, link_latency)  # fmt: skip
+    if isinstance(found, NoPlacement):
+        memory = node_memory(state, worker_nodes(state))
+        return NoPlacement(f"{found.reason}. Memory per node (budget: held by instances, free): {describe(memory)}")
+    return found
+
+
+def _place_on_free_memory(
+    state: ClusterState, request: PlaceInstance, card: ModelCard, instance_id: str, link_latency: LinkLatency
+) -> Instance | NoPlacement:
+    """`place` on what the placed instances left of each node; `card` is sized for the request's KV cache."""
+    candidates = free_worker_nodes(state)
     if request.backend == "jaccl":
         rdma = [c for c in candidates if has_rdma(c)]
         if len(rdma) < max(2, request.min_nodes):
@@ -338,7 +258,8 @@ def place(
             if isinstance(backend, NoPlacement):
                 last_reason[strategy] = f"on {n} node(s): {backend.reason}"
                 continue
-            return Instance(instance_id, card.model_id, strategy, backend, tuple(plan))  # type: ignore[arg-type]
+            memory = plan_memory(card, strategy, plan)
+            return Instance(instance_id, card.model_id, strategy, backend, tuple(plan), memory)  # type: ignore[arg-type]
     reasons = "; ".join(f"{s} {r}" for s, r in last_reason.items())
     return NoPlacement(f"{card.model_id} ({_gb(card.storage_bytes)}) does not fit on {len(candidates)} node(s): {reasons}")
 
@@ -355,28 +276,36 @@ def preview(
     max_nodes: int | None = None,
     link_latency: LinkLatency | None = None,
 ) -> list[PlanOption]:
-    """Every (strategy, backend, node count) with its plan and memory per node, or why it is infeasible.
+    """Every (strategy, backend, node count) with its plan and memory per node, or why it is infeasible, on the
+    nodes' whole budgets; and whether it fits now, beside the instances already placed (`fits_now`,
+    `reason_now`: what `place` would answer).
 
     One node is listed once (pipeline, ring: a single node needs no data plane). The node set for each
     count is the one `place` would pick.
     """
-    options: list[PlanOption] = []
     if link_latency is None:
         link_latency = measured_links(state)
     workers = worker_nodes(state)
-    top = len(workers) if max_nodes is None else min(max_nodes, len(workers))
     if not workers:
         return [
             PlanOption(s, b, 0, reason="no node with a worker has joined the cluster")
             for s in strategies
             for b in backends
         ]
-    for n in range(max(1, min_nodes), top + 1):
-        for strategy in strategies:
-            for backend in backends:
-                if n == 1 and (strategy, backend) != (strategies[0], "ring"):
-                    continue
-                options.append(_option(card, strategy, backend, workers, n, link_latency))
+    top = len(workers) if max_nodes is None else min(max_nodes, len(workers))
+    keys = [
+        (strategy, backend, n)
+        for n in range(max(1, min_nodes), top + 1)
+        for strategy in strategies
+        for backend in backends
+        if n > 1 or (strategy, backend) == (strategies[0], "ring")
+    ]
+    free = free_worker_nodes(state)
+    options = []
+    for strategy, backend, n in keys:
+        empty = _option(card, strategy, backend, workers, n, link_latency)
+        now = _option(card, strategy, backend, free, n, link_latency)
+        options.append(msgspec.structs.replace(empty, fits_now=now.feasible, reason_now=now.reason))
     return options
 
 

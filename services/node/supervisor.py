@@ -17,7 +17,10 @@ log = structlog.get_logger()
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
-HEALTHY_AFTER_S = 30.0  # a child that ran this long starts again from the shortest backoff
+# A child that ran this long was not crash-looping: it starts again from the shortest backoff. The backoff is for
+# a service that dies during its start (a few seconds here); with 30 s, kills of a gateway that had served for
+# 15 s doubled the wait each time (0.5 s ... 8 s by the fifth), so a later crash came back slower than the first.
+HEALTHY_AFTER_S = 10.0
 STOP_GRACE_S = 8.0
 BUS_CHILD = "nats-server"
 
@@ -29,6 +32,7 @@ class ChildSpec(msgspec.Struct, frozen=True):
 
 
 def next_backoff(previous: float, ran_for: float) -> float:
+    """The wait before restarting a child that ran `ran_for` s and whose last wait was `previous` (0: none)."""
     if ran_for >= HEALTHY_AFTER_S:
         return BACKOFF_START_S
     return min(BACKOFF_MAX_S, previous * 2) if previous else BACKOFF_START_S

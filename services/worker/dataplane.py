@@ -78,14 +78,23 @@ def node_address(facts: NodeFacts, allow_loopback: bool = True) -> str:
     raise DataPlaneError(f"node {facts.node_id} reports no routable IPv4 address")
 
 
+def one_network_stack(facts: Sequence[NodeFacts]) -> bool:
+    """Whether all these nodes share one network stack, so each reaches the others on loopback. Decided by the
+    host ids discovery publishes (machine, boot and network namespace: see services/discovery/local_facts.py),
+    not by hostnames: machines cloned from one image share a hostname, and a ring on loopback across them never
+    connects. Facts without a host id (a node too old to publish one) fall back to the hostname, as before."""
+    if all(f.host_id for f in facts):
+        return len({f.host_id for f in facts}) == 1
+    return len({f.hostname for f in facts}) == 1
+
+
 def instance_addresses(instance: Instance, nodes: Mapping[str, NodeFacts]) -> dict[str, str]:
     """node_id -> address for every node of the instance. All on loopback when every node of the instance
-    is on the same host (several nodes on one machine), so the ring never leaves it."""
+    shares one network stack (several nodes on one machine), so the ring never leaves it."""
     missing = [s.node_id for s in instance.shards if s.node_id not in nodes]
     if missing:
         raise DataPlaneError(f"no facts for node(s) {missing} of instance {instance.instance_id}")
-    hosts = {nodes[s.node_id].hostname for s in instance.shards}
-    if len(hosts) == 1:
+    if one_network_stack([nodes[s.node_id] for s in instance.shards]):
         return {s.node_id: "127.0.0.1" for s in instance.shards}
     return {s.node_id: node_address(nodes[s.node_id], allow_loopback=False) for s in instance.shards}
 

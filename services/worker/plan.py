@@ -9,8 +9,10 @@ from shared.state import ClusterState
 
 from shared.runner_record import RunnerRecord
 
-MAX_START_ATTEMPTS = 3
-RESTART_BACKOFF_S = (1.0, 4.0)  # before the 2nd and 3rd attempt
+# A runner that keeps dying is started again forever, each wait twice the last, up to a cap: giving up after a few
+# tries left the instance failed for good while nothing else would place it (issue 17).
+RESTART_BACKOFF_FIRST_S = 1.0  # before the 2nd start
+RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_RUN_S = 60.0  # a runner that served this long starts again with a clean slate of attempts
 
 
@@ -85,11 +87,25 @@ def _start_missing(state: ClusterState, local: dict[str, LocalRunner], node_id: 
     return actions
 
 
+def restart_backoff(attempts: int) -> float:
+    """The wait after the exit of start number `attempts` before the next one: 1 s, 2 s, 4 s ... up to the cap."""
+    if attempts <= 0:
+        return 0.0
+    return min(RESTART_BACKOFF_FIRST_S * 2.0 ** min(attempts - 1, 32), RESTART_BACKOFF_MAX_S)
+
+
+def next_start_due(runner: LocalRunner) -> float | None:
+    """When (monotonic seconds) the plan starts this runner again; None while it runs."""
+    if runner.running:
+        return None
+    if runner.last_exit_at is None:
+        return float("-inf")  # never ran to an exit we know of: start now
+    return runner.last_exit_at + restart_backoff(runner.attempts)
+
+
 def _may_restart(runner: LocalRunner, now: float) -> bool:
-    if runner.attempts >= MAX_START_ATTEMPTS:
-        return False
-    backoff = RESTART_BACKOFF_S[min(runner.attempts, len(RESTART_BACKOFF_S)) - 1] if runner.attempts else 0.0
-    return runner.last_exit_at is None or now - runner.last_exit_at >= backoff
+    due = next_start_due(runner)
+    return due is not None and now >= due
 
 
 class Adoption(msgspec.Struct, frozen=True):

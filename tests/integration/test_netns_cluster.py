@@ -81,11 +81,15 @@ def wait_for(what: str, predicate, timeout: float, hosts: list[Host]):  # noqa: 
     return poll_until(predicate, timeout, what, lambda: "\n".join(h.logs() for h in hosts))
 
 
-def start_host(lab: Lab, i: int, root: Path) -> Host:
+def start_host(lab: Lab, i: int, root: Path, hostname: str | None = "") -> Host:
+    """`hostname`: "" names host i `host<i>`; None leaves the OS one, which every namespace shares (clones)."""
     state_dir = root / f"host{i}"
     state_dir.mkdir()
     output = state_dir / "console.log"
-    env = {**os.environ, "EXO_HOSTNAME": f"host{i}", "EXO_CONSOLE_LOGS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "EXO_HOSTNAME"}
+    env |= {"EXO_CONSOLE_LOGS": "1", "PYTHONUNBUFFERED": "1"}
+    if hostname is not None:
+        env["EXO_HOSTNAME"] = hostname or f"host{i}"
     argv = [*lab.run_in(i), sys.executable, "-m", "services.node.cli", "--state-dir", str(state_dir),
             "--host", "0.0.0.0", "--no-model", "--memory", BUDGET, "--cluster-secret", SECRET]  # fmt: skip
     with open(output, "wb") as out:

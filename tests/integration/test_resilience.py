@@ -174,6 +174,33 @@ def test_killed_runner_fails_the_stream_and_is_restarted(rnode: Node, client: op
     assert "Paris" in response.choices[0].message.content
 
 
+def test_a_runner_killed_again_and_again_is_restarted_each_time(rnode: Node, client: openai.OpenAI) -> None:
+    """Issue 17: a runner that died 4 times stayed down (the worker gave up after 3 starts). Now the worker keeps
+    starting it, with a capped doubling backoff, and the instance comes back ready and answers."""
+    worker_pid = rnode.pids()["worker"]
+    seen: list[int] = []
+    for kill in range(5):
+        runner = wait_for(lambda: [p for p in rnode.runner_pids() if p not in seen], 60,
+                          f"runner to kill number {kill + 1} (after {len(seen)} kills)", rnode)[0]  # fmt: skip
+        seen.append(runner)
+        os.kill(runner, signal.SIGKILL)
+    started = time.monotonic()
+    new = wait_for(lambda: [p for p in rnode.runner_pids() if p not in seen], 90, "runner after 5 kills", rnode)
+    assert psutil.Process(new[0]).ppid() == worker_pid
+    rnode.wait_until(lambda h: bool(h["ready_instances"]), 90, "ready instance after 5 runner kills")
+    print(f"ready {time.monotonic() - started:.1f} s after the 5th kill")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=10)
+            break
+        except openai.InternalServerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    assert "Paris" in response.choices[0].message.content
+
+
 def test_nothing_of_a_node_outlives_its_supervisor_killed_with_minus_9(start_node: Callable[..., Node]) -> None:
     """kill -9 of `exo` itself: nobody can stop the children, so each must notice and end by itself (the
     services and runners watch the supervisor; the bus dies with its parent on Linux)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
+import msgspec
 import pytest
 
 from services.worker.dataplane import (
@@ -15,6 +16,7 @@ from services.worker.dataplane import (
     choose_free_ports,
     dataplane_config,
     instance_addresses,
+    one_network_stack,
     instance_base_port,
     jaccl_config,
     jaccl_device_matrix,
@@ -73,6 +75,27 @@ def test_instance_addresses_loopback_when_all_on_one_host():
     assert instance_addresses(instance("a", "b"), NODES) == {"a": "192.168.1.10", "b": "192.168.1.11"}
     with pytest.raises(DataPlaneError, match="no facts"):
         instance_addresses(instance("a", "zz"), NODES)
+
+
+def with_host_id(f: NodeFacts, host_id: str) -> NodeFacts:
+    return msgspec.structs.replace(f, host_id=host_id)
+
+
+def test_nodes_that_share_a_hostname_on_separate_machines_get_their_own_addresses():
+    """Issue 17: three machines cloned from one image (one hostname) got loopback for every rank, and their ring
+    never connected. The host id (machine, boot, network namespace) decides, not the hostname."""
+    clones = {k: with_host_id(facts(k, "cloned", f"10.0.0.{i}"), f"host-{k}") for i, k in enumerate("abc", 1)}
+    assert instance_addresses(instance("a", "b", "c"), clones) == {"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}
+    assert not one_network_stack(list(clones.values()))
+
+
+def test_nodes_with_one_host_id_share_loopback_whatever_their_hostnames():
+    one_box = {k: with_host_id(facts(k, f"name-{k}", "10.0.0.9"), "same-stack") for k in "ab"}
+    assert instance_addresses(instance("a", "b"), one_box) == {"a": "127.0.0.1", "b": "127.0.0.1"}
+    # one node without a host id (an older node): the hostname decides, as before
+    mixed = {"a": one_box["a"], "b": facts("b", "name-b", "10.0.0.9")}
+    assert not one_network_stack(list(mixed.values()))
+    assert one_network_stack([facts("a", "h", "10.0.0.1"), facts("b", "h", "10.0.0.2")])
 
 
 def test_instance_base_port_is_deterministic_and_in_range():

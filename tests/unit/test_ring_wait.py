@@ -18,6 +18,7 @@ from services.worker.runner.ring.ring_wait import (
     block_with_timeout,
     is_ring_socket,
     quiet_ring,
+    ring_connect_reason,
     ring_endpoints,
 )
 
@@ -86,3 +87,17 @@ def test_quiet_ring_leaves_other_sockets_alone(tmp_path):
     finally:
         for s in (ring_out, ring_in, stray, stray_in, listener, other):
             s.close()
+
+
+def test_a_ring_that_cannot_connect_says_where_and_why():
+    """Issue 17: MLX says only "[ring] Couldn't connect (error: 111)"; the runner's failure names the peer."""
+    loopback = [["127.0.0.1:24000"], ["127.0.0.1:24001"], ["127.0.0.1:24002"]]
+    reason = ring_connect_reason("[ring] Couldn't connect (error: 111)", 1, loopback)
+    assert reason is not None
+    assert "rank 1 could not connect to rank 2 at 127.0.0.1:24002" in reason and "refused" in reason.lower()
+    assert "every rank is on loopback" in reason
+    spread = [["10.0.0.1:24000"], ["10.0.0.2:24001"]]
+    reason = ring_connect_reason("[ring] Couldn't connect (error: 113)", 1, spread)
+    assert "rank 0 at 10.0.0.1:24000" in reason and "loopback" not in reason
+    assert ring_connect_reason("[ring] Couldn't bind socket (error: 98)", 0, spread) is None
+    assert ring_connect_reason("something else", 0, spread) is None

@@ -55,6 +55,25 @@ def test_backoff_resets_after_a_healthy_run():
     assert next_backoff(8.0, ran_for=HEALTHY_AFTER_S - 0.01) == 16.0
 
 
+def test_a_service_killed_after_serving_a_while_restarts_as_fast_every_time():
+    """Issue 17: five kills of a gateway that had served 15 s each: the waits doubled to 8 s by the fifth. A
+    healthy period resets the backoff, so the fifth crash is not slower than the first."""
+    waits, b = [], 0.0
+    for _ in range(5):
+        b = next_backoff(b, ran_for=15.0)
+        waits.append(b)
+    assert waits == [BACKOFF_START_S] * 5
+
+
+def test_a_crash_loop_during_start_still_backs_off():
+    """A service dying within its start (a few seconds) is the loop the backoff is for: it keeps doubling."""
+    waits, b = [], 0.0
+    for _ in range(4):
+        b = next_backoff(b, ran_for=3.0)
+        waits.append(b)
+    assert waits == [BACKOFF_START_S * 2**i for i in range(4)]
+
+
 # --- a real supervisor --------------------------------------------------------------------------
 
 

@@ -6,16 +6,18 @@ import pytest
 
 from services.worker.plan import (
     HEALTHY_RUN_S,
-    MAX_START_ATTEMPTS,
-    RESTART_BACKOFF_S,
+    RESTART_BACKOFF_FIRST_S,
+    RESTART_BACKOFF_MAX_S,
     Adoption,
     LocalRunner,
     StartRunner,
     StopRunner,
     adopted_runner,
     my_shards,
+    next_start_due,
     plan,
     record_exit,
+    restart_backoff,
     triage_recorded,
 )
 from shared.runner_record import RunnerRecord
@@ -104,14 +106,26 @@ def exited(attempts: int, at: float) -> dict[str, LocalRunner]:
     return {"inst-1": LocalRunner("inst-1", 1, running=False, attempts=attempts, last_exit_at=at)}
 
 
-def test_backoff_schedule_is_increasing():
-    assert list(RESTART_BACKOFF_S) == sorted(RESTART_BACKOFF_S)
-    assert RESTART_BACKOFF_S[0] > 0
+def test_backoff_doubles_from_the_first_wait_up_to_the_cap():
+    waits = [restart_backoff(n) for n in range(0, 12)]
+    assert waits[0] == 0.0  # the first start does not wait
+    assert waits[1] == RESTART_BACKOFF_FIRST_S > 0
+    assert waits[2] == 2 * waits[1] and waits[3] == 2 * waits[2]
+    assert waits == sorted(waits)
+    assert max(waits) == RESTART_BACKOFF_MAX_S == waits[-1]
+    assert restart_backoff(10_000) == RESTART_BACKOFF_MAX_S  # no overflow however often it died
+
+
+def test_next_start_due_is_the_exit_time_plus_the_backoff():
+    assert next_start_due(LocalRunner("inst-1", 1, running=True, attempts=3)) is None
+    assert next_start_due(exited(3, at=100.0)["inst-1"]) == 100.0 + restart_backoff(3)
+    never_exited = LocalRunner("inst-1", 1, running=False, attempts=1, last_exit_at=None)
+    assert next_start_due(never_exited) == float("-inf")
 
 
 def test_restart_after_first_exit_waits_first_backoff():
     state = state_with(SHARED)
-    first = RESTART_BACKOFF_S[0]
+    first = restart_backoff(1)
     assert plan(state, exited(1, at=100.0), ME, now=100.0) == []
     assert plan(state, exited(1, at=100.0), ME, now=100.0 + first - 0.01) == []
     assert plan(state, exited(1, at=100.0), ME, now=100.0 + first) == [StartRunner(SHARED, SHARED.shards[1])]
@@ -119,17 +133,21 @@ def test_restart_after_first_exit_waits_first_backoff():
 
 def test_restart_after_second_exit_waits_longer():
     state = state_with(SHARED)
-    first, second = RESTART_BACKOFF_S[0], RESTART_BACKOFF_S[1]
+    first, second = restart_backoff(1), restart_backoff(2)
     assert second > first
     assert plan(state, exited(2, at=100.0), ME, now=100.0 + first) == []
     assert plan(state, exited(2, at=100.0), ME, now=100.0 + second - 0.01) == []
     assert len(plan(state, exited(2, at=100.0), ME, now=100.0 + second)) == 1
 
 
-@pytest.mark.parametrize("attempts", [MAX_START_ATTEMPTS, MAX_START_ATTEMPTS + 1, 10])
-def test_no_restart_after_max_attempts(attempts):
+@pytest.mark.parametrize("attempts", [3, 4, 10, 1000])
+def test_a_runner_that_died_many_times_is_still_restarted_after_the_capped_wait(attempts):
+    """Issue 17: after 3 attempts the runner used to stay down for good."""
     state = state_with(SHARED)
-    assert plan(state, exited(attempts, at=0.0), ME, now=1e9) == []
+    wait = restart_backoff(attempts)
+    assert wait <= RESTART_BACKOFF_MAX_S
+    assert plan(state, exited(attempts, at=0.0), ME, now=wait - 0.01) == []
+    assert plan(state, exited(attempts, at=0.0), ME, now=wait) == [StartRunner(SHARED, SHARED.shards[1])]
 
 
 def test_exited_without_exit_time_restarts_at_once():
@@ -138,26 +156,49 @@ def test_exited_without_exit_time_restarts_at_once():
     assert len(plan(state, local, ME, now=0.0)) == 1
 
 
-def test_full_lifecycle_starts_exactly_max_attempts_times():
-    """Simulate the worker: each StartRunner makes attempts+1, each crash records the exit time."""
-    state = state_with(SHARED)
-    local: dict[str, LocalRunner] = {}
-    now = 0.0
-    starts = []
-    for _ in range(200):
+def simulate_crashing_runner(state, local, crash, until: float, step: float = 0.5) -> list[float]:
+    """Simulate the worker: each StartRunner makes attempts+1 and marks the start time; `crash(now, started)`
+    says whether the runner dies at `now`, and record_exit records it. Returns the start times."""
+    now, starts = 0.0, []
+    while now < until:
+        runner = local.get("inst-1")
+        if runner is not None and runner.running and crash(now, runner.started_at):
+            record_exit(runner, now)
         for action in plan(state, local, ME, now):
             assert isinstance(action, StartRunner)
             previous = local.get("inst-1")
-            local["inst-1"] = LocalRunner("inst-1", 1, running=True, attempts=(previous.attempts if previous else 0) + 1)
+            local["inst-1"] = LocalRunner("inst-1", 1, running=True,
+                                          attempts=(previous.attempts if previous else 0) + 1, started_at=now)
             starts.append(now)
-            # it crashes right away
-            local["inst-1"].running = False
-            local["inst-1"].last_exit_at = now
-        now += 0.5
-    assert len(starts) == MAX_START_ATTEMPTS
+        now += step
+    return starts
+
+
+def test_a_runner_that_always_crashes_keeps_being_started_with_doubling_capped_waits():
+    starts = simulate_crashing_runner(state_with(SHARED), {}, crash=lambda now, started: True, until=600.0)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    for gap, backoff in zip(gaps, RESTART_BACKOFF_S):
-        assert backoff <= gap < backoff + 0.5 + 1e-9
+    assert len(starts) > 20, "restarts stopped"
+    for n, gap in enumerate(gaps, start=1):  # the crash is seen one step after the start
+        assert restart_backoff(n) + 0.5 <= gap < restart_backoff(n) + 1.0 + 1e-9
+    assert all(gap <= RESTART_BACKOFF_MAX_S + 1.0 for gap in gaps)
+    assert gaps[-1] >= RESTART_BACKOFF_MAX_S
+
+
+def test_a_healthy_run_resets_the_backoff():
+    """Five fast crashes build up a long wait; a run longer than HEALTHY_RUN_S then crashes: restarted after the
+    first wait again, not the long one."""
+    state, local = state_with(SHARED), {}
+    healthy_from = 40.0
+
+    def crash(now, started):
+        return now < healthy_from or now - started >= HEALTHY_RUN_S + 1
+
+    starts = simulate_crashing_runner(state, local, crash, until=healthy_from + 2 * HEALTHY_RUN_S)
+    healthy_start = max(s for s in starts if s <= healthy_from + RESTART_BACKOFF_MAX_S)
+    after = [s for s in starts if s > healthy_start]
+    assert after, "not restarted after the healthy run crashed"
+    crashed_at = healthy_start + HEALTHY_RUN_S + 1
+    assert after[0] - crashed_at <= RESTART_BACKOFF_FIRST_S + 0.5
 
 
 def test_plan_does_not_mutate_inputs():

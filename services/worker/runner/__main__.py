@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import msgspec
 import structlog
@@ -21,6 +23,7 @@ from services.worker.runner.reporting import report_runner
 from services.worker.runner.serve.control import ControlChannel
 from services.worker.runner.serve.engine import MAX_BATCH, Engine
 from services.worker.runner.lifetime import watch_lifetime
+from services.worker.runner.ring.ring_wait import ring_connect_reason
 from services.worker.runner.serve.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
 
 log = structlog.get_logger()
@@ -43,6 +46,18 @@ def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
     model, tokenizer = load_shard(args.model_path, strategy, group, args.start_layer, args.end_layer)
     max_batch = int(os.environ.get("EXO_MAX_BATCH", MAX_BATCH))
     return Engine(model, tokenizer, max_batch=max_batch, world_size=args.world_size), group
+
+
+def _ring_reason(exc: Exception, args: RunnerArgs) -> str | None:
+    """The ring's connect failure, said with the addresses (MLX says only "Couldn't connect (error: 111)")."""
+    path = os.environ.get("MLX_HOSTFILE")
+    if args.backend != "ring" or not path:
+        return None
+    try:
+        hostfile = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return ring_connect_reason(str(exc), args.rank, hostfile)
 
 
 def follow(engine: Engine, group) -> None:  # noqa: ANN001
@@ -70,10 +85,11 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
     try:
         engine, group = await loop.run_in_executor(mlx_thread, load_engine, args)
     except Exception as exc:  # noqa: BLE001 - reported to the master, then the runner exits
-        log.exception("model failed to load")
-        await report("failed", f"model failed to load: {exc}")
+        ring = _ring_reason(exc, args)
+        log.exception("could not join the ring" if ring else "model failed to load")
+        await report("failed", ring or f"model failed to load: {exc}")
         await disconnect(nc)
-        raise SystemExit(3) from exc
+        raise SystemExit(4 if ring else 3) from exc
     if args.rank == 0:
         max_waiting = int(os.environ.get("EXO_MAX_WAITING", WAITING_PER_SLOT))
         server = RunnerServer(args, nc, engine, max_waiting, group, mlx_thread)

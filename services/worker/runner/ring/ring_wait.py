@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import struct
 from collections.abc import Iterable
@@ -49,6 +50,23 @@ def ring_endpoints(hostfile: list[list[str]], rank: int) -> tuple[set[tuple[str,
     size = len(hostfile)
     right = (rank + 1) % size
     return {parse(e) for e in hostfile[rank]}, {parse(e) for e in hostfile[right]}
+
+
+def ring_connect_reason(error: str, rank: int, hostfile: list[list[str]]) -> str | None:
+    """A clear reason for MLX's "[ring] Couldn't connect (error: N)" (it gives no address), or None for other
+    errors. MLX has retried for about 30 s by then: the neighbour's rank is not up, or not at that address."""
+    match = re.search(r"Couldn't connect \(error: (\d+)\)", error)
+    if match is None or not hostfile:
+        return None
+    code = int(match.group(1))
+    right = (rank + 1) % len(hostfile)
+    where = ", ".join(hostfile[right])
+    reason = (f"ring: rank {rank} could not connect to rank {right} at {where} ({os.strerror(code)}, error {code}) "
+              f"after MLX's retries: that rank's runner is not up, or the address does not reach it")  # fmt: skip
+    hosts = {entry.rpartition(":")[0].strip("[]") for entries in hostfile for entry in entries}
+    if len(hostfile) > 1 and all(h in ("127.0.0.1", "::1", "localhost") for h in hosts):
+        reason += " (every rank is on loopback: its nodes were taken to be one machine)"
+    return reason
 
 
 def is_ring_socket(local: tuple, peer: tuple | None, mine: set, right: set) -> bool:
