@@ -40,6 +40,22 @@ START_ATTEMPTS = 3  # free ports are picked, then bound by the node: another pro
 
 TEST_CLUSTER_SECRET = "5e" * 32
 
+# Per-test timeouts (pytest-timeout; fixture setup and teardown count), so a hang fails the test that hangs. The
+# fast tier is pure logic: a minute is a hang. The slow tier starts real nodes on a shared 2-core machine, where
+# one test may take a few minutes. A test's own @pytest.mark.timeout, or --timeout on the command line, wins.
+FAST_TIER_TIMEOUT_S = 60
+SLOW_TIER_TIMEOUT_S = 600
+SLOW_TIER = REPO_ROOT / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("timeout", None) is not None:
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            slow = item.path.is_relative_to(SLOW_TIER)
+            item.add_marker(pytest.mark.timeout(SLOW_TIER_TIMEOUT_S if slow else FAST_TIER_TIMEOUT_S))
+
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
