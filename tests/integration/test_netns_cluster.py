@@ -29,6 +29,7 @@ import pytest
 
 from shared.cluster_secret import beacon_key
 from tests.conftest import MODEL, REPO_ROOT, _tail, keep_or_remove_state, poll_until
+from tests.shared_models import SharedModels
 from tests.netns_lab import Lab, skip_reason
 
 pytestmark = pytest.mark.slow
@@ -81,9 +82,10 @@ def wait_for(what: str, predicate, timeout: float, hosts: list[Host]):  # noqa: 
     return poll_until(predicate, timeout, what, lambda: "\n".join(h.logs() for h in hosts))
 
 
-def start_host(lab: Lab, i: int, root: Path) -> Host:
+def start_host(lab: Lab, i: int, root: Path, models: SharedModels) -> Host:
     state_dir = root / f"host{i}"
     state_dir.mkdir()
+    models.link_into(state_dir / "models")  # the session's imported model: no GGUF conversion per host
     output = state_dir / "console.log"
     env = {**os.environ, "EXO_HOSTNAME": f"host{i}", "EXO_CONSOLE_LOGS": "1", "PYTHONUNBUFFERED": "1"}
     argv = [*lab.run_in(i), sys.executable, "-m", "services.node.cli", "--state-dir", str(state_dir),
@@ -108,7 +110,7 @@ def stop_host(host: Host) -> None:
 
 
 @pytest.fixture(scope="module")
-def hosts(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
+def hosts(request: pytest.FixtureRequest, shared_models: SharedModels) -> Iterator[list[Host]]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
@@ -116,7 +118,7 @@ def hosts(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
     root = Path(tempfile.mkdtemp(prefix="exo-netns-"))
     started: list[Host] = []
     try:
-        started = [start_host(lab, i, root) for i in range(3)]
+        started = [start_host(lab, i, root, shared_models) for i in range(3)]
         started[0].lab = lab  # type: ignore[attr-defined] - the tests that cut links need it
         for host in started:
             wait_for(f"host {host.index} starting", lambda host=host: (host.state_dir / "node_id").exists(), 30, started)
