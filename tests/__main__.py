@@ -1,5 +1,6 @@
-"""The test command, `python -m tests`: the fast tier, then the slow tier, each step in a process of its own.
+"""The test command, `python -m tests`: the type check, the fast tier, then the slow tier, each in a process of its own.
 
+The type check (mypy, configured in pyproject.toml) runs first: a wrong id or an unhandled event fails in seconds.
 The fast tier (tests/unit: pure logic on plain data, no processes, no real model) stops at its first failure and
 the run stops with it: a broken contract shows in a minute, before the slow tier spends minutes on real nodes.
 The slow tier (tests/integration) runs every test. Per-test timeouts come from tests/conftest.py, and
@@ -12,6 +13,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NO_TESTS_COLLECTED = 5  # pytest's exit code when a -k or -m given here selects nothing in a tier
 DURATIONS = "--durations=15"
@@ -20,6 +24,7 @@ DURATIONS = "--durations=15"
 def steps(extra: list[str]) -> list[tuple[str, list[str]]]:
     pytest = [sys.executable, "-m", "pytest", DURATIONS]
     return [
+        ("types: mypy", [sys.executable, "-m", "mypy"]),
         ("fast tier: tests/unit", [*pytest, "tests/unit", "-x", *extra]),
         ("slow tier: tests/integration", [*pytest, "tests/integration", *extra]),
     ]
@@ -30,7 +35,7 @@ def main(extra: list[str]) -> int:
     for name, argv in steps(extra):
         print(f"\n===== {name} =====", flush=True)
         started = time.monotonic()
-        code = subprocess.run(argv).returncode
+        code = subprocess.run(argv, cwd=REPO_ROOT).returncode
         took.append(f"{name.split(':')[0]} {time.monotonic() - started:.0f} s")
         if code == NO_TESTS_COLLECTED and extra:
             continue

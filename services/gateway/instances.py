@@ -121,9 +121,10 @@ async def create_instance(request: Request) -> dict:
         raise bad_request(f"invalid instance request: {exc}") from None
     if body.model not in MODEL_CARDS:
         raise model_not_found(body.model)
-    reply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
+    reply: CommandReply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
     if not reply.ok:
         raise OpenAIError(409, reply.error or "placement failed", code="placement_failed")
+    assert reply.instance_id is not None, "an accepted placement names its instance"
     gateway = request.app.state.gateway
     state = await gateway.follower.wait_until(lambda s: reply.instance_id in s.instances, COMMAND_TIMEOUT_S)
     return instance_view(state, reply.instance_id)
@@ -131,13 +132,13 @@ async def create_instance(request: Request) -> dict:
 
 @router.delete("/instances/{instance_id}")
 async def delete_instance(request: Request, instance_id: str) -> dict:
-    reply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(instance_id)))
+    reply: CommandReply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(instance_id)))
     if not reply.ok:
         raise OpenAIError(404, reply.error or "no such instance", code="instance_not_found")
     return {"deleted": instance_id}
 
 
-async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:
+async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:  # type: ignore[assignment]
     """Ask the leader. While none answers (a handover: the old leader's endpoints are gone, the new one's not
     yet there) ask again, for HANDOVER_S; nothing was received, so nothing can happen twice. A timeout is not
     retried: a placement may have been made and its reply lost."""

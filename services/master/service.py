@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -151,7 +152,7 @@ class Master:
 
     # -- commands ---------------------------------------------------------------------------------
 
-    def _endpoint(self, type_: type, handle: Callable[..., Awaitable[CommandReply | PreviewReply]]) -> Callable:
+    def _endpoint(self, type_: type[Any], handle: Callable[..., Awaitable[CommandReply | PreviewReply]]) -> Callable:
         async def handler(req: Request) -> None:
             try:
                 cmd = decode(req.data, type_)
