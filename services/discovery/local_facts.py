@@ -9,6 +9,7 @@ from functools import lru_cache
 import psutil
 
 from shared.facts import Link, NetworkInterface, NodeFacts
+from shared.ids import NodeId
 
 BACKENDS = ("ring", "jaccl", "mpi", "nccl")
 
@@ -55,7 +56,7 @@ def interfaces() -> tuple[NetworkInterface, ...]:
 
 
 def read_facts(
-    node_id: str,
+    node_id: NodeId,
     roles: tuple[str, ...],
     memory_budget: int | None,
     hostname: str | None = None,

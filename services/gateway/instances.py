@@ -21,6 +21,7 @@ from shared.commands import (
     encode,
 )
 from shared.models import MODEL_CARDS
+from shared.ids import InstanceId
 from shared.state import ClusterState
 
 from services.gateway.errors import OpenAIError, bad_request, model_not_found, unavailable
@@ -32,7 +33,7 @@ HANDOVER_S = 8.0  # a new leader answers within ~2-3 s of the old one's death (b
 R = TypeVar("R")
 
 
-def instance_view(state: ClusterState, instance_id: str) -> dict:
+def instance_view(state: ClusterState, instance_id: InstanceId) -> dict:
     instance = state.instances[instance_id]
     runners = state.instance_runners(instance_id)
     return msgspec.to_builtins(instance) | {
@@ -132,7 +133,7 @@ async def create_instance(request: Request) -> dict:
 
 @router.delete("/instances/{instance_id}")
 async def delete_instance(request: Request, instance_id: str) -> dict:
-    reply: CommandReply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(instance_id)))
+    reply: CommandReply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(InstanceId(instance_id))))
     if not reply.ok:
         raise OpenAIError(404, reply.error or "no such instance", code="instance_not_found")
     return {"deleted": instance_id}

@@ -24,6 +24,7 @@ from shared.events import (
     WorkerStarted,
 )
 from shared.facts import Link, NodeFacts
+from shared.ids import InstanceId
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
@@ -39,7 +40,7 @@ LINK_CHANGE_WORTH_RECORDING_MS = 2.0
 LINK_CHANGE_WORTH_RECORDING_RATIO = 0.5
 
 
-def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: str) -> Decision:
+def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: InstanceId) -> Decision:
     try:
         card = get_card(cmd.model_id)
     except UnknownModel:

@@ -28,6 +28,7 @@ import msgspec
 
 from shared.events import Instance
 from shared.facts import NodeFacts
+from shared.ids import NodeId
 
 HOSTFILE_NAME = "hostfile.json"
 DEVICES_NAME = "ibv_devices.json"
@@ -78,7 +79,7 @@ def node_address(facts: NodeFacts, allow_loopback: bool = True) -> str:
     raise DataPlaneError(f"node {facts.node_id} reports no routable IPv4 address")
 
 
-def instance_addresses(instance: Instance, nodes: Mapping[str, NodeFacts]) -> dict[str, str]:
+def instance_addresses(instance: Instance, nodes: Mapping[NodeId, NodeFacts]) -> dict[str, str]:
     """node_id -> address for every node of the instance. All on loopback when every node of the instance
     is on the same host (several nodes on one machine), so the ring never leaves it."""
     missing = [s.node_id for s in instance.shards if s.node_id not in nodes]
@@ -226,7 +227,7 @@ def jaccl_config(
 def dataplane_config(
     instance: Instance,
     rank: int,
-    nodes: Mapping[str, NodeFacts],
+    nodes: Mapping[NodeId, NodeFacts],
     config_dir: str | Path,
     *,
     ports: int | Sequence[int] | None = None,
