@@ -1,8 +1,8 @@
 """The test command, `python -m tests`: the type check, the fast tier, then the slow tier, each in a process of its own.
 
-The type check (mypy, configured in pyproject.toml) runs first: a wrong id or an unhandled event fails in seconds.
+The type check (mypy, configured in pyproject.toml) runs first: a wrong id or an unhandled event fails before any test.
 The fast tier (tests/unit: pure logic on plain data, no processes, no real model) stops at its first failure and
-the run stops with it: a broken contract shows in a minute, before the slow tier spends minutes on real nodes.
+the run stops with it: a broken contract shows in seconds, before the slow tier spends minutes on real nodes.
 The slow tier (tests/integration) runs every test. Per-test timeouts come from tests/conftest.py, and
 --durations names the slowest tests, so a hang or a slowdown names itself. Extra arguments go to both tiers
 (e.g. `python -m tests -k bus`).
