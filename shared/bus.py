@@ -11,6 +11,7 @@ import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
@@ -160,8 +161,8 @@ class StateFollower:
         self._watch_every_s = watch_every_s
         self.state = ClusterState()
         self._changed = asyncio.Condition()
-        self._sub = None
-        self._watcher: asyncio.Task | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._resubscribing = asyncio.Lock()
         self.resubscribed = 0  # how many times a stalled subscription was replaced
 
@@ -218,7 +219,7 @@ class StateFollower:
             except NotFoundError:
                 await asyncio.sleep(0.2)  # the master creates it; until then there is nothing to replay
 
-    async def _handle(self, msg) -> None:
+    async def _handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         if seq <= self.state.last_seq:
             return

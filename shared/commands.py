@@ -7,6 +7,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from shared.events import RunnerPhase, ShardAssignment
+from shared.ids import InstanceId, NodeId
 
 
 class PlaceInstance(msgspec.Struct, frozen=True):
@@ -22,14 +23,14 @@ class PlaceInstance(msgspec.Struct, frozen=True):
 
 
 class DeleteInstance(msgspec.Struct, frozen=True):
-    instance_id: str
+    instance_id: InstanceId
 
 
 class ReportRunner(msgspec.Struct, frozen=True):
     """A worker (or its runner) reports what its runner is doing; the master records it as an event."""
 
-    instance_id: str
-    node_id: str
+    instance_id: InstanceId
+    node_id: NodeId
     rank: int
     phase: RunnerPhase
     detail: str = ""
@@ -37,7 +38,7 @@ class ReportRunner(msgspec.Struct, frozen=True):
 
 
 class ReportWorkerStarted(msgspec.Struct, frozen=True):
-    node_id: str
+    node_id: NodeId
     kept: tuple[str, ...] = ()  # runner keys (instance/rank) of runners that outlived the old worker and were adopted
 
 
@@ -82,7 +83,7 @@ class PreviewReply(msgspec.Struct, frozen=True):
 class CommandReply(msgspec.Struct, frozen=True):
     ok: bool
     error: str | None = None
-    instance_id: str | None = None
+    instance_id: InstanceId | None = None
 
 
 # The headers of a NATS micro error answer (the handler failed; micro counts it as an error in $SRV.STATS).

@@ -10,19 +10,20 @@ from typing import Literal
 import msgspec
 
 from shared.facts import NodeFacts
+from shared.ids import InstanceId, NodeId
 
 RunnerPhase = Literal["importing", "loading", "ready", "failed", "stopped"]
 
 
 class ShardAssignment(msgspec.Struct, frozen=True):
-    node_id: str
+    node_id: NodeId
     rank: int
     start_layer: int  # inclusive
     end_layer: int  # exclusive
 
 
 class Instance(msgspec.Struct, frozen=True):
-    instance_id: str
+    instance_id: InstanceId
     model_id: str
     strategy: Literal["pipeline", "tensor"]
     backend: Literal["ring", "jaccl"]
@@ -43,7 +44,7 @@ class NodeFactsRecorded(Event, frozen=True):
 
 
 class NodeLost(Event, frozen=True):
-    node_id: str
+    node_id: NodeId
     reason: str
 
 
@@ -52,13 +53,13 @@ class InstancePlaced(Event, frozen=True):
 
 
 class InstanceDeleted(Event, frozen=True):
-    instance_id: str
+    instance_id: InstanceId
     reason: str
 
 
 class RunnerStatusChanged(Event, frozen=True):
-    instance_id: str
-    node_id: str
+    instance_id: InstanceId
+    node_id: NodeId
     rank: int
     phase: RunnerPhase
     detail: str = ""
@@ -72,7 +73,7 @@ class LeaderElected(Event, frozen=True):
     next, so every service can tell the current leader from a stale one, and the event log refuses a writer
     whose term is not the latest (fencing)."""
 
-    node_id: str
+    node_id: NodeId
     term: int
 
 
@@ -80,7 +81,7 @@ class WorkerStarted(Event, frozen=True):
     """A node's worker (re)started: whatever its runners said before is stale, except for the runners it
     adopted (`kept`, runner keys instance/rank): they outlived the old worker and still serve."""
 
-    node_id: str
+    node_id: NodeId
     kept: tuple[str, ...] = ()
 
 
@@ -91,7 +92,7 @@ class InstanceAwaitingNodes(Event, frozen=True):
     InstancePlaced of the model (by the leader or anyone), or with InstanceDeleted of the old id (the user
     gave up on it: DELETE /instances/<old id>)."""
 
-    instance_id: str
+    instance_id: InstanceId
     model_id: str
     strategy: Literal["pipeline", "tensor"]
     backend: Literal["ring", "jaccl"]

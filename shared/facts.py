@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.ids import NodeId
+
 
 class NetworkInterface(msgspec.Struct, frozen=True):
     name: str
@@ -18,7 +20,7 @@ class Link(msgspec.Struct, frozen=True):
 
 
 class NodeFacts(msgspec.Struct, frozen=True):
-    node_id: str
+    node_id: NodeId
     hostname: str
     memory_total: int
     memory_available: int

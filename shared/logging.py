@@ -10,7 +10,7 @@ import structlog
 
 
 def setup_logging(service: str, log_dir: Path | None, level: str = "info", console: bool = True) -> None:
-    shared_processors: list = [
+    shared_processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -6,6 +6,7 @@ import msgspec
 
 from shared.events import Instance, InstanceAwaitingNodes, RunnerStatusChanged
 from shared.facts import NodeFacts
+from shared.ids import InstanceId, NodeId
 
 
 def runner_key(instance_id: str, rank: int) -> str:
@@ -13,22 +14,22 @@ def runner_key(instance_id: str, rank: int) -> str:
 
 
 class ClusterState(msgspec.Struct, frozen=True):
-    nodes: dict[str, NodeFacts] = {}
-    instances: dict[str, Instance] = {}
+    nodes: dict[NodeId, NodeFacts] = {}
+    instances: dict[InstanceId, Instance] = {}
     runners: dict[str, RunnerStatusChanged] = {}  # runner_key -> latest status
-    waiting: dict[str, InstanceAwaitingNodes] = {}  # old instance id -> its model, waiting to fit again
-    leader_node_id: str | None = None  # the master that may write (see LeaderElected)
+    waiting: dict[InstanceId, InstanceAwaitingNodes] = {}  # old instance id -> its model, waiting to fit again
+    leader_node_id: NodeId | None = None  # the master that may write (see LeaderElected)
     leader_term: int = 0  # its lease term; 0 before any leader was elected
     last_seq: int = 0
 
-    def runner_status(self, instance_id: str, rank: int) -> RunnerStatusChanged | None:
+    def runner_status(self, instance_id: InstanceId, rank: int) -> RunnerStatusChanged | None:
         return self.runners.get(runner_key(instance_id, rank))
 
-    def instance_runners(self, instance_id: str) -> list[RunnerStatusChanged | None]:
+    def instance_runners(self, instance_id: InstanceId) -> list[RunnerStatusChanged | None]:
         instance = self.instances[instance_id]
         return [self.runner_status(instance_id, s.rank) for s in instance.shards]
 
-    def instance_ready(self, instance_id: str) -> bool:
+    def instance_ready(self, instance_id: InstanceId) -> bool:
         return all(r is not None and r.phase == "ready" for r in self.instance_runners(instance_id))
 
     def instances_of(self, model_id: str) -> list[Instance]:

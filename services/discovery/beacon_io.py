@@ -201,7 +201,7 @@ class BeaconIO:
             except OSError as exc:
                 self._quiet("peer unresolved", f"{host}: {exc}")
                 continue
-            found.update((info[4][0], peer_port) for info in infos)
+            found.update((str(info[4][0]), peer_port) for info in infos)
         return found
 
     def _multicast_interfaces(self) -> list[tuple[str, str, str | None]]:

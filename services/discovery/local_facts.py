@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from shared.facts import Link, NetworkInterface, NodeFacts
+from shared.ids import NodeId
 
 BACKENDS = ("ring", "jaccl", "mpi", "nccl")
 
@@ -127,7 +128,7 @@ def host_id(found_interfaces: tuple[NetworkInterface, ...]) -> str:
 
 
 def read_facts(
-    node_id: str,
+    node_id: NodeId,
     roles: tuple[str, ...],
     memory_budget: int | None,
     hostname: str | None = None,

@@ -21,6 +21,7 @@ from shared import subjects
 from shared.bus import connect, disconnect
 from shared.cluster_secret import beacon_key
 from shared.config import CommonConfig
+from shared.ids import NodeId
 from shared.peers import PeerTable, peers_path, write_table
 from shared.process_lifetime import register
 
@@ -39,7 +40,7 @@ class Discovery:
     def __init__(
         self,
         config: CommonConfig,
-        node_id: str,
+        node_id: NodeId,
         roles: tuple[str, ...],
         memory_budget: int | None,
         settings: DiscoverySettings | None = None,

@@ -76,13 +76,13 @@ def internal_error(exc: BaseException) -> OpenAIError:
 def from_http_exception(method: str, path: str, exc: HTTPException) -> OpenAIError:
     """Starlette's own answers (an unknown route, a method the route does not take) in OpenAI's shape."""
     if exc.status_code == 404:
-        return OpenAIError(404, f"no route {method} {path}", code="not_found", headers=exc.headers)
+        return OpenAIError(404, f"no route {method} {path}", code="not_found", headers=dict(exc.headers) if exc.headers else None)
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         return OpenAIError(405, f"{method} is not allowed on {path}; allowed: {allowed}", code="method_not_allowed",
-                           headers=exc.headers)  # fmt: skip
+                           headers=dict(exc.headers) if exc.headers else None)  # fmt: skip
     kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
-    return OpenAIError(exc.status_code, str(exc.detail), kind, headers=exc.headers)
+    return OpenAIError(exc.status_code, str(exc.detail), kind, headers=dict(exc.headers) if exc.headers else None)
 
 
 def from_validation_error(exc: RequestValidationError) -> OpenAIError:

@@ -15,6 +15,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 from shared import subjects
 from shared.events import AnyEvent, InstanceDeleted, RunnerStatusChanged
 from shared.generation import CancelGeneration, GenerateReply, GenerateRejected, GenerateRequest, TokenChunk
+from shared.ids import InstanceId
 from shared.state import ClusterState
 
 from services.gateway.errors import OpenAIError, bad_request, unavailable
@@ -45,7 +46,7 @@ def pick_instance(state: ClusterState, model_id: str, turn: int) -> str:
     return _raise_not_ready(state, instances[0].instance_id, model_id)
 
 
-def _raise_not_ready(state: ClusterState, instance_id: str, model_id: str) -> str:
+def _raise_not_ready(state: ClusterState, instance_id: InstanceId, model_id: str) -> str:
     parts = []
     for shard, runner in zip(state.instances[instance_id].shards, state.instance_runners(instance_id)):
         if runner is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from shared.ids import InstanceId
 from shared.state import ClusterState
 
 router = APIRouter()
@@ -18,7 +19,7 @@ router = APIRouter()
 SHORT_DETAIL_CHARS = 100
 
 
-def runners_summary(state: ClusterState, instance_id: str) -> str:
+def runners_summary(state: ClusterState, instance_id: InstanceId) -> str:
     """What each rank of an instance is doing, e.g. 'rank 0 on node-a: loading 40% (layers 0-15)'."""
     parts = []
     for shard, runner in zip(state.instances[instance_id].shards, state.instance_runners(instance_id)):

@@ -21,6 +21,7 @@ from shared.commands import (
     encode,
 )
 from shared.models import MODEL_CARDS
+from shared.ids import InstanceId
 from shared.state import ClusterState
 
 from services.gateway.errors import OpenAIError, bad_request, model_not_found, unavailable
@@ -30,10 +31,10 @@ router = APIRouter()
 
 COMMAND_TIMEOUT_S = 10.0
 HANDOVER_S = 8.0  # a new leader answers within ~2-3 s of the old one's death (bench.failover)
-R = TypeVar("R")
+R = TypeVar("R", CommandReply, PreviewReply)
 
 
-def instance_view(state: ClusterState, instance_id: str) -> dict:
+def instance_view(state: ClusterState, instance_id: InstanceId) -> dict:
     instance = state.instances[instance_id]
     runners = state.instance_runners(instance_id)
     return msgspec.to_builtins(instance) | {
@@ -114,9 +115,10 @@ async def create_instance(request: Request) -> dict:
         raise bad_request(f"invalid instance request: {exc}") from None
     if body.model not in MODEL_CARDS:
         raise model_not_found(body.model)
-    reply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
+    reply: CommandReply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
     if not reply.ok:
         raise OpenAIError(409, reply.error or "placement failed", code="placement_failed")
+    assert reply.instance_id is not None, "an accepted placement names its instance"
     gateway = request.app.state.gateway
     state = await gateway.follower.wait_until(lambda s: reply.instance_id in s.instances, COMMAND_TIMEOUT_S)
     return instance_view(state, reply.instance_id)
@@ -124,7 +126,7 @@ async def create_instance(request: Request) -> dict:
 
 @router.delete("/instances/{instance_id}", responses=error_responses(404, 503))
 async def delete_instance(request: Request, instance_id: str) -> dict:
-    reply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(instance_id)))
+    reply: CommandReply = await _command(request, subjects.CMD_DELETE_INSTANCE, encode(DeleteInstance(InstanceId(instance_id))))
     if not reply.ok:
         raise OpenAIError(404, reply.error or "no such instance", code="instance_not_found")
     return {"deleted": instance_id}
@@ -136,7 +138,7 @@ def field_of(exc: msgspec.ValidationError) -> str | None:
     return found.group(1) if found else None
 
 
-async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:
+async def _command(request: Request, subject: str, payload: bytes, reply_type: type[R] = CommandReply) -> R:  # type: ignore[assignment]
     """Ask the leader. While none answers (a handover: the old leader's endpoints are gone, the new one's not
     yet there) ask again, for HANDOVER_S; nothing was received, so nothing can happen twice. A timeout is not
     retried: a placement may have been made and its reply lost."""

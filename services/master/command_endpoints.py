@@ -67,7 +67,7 @@ class CommandEndpoints:
     def _handler(self, type_: type, handle: Callable[[Any], Awaitable[CommandReply | PreviewReply]]) -> Callable:
         async def handler(req: Request) -> None:
             try:
-                cmd = decode(req.data, type_)
+                cmd: Any = decode(req.data, type_)
             except msgspec.DecodeError as exc:
                 raise ServiceError("400", f"bad {type_.__name__}: {exc}") from None
             try:

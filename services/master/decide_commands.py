@@ -24,6 +24,7 @@ from shared.events import (
     WorkerStarted,
 )
 from shared.facts import Link, NodeFacts
+from shared.ids import InstanceId
 from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
@@ -49,7 +50,7 @@ def node_count_problem(min_nodes: int, max_nodes: int | None = None) -> str | No
     return None
 
 
-def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: str) -> Decision:
+def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: InstanceId) -> Decision:
     if problem := node_count_problem(cmd.min_nodes):
         return [], CommandReply(ok=False, error=problem)
     try:

@@ -39,9 +39,9 @@ def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id:
     lost = [e for e in lost if e.node_id in state.nodes]
     events: list[AnyEvent] = []
     after = state
-    for event in lost:
-        events.append(event)
-        after = apply(after, event)
+    for lost_event in lost:
+        events.append(lost_event)
+        after = apply(after, lost_event)
     # Also instances on nodes the state has already forgotten: appends of several events are not atomic, so
     # a leader that died between NodeLost and InstanceDeleted leaves those for its successor to finish.
     broken = [i for i in state.instances.values() if any(s.node_id not in after.nodes for s in i.shards)]
@@ -55,10 +55,10 @@ def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id:
         if replacement is not None:
             event: AnyEvent = InstancePlaced(replacement)
         else:
-            gone = ", ".join(sorted({s.node_id for s in instance.shards} - after.nodes.keys()))
+            names = ", ".join(sorted({s.node_id for s in instance.shards} - after.nodes.keys()))
             event = InstanceAwaitingNodes(
                 instance.instance_id, instance.model_id, instance.strategy, instance.backend,
-                reason=f"does not fit on the nodes left after {gone} was lost",
+                reason=f"does not fit on the nodes left after {names} was lost",
             )  # fmt: skip
         events.append(event)
         after = apply(after, event)  # the next replacement sees this one (placement reads the state)

@@ -18,6 +18,7 @@ from nats.js.errors import APIError
 
 from shared.bus import WRONG_LAST_SEQUENCE, StateFollower
 from shared.events import AnyEvent, LeaderElected, encode_event
+from shared.ids import NodeId
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
 
@@ -53,7 +54,7 @@ class EventLog:
         a state that named this writer's term, so it is ordered before any new leader's claim)."""
         self._term = None
 
-    async def claim(self, node_id: str, term: int) -> None:
+    async def claim(self, node_id: NodeId, term: int) -> None:
         """Append LeaderElected(node_id, term); afterwards this writer may append while its term is the log's."""
 
         def fence(state: ClusterState) -> None:

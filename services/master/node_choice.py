@@ -70,7 +70,7 @@ def _link_aware_set(
             continue
         key = (link_cost([p.node_id for p in path], link_latency), -sum(p.placeable_memory() for p in path))
         if best is None or key < best[:2]:
-            best = (*key, path)  # type: ignore[assignment]
+            best = (key[0], key[1], path)
     return None if best is None else best[2]
 
 

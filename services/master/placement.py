@@ -27,7 +27,7 @@ from typing import Literal
 
 import msgspec
 
-from shared.commands import PlaceInstance
+from shared.commands import NodeMemory, PlaceInstance
 from shared.events import Instance, ShardAssignment
 from shared.facts import NodeFacts
 from shared.models import ModelCard
@@ -35,7 +35,6 @@ from shared.state import ClusterState
 
 from services.master.memory_budget import (
     MEMORY_HEADROOM,
-    NodeMemory,
     describe,
     layer_bytes_needed,
     layer_capacity,

@@ -27,7 +27,7 @@ from shared.bus import StateFollower, connect, disconnect, ensure_event_stream, 
 from shared.config import CommonConfig
 from shared.events import AnyEvent
 from shared.facts import NodeFacts
-from shared.ids import new_instance_id
+from shared.ids import NodeId, new_instance_id
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, LEADER_BUCKET
 
@@ -91,7 +91,7 @@ class Master:
         won_at = time.monotonic()
         try:
             await self.follower.catch_up()
-            await self.log.claim(self.node_id, term)
+            await self.log.claim(NodeId(self.node_id), term)
             now = time.monotonic()
             # a fresh baseline: silence before the takeover was nobody's to observe (or was this master's
             # own while it was a follower, which is no better), so no node is forgotten at once

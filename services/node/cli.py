@@ -235,7 +235,7 @@ async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
         if own_bus:
             bus = EmbeddedBus(supervisor, state_dir, base_config(
                 state_dir, node_id, secret, "127.0.0.1", args.nats_port, args.cluster_bind, args.route_port))  # fmt: skip
-            routes = ()
+            routes: tuple[str, ...] = ()
             if not args.no_discovery and args.route_port:
                 routes = await wait_for_peers(state_dir, started, FORMATION_WINDOW_S)
             await bus.start(routes)

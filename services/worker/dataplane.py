@@ -28,6 +28,7 @@ import msgspec
 
 from shared.events import Instance
 from shared.facts import NodeFacts
+from shared.ids import NodeId
 
 HOSTFILE_NAME = "hostfile.json"
 DEVICES_NAME = "ibv_devices.json"
@@ -88,7 +89,7 @@ def one_network_stack(facts: Sequence[NodeFacts]) -> bool:
     return len({f.hostname for f in facts}) == 1
 
 
-def instance_addresses(instance: Instance, nodes: Mapping[str, NodeFacts]) -> dict[str, str]:
+def instance_addresses(instance: Instance, nodes: Mapping[NodeId, NodeFacts]) -> dict[str, str]:
     """node_id -> address for every node of the instance. All on loopback when every node of the instance
     shares one network stack (several nodes on one machine), so the ring never leaves it."""
     missing = [s.node_id for s in instance.shards if s.node_id not in nodes]
@@ -235,7 +236,7 @@ def jaccl_config(
 def dataplane_config(
     instance: Instance,
     rank: int,
-    nodes: Mapping[str, NodeFacts],
+    nodes: Mapping[NodeId, NodeFacts],
     config_dir: str | Path,
     *,
     ports: int | Sequence[int] | None = None,

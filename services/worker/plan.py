@@ -123,7 +123,7 @@ def triage_recorded(
     adopt: list[RunnerRecord] = []
     stop: list[tuple[RunnerRecord, str]] = []
     forget: list[RunnerRecord] = []
-    wanted = {(inst.instance_id, shard.rank): inst for inst, shard in my_shards(state, node_id)}
+    wanted: dict[tuple[str, int], Instance] = {(i.instance_id, s.rank): i for i, s in my_shards(state, node_id)}
     taken: set[tuple[str, int]] = set()
     for record in records:
         key = (record.instance_id, record.rank)

@@ -193,7 +193,8 @@ class Worker:
             process = RunnerProcess(command, self._log_path(iid, shard.rank), env)
             self.processes[iid] = process
             await process.start()
-            pid = process.proc.pid
+            pid = process.pid
+            assert pid is not None, "a started runner has a pid"
             registry.write_record(self.config.state_dir, RunnerRecord(
                 iid, shard.rank, instance.model_id, pid, create_time(pid) or 0.0, time.time(),
                 self.pid, self.create_time))  # fmt: skip

@@ -29,6 +29,7 @@ import pytest
 
 from shared.cluster_secret import beacon_key
 from tests.conftest import MODEL, REPO_ROOT, _tail, keep_or_remove_state, poll_until
+from tests.shared_models import SharedModels
 from tests.netns_lab import Lab, skip_reason
 
 pytestmark = pytest.mark.slow
@@ -81,10 +82,11 @@ def wait_for(what: str, predicate, timeout: float, hosts: list[Host]):  # noqa: 
     return poll_until(predicate, timeout, what, lambda: "\n".join(h.logs() for h in hosts))
 
 
-def start_host(lab: Lab, i: int, root: Path, hostname: str | None = "") -> Host:
+def start_host(lab: Lab, i: int, root: Path, models: SharedModels, hostname: str | None = "") -> Host:
     """`hostname`: "" names host i `host<i>`; None leaves the OS one, which every namespace shares (clones)."""
     state_dir = root / f"host{i}"
     state_dir.mkdir()
+    models.link_into(state_dir / "models")  # the session's imported model: no GGUF conversion per host
     output = state_dir / "console.log"
     env = {k: v for k, v in os.environ.items() if k != "EXO_HOSTNAME"}
     env |= {"EXO_CONSOLE_LOGS": "1", "PYTHONUNBUFFERED": "1"}
@@ -112,7 +114,7 @@ def stop_host(host: Host) -> None:
 
 
 @pytest.fixture(scope="module")
-def hosts(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
+def hosts(request: pytest.FixtureRequest, shared_models: SharedModels) -> Iterator[list[Host]]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
@@ -120,7 +122,7 @@ def hosts(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
     root = Path(tempfile.mkdtemp(prefix="exo-netns-"))
     started: list[Host] = []
     try:
-        started = [start_host(lab, i, root) for i in range(3)]
+        started = [start_host(lab, i, root, shared_models) for i in range(3)]
         started[0].lab = lab  # type: ignore[attr-defined] - the tests that cut links need it
         for host in started:
             wait_for(f"host {host.index} starting", lambda host=host: (host.state_dir / "node_id").exists(), 30, started)

@@ -22,12 +22,13 @@ import pytest
 from tests.conftest import MODEL, keep_or_remove_state
 from tests.integration.test_netns_cluster import Host, start_host, stop_host, wait_for
 from tests.netns_lab import Lab, skip_reason
+from tests.shared_models import SharedModels
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def clones(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
+def clones(request: pytest.FixtureRequest, shared_models: SharedModels) -> Iterator[list[Host]]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
@@ -35,7 +36,7 @@ def clones(request: pytest.FixtureRequest) -> Iterator[list[Host]]:
     root = Path(tempfile.mkdtemp(prefix="exo-netns-clones-"))
     started: list[Host] = []
     try:
-        started = [start_host(lab, i, root, hostname=None) for i in range(3)]
+        started = [start_host(lab, i, root, shared_models, hostname=None) for i in range(3)]
         yield started
     finally:
         for host in started:

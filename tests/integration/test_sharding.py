@@ -27,17 +27,8 @@ RUN_TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="session")
-def f32_model(tmp_path_factory) -> Path:
-    from services.worker.models.gguf_import import convert_gguf
-    from services.worker.models.store import packaged_file
-    from shared.models import PackagedGguf, get_card
-
-    source = get_card("smollm2-135m").source
-    assert isinstance(source, PackagedGguf)
-    gguf = packaged_file(source)
-    out = tmp_path_factory.mktemp("models") / "smollm2-f32"
-    convert_gguf(gguf, out, weight_format="f32")
-    return out
+def f32_model(shared_models) -> Path:  # noqa: ANN001 - tests.shared_models.SharedModels
+    return shared_models.path("f32")
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import structlog
@@ -286,7 +286,8 @@ def convert_gguf(
 
 def _convert_into(gguf_path: Path, folder: Path, weight_format: str, report: Progress) -> None:
     report("read", 0.0)
-    tensors, meta = mx.load(str(gguf_path), return_metadata=True)
+    loaded = mx.load(str(gguf_path), return_metadata=True)  # with metadata: (arrays, metadata)
+    tensors, meta = cast("tuple[dict[str, mx.array], dict[str, Any]]", loaded)
     config = model_config(meta, set(tensors))
     report("convert", 0.2)
     weights, quantization = convert_weights(tensors, config, weight_format)

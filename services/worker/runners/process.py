@@ -40,6 +40,14 @@ def runner_command(
     ]  # fmt: skip
 
 
+def log_tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).strip()
+    except OSError:
+        return ""
+
+
 class RunnerProcess:
     def __init__(self, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.command = command
@@ -75,11 +83,7 @@ class RunnerProcess:
             await self.proc.wait()
 
     def log_tail(self, lines: int = 8) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(deque(f, maxlen=lines)).strip()
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
 class AdoptedRunner:
@@ -124,7 +128,7 @@ class AdoptedRunner:
                 await asyncio.wait_for(self.wait(), STOP_GRACE_S)
 
     def _signal(self, sig: int) -> bool:
-        if not self.alive():
+        if not self.alive() or self.proc is None:  # (alive() implies a proc; the check says so to mypy)
             return False
         try:
             self.proc.send_signal(sig)  # psutil refuses a pid reused since (NoSuchProcess)
@@ -132,4 +136,5 @@ class AdoptedRunner:
         except psutil.Error:
             return False
 
-    log_tail = RunnerProcess.log_tail
+    def log_tail(self, lines: int = 8) -> str:
+        return log_tail(self.log_path, lines)

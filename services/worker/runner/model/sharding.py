@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -59,7 +59,7 @@ class ShardingError(ValueError):
 
 
 def _inner(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
+    inner: Any = getattr(model, "model", None)
     for attr in ("embed_tokens", "layers", "norm"):
         if inner is None or not hasattr(inner, attr):
             raise ShardingError(
@@ -308,7 +308,7 @@ def shard_tensor(model: nn.Module, group: mx.distributed.Group, weights_dir: Pat
 
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the parameters the module still holds (lazy arrays are counted without being read)."""
-    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    return sum(v.nbytes for _, v in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters())))
 
 
 def materialize(model: nn.Module, group: mx.distributed.Group | None = None) -> None:
@@ -321,7 +321,7 @@ def materialize(model: nn.Module, group: mx.distributed.Group | None = None) -> 
 def check_layer_ranges(group: mx.distributed.Group, start_layer: int, end_layer: int, n_layers: int) -> None:
     """Collective check that the ranks' layer ranges tile [0, n_layers) in rank order; raises on every rank."""
     mine = mx.array([start_layer, end_layer], dtype=mx.int32)
-    ranges = mx.distributed.all_gather(mine, group=group, stream=mx.cpu).reshape(-1, 2).tolist()
+    ranges = cast("list[list[int]]", mx.distributed.all_gather(mine, group=group, stream=mx.cpu).reshape(-1, 2).tolist())
     expected = 0
     for rank, (start, end) in enumerate(ranges):
         if start != expected or end <= start:

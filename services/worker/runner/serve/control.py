@@ -18,6 +18,8 @@ when it takes the block (so in the same place of its stream as its neighbours).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import numpy as np
 
@@ -77,7 +79,7 @@ class ControlChannel:
     def __init__(self, group) -> None:  # noqa: ANN001 - mx.distributed.Group
         self.group = group
         self.rank, self.size = group.rank(), group.size()
-        self._pending = None  # (the control posted (rank 0), its overflow bytes (rank 0), the queued transfer)
+        self._pending: tuple[Control | None, bytes, Any] | None = None  # (the control posted (rank 0), its overflow bytes (rank 0), the queued transfer)
         self.posted_work = False  # rank 0: the control in flight admits, cancels or stops something
 
     def _pass_on(self, data):  # mx.array in, mx.array out

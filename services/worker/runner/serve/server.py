@@ -7,6 +7,7 @@ import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import msgspec
 import structlog
@@ -46,7 +47,7 @@ class RunnerArgs(msgspec.Struct, frozen=True):
     n_layers: int
     context_length: int
     nats_url: str
-    strategy: str = "pipeline"
+    strategy: Literal["pipeline", "tensor"] = "pipeline"
     backend: str = "ring"
 
 

@@ -13,21 +13,20 @@ from mlx import nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from services.worker.models.store import ModelStore
 from services.worker.runner.model.cpu_fusion import (
     FusedRMSNorm,
     FusedRoPE,
     fuse_for_cpu,
     wanted,
 )
-from shared.models import get_card
+from tests.shared_models import SharedModels
 
 PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1789, 30, 198] * 3
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ModelStore(tmp_path_factory.mktemp("models")).ensure(get_card("smollm2-135m"), "f32")
+def model_path(shared_models: SharedModels) -> Path:
+    return shared_models.path("f32")
 
 
 def load(path: Path, fused: bool) -> nn.Module:

@@ -8,18 +8,16 @@ from __future__ import annotations
 import pytest
 
 from services.worker.runner.blas import current_blas
-from services.worker.models.store import ModelStore
 from services.worker.runner.serve.engine import Engine
 from shared.generation import ChatMessage, GenerateRequest, SamplingParams
-from shared.models import get_card
+from tests.shared_models import SharedModels
 
 
 @pytest.fixture(scope="module")
-def engine_parts(tmp_path_factory: pytest.TempPathFactory):
+def engine_parts(shared_models: SharedModels):
     from mlx_lm import load
 
-    path = ModelStore(tmp_path_factory.mktemp("models")).ensure(get_card("smollm2-135m"), "f32")
-    return load(str(path))
+    return load(str(shared_models.path("f32")))
 
 
 def run(engine: Engine, requests: list[tuple[str, str, SamplingParams]]) -> dict[str, str]:
