@@ -36,8 +36,8 @@ class GenerateRequest(msgspec.Struct, frozen=True):
 class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):
     request_id: str
     prompt_tokens: int
-    cached_tokens: int = 0  # prompt tokens whose KV cache was reused from an earlier request (prefix cache)
     queue_position: int = 0
+    seed: int | None = None  # the seed the request samples with (fixed at admission); None: greedy
 
 
 class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
@@ -45,6 +45,7 @@ class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
     code: Literal["context_length_exceeded", "busy", "invalid_request", "not_ready"]
     message: str
     retry_after: float | None = None
+    param: str | None = None  # the request field at fault, when one is
 
 
 GenerateReply = GenerateAccepted | GenerateRejected

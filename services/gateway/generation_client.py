@@ -116,7 +116,7 @@ class GenerationClient:
         reply = msgspec.json.decode(msg.data, type=GenerateReply)
         if isinstance(reply, GenerateRejected):
             raise _rejection_error(reply)
-        return TokenChunk(request.request_id, -1, "", 0, reply.prompt_tokens, cached_tokens=reply.cached_tokens)
+        return TokenChunk(request.request_id, -1, "", 0, reply.prompt_tokens)
 
     async def _chunks(self, queue: asyncio.Queue, request_id: str) -> AsyncIterator[TokenChunk]:
         expected = 0
@@ -146,4 +146,4 @@ def _rejection_error(reply: GenerateRejected) -> OpenAIError:
         return OpenAIError(429, reply.message, "rate_limit_error", "busy", headers={"Retry-After": retry})
     if reply.code == "not_ready":
         return unavailable(reply.message)
-    return bad_request(reply.message, code=reply.code)
+    return bad_request(reply.message, param=reply.param, code=reply.code)

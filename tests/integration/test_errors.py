@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -219,3 +220,39 @@ def test_no_instance_is_503_until_one_is_created(bare_node: Node) -> None:
     while bare_node.runner_pids() and time.monotonic() < deadline:
         time.sleep(0.25)
     assert bare_node.runner_pids() == []
+
+
+def test_an_empty_prompt_among_running_streams_is_400_for_it_alone(client: openai.OpenAI, http: httpx.Client) -> None:
+    """It used to reach the runner's batch and abort every stream there with 'Sequence N has an empty prompt'."""
+    outcomes: dict[int, dict] = {}
+    flowing = threading.Barrier(4, timeout=120)
+
+    def stream(i: int) -> None:
+        outcome = outcomes.setdefault(i, {"text": "", "finish": None})
+        try:
+            chunks = client.completions.create(model=MODEL, prompt=f"Once upon a time, in village number {i},",
+                                               max_tokens=60, temperature=0, stream=True)  # fmt: skip
+            for chunk in chunks:
+                outcome["text"] += chunk.choices[0].text
+                if outcome["text"] and not outcome.get("waited"):
+                    outcome["waited"] = True
+                    flowing.wait()  # every stream runs before the empty prompt comes
+                outcome["finish"] = chunk.choices[0].finish_reason or outcome["finish"]
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome["error"] = exc
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    flowing.wait()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="", max_tokens=3)
+    assert info.value.status_code == 400 and "empty" in info.value.message
+    streamed = http.post("/completions", json={"model": MODEL, "prompt": "", "max_tokens": 3, "stream": True})
+    error = assert_openai_error(streamed, 400)  # before the stream: no 200 and then an error event
+    assert error["param"] == "prompt"
+    for t in threads:
+        t.join(120)
+    for i in range(3):
+        assert "error" not in outcomes[i], outcomes[i]
+        assert outcomes[i]["finish"] in ("length", "stop") and outcomes[i]["text"], outcomes[i]

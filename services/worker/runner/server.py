@@ -24,6 +24,7 @@ from shared.generation import (
 
 from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
+from services.worker.runner.admission import Limits, admit
 from services.worker.runner.control import Control, ControlChannel, Submit
 from services.worker.runner.engine import Engine, Step
 
@@ -118,32 +119,17 @@ class RunnerServer:
             request = msgspec.json.decode(data, type=GenerateRequest)
         except msgspec.DecodeError as exc:
             return GenerateRejected("", "invalid_request", f"unreadable request: {exc}")
-        if len(self.streams) >= self.max_admitted:
-            return GenerateRejected(
-                request.request_id, "busy", f"{len(self.streams)} requests are queued or running", retry_after=1.0
-            )
-        try:
-            prompt = self.engine.prompt_tokens(request)
-        except Exception as exc:  # noqa: BLE001 - e.g. a chat template that rejects the roles given
-            return GenerateRejected(request.request_id, "invalid_request", f"cannot build the prompt: {exc}")
-        room = self.args.context_length - len(prompt)
-        wanted = request.sampling.max_tokens
-        if room < 1 or (wanted is not None and wanted > room):
-            return GenerateRejected(
-                request.request_id,
-                "context_length_exceeded",
-                f"this model's context is {self.args.context_length} tokens; the prompt has {len(prompt)} "
-                f"and max_tokens asks for {wanted if wanted is not None else 'at least 1'} more",
-            )
-        sampling = msgspec.structs.replace(request.sampling, max_tokens=wanted or room)
-        if sampling.seed is None and sampling.temperature > 0:
-            # Fixed here, so every rank of the instance samples alike (and the log can tell which seed ran).
-            sampling = msgspec.structs.replace(sampling, seed=secrets.randbits(63))
-        stream = Stream(request, prompt, sampling)
+        limits = Limits(self.args.context_length, self.max_admitted)
+        decision = admit(request, len(self.streams), limits, self.engine.prompt_tokens, secrets.randbits(63))
+        if isinstance(decision, GenerateRejected):
+            return decision
+        stream = Stream(request, decision.prompt, decision.sampling)
         self.streams[request.request_id] = stream
         self.to_submit.append(stream)
         self._work.set()
-        return GenerateAccepted(request.request_id, len(prompt), queue_position=len(self.streams) - 1)
+        return GenerateAccepted(
+            request.request_id, len(decision.prompt), len(self.streams) - 1, decision.sampling.seed
+        )
 
     async def _on_cancel(self, msg) -> None:  # noqa: ANN001
         try:
@@ -209,7 +195,7 @@ class RunnerServer:
             return
         chunk = TokenChunk(
             step.request_id, stream.index, step.text, step.completion_tokens, len(stream.prompt),
-            step.finish_reason, error, stream.cached_tokens,  # type: ignore[arg-type]
+            step.finish_reason, error or step.error, stream.cached_tokens,  # type: ignore[arg-type]
         )  # fmt: skip
         stream.index += 1
         stream.last_sent = time.monotonic()
