@@ -50,6 +50,20 @@ class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
 
 GenerateReply = GenerateAccepted | GenerateRejected
 
+class FinishedRequest(msgspec.Struct, frozen=True):
+    """What a finished request was, as measured by the runner that served it (times from its admission)."""
+
+    finish_reason: FinishReason
+    seed: int | None  # None: greedy
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV cache was reused from an earlier request (prefix cache)
+    completion_tokens: int
+    time_to_first_token_s: float | None  # None: no token came
+    total_s: float
+    decode_tokens_per_s: float | None  # tokens after the first over the time after the first; None: under 2 tokens
+    strategy: str  # the instance's: "pipeline" or "tensor"
+    device_count: int
+
 
 class TokenChunk(msgspec.Struct, frozen=True):
     request_id: str
@@ -60,6 +74,7 @@ class TokenChunk(msgspec.Struct, frozen=True):
     finish_reason: FinishReason | None = None
     error: str | None = None
     cached_tokens: int = 0
+    finished: FinishedRequest | None = None  # on the last chunk of every request, whatever its end
 
 
 class CancelGeneration(msgspec.Struct, frozen=True):

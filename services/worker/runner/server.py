@@ -15,6 +15,8 @@ from nats.aio.client import Client as NATS
 from shared import subjects
 from shared.generation import (
     CancelGeneration,
+    FinishedRequest,
+    FinishReason,
     GenerateAccepted,
     GenerateRejected,
     GenerateRequest,
@@ -60,8 +62,27 @@ class Stream:
         self.sampling = sampling
         self.cached_tokens = 0
         self.index = 0
-        self.last_sent = time.monotonic()
+        self.admitted_at = self.last_sent = time.monotonic()
+        self.first_token_at: float | None = None
         self.completion_tokens = 0
+
+    def finished(self, reason: FinishReason, strategy: str, device_count: int) -> FinishedRequest:
+        now = time.monotonic()
+        first = self.first_token_at
+        decoding = now - first if first is not None else 0.0
+        return FinishedRequest(
+            finish_reason=reason,
+            seed=self.sampling.seed,
+            prompt_tokens=len(self.prompt),
+            cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens,
+            time_to_first_token_s=None if first is None else round(first - self.admitted_at, 4),
+            total_s=round(now - self.admitted_at, 4),
+            decode_tokens_per_s=round((self.completion_tokens - 1) / decoding, 2)
+            if self.completion_tokens >= 2 and decoding > 0 else None,
+            strategy=strategy,
+            device_count=device_count,
+        )
 
 
 class RunnerServer:
@@ -193,19 +214,26 @@ class RunnerServer:
         stream = self.streams.get(step.request_id)
         if stream is None:
             return
+        now = time.monotonic()
+        if step.completion_tokens > 0 and stream.first_token_at is None:
+            stream.first_token_at = now
+        stream.last_sent = now
+        stream.completion_tokens = max(stream.completion_tokens, step.completion_tokens)
+        reason: FinishReason | None = step.finish_reason  # type: ignore[assignment]
+        finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size)
         chunk = TokenChunk(
-            step.request_id, stream.index, step.text, step.completion_tokens, len(stream.prompt),
-            step.finish_reason, error or step.error, stream.cached_tokens,  # type: ignore[arg-type]
+            step.request_id, stream.index, step.text, stream.completion_tokens, len(stream.prompt), reason,
+            error or step.error, stream.cached_tokens, finished,
         )  # fmt: skip
         stream.index += 1
-        stream.last_sent = time.monotonic()
-        stream.completion_tokens = step.completion_tokens
         await self.nc.publish(subjects.tokens(step.request_id), msgspec.json.encode(chunk))
-        if step.finish_reason is not None:
+        if finished is not None:
             del self.streams[step.request_id]
             log.info(
-                "generated", request=step.request_id, prompt_tokens=len(stream.prompt),
-                cached_tokens=stream.cached_tokens, tokens=step.completion_tokens, finish=step.finish_reason,
+                "generated", request=step.request_id, prompt_tokens=finished.prompt_tokens,
+                cached_tokens=finished.cached_tokens, tokens=finished.completion_tokens, finish=finished.finish_reason,
+                ttft_s=finished.time_to_first_token_s, total_s=finished.total_s,
+                decode_tps=finished.decode_tokens_per_s, error=chunk.error,
             )  # fmt: skip
 
     async def _keepalive_loop(self) -> None:
