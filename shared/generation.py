@@ -50,6 +50,20 @@ class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
 
 GenerateReply = GenerateAccepted | GenerateRejected
 
+# A request larger than one bus message (NATS max_payload) is submitted as a GenerateUpload under this header:
+# the runner that takes it asks `source` for each piece (the request's payload: the piece's index, as text) and
+# joins them. Small on the bus whatever its size, it still goes to exactly one runner of the queue group.
+UPLOAD_HEADER = "Exo-Upload"
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # the most a runner fetches for one request
+
+
+class GenerateUpload(msgspec.Struct, frozen=True):
+    request_id: str
+    size: int  # bytes of the encoded GenerateRequest
+    pieces: int
+    source: str
+
+
 class FinishedRequest(msgspec.Struct, frozen=True):
     """What a finished request was, as measured by the runner that served it (times from its admission)."""
 

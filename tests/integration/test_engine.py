@@ -205,24 +205,27 @@ async def generate_on_the_bus(node: Node, request: GenerateRequest) -> tuple[Gen
 
 async def test_the_last_chunk_says_what_the_finished_request_was(node: Node) -> None:
     sampled = SamplingParams(max_tokens=8, temperature=1.0)  # no seed: admission fixes one
-    request = GenerateRequest(f"req-test-{time.monotonic_ns()}", MODEL, sampled, prompt="The three best things about")
+    prompt = "Here is a list of fifty fruits: apple, banana, cherry,"  # a sampled end of text within 8 tokens is rare
+    request = GenerateRequest(f"req-test-{time.monotonic_ns()}", MODEL, sampled, prompt=prompt)
     accepted, chunks = await generate_on_the_bus(node, request)
     *before, last = chunks
     assert all(c.finished is None for c in before)
     done = last.finished
     assert done is not None
-    assert done.finish_reason == last.finish_reason == "length"
+    assert done.finish_reason == last.finish_reason
+    assert done.finish_reason == "length" or (done.finish_reason == "stop" and done.completion_tokens < 8)
     assert done.seed is not None and done.seed == accepted.seed
     assert done.prompt_tokens == accepted.prompt_tokens == last.prompt_tokens > 3
     assert 0 <= done.cached_tokens < done.prompt_tokens
-    assert done.completion_tokens == last.completion_tokens == 8
+    assert done.completion_tokens == last.completion_tokens <= 8
+    assert done.completion_tokens >= 2, "the test needs two tokens to see a decode rate"
     assert done.time_to_first_token_s is not None and 0 < done.time_to_first_token_s <= done.total_s < 120
     assert done.decode_tokens_per_s is not None and 0.5 < done.decode_tokens_per_s < 10_000
     assert (done.strategy, done.device_count) == ("pipeline", 1)
 
     # the seed recorded is the one the tokens came from: asked again with it, the same text
     again = GenerateRequest(f"req-test-{time.monotonic_ns()}", MODEL, msgspec.structs.replace(sampled, seed=done.seed),
-                            prompt="The three best things about")  # fmt: skip
+                            prompt=prompt)  # fmt: skip
     _, replay = await generate_on_the_bus(node, again)
     assert "".join(c.text for c in replay) == "".join(c.text for c in chunks)
     assert replay[-1].finished is not None and replay[-1].finished.seed == done.seed

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
+from nats.micro.request import Request, ServiceError
+from nats.micro.service import Service
 
 from shared import subjects
 from shared.generation import (
@@ -21,11 +23,14 @@ from shared.generation import (
     GenerateRejected,
     GenerateRequest,
     SamplingParams,
+    UPLOAD_HEADER,
     TokenChunk,
 )
+from shared.service import register
 
 from services.worker.blas import current_blas
 from services.worker.reporting import report_runner
+from services.worker.runner import uploads
 from services.worker.runner.admission import Limits, admit
 from services.worker.runner.control import Control, ControlChannel, Submit
 from services.worker.runner.engine import Engine, Step
@@ -117,29 +122,47 @@ class RunnerServer:
         loop = asyncio.get_running_loop()
         if self.channel is not None:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
-        await self.nc.subscribe(subjects.runner_generate(iid), queue="rank0", cb=self._on_generate)
-        await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
-        await self.nc.flush()
+        service = await self._register()
         detail = f"pid {os.getpid()}, blas {current_blas()}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         self.stop = stop
         tasks = [asyncio.create_task(self._generation_loop()), asyncio.create_task(self._keepalive_loop())]
         await stop.wait()
+        await service.stop()  # no request is admitted any more
         for task in tasks:
             task.cancel()
         if self.channel is not None and not self.failed:  # release the other ranks, which wait for our next control
             await loop.run_in_executor(self._mlx_thread, self._shut_down_ranks)
 
-    async def _on_generate(self, msg) -> None:  # noqa: ANN001
-        reply = self._admit(msg.data)
-        await msg.respond(msgspec.json.encode(reply))
+    async def _register(self) -> Service:
+        """The runner's micro service: `$SRV.INFO.exo-runner` lists its endpoints, `$SRV.STATS` their counts."""
+        iid = self.args.instance_id
+        service = await register(self.nc, subjects.SERVICE_RUNNER, self.args.node_id, f"generation of instance {iid}")
+        group = service.add_group(name=subjects.runner_group(iid), queue_group=subjects.RUNNER_QUEUE)
+        await group.add_endpoint(name=subjects.RUNNER_GENERATE, handler=self._on_generate)
+        # Every runner of the instance hears a cancel (the one that holds the request acts): a queue of its own.
+        own_queue = f"{subjects.RUNNER_QUEUE}-{secrets.token_hex(4)}"
+        await group.add_endpoint(name=subjects.RUNNER_CANCEL, handler=self._on_cancel, queue_group=own_queue)
+        await self.nc.flush()
+        return service
 
-    def _admit(self, data: bytes) -> GenerateAccepted | GenerateRejected:
+    async def _on_generate(self, req: Request) -> None:
+        """Answers accepted or rejected. An unreadable request raises: micro counts it as the endpoint's error
+        and answers with its error headers."""
+        data = req.data
+        if req.headers and UPLOAD_HEADER in req.headers:
+            try:
+                data = await uploads.fetch(self.nc, data)
+            except uploads.UploadFailed as exc:
+                raise ServiceError("400", f"the request's upload failed: {exc}") from None
         try:
             request = msgspec.json.decode(data, type=GenerateRequest)
         except msgspec.DecodeError as exc:
-            return GenerateRejected("", "invalid_request", f"unreadable request: {exc}")
+            raise ServiceError("400", f"unreadable request: {exc}") from None
+        await req.respond(msgspec.json.encode(self._admit(request)))
+
+    def _admit(self, request: GenerateRequest) -> GenerateAccepted | GenerateRejected:
         limits = Limits(self.args.context_length, self.max_admitted)
         decision = admit(request, len(self.streams), limits, self.engine.prompt_tokens, secrets.randbits(63))
         if isinstance(decision, GenerateRejected):
@@ -152,11 +175,11 @@ class RunnerServer:
             request.request_id, len(decision.prompt), len(self.streams) - 1, decision.sampling.seed
         )
 
-    async def _on_cancel(self, msg) -> None:  # noqa: ANN001
+    async def _on_cancel(self, req: Request) -> None:
         try:
-            request_id = msgspec.json.decode(msg.data, type=CancelGeneration).request_id
+            request_id = msgspec.json.decode(req.data, type=CancelGeneration).request_id
         except msgspec.DecodeError:
-            log.warning("unreadable cancel ignored")
+            log.warning("unreadable cancel ignored")  # a cancel has no reply to carry an error
             return
         if request_id in self.streams:
             self.to_cancel.append(request_id)
