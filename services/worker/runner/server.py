@@ -71,8 +71,8 @@ class Stream:
         self.first_token_at: float | None = None
         self.completion_tokens = 0
 
-    def finished(self, reason: FinishReason, strategy: str, device_count: int) -> FinishedRequest:
-        now = time.monotonic()
+    def finished(self, reason: FinishReason, strategy: str, device_count: int, now: float) -> FinishedRequest:
+        """The record of the request, ended at `now` (monotonic seconds)."""
         first = self.first_token_at
         decoding = now - first if first is not None else 0.0
         return FinishedRequest(
@@ -243,7 +243,7 @@ class RunnerServer:
         stream.last_sent = now
         stream.completion_tokens = max(stream.completion_tokens, step.completion_tokens)
         reason: FinishReason | None = step.finish_reason  # type: ignore[assignment]
-        finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size)
+        finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size, now)
         chunk = TokenChunk(
             step.request_id, stream.index, step.text, stream.completion_tokens, len(stream.prompt), reason,
             error or step.error, stream.cached_tokens, finished,
