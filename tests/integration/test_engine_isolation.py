@@ -14,19 +14,20 @@ import pytest
 from services.worker.model_store import ModelStore
 from services.worker.runner.control import Control, Submit
 from services.worker.runner.engine import Engine, Step
-from shared.generation import ChatMessage, GenerateRequest, SamplingParams
+from shared.generation import GenerateRequest, SamplingParams
 from shared.models import get_card
 
 pytestmark = pytest.mark.slow
 
+# Plain text prompts, short: prefill with the reference BLAS is slow (a chat template adds ~30 tokens to each).
 QUESTIONS = {
-    "a": "Name three colours of the rainbow.",
-    "b": "What is the capital of France?",
-    "c": "Count from one to five.",
-    "d": "Write a short poem about the sea.",
+    "a": "The three colours of the flag of France are",
+    "b": "Once upon a time, a dragon",
+    "c": "Counting from one: one, two,",
+    "d": "The sea is",
 }
-GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
-SEEDED = SamplingParams(max_tokens=12, temperature=1.0, seed=1234)  # the sampler path, not only argmax
+GREEDY = SamplingParams(max_tokens=10, temperature=0.0)
+SEEDED = SamplingParams(max_tokens=10, temperature=1.0, seed=1234)  # the sampler path, not only argmax
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,7 @@ def engine_parts(tmp_path_factory: pytest.TempPathFactory):
 
 
 def prompt(engine: Engine, rid: str) -> list[int]:
-    request = GenerateRequest(rid, "smollm2-135m", GREEDY, messages=(ChatMessage("user", QUESTIONS[rid]),))
-    return engine.prompt_tokens(request)
+    return engine.prompt_tokens(GenerateRequest(rid, "smollm2-135m", GREEDY, prompt=QUESTIONS[rid]))
 
 
 def sampling_of(rid: str) -> SamplingParams:
@@ -145,7 +145,7 @@ def test_a_sampler_that_raises_fails_its_request_only(engine_parts, alone) -> No
     model, tokenizer = engine_parts
     engine = SamplerFails(model, tokenizer)
     victim = SamplerFails.victim
-    engine.victim_sampling = SamplingParams(max_tokens=12, temperature=0.0, stop=("never seen",))  # its own object
+    engine.victim_sampling = SamplingParams(max_tokens=10, temperature=0.0, stop=("never seen",))  # its own object
     prompts = {rid: prompt(engine, rid) for rid in QUESTIONS}
     submits = [Submit(rid, prompts[rid], engine.victim_sampling if rid == victim else sampling_of(rid))
                for rid in QUESTIONS]  # fmt: skip
