@@ -36,8 +36,8 @@ class GenerateRequest(msgspec.Struct, frozen=True):
 class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):
     request_id: str
     prompt_tokens: int
-    cached_tokens: int = 0  # prompt tokens whose KV cache was reused from an earlier request (prefix cache)
     queue_position: int = 0
+    seed: int | None = None  # the seed the request samples with (fixed at admission); None: greedy
 
 
 class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
@@ -45,9 +45,38 @@ class GenerateRejected(msgspec.Struct, frozen=True, tag="rejected"):
     code: Literal["context_length_exceeded", "busy", "invalid_request", "not_ready"]
     message: str
     retry_after: float | None = None
+    param: str | None = None  # the request field at fault, when one is
 
 
 GenerateReply = GenerateAccepted | GenerateRejected
+
+# A request larger than one bus message (NATS max_payload) is submitted as a GenerateUpload under this header:
+# the runner that takes it asks `source` for each piece (the request's payload: the piece's index, as text) and
+# joins them. Small on the bus whatever its size, it still goes to exactly one runner of the queue group.
+UPLOAD_HEADER = "Exo-Upload"
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # the most a runner fetches for one request
+
+
+class GenerateUpload(msgspec.Struct, frozen=True):
+    request_id: str
+    size: int  # bytes of the encoded GenerateRequest
+    pieces: int
+    source: str
+
+
+class FinishedRequest(msgspec.Struct, frozen=True):
+    """What a finished request was, as measured by the runner that served it (times from its admission)."""
+
+    finish_reason: FinishReason
+    seed: int | None  # None: greedy
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV cache was reused from an earlier request (prefix cache)
+    completion_tokens: int
+    time_to_first_token_s: float | None  # None: no token came
+    total_s: float
+    decode_tokens_per_s: float | None  # tokens after the first over the time after the first; None: under 2 tokens
+    strategy: str  # the instance's: "pipeline" or "tensor"
+    device_count: int
 
 
 class TokenChunk(msgspec.Struct, frozen=True):
@@ -59,6 +88,7 @@ class TokenChunk(msgspec.Struct, frozen=True):
     finish_reason: FinishReason | None = None
     error: str | None = None
     cached_tokens: int = 0
+    finished: FinishedRequest | None = None  # on the last chunk of every request, whatever its end
 
 
 class CancelGeneration(msgspec.Struct, frozen=True):

@@ -35,9 +35,16 @@ SERVICE_WORKER = "exo-worker"
 SERVICE_GATEWAY = "exo-gateway"
 SERVICE_RUNNER = "exo-runner"
 
-# Generation: the gateway asks an instance's runners (queue group) and reads tokens on a per-request subject.
+# Generation: the gateway asks an instance's runners and reads tokens on a per-request subject. A runner (rank 0
+# of an instance) is the micro service SERVICE_RUNNER with the group exo.runner.<instance> and its endpoints:
+# generate (queue group RUNNER_QUEUE: one runner takes each request) and cancel (every runner of the instance
+# hears it: each takes it in a queue group of its own).
 RUNNER_PREFIX = "exo.runner"
+RUNNER_GENERATE = "generate"
+RUNNER_CANCEL = "cancel"
+RUNNER_QUEUE = "rank0"
 TOKENS_PREFIX = "exo.tokens"
+UPLOAD_PREFIX = "exo.upload"  # the gateway serves the pieces of a request too large for one message here
 
 
 def facts(node_id: str) -> str:
@@ -48,16 +55,24 @@ def facts_wildcard() -> str:
     return f"{FACTS_PREFIX}.*"
 
 
+def runner_group(instance_id: str) -> str:
+    return f"{RUNNER_PREFIX}.{instance_id}"
+
+
 def runner_generate(instance_id: str) -> str:
-    return f"{RUNNER_PREFIX}.{instance_id}.generate"
+    return f"{runner_group(instance_id)}.{RUNNER_GENERATE}"
 
 
 def runner_cancel(instance_id: str) -> str:
-    return f"{RUNNER_PREFIX}.{instance_id}.cancel"
+    return f"{runner_group(instance_id)}.{RUNNER_CANCEL}"
 
 
 def tokens(request_id: str) -> str:
     return f"{TOKENS_PREFIX}.{request_id}"
+
+
+def upload(request_id: str) -> str:
+    return f"{UPLOAD_PREFIX}.{request_id}"
 
 
 def node_service(node_id: str, service: str) -> str:

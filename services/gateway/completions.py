@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from shared.generation import GenerateRequest, TokenChunk
 from shared.ids import new_request_id
 from shared.models import UnknownModel, get_card
 
-from services.gateway.errors import OpenAIError, bad_request, model_not_found
-from services.gateway.generation_client import pick_instance
+from services.gateway.completion_output import ChatShape, TextShape, log_finished, sse_events, usage_of
+from services.gateway.errors import bad_request, model_not_found
+from services.gateway.generation_client import Generation
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
-    chat_chunk,
-    chat_completion,
     decode_body,
     openai_finish_reason,
-    text_completion,
-    usage,
 )
+from services.gateway.routing import pick_instance
 
 router = APIRouter()
 
@@ -67,79 +63,36 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
     sampling = body.sampling(card.context_length)
     instance_id = pick_instance(gateway.follower.state, body.model, gateway.client.next_turn())
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
-    chunks = gateway.client.stream(instance_id, build(rid, sampling))
-    first = await anext(chunks)  # the submit: raises the OpenAI error (429, 400, 503) before any byte is sent
+    # accepted, or the OpenAI error (429, 400, 503) raised here, before any byte of a stream is sent
+    generation = await gateway.client.submit(instance_id, build(rid, sampling))
+    shape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
     if body.stream:
-        events = (_sse_chat if chat else _sse_text)(rid, body, first, chunks)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    return await _collect(request, rid, body, first, chunks, chat)
+        return StreamingResponse(
+            sse_events(generation, shape, body.include_usage), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"}, background=BackgroundTask(generation.aclose),
+        )  # fmt: skip
+    try:
+        return await _collect(request, generation, shape)
+    finally:
+        await generation.aclose()
 
 
-async def _collect(request: Request, rid: str, body: SamplingFields, first: TokenChunk, chunks, chat: bool):  # noqa: ANN001, ANN202
-    async def gather() -> tuple[str, str, TokenChunk]:
-        parts, finish, last = [], "stop", first
-        async for chunk in chunks:
+async def _collect(request: Request, generation: Generation, shape: ChatShape | TextShape):  # noqa: ANN202
+    async def gather() -> tuple[str, TokenChunk]:
+        parts, last = [], None
+        async for chunk in generation:
             parts.append(chunk.text)
             last = chunk
-            finish = openai_finish_reason(chunk.finish_reason) or finish
-        return "".join(parts), finish, last
+        assert last is not None and last.finish_reason is not None
+        return "".join(parts), last
 
     task = asyncio.create_task(gather())
     while not task.done():
         await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
         if not task.done() and await request.is_disconnected():
-            task.cancel()  # closing the chunk iterator cancels the generation on the runner
+            task.cancel()  # closing the generation (our caller) cancels it on the runner
             await asyncio.gather(task, return_exceptions=True)
-            await chunks.aclose()
             return JSONResponse({}, status_code=499)
-    text, finish, last = task.result()
-    if chat:
-        return chat_completion(rid, body.model, text, finish, _usage(last))
-    return text_completion(rid, body.model, text, finish, _usage(last))
-
-
-def _usage(last: TokenChunk) -> dict:
-    return usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
-
-
-def _sse(data: dict | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
-
-
-async def _sse_chat(rid: str, body: SamplingFields, first: TokenChunk, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
-    created = int(time.time())
-    yield _sse(chat_chunk(rid, body.model, created, {"role": "assistant", "content": ""}, None))
-    last = first
-    try:
-        async for last in chunks:
-            finish = openai_finish_reason(last.finish_reason)
-            if last.text:
-                yield _sse(chat_chunk(rid, body.model, created, {"content": last.text}, None))
-            if finish is not None:
-                yield _sse(chat_chunk(rid, body.model, created, {}, finish))
-    except OpenAIError as exc:
-        yield _sse(exc.body())
-        return
-    finally:
-        await chunks.aclose()
-    if body.include_usage:
-        yield _sse(chat_chunk(rid, body.model, created, {}, None) | {"choices": [], "usage": _usage(last)})
-    yield _sse("[DONE]")
-
-
-async def _sse_text(rid: str, body: SamplingFields, first: TokenChunk, chunks) -> AsyncIterator[bytes]:  # noqa: ANN001
-    last = first
-    try:
-        async for last in chunks:
-            finish = openai_finish_reason(last.finish_reason)
-            if last.text or finish is not None:
-                yield _sse(text_completion(rid, body.model, last.text, finish, None))
-    except OpenAIError as exc:
-        yield _sse(exc.body())
-        return
-    finally:
-        await chunks.aclose()
-    if body.include_usage:
-        yield _sse(text_completion(rid, body.model, "", None, _usage(last)) | {"choices": []})
-    yield _sse("[DONE]")
+    text, last = task.result()
+    log_finished(last)
+    return shape.whole(text, openai_finish_reason(last.finish_reason) or "stop", usage_of(last))

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from shared.ids import InstanceId
 from shared.state import ClusterState
+
+from services.gateway.routing import ranks_summary
 
 router = APIRouter()
 
 # A runner's detail may carry its last log lines (other clients' request ids); /health is open, so it shows
 # only a detail that is one short line, and points to the key-guarded GET /instances for the rest.
 SHORT_DETAIL_CHARS = 100
-
-
-def runners_summary(state: ClusterState, instance_id: InstanceId) -> str:
-    """What each rank of an instance is doing, e.g. 'rank 0 on node-a: loading 40% (layers 0-15)'."""
-    parts = []
-    for shard, runner in zip(state.instances[instance_id].shards, state.instance_runners(instance_id)):
-        if runner is None:
-            parts.append(f"rank {shard.rank} on {shard.node_id}: waiting for its worker")
-        else:
-            progress = f" {runner.progress:.0%}" if runner.progress is not None else ""
-            detail = f" ({short_detail(runner.detail)})" if runner.detail else ""
-            parts.append(f"rank {shard.rank} on {shard.node_id}: {runner.phase}{progress}{detail}")
-    return "; ".join(parts)
 
 
 def short_detail(detail: str) -> str:
@@ -53,7 +41,7 @@ def degraded_reasons(state: ClusterState, bus_connected: bool) -> list[str]:
             failed = any(r is not None and r.phase == "failed" for r in state.instance_runners(iid))
             if failed or not (ready or state.instance_ready(iid)):
                 what = "failed" if failed else "not ready"
-                reasons.append(f"instance {iid} of {model} {what}: {runners_summary(state, iid)}")
+                reasons.append(f"instance {iid} of {model} {what}: {ranks_summary(state, iid, shorten=short_detail, tail='')}")
         for waiting in sorted(state.waiting.values(), key=lambda w: w.instance_id):
             if waiting.model_id == model:
                 reasons.append(f"{model} (was {waiting.instance_id}) is waiting for nodes: {waiting.reason}")

@@ -1,16 +1,22 @@
 """The runner as an engine, on real nodes and the real model: continuous batching, cancel frees a slot,
-a bounded queue (429), the prefix cache, seeded and greedy determinism whatever shares the batch."""
+a bounded queue (429), the prefix cache, seeded and greedy determinism whatever shares the batch, and what the
+last chunk of a request records."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import msgspec
+import nats
 import openai
 import pytest
 
+from shared import subjects
+from shared.generation import GenerateAccepted, GenerateReply, GenerateRequest, SamplingParams, TokenChunk
 from tests.conftest import MODEL, Node
 
 pytestmark = pytest.mark.slow
@@ -169,3 +175,67 @@ def test_cancel_mid_stream_frees_the_slot(tiny_node: Node) -> None:
         time.sleep(0.2)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] >= 1
+
+
+# -- the generation contract on the bus ----------------------------------------------------------------------
+
+
+async def generate_on_the_bus(node: Node, request: GenerateRequest) -> tuple[GenerateAccepted, list[TokenChunk]]:
+    """What the gateway does: submit to the instance's runner, read the request's chunks to the last."""
+    (instance_id,) = node.health()["ready_instances"]
+    nc = await nats.connect(node.nats_url)
+    chunks: list[TokenChunk] = []
+    done = asyncio.Event()
+
+    async def on_chunk(msg) -> None:  # noqa: ANN001
+        chunks.append(msgspec.json.decode(msg.data, type=TokenChunk))
+        if chunks[-1].finish_reason is not None:
+            done.set()
+
+    try:
+        await nc.subscribe(subjects.tokens(request.request_id), cb=on_chunk)
+        reply = await nc.request(subjects.runner_generate(instance_id), msgspec.json.encode(request), timeout=30)
+        accepted = msgspec.json.decode(reply.data, type=GenerateReply)
+        assert isinstance(accepted, GenerateAccepted), accepted
+        await asyncio.wait_for(done.wait(), 120)
+    finally:
+        await nc.close()
+    return accepted, chunks
+
+
+async def test_the_last_chunk_says_what_the_finished_request_was(node: Node) -> None:
+    sampled = SamplingParams(max_tokens=8, temperature=1.0)  # no seed: admission fixes one
+    prompt = "Here is a list of fifty fruits: apple, banana, cherry,"  # a sampled end of text within 8 tokens is rare
+    request = GenerateRequest(f"req-test-{time.monotonic_ns()}", MODEL, sampled, prompt=prompt)
+    accepted, chunks = await generate_on_the_bus(node, request)
+    *before, last = chunks
+    assert all(c.finished is None for c in before)
+    done = last.finished
+    assert done is not None
+    assert done.finish_reason == last.finish_reason
+    assert done.finish_reason == "length" or (done.finish_reason == "stop" and done.completion_tokens < 8)
+    assert done.seed is not None and done.seed == accepted.seed
+    assert done.prompt_tokens == accepted.prompt_tokens == last.prompt_tokens > 3
+    assert 0 <= done.cached_tokens < done.prompt_tokens
+    assert done.completion_tokens == last.completion_tokens <= 8
+    assert done.completion_tokens >= 2, "the test needs two tokens to see a decode rate"
+    assert done.time_to_first_token_s is not None and 0 < done.time_to_first_token_s <= done.total_s < 120
+    assert done.decode_tokens_per_s is not None and 0.5 < done.decode_tokens_per_s < 10_000
+    assert (done.strategy, done.device_count) == ("pipeline", 1)
+
+    # the seed recorded is the one the tokens came from: asked again with it, the same text
+    again = GenerateRequest(f"req-test-{time.monotonic_ns()}", MODEL, msgspec.structs.replace(sampled, seed=done.seed),
+                            prompt=prompt)  # fmt: skip
+    _, replay = await generate_on_the_bus(node, again)
+    assert "".join(c.text for c in replay) == "".join(c.text for c in chunks)
+    assert replay[-1].finished is not None and replay[-1].finished.seed == done.seed
+    assert replay[-1].finished.cached_tokens > 0  # the same prompt again: its prefix came from the cache
+
+
+async def test_a_greedy_request_records_no_seed_and_a_stop(node: Node) -> None:
+    greedy = SamplingParams(max_tokens=200, temperature=0.0, stop=(",", ".", "\n"))
+    request = GenerateRequest(f"req-test-{time.monotonic_ns()}", MODEL, greedy, prompt="Paris is the capital of")
+    _, chunks = await generate_on_the_bus(node, request)
+    done = chunks[-1].finished
+    assert done is not None and done.finish_reason == "stop" and done.seed is None
+    assert 1 <= done.completion_tokens < 200

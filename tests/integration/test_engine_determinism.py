@@ -39,7 +39,7 @@ def test_seeded_and_greedy_tokens_do_not_depend_on_the_batch(engine_parts) -> No
     greedy = SamplingParams(16, temperature=0.0)
     alone = run(Engine(model, tokenizer), [("s", "Invent a name for a cat.", seeded)])["s"]
     alone_greedy = run(Engine(model, tokenizer), [("g", "Name three colours.", greedy)])["g"]
-    noise = [(f"n{i}", f"Say something random {i}.", SamplingParams(16, temperature=1.0)) for i in range(3)]
+    noise = [(f"n{i}", f"Say something random {i}.", SamplingParams(16, temperature=1.0, seed=100 + i)) for i in range(3)]
     busy = run(Engine(model, tokenizer), [("s", "Invent a name for a cat.", seeded), ("g", "Name three colours.", greedy), *noise])
     assert busy["s"] == alone
     assert busy["g"] == alone_greedy

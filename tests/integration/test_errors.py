@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import nats
 import openai
 import pytest
 
-from tests.conftest import MODEL, Node
+from shared import subjects
+from tests.conftest import MODEL, Node, micro_replies
 
 pytestmark = pytest.mark.slow
 
@@ -219,3 +224,119 @@ def test_no_instance_is_503_until_one_is_created(bare_node: Node) -> None:
     while bare_node.runner_pids() and time.monotonic() < deadline:
         time.sleep(0.25)
     assert bare_node.runner_pids() == []
+
+
+def test_an_empty_prompt_among_running_streams_is_400_for_it_alone(client: openai.OpenAI, http: httpx.Client) -> None:
+    """It used to reach the runner's batch and abort every stream there with 'Sequence N has an empty prompt'."""
+    outcomes: dict[int, dict] = {}
+    flowing = threading.Barrier(4, timeout=120)
+
+    def stream(i: int) -> None:
+        outcome = outcomes.setdefault(i, {"text": "", "finish": None})
+        try:
+            chunks = client.completions.create(model=MODEL, prompt=f"Once upon a time, in village number {i},",
+                                               max_tokens=60, temperature=0, stream=True)  # fmt: skip
+            for chunk in chunks:
+                outcome["text"] += chunk.choices[0].text
+                if outcome["text"] and not outcome.get("waited"):
+                    outcome["waited"] = True
+                    flowing.wait()  # every stream runs before the empty prompt comes
+                outcome["finish"] = chunk.choices[0].finish_reason or outcome["finish"]
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome["error"] = exc
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    flowing.wait()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="", max_tokens=3)
+    assert info.value.status_code == 400 and "empty" in info.value.message
+    streamed = http.post("/completions", json={"model": MODEL, "prompt": "", "max_tokens": 3, "stream": True})
+    error = assert_openai_error(streamed, 400)  # before the stream: no 200 and then an error event
+    assert error["param"] == "prompt"
+    for t in threads:
+        t.join(120)
+    for i in range(3):
+        assert "error" not in outcomes[i], outcomes[i]
+        assert outcomes[i]["finish"] in ("length", "stop") and outcomes[i]["text"], outcomes[i]
+
+
+# -- a node whose runner dies -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dying_node(start_node: Callable[..., Node]) -> Iterator[Node]:
+    n = start_node("runner-dies")
+    yield n
+    n.stop()
+
+
+def test_requests_right_after_the_runner_died_get_503_at_once_with_a_short_reason(dying_node: Node) -> None:
+    """A request in flight when its runner died used to wait out the gateway's 10 s submit timeout; and the
+    reason carried the runner's last log lines (other clients' request ids and token counts)."""
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+    served = httpx.post(f"{dying_node.api_url}/completions", json=body, timeout=60)
+    assert served.status_code == 200, served.text  # the runner's log now holds a request id
+    (runner,) = dying_node.runner_pids()
+    in_flight: dict = {}
+
+    def ask() -> None:
+        in_flight["response"] = httpx.post(f"{dying_node.api_url}/completions", json=body, timeout=60)
+        in_flight["answered_at"] = time.monotonic()
+
+    os.kill(runner, signal.SIGSTOP)  # it cannot answer: the request waits for its reply, as if sent as it died
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    os.kill(runner, signal.SIGKILL)
+    killed_at = time.monotonic()
+    thread.join(30)
+    assert in_flight["response"].status_code == 503, in_flight["response"].text
+    waited = in_flight["answered_at"] - killed_at
+    print(f"the request in flight got its 503 {waited:.2f} s after the runner died")
+    assert waited < 3.0, "the request waited for the submit timeout instead of the instance's state"
+
+    answers = []
+    until = time.monotonic() + 2.0
+    with httpx.Client(timeout=30) as http:
+        while time.monotonic() < until:
+            started = time.monotonic()
+            r = http.post(f"{dying_node.api_url}/completions", json=body)
+            answers.append((r.status_code, round(time.monotonic() - started, 3), r.json()))
+    print(f"{len(answers)} requests after: statuses {sorted({s for s, _, _ in answers})}, "
+          f"slowest {max(t for _, t, _ in answers):.3f} s")  # fmt: skip
+    assert all(status == 503 for status, _, _ in answers), answers[:3]
+    assert max(t for _, t, _ in answers) < 2.0
+    for message in [in_flight["response"].json()["error"]["message"]] + [b["error"]["message"] for _, _, b in answers]:
+        assert "request=" not in message and "cmpl-" not in message and "tokens=" not in message, message
+    assert "exited with code -9" in answers[-1][2]["error"]["message"]
+
+
+async def test_the_runner_is_a_micro_service_that_counts_its_errors(node: Node) -> None:
+    """Its generate and cancel endpoints are listed by $SRV.INFO; a request its handler cannot read is answered
+    with micro's error headers and counted in $SRV.STATS (the gateway never sends one)."""
+    (instance_id,) = node.health()["ready_instances"]
+    nc = await nats.connect(node.nats_url)
+    try:
+        infos = [i for i in await micro_replies(nc, f"$SRV.INFO.{subjects.SERVICE_RUNNER}")
+                 if instance_id in i["description"]]  # fmt: skip
+        assert len(infos) == 1, infos
+        endpoints = {e["name"]: e for e in infos[0]["endpoints"]}
+        assert endpoints[subjects.RUNNER_GENERATE]["subject"] == subjects.runner_generate(instance_id)
+        assert endpoints[subjects.RUNNER_GENERATE]["queue_group"] == subjects.RUNNER_QUEUE
+        assert endpoints[subjects.RUNNER_CANCEL]["subject"] == subjects.runner_cancel(instance_id)
+
+        async def errors() -> int:
+            (stats,) = [s for s in await micro_replies(nc, f"$SRV.STATS.{subjects.SERVICE_RUNNER}")
+                        if s["id"] == infos[0]["id"]]  # fmt: skip
+            return next(e for e in stats["endpoints"] if e["name"] == subjects.RUNNER_GENERATE)["num_errors"]
+
+        before = await errors()
+        reply = await nc.request(subjects.runner_generate(instance_id), b"{not a request", timeout=10)
+        assert reply.headers is not None
+        assert reply.headers["Nats-Service-Error-Code"] == "400"
+        assert "unreadable request" in reply.headers["Nats-Service-Error"]
+        assert await errors() == before + 1
+    finally:
+        await nc.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import nats
 import openai
 import pytest
 
@@ -209,3 +210,29 @@ def test_stream_starts_before_the_prefill_ends(node: Node) -> None:
         f"the stream opened only {headers_at:.2f} s after the request, {first_content_at - headers_at:.2f} s "
         "before its first token: the runner's submit reply waited for the prefill"
     )
+
+
+async def test_a_request_larger_than_a_bus_message_is_served(client: openai.OpenAI, node: Node) -> None:
+    """Four stop strings of 300 kB (a long prompt within the context would do the same, where a model's context
+    holds more than 1 MB of text: SmolLM2's 8192 tokens do not): the runner's request is over the bus's
+    max_payload, which used to give 500 'MaxPayloadError'. It travels in pieces now."""
+    stops = [f"{i}" + "zq" * 150_000 for i in range(4)]
+    nc = await nats.connect(node.nats_url)
+    try:
+        assert sum(len(s) for s in stops) > nc.max_payload  # the server's limit, 1 MB by default
+    finally:
+        await nc.close()
+    question = "The capital of France is"
+    plain = client.completions.create(model=MODEL, prompt=question, temperature=0, max_tokens=8)
+    big = client.completions.create(model=MODEL, prompt=question, temperature=0, max_tokens=8, stop=stops)
+    assert big.choices[0].text == plain.choices[0].text
+    assert big.usage.prompt_tokens == plain.usage.prompt_tokens
+    streamed = list(client.completions.create(model=MODEL, prompt=question, temperature=0, max_tokens=8,
+                                              stop=stops, stream=True))  # fmt: skip
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == plain.choices[0].text
+    # a stop string past the first piece still stops the text
+    assert "Paris" in plain.choices[0].text
+    cut = client.completions.create(model=MODEL, prompt=question, temperature=0, max_tokens=8,
+                                    stop=[*stops[:3], "Paris"])  # fmt: skip
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == plain.choices[0].text[: plain.choices[0].text.index("Paris")]

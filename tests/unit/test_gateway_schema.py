@@ -1,4 +1,4 @@
-"""The gateway's request schema (services/gateway/openai_schema.py) and instance choice (generation_client)."""
+"""The gateway's request schema (services/gateway/openai_schema.py) and instance choice (routing.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.gateway.errors import OpenAIError
-from services.gateway.generation_client import pick_instance
+from services.gateway.routing import pick_instance
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,

@@ -3,6 +3,9 @@ prompts' KV caches, per-request sampling, stop strings and streaming detokenizat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import mlx.core as mx
 import msgspec
 import psutil
 from mlx_lm.generate import BatchGenerator
@@ -26,7 +29,8 @@ class Step(msgspec.Struct, frozen=True):
     request_id: str
     text: str
     completion_tokens: int
-    finish_reason: str | None  # "stop" | "length" | "cancelled" | None
+    finish_reason: str | None  # "stop" | "length" | "cancelled" | "error" | None
+    error: str | None = None  # why this request failed (finish_reason "error"); the batch goes on without it
 
 
 class Active:
@@ -62,6 +66,9 @@ class Engine:
             self.prefix_cache = LRUPromptCache(max_size=PREFIX_CACHE_ENTRIES_SHARDED)
         self.active: dict[int, Active] = {}
         self.uids: dict[str, int] = {}
+        # Requests whose sampler raised in the step in progress. The sampler draws the token after the one the step
+        # returns (mlx-lm computes a step ahead), so that token is still theirs; they fail after it.
+        self._faults: dict[str, Exception] = {}
 
     @property
     def busy(self) -> bool:
@@ -79,7 +86,7 @@ class Engine:
         assert sampling.max_tokens is not None
         cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt)
         cached = len(prompt) - len(rest)
-        sampler = make_seeded_sampler(sampling.temperature, sampling.top_p, sampling.seed)
+        sampler = self._guarded(request_id, self._sampler(sampling))
         (uid,) = self.generator.insert(
             [rest],
             max_tokens=[sampling.max_tokens],
@@ -90,6 +97,22 @@ class Engine:
         self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop)
         self.uids[request_id] = uid
         return cached
+
+    def _sampler(self, sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
+        return make_seeded_sampler(sampling.temperature, sampling.top_p, sampling.seed)
+
+    def _guarded(self, request_id: str, sampler: Callable[[mx.array], mx.array]) -> Callable[[mx.array], mx.array]:
+        """The batch calls every request's sampler inside one step: one that raises would end the step for all.
+        Its fault is noted instead (the request fails after the step) and a greedy token keeps the batch's shape."""
+
+        def sample(logprobs: mx.array) -> mx.array:
+            try:
+                return sampler(logprobs)
+            except Exception as exc:  # noqa: BLE001 - fails this request only, after the step
+                self._faults.setdefault(request_id, exc)
+                return mx.argmax(logprobs, axis=-1)
+
+        return sample
 
     def cancel(self, request_id: str) -> Step | None:
         uid = self.uids.pop(request_id, None)
@@ -105,9 +128,14 @@ class Engine:
         steps = []
         for response in responses:
             active = self.active.get(response.uid)
-            if active is not None:
+            if active is None:
+                continue
+            try:
                 steps.append(self._advance(active, response))
-        return steps
+            except Exception as exc:  # noqa: BLE001 - this request's text or stops broke: it alone fails
+                self._faults.setdefault(active.request_id, exc)
+        faults, self._faults = self._faults, {}
+        return steps + [self._fail(rid, exc) for rid, exc in faults.items() if rid in self.uids]
 
     def run_cycle(self, control: Control) -> tuple[list[Step], dict[str, int]]:
         """Cancels, then newcomers, then one step if anything runs: the same on every rank.
@@ -116,14 +144,24 @@ class Engine:
         # Cancelled before it ever joined (the cancel came in the same control): it still ends, as cancelled,
         # so the runner forgets it instead of holding its queue place for ever.
         steps += [Step(s.request_id, "", 0, "cancelled") for s in control.submits if s.request_id in control.cancels]
-        cached = {
-            s.request_id: self.submit(s.request_id, s.prompt, s.sampling)
-            for s in control.submits
-            if s.request_id not in control.cancels
-        }
+        cached = {}
+        for s in control.submits:
+            if s.request_id in control.cancels:
+                continue
+            try:
+                cached[s.request_id] = self.submit(s.request_id, s.prompt, s.sampling)
+            except Exception as exc:  # noqa: BLE001 - a request the generator refuses fails alone
+                steps.append(Step(s.request_id, "", 0, "error", _reason(exc)))
         if self.busy:
             steps += self.step()
         return steps, cached
+
+    def _fail(self, request_id: str, exc: Exception) -> Step:
+        """Take a request out of the batch for an error of its own; the others go on."""
+        uid = self.uids.pop(request_id)
+        active = self.active.pop(uid)
+        self.generator.remove([uid])
+        return Step(request_id, "", active.tokens, "error", _reason(exc))
 
     def _advance(self, active: Active, response) -> Step:  # noqa: ANN001 - GenerationBatch.Response
         active.tokens += 1
@@ -151,3 +189,7 @@ class Engine:
     def _remember(self, tokens: list[int] | None, cache: list | None) -> None:
         if tokens and cache:
             self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
+
+
+def _reason(exc: Exception) -> str:
+    return f"generation failed: {type(exc).__name__}: {exc}"

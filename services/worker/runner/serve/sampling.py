@@ -3,7 +3,6 @@ a seed gives the same tokens whatever else shares its batch and whatever the pla
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 
 import mlx.core as mx
@@ -26,15 +25,18 @@ def derive_shard_seed(base_seed: int, shard_id: int, step: int) -> int:
 
 
 def make_seeded_sampler(temperature: float, top_p: float, seed: int | None) -> Callable[[mx.array], mx.array]:
-    """A sampler for one request; it counts its own steps. Greedy when temperature is 0."""
+    """A sampler for one request; it counts its own steps. Greedy when temperature is 0. A sampled request's
+    seed was fixed at admission (admission.py) and travels to every rank: a seed drawn here would differ
+    between ranks."""
     if temperature <= 0.0:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
-    base = seed if seed is not None else secrets.randbits(63)
+    if seed is None:
+        raise ValueError("a sampled request reached the engine without the seed fixed at its admission")
     step = 0
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal step
-        key = mx.random.key(derive_shard_seed(base, CHOICE_SHARD, step))
+        key = mx.random.key(derive_shard_seed(seed, CHOICE_SHARD, step))
         step += 1
         if top_p < 1.0:
             logprobs = apply_top_p(logprobs, top_p)

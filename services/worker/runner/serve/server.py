@@ -12,19 +12,27 @@ from typing import Literal
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
+from nats.micro.request import Request, ServiceError
+from nats.micro.service import Service
 
 from shared import subjects
 from shared.generation import (
     CancelGeneration,
+    FinishedRequest,
+    FinishReason,
     GenerateAccepted,
     GenerateRejected,
     GenerateRequest,
     SamplingParams,
+    UPLOAD_HEADER,
     TokenChunk,
 )
+from shared.process_lifetime import register
 
 from services.worker.runner.blas import current_blas
 from services.worker.runner.reporting import report_runner
+from services.worker.runner.serve import uploads
+from services.worker.runner.serve.admission import Limits, admit
 from services.worker.runner.serve.control import Control, ControlChannel, Submit
 from services.worker.runner.serve.engine import Engine, Step
 
@@ -60,8 +68,27 @@ class Stream:
         self.sampling = sampling
         self.cached_tokens = 0
         self.index = 0
-        self.last_sent = time.monotonic()
+        self.admitted_at = self.last_sent = time.monotonic()
+        self.first_token_at: float | None = None
         self.completion_tokens = 0
+
+    def finished(self, reason: FinishReason, strategy: str, device_count: int, now: float) -> FinishedRequest:
+        """The record of the request, ended at `now` (monotonic seconds)."""
+        first = self.first_token_at
+        decoding = now - first if first is not None else 0.0
+        return FinishedRequest(
+            finish_reason=reason,
+            seed=self.sampling.seed,
+            prompt_tokens=len(self.prompt),
+            cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens,
+            time_to_first_token_s=None if first is None else round(first - self.admitted_at, 4),
+            total_s=round(now - self.admitted_at, 4),
+            decode_tokens_per_s=round((self.completion_tokens - 1) / decoding, 2)
+            if self.completion_tokens >= 2 and decoding > 0 else None,
+            strategy=strategy,
+            device_count=device_count,
+        )
 
 
 class RunnerServer:
@@ -96,61 +123,64 @@ class RunnerServer:
         loop = asyncio.get_running_loop()
         if self.channel is not None:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
-        await self.nc.subscribe(subjects.runner_generate(iid), queue="rank0", cb=self._on_generate)
-        await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
-        await self.nc.flush()
+        service = await self._register()
         detail = f"pid {os.getpid()}, blas {current_blas()}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         self.stop = stop
         tasks = [asyncio.create_task(self._generation_loop()), asyncio.create_task(self._keepalive_loop())]
         await stop.wait()
+        await service.stop()  # no request is admitted any more
         for task in tasks:
             task.cancel()
         if self.channel is not None and not self.failed:  # release the other ranks, which wait for our next control
             await loop.run_in_executor(self._mlx_thread, self._shut_down_ranks)
 
-    async def _on_generate(self, msg) -> None:  # noqa: ANN001
-        reply = self._admit(msg.data)
-        await msg.respond(msgspec.json.encode(reply))
+    async def _register(self) -> Service:
+        """The runner's micro service: `$SRV.INFO.exo-runner` lists its endpoints, `$SRV.STATS` their counts."""
+        iid = self.args.instance_id
+        service = await register(self.nc, subjects.SERVICE_RUNNER, self.args.node_id, f"generation of instance {iid}")
+        group = service.add_group(name=subjects.runner_group(iid), queue_group=subjects.RUNNER_QUEUE)
+        await group.add_endpoint(name=subjects.RUNNER_GENERATE, handler=self._on_generate)
+        # Every runner of the instance hears a cancel (the one that holds the request acts): a queue of its own.
+        own_queue = f"{subjects.RUNNER_QUEUE}-{secrets.token_hex(4)}"
+        await group.add_endpoint(name=subjects.RUNNER_CANCEL, handler=self._on_cancel, queue_group=own_queue)
+        await self.nc.flush()
+        return service
 
-    def _admit(self, data: bytes) -> GenerateAccepted | GenerateRejected:
+    async def _on_generate(self, req: Request) -> None:
+        """Answers accepted or rejected. An unreadable request raises: micro counts it as the endpoint's error
+        and answers with its error headers."""
+        data = req.data
+        if req.headers and UPLOAD_HEADER in req.headers:
+            try:
+                data = await uploads.fetch(self.nc, data)
+            except uploads.UploadFailed as exc:
+                raise ServiceError("400", f"the request's upload failed: {exc}") from None
         try:
             request = msgspec.json.decode(data, type=GenerateRequest)
         except msgspec.DecodeError as exc:
-            return GenerateRejected("", "invalid_request", f"unreadable request: {exc}")
-        if len(self.streams) >= self.max_admitted:
-            return GenerateRejected(
-                request.request_id, "busy", f"{len(self.streams)} requests are queued or running", retry_after=1.0
-            )
-        try:
-            prompt = self.engine.prompt_tokens(request)
-        except Exception as exc:  # noqa: BLE001 - e.g. a chat template that rejects the roles given
-            return GenerateRejected(request.request_id, "invalid_request", f"cannot build the prompt: {exc}")
-        room = self.args.context_length - len(prompt)
-        wanted = request.sampling.max_tokens
-        if room < 1 or (wanted is not None and wanted > room):
-            return GenerateRejected(
-                request.request_id,
-                "context_length_exceeded",
-                f"this model's context is {self.args.context_length} tokens; the prompt has {len(prompt)} "
-                f"and max_tokens asks for {wanted if wanted is not None else 'at least 1'} more",
-            )
-        sampling = msgspec.structs.replace(request.sampling, max_tokens=wanted or room)
-        if sampling.seed is None and sampling.temperature > 0:
-            # Fixed here, so every rank of the instance samples alike (and the log can tell which seed ran).
-            sampling = msgspec.structs.replace(sampling, seed=secrets.randbits(63))
-        stream = Stream(request, prompt, sampling)
+            raise ServiceError("400", f"unreadable request: {exc}") from None
+        await req.respond(msgspec.json.encode(self._admit(request)))
+
+    def _admit(self, request: GenerateRequest) -> GenerateAccepted | GenerateRejected:
+        limits = Limits(self.args.context_length, self.max_admitted)
+        decision = admit(request, len(self.streams), limits, self.engine.prompt_tokens, secrets.randbits(63))
+        if isinstance(decision, GenerateRejected):
+            return decision
+        stream = Stream(request, decision.prompt, decision.sampling)
         self.streams[request.request_id] = stream
         self.to_submit.append(stream)
         self._work.set()
-        return GenerateAccepted(request.request_id, len(prompt), queue_position=len(self.streams) - 1)
+        return GenerateAccepted(
+            request.request_id, len(decision.prompt), len(self.streams) - 1, decision.sampling.seed
+        )
 
-    async def _on_cancel(self, msg) -> None:  # noqa: ANN001
+    async def _on_cancel(self, req: Request) -> None:
         try:
-            request_id = msgspec.json.decode(msg.data, type=CancelGeneration).request_id
+            request_id = msgspec.json.decode(req.data, type=CancelGeneration).request_id
         except msgspec.DecodeError:
-            log.warning("unreadable cancel ignored")
+            log.warning("unreadable cancel ignored")  # a cancel has no reply to carry an error
             return
         if request_id in self.streams:
             self.to_cancel.append(request_id)
@@ -208,19 +238,26 @@ class RunnerServer:
         stream = self.streams.get(step.request_id)
         if stream is None:
             return
+        now = time.monotonic()
+        if step.completion_tokens > 0 and stream.first_token_at is None:
+            stream.first_token_at = now
+        stream.last_sent = now
+        stream.completion_tokens = max(stream.completion_tokens, step.completion_tokens)
+        reason: FinishReason | None = step.finish_reason  # type: ignore[assignment]
+        finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size, now)
         chunk = TokenChunk(
-            step.request_id, stream.index, step.text, step.completion_tokens, len(stream.prompt),
-            step.finish_reason, error, stream.cached_tokens,  # type: ignore[arg-type]
+            step.request_id, stream.index, step.text, stream.completion_tokens, len(stream.prompt), reason,
+            error or step.error, stream.cached_tokens, finished,
         )  # fmt: skip
         stream.index += 1
-        stream.last_sent = time.monotonic()
-        stream.completion_tokens = step.completion_tokens
         await self.nc.publish(subjects.tokens(step.request_id), msgspec.json.encode(chunk))
-        if step.finish_reason is not None:
+        if finished is not None:
             del self.streams[step.request_id]
             log.info(
-                "generated", request=step.request_id, prompt_tokens=len(stream.prompt),
-                cached_tokens=stream.cached_tokens, tokens=step.completion_tokens, finish=step.finish_reason,
+                "generated", request=step.request_id, prompt_tokens=finished.prompt_tokens,
+                cached_tokens=finished.cached_tokens, tokens=finished.completion_tokens, finish=finished.finish_reason,
+                ttft_s=finished.time_to_first_token_s, total_s=finished.total_s,
+                decode_tps=finished.decode_tokens_per_s, error=chunk.error,
             )  # fmt: skip
 
     async def _keepalive_loop(self) -> None:

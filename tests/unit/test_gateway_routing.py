@@ -1,0 +1,78 @@
+"""What the gateway tells clients about instances (services/gateway/routing.py), on plain state: an instance that
+went down is noticed from the state alone, and a runner's log lines never reach a client."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.errors import OpenAIError
+from services.gateway.routing import instance_down, pick_instance, short_reason
+from shared.apply import apply
+from shared.events import InstanceDeleted, InstancePlaced, Instance, RunnerStatusChanged, ShardAssignment, WorkerStarted
+from shared.state import ClusterState
+
+LOG_TAIL = (
+    "runner exited with code -9: 2026-11-29 22:01:02 [info] generated request=chatcmpl-3f9a tokens=17\n"
+    "2026-11-29 22:01:03 [info] generated request=cmpl-77b1 prompt_tokens=12 tokens=40"
+)
+
+
+def state_of(*events) -> ClusterState:  # noqa: ANN002
+    state = ClusterState()
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def two_ranks(iid: str = "inst-1") -> InstancePlaced:
+    shards = (ShardAssignment("node-a", 0, 0, 15), ShardAssignment("node-b", 1, 15, 30))
+    return InstancePlaced(Instance(iid, "smollm2-135m", "pipeline", "ring", shards))
+
+
+READY = (two_ranks(), RunnerStatusChanged("inst-1", "node-a", 0, "ready"), RunnerStatusChanged("inst-1", "node-b", 1, "ready"))
+
+
+def test_a_ready_instance_is_not_down():
+    assert instance_down(state_of(*READY), "inst-1") is None
+
+
+def test_a_failed_rank_puts_the_instance_down_with_a_short_reason():
+    state = state_of(*READY, RunnerStatusChanged("inst-1", "node-b", 1, "failed", LOG_TAIL))
+    reason = instance_down(state, "inst-1")
+    assert reason is not None
+    assert "rank 1 on node-b: failed (runner exited with code -9)" in reason
+    assert "request=" not in reason and "chatcmpl" not in reason
+    assert "rank 0" not in reason  # only the ranks that are not ready
+
+
+@pytest.mark.parametrize(
+    "event",
+    [InstanceDeleted("inst-1", "deleted by a user"), RunnerStatusChanged("inst-1", "node-a", 0, "stopped"),
+     RunnerStatusChanged("inst-1", "node-a", 0, "loading"), WorkerStarted("node-a")],  # fmt: skip
+    ids=["deleted", "stopped", "restarting", "worker-restarted"],
+)
+def test_every_way_of_going_down_is_seen(event):
+    assert instance_down(state_of(*READY, event), "inst-1") is not None
+
+
+def test_a_worker_restart_that_kept_the_runner_keeps_the_instance_up():
+    assert instance_down(state_of(*READY, WorkerStarted("node-a", kept=("inst-1/0",))), "inst-1") is None
+
+
+def test_the_not_ready_answer_carries_no_log_lines():
+    state = state_of(two_ranks(), RunnerStatusChanged("inst-1", "node-a", 0, "failed", LOG_TAIL))
+    with pytest.raises(OpenAIError) as info:
+        pick_instance(state, "smollm2-135m", 0)
+    assert info.value.status == 503
+    assert "rank 0 on node-a: failed (runner exited with code -9)" in info.value.message
+    assert "request=" not in info.value.message and "tokens=" not in info.value.message
+    assert "GET /instances" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("detail", "short"),
+    [("", ""), ("out of memory", "out of memory"), (LOG_TAIL, "runner exited with code -9"),
+     ("model failed to load: [Errno 2] No such file", "model failed to load"), ("x" * 500, "x" * 119 + "…")],
+)  # fmt: skip
+def test_short_reason(detail: str, short: str):
+    assert short_reason(detail) == short
