@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
+from shared.bus_roles import GATEWAY
 from shared.service import register
 
 from services.gateway import completions, instances
@@ -24,7 +25,7 @@ class Gateway:
         self.node_id = node_id
 
     async def start(self) -> None:
-        self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}")
+        self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}", role=GATEWAY)
         self.client = GenerationClient(self.nc)
         self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
         await self.follower.start()
