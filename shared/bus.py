@@ -7,6 +7,7 @@ import os
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+import msgspec
 import nats
 import nats.errors
 import structlog
@@ -20,6 +21,7 @@ from shared.apply import apply
 from shared.bus_roles import OPERATOR
 from shared.cluster_secret import (
     SECRET_ENV,
+    event_key,
     nats_credentials,
     normalise,
     redact,
@@ -29,6 +31,7 @@ from shared.cluster_secret import (
 )
 from shared.config import default_state_dir
 from shared.commands import CommandReply, decode
+from shared.event_signing import refusal
 from shared.events import AnyEvent, decode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
@@ -123,6 +126,11 @@ def process_secret() -> str | None:
     return normalise(given) if given else stored(default_state_dir())
 
 
+def process_event_key() -> bytes | None:
+    secret = process_secret()
+    return event_key(secret) if secret else None
+
+
 def ours(url: str) -> bool:
     """A URL with credentials of one of our roles (the tests' URLs carry the operator's)."""
     return (urlsplit(url).username or "").startswith("exo")
@@ -181,10 +189,20 @@ class StateFollower:
     """
 
     def __init__(
-        self, js: JetStreamContext, on_event: EventHandler | None = None, watch_every_s: float = WATCH_EVERY_S
+        self,
+        js: JetStreamContext,
+        on_event: EventHandler | None = None,
+        watch_every_s: float = WATCH_EVERY_S,
+        key: bytes | None = None,
     ) -> None:
+        """`key`: the event signing key (default: derived from this process's secret). Without any secret
+        nothing is verified (a bus without credentials has no secret to sign with either)."""
         self._js = js
         self._on_event = on_event
+        self.key = key if key is not None else process_event_key()
+        if self.key is None:
+            log.warning("no cluster secret: events are applied unverified")
+        self.refused = 0  # events not applied: unsigned, or not signed by the term's leader
         self._watch_every_s = watch_every_s
         self.state = ClusterState()
         self._changed = asyncio.Condition()
@@ -254,12 +272,21 @@ class StateFollower:
             event = decode_event(msg.data)
         except Exception as exc:  # noqa: BLE001 - one unreadable event must not stop the follower
             log.error("undecodable event skipped", seq=seq, error=str(exc))
-            return
-        self.state = apply(self.state, event, seq)
-        if self._on_event is not None:
-            result = self._on_event(self.state, event)
-            if asyncio.iscoroutine(result):
-                await result
+            event = None
+        reason = None if self.key is None or event is None else refusal(self.key, msg.headers, seq, msg.data, event, self.state)
+        if reason is not None:
+            log.error("event refused: not written by the leader", seq=seq, kind=type(event).__name__, reason=reason)
+            self.refused += 1
+        if event is None or reason is not None:
+            # passed over, not applied: the state's sequence moves on so that the master's next append (which
+            # expects the stream's last sequence) and catch_up do not wait for it for ever
+            self.state = msgspec.structs.replace(self.state, last_seq=seq)
+        else:
+            self.state = apply(self.state, event, seq)
+            if self._on_event is not None:
+                result = self._on_event(self.state, event)
+                if asyncio.iscoroutine(result):
+                    await result
         async with self._changed:
             self._changed.notify_all()
 
