@@ -273,7 +273,9 @@ class StateFollower:
         except Exception as exc:  # noqa: BLE001 - one unreadable event must not stop the follower
             log.error("undecodable event skipped", seq=seq, error=str(exc))
             event = None
-        reason = None if self.key is None or event is None else refusal(self.key, msg.headers, seq, msg.data, event, self.state)
+        reason = None
+        if self.key is not None and event is not None:
+            reason = refusal(self.key, msg.headers, seq, msg.data, event, self.state)
         if reason is not None:
             log.error("event refused: not written by the leader", seq=seq, kind=type(event).__name__, reason=reason)
             self.refused += 1

@@ -53,5 +53,6 @@ def refusal(
             return f"a claim of term {event.term} by {event.node_id} signed as term {term} by {writer}"
         return None  # whether the claim is newer is apply's rule
     if (term, writer) != (state.leader_term, state.leader_node_id):
-        return f"signed by {writer} for term {term}, the log's leader is {state.leader_node_id} (term {state.leader_term})"
+        leader = f"{state.leader_node_id} (term {state.leader_term})"
+        return f"signed by {writer} for term {term}, the log's leader is {leader}"
     return None
