@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -26,9 +27,10 @@ from services.node.embedded_bus import (
 from services.node.launchd import write_plists
 from services.node.leftovers import stop_left_bus
 from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_for_port, write_config
+from services.node.scrub import scrub_own_process
 from services.node.secret_source import given_secret, join
 from services.node.supervisor import ChildSpec, Supervisor
-from shared.bus import connect
+from shared.bus import connect, without_our_credentials
 from shared.cluster_secret import SECRET_ENV, BadSecret, redact, remember, secret_path
 from shared.cluster_secret import load_or_create as load_or_create_secret
 from shared.config import (
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "max_batch" else 0):
             node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     state_dir = (args.state_dir or _named_state_dir(args.node_name)).expanduser()
+    if args.nats_url and urlsplit(args.nats_url).password:
+        scrub_own_process(urlsplit(args.nats_url).password)  # a bus password on our command line
     try:
         secret = given_secret(args)
     except BadSecret as exc:
@@ -209,7 +213,8 @@ async def run_node(args: argparse.Namespace, state_dir: Path, given: str | None)
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     own_bus = args.nats_url is None
-    nats_url = args.nats_url or f"nats://127.0.0.1:{args.nats_port}"
+    # The services connect as their own roles: a URL with one of our roles' passwords is not handed down
+    nats_url = without_our_credentials(args.nats_url or f"nats://127.0.0.1:{args.nats_port}")
     env = service_env(args, state_dir, nats_url, args.route_port if own_bus else 0)
     tasks: list[asyncio.Task] = []
     try:

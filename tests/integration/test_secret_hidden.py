@@ -1,6 +1,6 @@
 """The cluster secret stays secret on a running node: no process of the node (supervisor, nats-server,
 services, runners) shows it, nor a bus password derived from it, on its command line (world-readable) or in
-its environment; a secret given on the command line is warned about and scrubbed; a cluster still forms
+its environment (a node joined by --nats-url with a password included); a secret given on the command line is warned about and scrubbed; a cluster still forms
 between nodes that were given the secret by file."""
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def test_no_process_of_a_clustered_node_shows_the_secret(start_node: Callable[..
         names = {n for node in (a, b) for n in node_pids(node).values()}
         assert {"nats-server", "runner"} <= names and len(names) >= 3, names
         assert leaks(a, TEST_CLUSTER_SECRET) == [] and leaks(b, TEST_CLUSTER_SECRET) == []
+        # a node that joins a bus by a URL with the operator's password: neither it nor its services show it
+        c = start_node("hide-c", "--no-model", "--no-master", "--nats-url", a.nats_url)
+        c.wait_until(lambda h: len(h["nodes"]) == 3, 60, "the third node in the state")
+        assert leaks(c, TEST_CLUSTER_SECRET) == []
+        c.stop()
         for node in (a, b):
             assert (node.state_dir / "nats" / "nats.conf").stat().st_mode & 0o077 == 0
             assert (node.state_dir / "cluster.secret").stat().st_mode & 0o077 == 0
