@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from shared.cluster_secret import SECRET_ENV, remember, stored
+from shared.cluster_secret import SECRET_ENV, BadSecret, remember, stored
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_API_PORT = 8080
@@ -55,7 +55,11 @@ def common_from_args(ns: argparse.Namespace) -> CommonConfig:
     state_dir = Path(ns.state_dir).expanduser()
     # The secret: from the environment of a service started alone (taken out of it, so that runners do not
     # inherit it), else where the node keeps it. Runners read it from the state dir themselves.
-    remember(os.environ.pop(SECRET_ENV, None) or stored(state_dir))
+    given = os.environ.pop(SECRET_ENV, None)
+    try:
+        remember(given or stored(state_dir))
+    except BadSecret:  # said where it matters: discovery sends no beacons, the bus refuses the connection
+        remember(stored(state_dir))
     return CommonConfig(
         nats_url=ns.nats_url,
         state_dir=state_dir,

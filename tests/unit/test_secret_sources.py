@@ -95,3 +95,23 @@ def test_exo_join_stores_the_secret_privately_once(tmp_path: Path) -> None:
     assert other.returncode == 2 and "--force" in other.stderr
     assert join("not hex\n").returncode == 2
     assert join("5b" * 32 + "\n", "--force").returncode == 0 and load_or_create(tmp_path, None)[0] == "5b" * 32
+
+
+def test_a_service_takes_the_secret_out_of_its_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.cluster_secret import remember, remembered
+    from shared.config import add_common_args, common_from_args
+
+    parser = argparse.ArgumentParser()
+    add_common_args(parser)
+    write_private(secret_path(tmp_path), "5b" * 32)
+    try:
+        monkeypatch.setenv(SECRET_ENV, SECRET)
+        common_from_args(parser.parse_args(["--state-dir", str(tmp_path)]))
+        assert remembered() == SECRET and SECRET_ENV not in os.environ  # runners it starts do not inherit it
+        common_from_args(parser.parse_args(["--state-dir", str(tmp_path)]))
+        assert remembered() == "5b" * 32  # else the node's stored one
+        monkeypatch.setenv(SECRET_ENV, "not hex")
+        common_from_args(parser.parse_args(["--state-dir", str(tmp_path)]))
+        assert remembered() == "5b" * 32
+    finally:
+        remember(None)
