@@ -75,6 +75,8 @@ def settings_from_args(ns: argparse.Namespace) -> DiscoverySettings:
     node keeps its local facts: a typo in the secret must not take the whole node down."""
     # remembered: what shared.config read from the environment or the node's state dir
     given = ns.cluster_secret or os.environ.get(SECRET_ENV) or remembered() or None
+    if ns.cluster_secret:
+        log.warning("--cluster-secret is readable by every user of this machine; prefer the node's stored secret")
     secret = None
     if given:
         try:
