@@ -5,14 +5,18 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import signal
 import sys
+
+from services.node.scrub import scrub_secret_flags
+
+scrub_secret_flags(sys.argv)  # first: secrets on our command line are hidden before the slow imports below
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -27,7 +31,6 @@ from services.node.embedded_bus import (
 from services.node.launchd import write_plists
 from services.node.leftovers import stop_left_bus
 from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_for_port, write_config
-from services.node.scrub import scrub_own_process
 from services.node.secret_source import given_secret, join
 from services.node.supervisor import ChildSpec, Supervisor
 from shared.bus import connect, without_our_credentials
@@ -123,8 +126,6 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "max_batch" else 0):
             node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     state_dir = (args.state_dir or _named_state_dir(args.node_name)).expanduser()
-    if args.nats_url and urlsplit(args.nats_url).password:
-        scrub_own_process(urlsplit(args.nats_url).password)  # a bus password on our command line
     try:
         secret = given_secret(args)
     except BadSecret as exc:

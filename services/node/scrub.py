@@ -49,3 +49,20 @@ def scrub_own_process(*texts: str) -> bool:
             for at in offsets(visible, needle):
                 ctypes.memset(start + at, ord("*"), len(needle))
     return True
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values given to `flag` in argv, as `flag VALUE` or `flag=VALUE`."""
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith(flag + "=")]
+    return values + [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag]
+
+
+def scrub_secret_flags(argv: list[str]) -> None:
+    """Run first thing in `exo`, before imports that take most of a second: the secret of --cluster-secret
+    and the password of a --nats-url are overwritten in the process list at once."""
+    from urllib.parse import urlsplit
+
+    values = flag_values(argv, "--cluster-secret")
+    values += [urlsplit(url).password or "" for url in flag_values(argv, "--nats-url")]
+    if any(values):
+        scrub_own_process(*(v for v in values if v))

@@ -115,3 +115,11 @@ def test_a_service_takes_the_secret_out_of_its_environment(tmp_path: Path, monke
         assert remembered() == "5b" * 32
     finally:
         remember(None)
+
+
+def test_the_flags_scrubbed_first_thing() -> None:
+    from services.node.scrub import flag_values
+
+    argv = ["exo", "--cluster-secret", "aa", "--cluster-secret=bb", "--nats-url", "nats://u:p@h:1", "--cluster-secret"]
+    assert sorted(flag_values(argv, "--cluster-secret")) == ["aa", "bb"]
+    assert flag_values(argv, "--nats-url") == ["nats://u:p@h:1"]
