@@ -36,7 +36,7 @@ from bench.node_process import BENCH_SECRET, Node, scratch_dir
 from services.node.supervisor import HEALTHY_AFTER_S
 from shared import subjects
 from shared.bus import connect
-from shared.cluster_secret import SECRET_ENV
+from shared.cluster_secret import remember
 from shared.commands import DeleteInstance, encode
 
 POLL_S = 0.02
@@ -158,7 +158,7 @@ def node_loss_detection(nodes: list[Node], root: Path, runs: int) -> list[float]
 
 
 def bus_url(node: Node) -> str:
-    """The node's loopback bus; shared.bus.connect adds the credentials from the secret in the environment."""
+    """The node's loopback bus; shared.bus.connect adds the credentials from the secret it remembers."""
     return f"nats://127.0.0.1:{node.nats_port}"
 
 
@@ -178,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    os.environ[SECRET_ENV] = BENCH_SECRET  # our own bus connection, like the nodes', carries the credentials
+    remember(BENCH_SECRET)  # our own bus connection, like the nodes', carries the credentials (never os.environ)
     root = scratch_dir("exo-bench-failover-")
     trio = start_cluster(root / "trio", 3)
     try:

@@ -16,6 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from shared.cluster_secret import write_private
+
 
 def scratch_dir(prefix: str) -> Path:
     """A temporary state dir for one benchmark run, removed when the benchmark exits (node state holds model
@@ -64,10 +66,12 @@ class Node:
         """Start; returns the monotonic time of the spawn."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / "node-output.log", "ab")
+        secret_file = self.state_dir / "given.secret"  # a file, not argv: other users can read a command line
+        write_private(secret_file, self.secret)
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.node.cli", "--state-dir", str(self.state_dir),
-             "--port", str(self.port), "--nats-port", str(self.nats_port), "--cluster-secret", self.secret,
+             "--port", str(self.port), "--nats-port", str(self.nats_port), "--cluster-secret-file", str(secret_file),
              "--discovery-port", str(free_udp_port()), "--route-port", "0", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EXO_CONSOLE_LOGS": "1", **self.env},
         )  # fmt: skip

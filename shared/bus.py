@@ -7,6 +7,7 @@ import os
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+import msgspec
 import nats
 import nats.errors
 import structlog
@@ -18,8 +19,20 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
 from shared.apply import apply
-from shared.cluster_secret import SECRET_ENV, nats_client_credentials, normalise, redact
+from shared.bus_roles import OPERATOR
+from shared.cluster_secret import (
+    SECRET_ENV,
+    event_key,
+    nats_credentials,
+    normalise,
+    redact,
+    remembered,
+    stored,
+    without_credentials,
+)
+from shared.config import default_state_dir
 from shared.commands import CommandReply, decode_reply
+from shared.event_signing import refusal
 from shared.events import AnyEvent, decode_event
 from shared.state import ClusterState
 from shared.subjects import EVENTS_STREAM, EVENTS_SUBJECT
@@ -29,8 +42,9 @@ log = structlog.get_logger()
 WRONG_LAST_SEQUENCE = 10071
 
 
-async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -> NATS:
-    """Connect, retrying while the server starts; afterwards nats-py reconnects on its own, forever.
+async def connect(url: str, name: str, *, role: str = OPERATOR, first_connect_timeout: float = 30.0) -> NATS:
+    """Connect as `role` (its rights: shared/bus_roles.py), retrying while the server starts; afterwards
+    nats-py reconnects on its own, forever.
 
     A bus that refuses our credentials fails at once with the reason (nats-py alone would retry for ever)."""
     connected_once = False
@@ -54,9 +68,9 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
     while loop.time() < deadline and not refused.is_set():
         attempt = asyncio.create_task(
             nats.connect(
-                url,
+                without_our_credentials(url),
                 name=name,
-                **bus_credentials(url),
+                **bus_credentials(url, role),
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -81,8 +95,9 @@ async def connect(url: str, name: str, *, first_connect_timeout: float = 30.0) -
             attempt.cancel()
     if refused.is_set():
         raise ConnectionError(
-            f"the bus at {redact(url)} refused our credentials: run every node of a cluster with the same "
-            f"--cluster-secret (env {SECRET_ENV}; the first node stores it in <state-dir>/cluster.secret)"
+            f"the bus at {redact(url)} refused our credentials: give every node of a cluster the same secret "
+            f"(`exo join`, --cluster-secret-file or env {SECRET_ENV}; the first node keeps it in "
+            f"<state-dir>/cluster.secret)"
         )
     raise ConnectionError(f"cannot reach NATS at {redact(url)}: {reason}")
 
@@ -105,15 +120,36 @@ async def disconnect(nc: NATS) -> None:
         log.debug("bus connection closed with an error", error=str(exc))
 
 
-def bus_credentials(url: str) -> dict[str, str]:
-    """The user and password of the cluster's bus, derived from the secret in the environment (services
-    inherit it from the node; launchd-run ones read it from the state dir, see shared.config). A URL that
-    carries credentials of its own keeps them."""
-    secret = os.environ.get(SECRET_ENV)
-    if not secret or urlsplit(url).username:
+def process_secret() -> str | None:
+    """The secret this process knows: remembered by its service's config (shared.config), else (a runner, a
+    tool) from the environment or the state dir the environment names."""
+    given = remembered() or os.environ.get(SECRET_ENV)
+    return normalise(given) if given else stored(default_state_dir())
+
+
+def process_event_key() -> bytes | None:
+    secret = process_secret()
+    return event_key(secret) if secret else None
+
+
+def ours(url: str) -> bool:
+    """A URL with credentials of one of our roles (the tests' URLs carry the operator's)."""
+    return (urlsplit(url).username or "").startswith("exo")
+
+
+def bus_credentials(url: str, role: str = OPERATOR) -> dict[str, str]:
+    """The user and password of `role` on the cluster's bus, derived from the secret. A URL that carries
+    credentials of its own keeps them, unless they are one of our roles' and we know the secret: then each
+    service still connects as its own role (a node joined with --nats-url nats://exo-operator:...@host)."""
+    secret = process_secret()
+    if not secret or (urlsplit(url).username and not ours(url)):
         return {}
-    user, password = nats_client_credentials(normalise(secret))
+    user, password = nats_credentials(secret, role)
     return {"user": user, "password": password}
+
+
+def without_our_credentials(url: str) -> str:
+    return without_credentials(url) if ours(url) and process_secret() else url
 
 
 async def ensure_event_stream(js: JetStreamContext) -> None:
@@ -154,10 +190,20 @@ class StateFollower:
     """
 
     def __init__(
-        self, js: JetStreamContext, on_event: EventHandler | None = None, watch_every_s: float = WATCH_EVERY_S
+        self,
+        js: JetStreamContext,
+        on_event: EventHandler | None = None,
+        watch_every_s: float = WATCH_EVERY_S,
+        key: bytes | None = None,
     ) -> None:
+        """`key`: the event signing key (default: derived from this process's secret). Without any secret
+        nothing is verified (a bus without credentials has no secret to sign with either)."""
         self._js = js
         self._on_event = on_event
+        self.key = key if key is not None else process_event_key()
+        if self.key is None:
+            log.warning("no cluster secret: events are applied unverified")
+        self.refused = 0  # events not applied: unsigned, or not signed by the term's leader
         self._watch_every_s = watch_every_s
         self.state = ClusterState()
         self._changed = asyncio.Condition()
@@ -227,12 +273,23 @@ class StateFollower:
             event = decode_event(msg.data)
         except Exception as exc:  # noqa: BLE001 - one unreadable event must not stop the follower
             log.error("undecodable event skipped", seq=seq, error=str(exc))
-            return
-        self.state = apply(self.state, event, seq)
-        if self._on_event is not None:
-            result = self._on_event(self.state, event)
-            if asyncio.iscoroutine(result):
-                await result
+            event = None
+        reason = None
+        if self.key is not None and event is not None:
+            reason = refusal(self.key, msg.headers, seq, msg.data, event, self.state)
+        if reason is not None:
+            log.error("event refused: not written by the leader", seq=seq, kind=type(event).__name__, reason=reason)
+            self.refused += 1
+        if event is None or reason is not None:
+            # passed over, not applied: the state's sequence moves on so that the master's next append (which
+            # expects the stream's last sequence) and catch_up do not wait for it for ever
+            self.state = msgspec.structs.replace(self.state, last_seq=seq)
+        else:
+            self.state = apply(self.state, event, seq)
+            if self._on_event is not None:
+                result = self._on_event(self.state, event)
+                if asyncio.iscoroutine(result):
+                    await result
         async with self._changed:
             self._changed.notify_all()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from shared.cluster_secret import SECRET_ENV, secret_path
+from shared.cluster_secret import SECRET_ENV, BadSecret, remember, stored
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_API_PORT = 8080
@@ -53,9 +53,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def common_from_args(ns: argparse.Namespace) -> CommonConfig:
     state_dir = Path(ns.state_dir).expanduser()
-    if not os.environ.get(SECRET_ENV) and secret_path(state_dir).exists():
-        # a service started alone (launchd) finds the node's secret where the node keeps it; runners inherit it
-        os.environ[SECRET_ENV] = secret_path(state_dir).read_text().strip()
+    # The secret: from the environment of a service started alone (taken out of it, so that runners do not
+    # inherit it), else where the node keeps it. Runners read it from the state dir themselves.
+    given = os.environ.pop(SECRET_ENV, None)
+    try:
+        remember(given or stored(state_dir))
+    except BadSecret:  # said where it matters: discovery sends no beacons, the bus refuses the connection
+        remember(stored(state_dir))
     return CommonConfig(
         nats_url=ns.nats_url,
         state_dir=state_dir,

@@ -21,7 +21,7 @@ import nats.errors
 import psutil
 import pytest
 
-from shared.cluster_secret import nats_client_credentials
+from shared.cluster_secret import nats_client_credentials, nats_credentials, write_private
 
 if TYPE_CHECKING:
     from tests.shared_models import SharedModels
@@ -80,6 +80,11 @@ class Node:
     def nats_url(self) -> str:
         """The node's bus, with the credentials derived from the tests' cluster secret."""
         user, password = nats_client_credentials(TEST_CLUSTER_SECRET)
+        return f"nats://{user}:{password}@127.0.0.1:{self.nats_port}"
+
+    def nats_url_as(self, role: str) -> str:
+        """The node's bus as one of the roles of shared/bus_roles.py (e.g. the master, to write the log)."""
+        user, password = nats_credentials(TEST_CLUSTER_SECRET, role)
         return f"nats://{user}:{password}@127.0.0.1:{self.nats_port}"
 
     @property
@@ -265,8 +270,10 @@ def launch_node(state_root: Path, name: str, *extra_args: str, models: SharedMod
                 "--port", str(port), "--nats-port", str(nats_port), *extra_args]  # fmt: skip
         # Nodes of the tests share one secret (so --nats-url joins work) but never find each other by
         # accident: each beacons on a UDP port of its own and none takes bus routes, unless a test says so.
-        if "--cluster-secret" not in extra_args:
-            argv += ["--cluster-secret", TEST_CLUSTER_SECRET]
+        if "--cluster-secret" not in extra_args and "--cluster-secret-file" not in extra_args:
+            secret_file = state_root / "cluster-secret"  # a file, as users should: never on a command line
+            write_private(secret_file, TEST_CLUSTER_SECRET)
+            argv += ["--cluster-secret-file", str(secret_file)]
         if "--discovery-port" not in extra_args:
             argv += ["--discovery-port", str(free_udp_port())]
         if "--route-port" not in extra_args:

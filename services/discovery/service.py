@@ -19,6 +19,7 @@ from nats.micro.request import Request
 
 from shared import subjects
 from shared.bus import connect, disconnect
+from shared.bus_roles import DISCOVERY
 from shared.cluster_secret import beacon_key
 from shared.config import CommonConfig
 from shared.ids import NodeId
@@ -101,7 +102,7 @@ class Discovery:
     async def _connect(self, stop: asyncio.Event) -> NATS | None:
         """The bus connection, retried for as long as it takes (None when stopped first)."""
         while not stop.is_set():
-            attempt = asyncio.create_task(connect(self.config.nats_url, f"exo-discovery:{self.node_id}"))
+            attempt = asyncio.create_task(connect(self.config.nats_url, f"exo-discovery:{self.node_id}", role=DISCOVERY))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()

@@ -10,7 +10,7 @@ import socket
 import msgspec
 import structlog
 
-from shared.cluster_secret import SECRET_ENV, BadSecret, normalise
+from shared.cluster_secret import SECRET_ENV, BadSecret, normalise, remembered
 from shared.config import DEFAULT_DISCOVERY_PORT
 
 log = structlog.get_logger()
@@ -73,7 +73,10 @@ def add_discovery_args(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(ns: argparse.Namespace) -> DiscoverySettings:
     """Raises ValueError for a malformed peer list. A bad secret only disables beacons (logged), so the
     node keeps its local facts: a typo in the secret must not take the whole node down."""
-    given = ns.cluster_secret or os.environ.get(SECRET_ENV) or None  # read late: the environment may be filled in
+    # remembered: what shared.config read from the environment or the node's state dir
+    given = ns.cluster_secret or os.environ.get(SECRET_ENV) or remembered() or None
+    if ns.cluster_secret:
+        log.warning("--cluster-secret is readable by every user of this machine; prefer the node's stored secret")
     secret = None
     if given:
         try:

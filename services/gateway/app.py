@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
+from shared.bus_roles import GATEWAY
 from shared.process_lifetime import register
 
 from services.gateway import completions, health, instances
@@ -30,7 +31,7 @@ class Gateway:
         self.node_id = node_id
 
     async def start(self) -> None:
-        self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}")
+        self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}", role=GATEWAY)
         self.client = GenerationClient(self.nc)
         self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
         await self.follower.start()

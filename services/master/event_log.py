@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from shared.bus import WRONG_LAST_SEQUENCE, StateFollower
+from shared.event_signing import signed_headers
 from shared.events import AnyEvent, LeaderElected, encode_event
 from shared.ids import NodeId
 from shared.state import ClusterState
@@ -44,7 +45,7 @@ class EventLog:
         self._lock = asyncio.Lock()
         self._max_attempts = max_attempts
         self._term: int | None = None  # the leader term this writer holds; None while it does not lead
-
+        self._writer = ""  # this master's node id, which signs its events with the term
     @property
     def term(self) -> int | None:
         return self._term
@@ -62,8 +63,8 @@ class EventLog:
                 raise TermNotNewer(problem)
 
         async with self._lock:
-            await self._append_fenced(fence, lambda _state: ([LeaderElected(node_id, term)], None))
-            self._term = term
+            await self._append_fenced(fence, lambda _state: ([LeaderElected(node_id, term)], None), term, node_id)
+            self._term, self._writer = term, node_id
 
     async def decide_and_append(self, decide: Callable[[ClusterState], tuple[list[AnyEvent], R]]) -> R:
         def fence(state: ClusterState) -> None:
@@ -71,7 +72,7 @@ class EventLog:
                 raise StaleWriter(problem)
 
         async with self._lock:
-            return await self._append_fenced(fence, decide)
+            return await self._append_fenced(fence, decide, self._term or 0, self._writer)
 
     async def append(self, *events: AnyEvent) -> None:
         await self.decide_and_append(lambda _state: (list(events), None))
@@ -80,13 +81,15 @@ class EventLog:
         self,
         fence: Callable[[ClusterState], None],
         decide: Callable[[ClusterState], tuple[list[AnyEvent], R]],
+        term: int,
+        writer: str,
     ) -> R:
         for _ in range(self._max_attempts):
             state = self._follower.state
             fence(state)
             events, result = decide(state)
             try:
-                await self._append_all(events, state.last_seq)
+                await self._append_all(events, state.last_seq, term, writer)
                 return result
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
@@ -95,14 +98,18 @@ class EventLog:
                 await self._follower.catch_up()
         raise StaleWriter("the event log keeps moving: another master is writing")
 
-    async def _append_all(self, events: list[AnyEvent], expected_seq: int) -> None:
+    async def _append_all(self, events: list[AnyEvent], expected_seq: int, term: int, writer: str) -> None:
         seq = expected_seq
+        key = self._follower.key
         for event in events:
+            data = encode_event(event)
+            # seq + 1: the only sequence this append can land at (or it is refused), so it is signed with it
+            signature = signed_headers(key, term, writer, seq + 1, data) if key is not None else {}
             ack = await self._js.publish(
                 EVENTS_SUBJECT,
-                encode_event(event),
+                data,
                 stream=EVENTS_STREAM,
-                headers={"Nats-Expected-Last-Sequence": str(seq)},
+                headers={"Nats-Expected-Last-Sequence": str(seq), **signature},
             )
             seq = ack.seq
         if events:

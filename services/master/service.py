@@ -24,6 +24,7 @@ from services.master.lease_keeper import LeaseKeeper
 from services.master.decide_liveness import decide_liveness
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect, ensure_event_stream, scale_replicas
+from shared.bus_roles import MASTER
 from shared.config import CommonConfig
 from shared.events import AnyEvent
 from shared.facts import NodeFacts
@@ -46,7 +47,7 @@ class Master:
         self._leading: asyncio.Task | None = None  # takeover, then the liveness loop, while this master leads
 
     async def run(self, stop: asyncio.Event) -> None:
-        nc = await connect(self.config.nats_url, f"exo-master:{self.node_id}")
+        nc = await connect(self.config.nats_url, f"exo-master:{self.node_id}", role=MASTER)
         self.nc = nc
         js = nc.jetstream()
         await ensure_event_stream(js)

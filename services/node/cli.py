@@ -5,11 +5,16 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import signal
 import sys
+
+from services.node.scrub import scrub_secret_flags
+
+scrub_secret_flags(sys.argv)  # first: secrets on our command line are hidden before the slow imports below
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
 import time
 from pathlib import Path
 
@@ -27,9 +32,10 @@ from services.node.embedded_bus import (
 from services.node.launchd import write_plists
 from services.node.previous_run import stop_left_bus
 from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_for_port, write_config
+from services.node.secret_source import given_secret, join
 from services.node.supervisor import ChildSpec, Supervisor
-from shared.bus import connect
-from shared.cluster_secret import SECRET_ENV, BadSecret, redact, secret_path
+from shared.bus import connect, without_our_credentials
+from shared.cluster_secret import SECRET_ENV, BadSecret, redact, remember, secret_path
 from shared.cluster_secret import load_or_create as load_or_create_secret
 from shared.config import (
     DEFAULT_API_PORT,
@@ -72,8 +78,11 @@ def node_parser() -> argparse.ArgumentParser:
                    help="reference: MLX's bundled BLAS, slower but seeded tokens do not depend on the batch")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None, help="requests a runner decodes together (default 8)")
     p.add_argument("--max-waiting", type=int, default=None, help="requests allowed to wait per batch slot (default 4)")
-    p.add_argument("--cluster-secret", default=os.environ.get(SECRET_ENV),
-                   help="the cluster's secret (env EXO_CLUSTER_SECRET); default: the stored one, or a new one, shown once")
+    p.add_argument("--cluster-secret-file", default=None, metavar="PATH",
+                   help="file holding the cluster's secret (mode 600); default: env EXO_CLUSTER_SECRET, else the one "
+                        "`exo join` or an earlier start stored, else a new one, shown once")
+    p.add_argument("--cluster-secret", default=None, metavar="HEX",
+                   help="the cluster's secret on the command line: other users can read it (warned); prefer the above")
     p.add_argument("--peers", default=os.environ.get("EXO_PEERS", ""),
                    help="host[:port],... to beacon to where multicast and broadcast do not reach (env EXO_PEERS)")
     p.add_argument("--discovery-port", type=port_number, default=DEFAULT_DISCOVERY_PORT,
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["launchd"]:
         write_launchd(argv[1:])
         return
+    if argv[:1] == ["join"]:
+        raise SystemExit(join(argv[1:], _named_state_dir))
     args = node_parser().parse_args(argv)
     if args.memory:
         try:
@@ -121,9 +132,14 @@ def main(argv: list[str] | None = None) -> None:
             node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
     check_api_key(args, argv)
     state_dir = (args.state_dir or _named_state_dir(args.node_name)).expanduser()
+    try:
+        secret = given_secret(args)
+    except BadSecret as exc:
+        print(f"exo: cluster secret: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     setup_logging("node", state_dir / "logs", args.log_level)
     try:
-        asyncio.run(run_node(args, state_dir))
+        asyncio.run(run_node(args, state_dir, secret))
     except NatsServerUnavailable as exc:
         print(f"exo: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -205,16 +221,13 @@ def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str, route_
     return env
 
 
-async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
+async def run_node(args: argparse.Namespace, state_dir: Path, given: str | None) -> None:
     node_id = load_or_create_node_id(state_dir)
-    try:
-        secret, created = load_or_create_secret(state_dir, args.cluster_secret)
-    except BadSecret as exc:
-        raise NatsServerUnavailable(f"--cluster-secret: {exc}") from None
+    secret, created = load_or_create_secret(state_dir, given)  # the services read it from there
     if created:
-        print(f"exo: new cluster secret (kept in {secret_path(state_dir)}); start the other machines with\n"
-              f"  exo --cluster-secret {secret}", flush=True)  # fmt: skip
-    os.environ[SECRET_ENV] = secret  # every service and runner derives the bus credentials from it
+        print(f"exo: new cluster secret (kept in {secret_path(state_dir)}); on each other machine run\n"
+              f"  exo join      (and paste: {secret})\nthen exo", flush=True)  # fmt: skip
+    remember(secret)  # this process's own bus connections; never os.environ, which the children inherit
     supervisor = Supervisor(pid_file=state_dir / "pids.json")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -222,7 +235,8 @@ async def run_node(args: argparse.Namespace, state_dir: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     own_bus = args.nats_url is None
-    nats_url = args.nats_url or f"nats://127.0.0.1:{args.nats_port}"
+    # The services connect as their own roles: a URL with one of our roles' passwords is not handed down
+    nats_url = without_our_credentials(args.nats_url or f"nats://127.0.0.1:{args.nats_port}")
     env = service_env(args, state_dir, nats_url, args.route_port if own_bus else 0)
     tasks: list[asyncio.Task] = []
     try:

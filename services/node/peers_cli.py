@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if table is None:
         why = "unreadable" if path.exists() else "missing"
         message = (f"no peer table: {path} is {why}. Discovery writes it while it runs with a cluster secret "
-                   "(is the node running? was it started with --cluster-secret / EXO_CLUSTER_SECRET?)")  # fmt: skip
+                   "(is the node running? does it have the cluster secret: exo join?)")  # fmt: skip
         if args.json:
             print(json.dumps({"error": message, "path": str(path)}))
         else:

@@ -19,6 +19,7 @@ from nats.micro.service import Service
 
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
+from shared.bus_roles import WORKER
 from shared.config import CommonConfig
 from shared.events import AnyEvent, Instance, RunnerStatusChanged
 from shared.state import ClusterState, runner_key
@@ -69,7 +70,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.store = ModelStore(self.config.state_dir / "models")
-        self.nc: NATS = await connect(self.config.nats_url, f"exo-worker:{self.node_id}")
+        self.nc: NATS = await connect(self.config.nats_url, f"exo-worker:{self.node_id}", role=WORKER)
         self.follower = StateFollower(self.nc.jetstream(), on_event=self._on_event)
         await self.follower.start()
         await self.follower.catch_up(timeout=60)  # plan on the whole log, not on a prefix of it

@@ -89,7 +89,7 @@ async def test_log_replays_into_the_state_and_holds_no_tokens(node: Node) -> Non
 
 
 async def test_a_writer_with_a_stale_sequence_cannot_fork_the_log(node: Node) -> None:
-    nc = await nats.connect(node.nats_url)
+    nc = await nats.connect(node.nats_url_as("master"))  # only a master may publish on the log at all
     try:
         js = nc.jetstream()
         last = (await js.stream_info(EVENTS_STREAM)).state.last_seq

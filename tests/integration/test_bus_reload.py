@@ -18,7 +18,7 @@ import pytest
 from services.node.embedded_bus import EmbeddedBus, base_config
 from services.node.nats_server import wait_for_port
 from services.node.supervisor import BUS_CHILD, Supervisor
-from shared.cluster_secret import nats_client_credentials
+from shared.cluster_secret import nats_credentials
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ async def test_new_routes_are_added_without_dropping_clients(tmp_path: Path) -> 
         await buses[1].start((routes[0],))
         for port in client_ports[:2]:
             assert await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 15.0)
-        user, password = nats_client_credentials(SECRET)
+        user, password = nats_credentials(SECRET, "master")  # the role that may publish on any subject
         dropped: list[str] = []
 
         async def on_disconnect() -> None:

@@ -23,7 +23,8 @@ import nats
 import pytest
 
 from services.discovery.beacon import PEER_TIMEOUT_S, Beacon, encode, new_nonce
-from services.node.nats_server import nats_server_binary, wait_for_port
+from services.node.embedded_bus import base_config
+from services.node.nats_server import nats_server_argv, wait_for_port, write_config
 from shared import subjects
 from shared.cluster_secret import beacon_key, nats_client_credentials
 from shared.facts import NodeFacts
@@ -82,13 +83,11 @@ def start_discovery(root: Path, name: str, port: int, peers: str, nats_url: str,
 
 @pytest.fixture(scope="module")
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real nats-server that takes the cluster's client credentials (the services derive them from the secret)."""
+    """A real nats-server configured as a node's (one user per role; the services derive theirs from the secret)."""
     port = free_port()
-    user, password = nats_client_credentials(SECRET)
     store = tmp_path_factory.mktemp("nats")
-    proc = subprocess.Popen([str(nats_server_binary()), "--addr", "127.0.0.1", "--port", str(port),
-                             "--user", user, "--pass", password, "--store_dir", str(store)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    conf = write_config(store, base_config(store, "discovery-test", SECRET, "127.0.0.1", port, "127.0.0.1", 0))
+    proc = subprocess.Popen(nats_server_argv(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for_port("127.0.0.1", port, 10.0), "nats-server did not start"
         yield f"nats://127.0.0.1:{port}"

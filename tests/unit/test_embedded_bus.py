@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.cluster_secret import nats_client_credentials, nats_route_credentials
+from shared.bus_roles import ROLES
+from shared.cluster_secret import nats_client_credentials, nats_credentials, nats_route_credentials
 from shared.peers import Peer, PeerTable
 
 from services.node.embedded_bus import EmbeddedBus, base_config, peer_routes
@@ -27,9 +28,11 @@ def peer(node_id: str, address: str, route_port: int, last_seen: float) -> Peer:
 
 def test_a_node_alone_runs_a_standalone_server_on_loopback_with_credentials(tmp_path: Path) -> None:
     text = render_config(config(tmp_path))
-    user, password = nats_client_credentials(SECRET)
     assert 'listen: "127.0.0.1:4222"' in text
-    assert f'authorization {{ users: [ {{ user: "{user}", password: "{password}" }} ] }}' in text
+    for role in ROLES:  # one user per role, each with its own password and rights
+        user, password = nats_credentials(SECRET, role)
+        assert f'{{ user: "{user}", password: "{password}", permissions: {{ publish: {{ allow: [' in text
+    assert 'user: "exo-operator"' in text and nats_client_credentials(SECRET) == nats_credentials(SECRET, "operator")
     assert "cluster" not in text  # JetStream cannot start clustered without a route
     assert str(tmp_path / "nats" / "standalone") in text
 

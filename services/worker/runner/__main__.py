@@ -15,6 +15,7 @@ import msgspec
 import structlog
 
 from shared.bus import connect, disconnect
+from shared.bus_roles import WORKER
 from shared.logging import setup_logging
 from shared.process_lifetime import run_until_signalled
 
@@ -76,7 +77,7 @@ def follow(engine: Engine, group) -> None:  # noqa: ANN001
 
 
 async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
-    nc = await connect(args.nats_url, f"exo-runner:{args.instance_id}:{args.rank}")
+    nc = await connect(args.nats_url, f"exo-runner:{args.instance_id}:{args.rank}", role=WORKER)
     asyncio.create_task(watch_lifetime(stop))
     report = lambda phase, detail: report_runner(nc, args.instance_id, args.node_id, args.rank, phase, detail)  # noqa: E731
     await report("loading", f"{args.model_path} layers {args.start_layer}-{args.end_layer} ({args.strategy})")
