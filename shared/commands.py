@@ -51,11 +51,14 @@ class PreviewPlacements(msgspec.Struct, frozen=True):
 
 
 class PlanPreview(msgspec.Struct, frozen=True):
+    """One line of a placement preview (services/master/placement.py builds it): a plan (shards) or the reason
+    there is none, and the memory per node in bytes."""
+
     strategy: str
     backend: str
     n_nodes: int
     feasible: bool
-    shards: list[ShardAssignment] | None = None
+    shards: tuple[ShardAssignment, ...] | None = None
     reason: str | None = None
     memory_per_node: dict[str, int] = {}
     fits_now: bool = False  # beside the instances already placed (what placing it now would do)

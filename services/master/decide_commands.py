@@ -8,7 +8,6 @@ from shared.commands import (
     CommandReply,
     DeleteInstance,
     PlaceInstance,
-    PlanPreview,
     PreviewPlacements,
     PreviewReply,
     ReportRunner,
@@ -114,13 +113,7 @@ def decide_preview(state: ClusterState, cmd: PreviewPlacements) -> PreviewReply:
     options = preview(state, card, min_nodes=cmd.min_nodes, max_nodes=cmd.max_nodes)
     return PreviewReply(
         ok=True,
-        options=[
-            PlanPreview(
-                o.strategy, o.backend, o.n_nodes, o.feasible, list(o.shards) if o.shards else None, o.reason,
-                o.memory_per_node, o.fits_now, o.reason_now,
-            )  # fmt: skip
-            for o in options
-        ],
+        options=options,
         memory=node_memory(state, worker_nodes(state)),
     )
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 import msgspec
 
-from shared.commands import NodeMemory, PlaceInstance
+from shared.commands import NodeMemory, PlaceInstance, PlanPreview
 from shared.events import Instance, ShardAssignment
 from shared.facts import NodeFacts
 from shared.models import ModelCard
@@ -64,22 +64,17 @@ class NoPlacement(msgspec.Struct, frozen=True):
     reason: str
 
 
-class PlanOption(msgspec.Struct, frozen=True):
-    """One line of a preview: a plan (shards) or the reason there is none, and memory per node in bytes."""
-
-    strategy: Strategy
-    backend: Backend
-    n_nodes: int
-    shards: tuple[ShardAssignment, ...] | None = None
-    reason: str | None = None
-    memory_per_node: dict[str, int] = {}
-    # the same plan beside the instances already placed (on what they left of each node's memory)
-    fits_now: bool = False
-    reason_now: str | None = None
-
-    @property
-    def feasible(self) -> bool:
-        return self.shards is not None
+def option(
+    strategy: Strategy,
+    backend: Backend,
+    n_nodes: int,
+    shards: Sequence[ShardAssignment] | None = None,
+    reason: str | None = None,
+    memory_per_node: dict[str, int] | None = None,
+) -> PlanPreview:
+    """One line of a preview: feasible exactly when it has shards."""
+    return PlanPreview(strategy, backend, n_nodes, shards is not None, None if shards is None else tuple(shards),
+                       reason, memory_per_node or {})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- nodes
@@ -99,6 +94,14 @@ def free_worker_nodes(state: ClusterState) -> list[NodeFacts]:
 
 def has_rdma(node: NodeFacts) -> bool:
     return node.rdma and "jaccl" in node.backends
+
+
+def jaccl_candidates(nodes: Sequence[NodeFacts], n: int) -> list[NodeFacts] | str:
+    """The nodes a jaccl instance of `n` nodes may use (those with RDMA), or why there are not enough."""
+    rdma = [node for node in nodes if has_rdma(node)]
+    if len(rdma) < max(2, n):
+        return f"jaccl needs RDMA on every node of the instance; only {len(rdma)} worker node(s) report RDMA"
+    return rdma
 
 
 def backend_problem(backend: Backend, nodes: Sequence[NodeFacts]) -> str | None:
@@ -231,11 +234,9 @@ def _place_on_free_memory(
     """`place` on what the placed instances left of each node; `card` is sized for the request's KV cache."""
     candidates = free_worker_nodes(state)
     if request.backend == "jaccl":
-        rdma = [c for c in candidates if has_rdma(c)]
-        if len(rdma) < max(2, request.min_nodes):
-            return NoPlacement(
-                f"jaccl needs RDMA on every node of the instance; {len(rdma)} worker node(s) report RDMA"
-            )
+        rdma = jaccl_candidates(candidates, request.min_nodes)
+        if isinstance(rdma, str):
+            return NoPlacement(rdma)
         candidates = rdma
     if request.min_nodes > len(candidates):
         return NoPlacement(
@@ -274,7 +275,7 @@ def preview(
     min_nodes: int = 1,
     max_nodes: int | None = None,
     link_latency: LinkLatency | None = None,
-) -> list[PlanOption]:
+) -> list[PlanPreview]:
     """Every (strategy, backend, node count) with its plan and memory per node, or why it is infeasible, on the
     nodes' whole budgets; and whether it fits now, beside the instances already placed (`fits_now`,
     `reason_now`: what `place` would answer).
@@ -287,7 +288,7 @@ def preview(
     workers = worker_nodes(state)
     if not workers:
         return [
-            PlanOption(s, b, 0, reason="no node with a worker has joined the cluster")
+            option(s, b, 0, reason="no node with a worker has joined the cluster")
             for s in strategies
             for b in backends
         ]
@@ -315,21 +316,19 @@ def _option(
     workers: Sequence[NodeFacts],
     n: int,
     link_latency: LinkLatency | None,
-) -> PlanOption:
-    candidates = [w for w in workers if has_rdma(w)] if backend == "jaccl" else list(workers)
-    if backend == "jaccl" and len(candidates) < n:
-        return PlanOption(
-            strategy, backend, n, reason=f"jaccl needs RDMA on every node; only {len(candidates)} node(s) report RDMA"
-        )
+) -> PlanPreview:
+    candidates = jaccl_candidates(workers, n) if backend == "jaccl" else list(workers)
+    if isinstance(candidates, str):
+        return option(strategy, backend, n, reason=candidates)
     if strategy == "tensor" and (problem := tensor_problem(card, n)):
-        return PlanOption(strategy, backend, n, reason=problem)
+        return option(strategy, backend, n, reason=problem)
     nodes = choose_nodes(card, strategy, candidates, n, link_latency)
     if problem := backend_problem(backend, nodes):
-        return PlanOption(strategy, backend, n, reason=problem)
+        return option(strategy, backend, n, reason=problem)
     plan = make_plan(card, strategy, nodes)
     if isinstance(plan, str):
-        return PlanOption(strategy, backend, n, reason=plan, memory_per_node=_attempted_memory(card, strategy, nodes))
-    return PlanOption(strategy, backend, n, shards=tuple(plan), memory_per_node=plan_memory(card, strategy, plan))
+        return option(strategy, backend, n, reason=plan, memory_per_node=_attempted_memory(card, strategy, nodes))
+    return option(strategy, backend, n, shards=plan, memory_per_node=plan_memory(card, strategy, plan))
 
 
 def _attempted_memory(card: ModelCard, strategy: Strategy, nodes: Sequence[NodeFacts]) -> dict[str, int]:
