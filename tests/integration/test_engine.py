@@ -77,7 +77,7 @@ def test_greedy_output_is_the_same_batched_and_alone(client: openai.OpenAI) -> N
 
 def test_seeded_request_gives_one_text_alone_and_its_agreement_inside_a_busy_batch(client: openai.OpenAI) -> None:
     """Alone, a seeded request gives one text every time. Inside a busy batch the seed schedule is the same
-    (tests/unit/test_engine_determinism.py shows the texts are identical with MLX's reference BLAS), but the
+    (tests/integration/test_engine_determinism.py shows the texts are identical with MLX's reference BLAS), but the
     runner's fast BLAS (MKL/OpenBLAS) picks kernels by the number of rows in a matmul, so a batch of 4 rounds
     differently from a batch of 1; at temperature 1 a near-tie can then flip a token (measured: divergence
     from the 2nd-10th token in most busy runs). The first token comes from prefill, which is batch-invariant."""

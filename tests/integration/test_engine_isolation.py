@@ -4,7 +4,7 @@ its running batch and the others finish with the text they give alone.
 The faults are injected into one request's own parts (its detokenizer, its sampler) of a real engine, since
 nothing a client can send makes them fail any more; an empty prompt reaches the generator only past
 admission, as it did before admission refused it. MLX's bundled reference BLAS runs in this process, so a
-batch computes the same tokens as one request alone (tests/unit/test_engine_determinism.py)."""
+batch computes the same tokens as one request alone (tests/integration/test_engine_determinism.py)."""
 
 from __future__ import annotations
 

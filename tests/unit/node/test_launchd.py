@@ -8,7 +8,7 @@ from pathlib import Path
 from services.node.cli import SERVICES as NODE_SERVICES
 from services.node.launchd import LABEL_PREFIX, SERVICES, service_plist, write_plists
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "launchd"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "launchd"
 
 
 def test_committed_plists_are_what_the_generator_writes(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from shared.cluster_secret import SECRET_ENV, BadSecret, load_or_create, read_se
 from services.node.scrub import memory_ranges, offsets
 from services.node.secret_source import given_secret
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 SECRET = "7a" * 32
 
 

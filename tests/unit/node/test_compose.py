@@ -8,7 +8,7 @@ import yaml
 
 from services.node.cli import node_parser
 
-COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.dev.yml"
+COMPOSE = Path(__file__).resolve().parents[3] / "docker-compose.dev.yml"
 
 
 def test_dev_cluster_is_nats_plus_three_nodes_whose_commands_parse() -> None:
