@@ -24,6 +24,7 @@ from services.node.nats_server import nats_server_binary, wait_for_port
 from tests.nodes import (  # noqa: F401 - the tests import these from here
     MODEL,
     REPO_ROOT,
+    TEST_CLUSTER_SECRET,
     Node,
     _describe,
     _is_alive,
