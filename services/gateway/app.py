@@ -9,11 +9,16 @@ from fastapi import FastAPI
 
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
+from shared.events import AnyEvent
+from shared.state import ClusterState
 from shared.service import register
 
-from services.gateway import completions, instances
+from services.gateway import completions, inferences_api, instances, metrics
 from services.gateway.errors import OpenAIError, not_found_handler, openai_error_handler, unexpected_error_handler
 from services.gateway.generation_client import GenerationClient
+from services.gateway.inference_recorder import InferenceRecorder
+from services.gateway.metrics import CountResponses, GatewayMetrics
+from shared.inference_log import ensure_inference_stream
 
 
 class Gateway:
@@ -26,12 +31,20 @@ class Gateway:
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}")
         self.client = GenerationClient(self.nc)
-        self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
+        self.metrics = GatewayMetrics(lambda: self.follower.state)
+        self.recorder = InferenceRecorder(self.nc, self.metrics, lambda: self.follower.state)
+        self.follower = StateFollower(self.nc.jetstream(), on_event=self._on_event)
         await self.follower.start()
+        await ensure_inference_stream(self.nc.jetstream())
         self.service = await register(self.nc, subjects.SERVICE_GATEWAY, self.node_id, "OpenAI API")
+
+    def _on_event(self, state: ClusterState, event: AnyEvent) -> None:
+        self.client.on_event(state, event)
+        self.metrics.on_event(state, event)
 
     async def stop(self) -> None:
         await self.service.stop()
+        await self.recorder.drain()
         await disconnect(self.nc)
 
 
@@ -55,5 +68,8 @@ def create_app(nats_url: str, node_id: str, on_stopped: Callable[[], None] | Non
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(completions.router)
     app.include_router(instances.router)
+    app.include_router(inferences_api.router)
+    app.include_router(metrics.router)
+    app.add_middleware(CountResponses)
     return app
 

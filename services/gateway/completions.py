@@ -65,7 +65,8 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
     sampling = body.sampling(card.context_length)
     instance_id = pick_instance(gateway.follower.state, body.model, gateway.client.next_turn())
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
-    chunks = gateway.client.stream(instance_id, build(rid, sampling))
+    generate = build(rid, sampling)
+    chunks = gateway.recorder.observe(gateway.client.stream(instance_id, generate), generate, instance_id, body.stream)
     first = await anext(chunks)  # the submit: raises the OpenAI error (429, 400, 503) before any byte is sent
     if body.stream:
         events = (_sse_chat if chat else _sse_text)(rid, body, first, chunks)

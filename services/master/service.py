@@ -27,6 +27,7 @@ from services.master.decide import (
     facts_event,
 )
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
+from services.master.inference_log import start_inference_log
 from services.master.lease_keeper import LeaseKeeper
 from services.master.node_loss import decide_liveness
 from shared import subjects
@@ -107,6 +108,7 @@ class Master:
 
     async def _lead(self, term: int) -> None:
         service: Service | None = None
+        inference_log = None
         won_at = time.monotonic()
         try:
             await self.follower.catch_up()
@@ -118,6 +120,7 @@ class Master:
             service = await self._register_commands()
             took_ms = round((time.monotonic() - won_at) * 1000)
             log.info("leading", term=term, took_ms=took_ms, log_seq=self.follower.state.last_seq)
+            inference_log = await start_inference_log(self.nc, self.node_id, self.config.state_dir)
             await self._liveness_loop()
         except TermNotNewer as exc:
             log.warning("the log already has this term or a newer one; letting the lease go", error=str(exc))
@@ -131,6 +134,8 @@ class Master:
         finally:
             if self._leading is asyncio.current_task():
                 self._leading = None
+            if inference_log is not None:
+                await inference_log.stop()
             if service is not None:
                 try:
                     await service.stop()
