@@ -39,7 +39,7 @@ log = structlog.get_logger()
 BATCH_MAX = 200
 BATCH_WAIT_S = 1.0  # a batch is written at most this long after its first record came
 RETRY_S = 2.0  # after a failed write (lake busy, disk full): the records wait in the stream meanwhile
-ACK_WAIT_S = 60.0  # a batch not acked by then comes again (the writer died or hangs)
+ACK_WAIT_S = 10.0  # a batch not acked by then comes again (its writer died); a slow one is deduplicated
 REPLICATE_EVERY = 30  # batches (or idle fetches) between two checks that the stream is replicated
 
 
@@ -72,6 +72,28 @@ class InferenceLog:
         self.written = 0  # rows added by this writer (redeliveries of rows already there not counted)
 
     async def start(self) -> None:
+        """Answer queries now; pull and write in a task that keeps trying until the bus and the lake let it."""
+        self._service = await register(self.nc, subjects.SERVICE_INFERENCES, self.node_id, "the inference log")
+        await self._service.add_endpoint(name="query", subject=subjects.INFERENCES_QUERY, handler=self._on_query)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                psub = await self._subscribe()
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("inference log cannot subscribe yet; trying again", error=str(exc))
+                await asyncio.sleep(RETRY_S)
+        try:
+            async with self._turn:  # the lake and its table exist from now on (and the extension is loaded)
+                await asyncio.to_thread(self.lake.write, [])
+        except LakeBusy as exc:  # the first batch creates them then
+            log.warning("inference log busy at start", error=str(exc))
+        log.info("inference log writing", lake=str(self.lake.dir), consumer=consumer_name(self.node_id))
+        await self._write_loop(psub)
+
+    async def _subscribe(self):  # noqa: ANN202 - a nats-py PullSubscription
         js = self.nc.jetstream()
         await ensure_inference_stream(js)
         config = api.ConsumerConfig(
@@ -81,15 +103,9 @@ class InferenceLog:
             ack_wait=ACK_WAIT_S,
             max_ack_pending=BATCH_MAX * 10,
         )
-        psub = await js.pull_subscribe(
+        return await js.pull_subscribe(
             subjects.INFERENCES_SUBJECT, durable=config.durable_name, stream=subjects.INFERENCES_STREAM, config=config
         )
-        async with self._turn:  # the lake and its table exist from now on (and the extension is loaded)
-            await asyncio.to_thread(self.lake.write, [])
-        self._service = await register(self.nc, subjects.SERVICE_INFERENCES, self.node_id, "the inference log")
-        await self._service.add_endpoint(name="query", subject=subjects.INFERENCES_QUERY, handler=self._on_query)
-        self._task = asyncio.get_running_loop().create_task(self._write_loop(psub))
-        log.info("inference log writing", lake=str(self.lake.dir), consumer=config.durable_name)
 
     async def stop(self) -> None:
         """Stop pulling and answering; records pulled and not yet written are not acked, so they come again."""
@@ -144,11 +160,12 @@ class InferenceLog:
         try:
             async with self._turn:
                 added = await asyncio.to_thread(self.lake.write, records)
-        except LakeBusy as exc:
-            log.warning("inference log busy; the batch waits", records=len(records), error=str(exc))
-            return False
-        except Exception:
-            log.exception("inference records not written; they wait in the stream", records=len(records))
+        except Exception as exc:
+            if isinstance(exc, LakeBusy):
+                log.warning("inference log busy; the batch waits", records=len(records), error=str(exc))
+            else:
+                log.exception("inference records not written; they wait in the stream", records=len(records))
+            await self._nak(msgs)
             return False
         self.written += added
         for msg in msgs:
@@ -158,6 +175,14 @@ class InferenceLog:
                 log.debug("inference record not acked", error=str(exc))
         log.info("inference records written", added=added, batch=len(msgs))
         return True
+
+    async def _nak(self, msgs: list) -> None:
+        """Give a failed batch back to the stream at once (else it would wait for ACK_WAIT_S to come again)."""
+        for msg in msgs:
+            try:
+                await msg.nak(delay=RETRY_S)
+            except nats.errors.Error as exc:  # it comes again after ACK_WAIT_S all the same
+                log.debug("inference record not given back", error=str(exc))
 
     async def _on_query(self, req: Request) -> None:
         try:
