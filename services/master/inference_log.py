@@ -40,6 +40,8 @@ BATCH_MAX = 200
 BATCH_WAIT_S = 1.0  # a batch is written at most this long after its first record came
 RETRY_S = 2.0  # after a failed write (lake busy, disk full): the records wait in the stream meanwhile
 ACK_WAIT_S = 10.0  # a batch not acked by then comes again (its writer died); a slow one is deduplicated
+FLUSH_ROWS = 1000  # rows written inline (in the catalog) before they are moved into a Parquet file
+FLUSH_EVERY_S = 300.0  # or this long after the first of them; and when the writer stops
 REPLICATE_EVERY = 30  # batches (or idle fetches) between two checks that the stream is replicated
 
 
@@ -59,6 +61,11 @@ def decode_records(payloads: list[bytes]) -> tuple[list[InferenceRecord], list[s
     return records, problems
 
 
+def should_flush(unflushed_rows: int, oldest_age_s: float) -> bool:
+    """Time to move the inline rows into a data file: enough of them, or the oldest has waited long enough."""
+    return unflushed_rows >= FLUSH_ROWS or (unflushed_rows > 0 and oldest_age_s > FLUSH_EVERY_S)
+
+
 class InferenceLog:
     """Started when this master wins the lease, stopped when it loses it (services/master/service.py)."""
 
@@ -70,6 +77,8 @@ class InferenceLog:
         self._task: asyncio.Task | None = None
         self._service: Service | None = None
         self.written = 0  # rows added by this writer (redeliveries of rows already there not counted)
+        self._unflushed = 0
+        self._unflushed_since = 0.0
 
     async def start(self) -> None:
         """Answer queries now; pull and write in a task that keeps trying until the bus and the lake let it."""
@@ -118,6 +127,8 @@ class InferenceLog:
             except nats.errors.Error as exc:
                 log.debug("inference query endpoint not stopped cleanly", error=str(exc))
         async with self._turn:
+            if self._unflushed:
+                await self._flush()
             await asyncio.to_thread(self.lake.close)
 
     async def _write_loop(self, psub) -> None:  # noqa: ANN001 - a nats-py PullSubscription
@@ -167,14 +178,29 @@ class InferenceLog:
                 log.exception("inference records not written; they wait in the stream", records=len(records))
             await self._nak(msgs)
             return False
-        self.written += added
         for msg in msgs:
             try:
                 await msg.ack()
             except nats.errors.Error as exc:  # not acked: it comes again, and the insert skips it
                 log.debug("inference record not acked", error=str(exc))
         log.info("inference records written", added=added, batch=len(msgs))
+        self.written += added
+        now = asyncio.get_running_loop().time()
+        if added and not self._unflushed:
+            self._unflushed_since = now
+        self._unflushed += added
+        if should_flush(self._unflushed, now - self._unflushed_since):
+            async with self._turn:
+                await self._flush()
         return True
+
+    async def _flush(self) -> None:
+        """Inline rows into a data file (the caller holds the turn). A failure only leaves them inline."""
+        try:
+            await asyncio.to_thread(self.lake.flush)
+            self._unflushed = 0
+        except Exception as exc:
+            log.warning("inference rows not flushed to a data file; trying later", error=str(exc))
 
     async def _nak(self, msgs: list) -> None:
         """Give a failed batch back to the stream at once (else it would wait for ACK_WAIT_S to come again)."""

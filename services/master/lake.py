@@ -125,6 +125,12 @@ class Lake:
         with self.attached(read_only=False) as con:
             return insert_new(con, records)
 
+    def flush(self) -> None:
+        """Move the rows DuckLake keeps inline in its catalog (small inserts: every batch here) into Parquet data
+        files under DATA_DIR, so the catalog stays small and the data files hold the table."""
+        with self.attached(read_only=False) as con:
+            con.execute("CALL ducklake_flush_inlined_data('lake')")
+
     def query(self, sql: str, max_rows: int) -> InferenceRows:
         """One read-only query on a read-only attach; errors come back in the reply, not as exceptions."""
         if problem := read_only_problem(sql):

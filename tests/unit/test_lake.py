@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from services.master.inference_log import decode_records
+from services.master.inference_log import FLUSH_EVERY_S, FLUSH_ROWS, decode_records, should_flush
 from services.master.lake import (
     CATALOG_FILE,
     COLUMNS,
@@ -167,3 +167,20 @@ def test_unreadable_records_are_reported_not_written() -> None:
     records, problems = decode_records([good, b"not json", b'{"id": 3}'])
     assert [r.id for r in records] == ["ok"]
     assert len(problems) == 2
+
+
+def test_inline_rows_move_into_a_data_file(lake: Lake) -> None:
+    """DuckLake keeps small inserts inline in its catalog; a flush writes them as Parquet under data/."""
+    lake.write([record("a"), record("b")])
+    assert not list(lake.dir.rglob("*.parquet"))
+    lake.flush()
+    assert len(list((lake.dir / "data").rglob("*.parquet"))) == 1
+    assert lake.query("SELECT count(*) FROM exo_inferences", 10).rows == ((2,),)
+    assert lake.write([record("a"), record("c")]) == 1  # ids in data files are seen too
+
+
+def test_flush_when_enough_rows_or_old_enough() -> None:
+    assert not should_flush(0, 10_000.0)
+    assert not should_flush(FLUSH_ROWS - 1, FLUSH_EVERY_S - 1)
+    assert should_flush(FLUSH_ROWS, 0.0)
+    assert should_flush(1, FLUSH_EVERY_S + 1)
