@@ -1,6 +1,7 @@
 """The inference log on a real node: every request through the official `openai` client becomes exactly one row
 of `exo_inferences` (read back with `exo sql`, `exo log` and GET /v1/inferences), /metrics moves with a real
-request, and a master killed with -9 while records wait loses none and duplicates none."""
+request, a master killed with -9 while records wait loses none and duplicates none, and a new leader on another
+node has every record in its own lake."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.master.inference_log import consumer_name
-from services.master.lake import CATALOG_FILE
+from services.master.lake import CATALOG_FILE, Lake
 from shared import subjects
+from shared.inference_log import InferenceRecord
 from tests.conftest import MODEL, REPO_ROOT, Node, wait_for
 
 pytestmark = pytest.mark.slow
@@ -215,3 +217,57 @@ def test_records_are_msgspec_json_on_the_stream(log_node: Node) -> None:
 
     record = asyncio.run(last_record())
     assert record["model"] == MODEL and record["trit"] == 0 and record["id"].startswith(("cmpl-", "chatcmpl-"))
+
+
+def handover_record(n: int) -> InferenceRecord:
+    return InferenceRecord(
+        id=f"cmpl-handover-{n}", timestamp=time.time(), api="completions", model=MODEL, instance="inst-x",
+        status=200, finish_reason="stop", error=None, prompt_tokens=3, cached_tokens=0, completion_tokens=4,
+        latency_ms=50.0, time_to_first_token_ms=10.0, decode_tokens_per_s=30.0, devices=1, strategy="pipeline",
+        seed=None,
+    )  # fmt: skip
+
+
+async def publish_records(node: Node, records: list[InferenceRecord]) -> None:
+    """As a gateway does (records published here stand for requests: these two nodes place no model)."""
+    nc = await nats.connect(node.nats_url)
+    try:
+        for record in records:
+            await nc.jetstream().publish(subjects.INFERENCES_SUBJECT, msgspec.json.encode(record),
+                                         stream=subjects.INFERENCES_STREAM, headers={"Nats-Msg-Id": record.id})  # fmt: skip
+    finally:
+        await nc.close()
+
+
+def test_a_new_leader_s_lake_holds_every_record(start_node) -> None:  # noqa: ANN001 - the conftest factory
+    """Two nodes on one bus: the leader writes 3 records; paused, then killed, it loses the lease to the other
+    master, whose lake (on its own disk) fills from the stream: the 3 and 2 more, once each."""
+    a = start_node("il-a", "--no-model")
+    b = start_node("il-b", "--no-model", "--nats-url", a.nats_url)
+    try:
+        a.wait_until(lambda h: len(h["nodes"]) == 2, 60, "2 nodes")
+        leader_id, term = a.health()["master"], a.health()["leader_term"]
+        (leader,) = [n for n in (a, b) if (n.state_dir / "node_id").read_text().strip() == leader_id]
+        (other,) = [n for n in (a, b) if n is not leader]
+        asyncio.run(publish_records(a, [handover_record(n) for n in range(3)]))
+        wait_for_rows(a, 3)
+
+        paused = leader.pids()["master"]
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            wait_for(lambda: a.health()["leader_term"] > term, 60, "another master leading", a)
+        finally:
+            os.kill(paused, signal.SIGKILL)  # its endpoints go with its connection (a stopped one would take queries)
+        assert a.health()["master"] != leader_id
+        asyncio.run(publish_records(a, [handover_record(n) for n in range(3, 5)]))
+        wait_for_rows(a, 5)
+        assert sql(a, "SELECT id FROM exo_inferences GROUP BY id HAVING count(*) > 1") == []
+        assert (other.state_dir / "inferences" / CATALOG_FILE).exists()
+        old_lake = Lake(leader.state_dir / "inferences")  # the old leader's lake: what it wrote while it led
+        try:
+            assert old_lake.query("SELECT count(*) FROM exo_inferences", 10).rows == ((3,),)
+        finally:
+            old_lake.close()
+    finally:
+        b.stop()
+        a.stop()
