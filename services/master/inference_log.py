@@ -18,7 +18,9 @@ Why this shape:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -35,6 +37,7 @@ from shared.inference_log import InferenceQuery, InferenceRecord, InferenceRows,
 from shared.service import register
 
 log = structlog.get_logger()
+R = TypeVar("R")
 
 BATCH_MAX = 200
 BATCH_WAIT_S = 1.0  # a batch is written at most this long after its first record came
@@ -94,9 +97,8 @@ class InferenceLog:
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("inference log cannot subscribe yet; trying again", error=str(exc))
                 await asyncio.sleep(RETRY_S)
-        try:
-            async with self._turn:  # the lake and its table exist from now on (and the extension is loaded)
-                await asyncio.to_thread(self.lake.write, [])
+        try:  # the lake and its table exist from now on (and the extension is loaded)
+            await self._in_turn(self.lake.write, [])
         except LakeBusy as exc:  # the first batch creates them then
             log.warning("inference log busy at start", error=str(exc))
         log.info("inference log writing", lake=str(self.lake.dir), consumer=consumer_name(self.node_id))
@@ -126,10 +128,20 @@ class InferenceLog:
                 await self._service.stop()
             except nats.errors.Error as exc:
                 log.debug("inference query endpoint not stopped cleanly", error=str(exc))
+        if self._unflushed:
+            await self._flush()
+        await self._in_turn(self.lake.close)
+
+    async def _in_turn(self, call: Callable[..., R], *args: object) -> R:
+        """Run a blocking lake call in a thread, on its turn. A thread cannot be stopped: cancelled meanwhile,
+        this still holds the turn until the call ends, so no other call touches the DuckDB instance with it."""
         async with self._turn:
-            if self._unflushed:
-                await self._flush()
-            await asyncio.to_thread(self.lake.close)
+            running = asyncio.ensure_future(asyncio.to_thread(call, *args))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait({running})
+                raise
 
     async def _write_loop(self, psub) -> None:  # noqa: ANN001 - a nats-py PullSubscription
         rounds = 0
@@ -169,8 +181,7 @@ class InferenceLog:
         for problem in problems:
             log.error("unreadable inference record dropped", problem=problem)
         try:
-            async with self._turn:
-                added = await asyncio.to_thread(self.lake.write, records)
+            added = await self._in_turn(self.lake.write, records)
         except Exception as exc:
             if isinstance(exc, LakeBusy):
                 log.warning("inference log busy; the batch waits", records=len(records), error=str(exc))
@@ -190,14 +201,13 @@ class InferenceLog:
             self._unflushed_since = now
         self._unflushed += added
         if should_flush(self._unflushed, now - self._unflushed_since):
-            async with self._turn:
-                await self._flush()
+            await self._flush()
         return True
 
     async def _flush(self) -> None:
-        """Inline rows into a data file (the caller holds the turn). A failure only leaves them inline."""
+        """Inline rows into a data file. A failure only leaves them inline."""
         try:
-            await asyncio.to_thread(self.lake.flush)
+            await self._in_turn(self.lake.flush)
             self._unflushed = 0
         except Exception as exc:
             log.warning("inference rows not flushed to a data file; trying later", error=str(exc))
@@ -216,8 +226,7 @@ class InferenceLog:
         except msgspec.DecodeError as exc:
             await req.respond(msgspec.json.encode(InferenceRows(error=f"bad InferenceQuery: {exc}")))
             return
-        async with self._turn:
-            rows = await asyncio.to_thread(self.lake.query, query.sql, max(1, query.max_rows))
+        rows = await self._in_turn(self.lake.query, query.sql, max(1, query.max_rows))
         await req.respond(msgspec.json.encode(rows))
 
     async def _keep_replicated(self) -> None:
