@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.events import AnyEvent
+from shared.inference_log import ensure_inference_stream
 from shared.state import ClusterState
 from shared.service import register
 
@@ -18,11 +19,11 @@ from services.gateway.errors import OpenAIError, not_found_handler, openai_error
 from services.gateway.generation_client import GenerationClient
 from services.gateway.inference_recorder import InferenceRecorder
 from services.gateway.metrics import CountResponses, GatewayMetrics
-from shared.inference_log import ensure_inference_stream
 
 
 class Gateway:
-    """What the routes share: the bus connection, the followed state, the generation client."""
+    """What the routes share: the bus connection, the followed state, the generation client, the metrics and
+    the inference recorder."""
 
     def __init__(self, nats_url: str, node_id: str) -> None:
         self.nats_url = nats_url

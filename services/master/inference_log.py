@@ -18,7 +18,7 @@ Why this shape:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,6 +64,19 @@ def decode_records(payloads: list[bytes]) -> tuple[list[InferenceRecord], list[s
     return records, problems
 
 
+async def _quietly(end: Callable[[], Awaitable[None]]) -> None:
+    """End a subscription; an error means the connection is going anyway."""
+    try:
+        await end()
+    except (nats.errors.Error, ValueError) as exc:
+        log.debug("inference log subscription not ended cleanly", error=str(exc))
+
+
+def _report_if_failed(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("inference log writer stopped; records wait in the stream", exc_info=task.exception())
+
+
 def should_flush(unflushed_rows: int, oldest_age_s: float) -> bool:
     """Time to move the inline rows into a data file: enough of them, or the oldest has waited long enough."""
     return unflushed_rows >= FLUSH_ROWS or (unflushed_rows > 0 and oldest_age_s > FLUSH_EVERY_S)
@@ -78,6 +91,7 @@ class InferenceLog:
         self.lake = Lake(lake_dir)
         self._turn = asyncio.Lock()  # the writer and queries take turns on the one DuckDB instance
         self._task: asyncio.Task | None = None
+        self._psub = None  # the pull subscription, once made
         self._service: Service | None = None
         self.written = 0  # rows added by this writer (redeliveries of rows already there not counted)
         self._unflushed = 0
@@ -88,11 +102,12 @@ class InferenceLog:
         self._service = await register(self.nc, subjects.SERVICE_INFERENCES, self.node_id, "the inference log")
         await self._service.add_endpoint(name="query", subject=subjects.INFERENCES_QUERY, handler=self._on_query)
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(_report_if_failed)
 
     async def _run(self) -> None:
         while True:
             try:
-                psub = await self._subscribe()
+                self._psub = psub = await self._subscribe()
                 break
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("inference log cannot subscribe yet; trying again", error=str(exc))
@@ -123,11 +138,10 @@ class InferenceLog:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._psub is not None:  # its durable consumer stays: the next term here resumes it
+            await _quietly(self._psub.unsubscribe)
         if self._service is not None:
-            try:
-                await self._service.stop()
-            except nats.errors.Error as exc:
-                log.debug("inference query endpoint not stopped cleanly", error=str(exc))
+            await _quietly(self._service.stop)
         if self._unflushed:
             await self._flush()
         await self._in_turn(self.lake.close)
