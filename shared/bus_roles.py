@@ -48,7 +48,10 @@ READ_LOG = (
 # Being a micro service (`nats micro ls`): PING/INFO/STATS requests come on $SRV.
 MICRO = ("$SRV.>",)
 INBOXES = ("_INBOX.>",)
-OPERATOR_COMMANDS = (subjects.CMD_PLACE_INSTANCE, subjects.CMD_DELETE_INSTANCE, subjects.CMD_PREVIEW)
+OPERATOR_COMMANDS = (subjects.CMD_PLACE_INSTANCE, subjects.CMD_DELETE_INSTANCE, subjects.CMD_PREVIEW,
+                     subjects.INFERENCES_QUERY)  # fmt: skip
+# The gateway records each finished request in the inference log's stream (the leader writes it into DuckLake).
+RECORD_INFERENCES = (subjects.INFERENCES_SUBJECT,)
 RUNNER_REQUESTS = (subjects.runner_generate("*"), subjects.runner_cancel("*"))
 NODE_ENDPOINTS = ("exo.node.*.>",)
 UPLOADS = (f"{subjects.UPLOAD_PREFIX}.>",)  # the gateway serves a big request's pieces; runners fetch them
@@ -58,7 +61,7 @@ READ_LEASE = (f"$JS.API.STREAM.INFO.KV_{LEADER_BUCKET}", f"$JS.API.DIRECT.GET.KV
 PERMISSIONS: dict[str, Permissions] = {
     MASTER: Permissions(publish=(">",), subscribe=(">",)),
     GATEWAY: Permissions(
-        publish=(*READ_LOG, *OPERATOR_COMMANDS, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *MICRO),
+        publish=(*READ_LOG, *OPERATOR_COMMANDS, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *MICRO, *RECORD_INFERENCES),
         subscribe=(*INBOXES, *MICRO, f"{subjects.TOKENS_PREFIX}.>", *UPLOADS),
     ),
     WORKER: Permissions(

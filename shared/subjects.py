@@ -34,6 +34,7 @@ SERVICE_DISCOVERY = "exo-discovery"
 SERVICE_WORKER = "exo-worker"
 SERVICE_GATEWAY = "exo-gateway"
 SERVICE_RUNNER = "exo-runner"
+SERVICE_INFERENCES = "exo-inferences"  # the leader's inference log: read-only queries
 
 # Generation: the gateway asks an instance's runners and reads tokens on a per-request subject. A runner (rank 0
 # of an instance) is the micro service SERVICE_RUNNER with the group exo.runner.<instance> and its endpoints:
@@ -78,3 +79,10 @@ def upload(request_id: str) -> str:
 def node_service(node_id: str, service: str) -> str:
     """Per-node endpoints of a service (e.g. a worker's status), so one node can be addressed."""
     return f"exo.node.{node_id}.{service}"
+
+# The inference log: the gateway publishes one record per finished request to this stream; the leader master
+# (a durable pull consumer) writes them into DuckLake, and answers read-only queries on INFERENCES_QUERY.
+INFERENCES_STREAM = "EXO_INFERENCES"
+INFERENCES_SUBJECT = "exo.inferences.record"
+INFERENCES_QUERY = "exo.inferences.query"
+INFERENCES_CONSUMER_PREFIX = "exo-lake-writer"  # one durable per node: <prefix>-<node id>

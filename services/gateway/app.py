@@ -12,19 +12,24 @@ from starlette.exceptions import HTTPException
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.bus_roles import GATEWAY
+from shared.events import AnyEvent
 from shared.process_lifetime import register
+from shared.state import ClusterState
 
-from services.gateway import completions, health, instances
+from services.gateway import completions, health, inferences_api, instances, metrics
 from services.gateway.api_key import require_api_key
 from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
 from services.gateway.generation_client import GenerationClient
+from services.gateway.inference_recorder import InferenceRecorder
+from services.gateway.metrics import CountResponses, GatewayMetrics
 from services.gateway.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimit, ErrorsAsJSON
 from services.gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from services.gateway.openapi_doc import describe
 
 
 class Gateway:
-    """What the routes share: the bus connection, the followed state, the generation client."""
+    """What the routes share: the bus connection, the followed state, the generation client, the metrics and
+    the inference recorder."""
 
     def __init__(self, nats_url: str, node_id: str) -> None:
         self.nats_url = nats_url
@@ -33,12 +38,19 @@ class Gateway:
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}", role=GATEWAY)
         self.client = GenerationClient(self.nc)
-        self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
+        self.metrics = GatewayMetrics(lambda: self.follower.state)
+        self.recorder = InferenceRecorder(self.nc, self.metrics, lambda: self.follower.state)
+        self.follower = StateFollower(self.nc.jetstream(), on_event=self._on_event)
         await self.follower.start()
         self.service = await register(self.nc, subjects.SERVICE_GATEWAY, self.node_id, "OpenAI API")
 
+    def _on_event(self, state: ClusterState, event: AnyEvent) -> None:
+        self.client.on_event(state, event)
+        self.metrics.on_event(state, event)
+
     async def stop(self) -> None:
         await self.service.stop()
+        await self.recorder.drain()
         await disconnect(self.nc)
 
 
@@ -66,12 +78,15 @@ def create_app(
     app.add_exception_handler(OpenAIError, openai_error_handler)
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    # added last = outermost: the size limit answers before anything reads the body
+    # added last = outermost: the size limit answers before anything reads the body; every answer is counted
     app.add_middleware(ErrorsAsJSON)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(CountResponses)
     guarded = [require_api_key(api_key)] if api_key else []
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(instances.router, dependencies=guarded)
+    app.include_router(inferences_api.router, dependencies=guarded)
+    app.include_router(metrics.router)  # like /health: counts and names, no prompts; scrapers need no key
     app.include_router(health.router)
     describe(app, [ChatCompletionRequest, CompletionRequest, instances.CreateInstance])
     return app

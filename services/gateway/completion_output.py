@@ -13,7 +13,7 @@ import structlog
 from shared.generation import TokenChunk
 
 from services.gateway.errors import OpenAIError
-from services.gateway.generation_client import Generation
+from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import (
     chat_chunk,
     chat_completion,
@@ -74,7 +74,7 @@ def log_finished(last: TokenChunk) -> None:
         log.info("finished", request=last.request_id, **msgspec.structs.asdict(last.finished))
 
 
-async def sse_events(generation: Generation, shape: ChatShape | TextShape, include_usage: bool) -> AsyncIterator[bytes]:
+async def sse_events(generation: Submitted, shape: ChatShape | TextShape, include_usage: bool) -> AsyncIterator[bytes]:
     """The stream of an accepted generation: its chunks, then usage if asked, then [DONE]. A failure after the
     200 ends the stream with an error event in OpenAI's error shape, and no [DONE]."""
     last = None

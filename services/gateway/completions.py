@@ -14,7 +14,7 @@ from shared.models import UnknownModel, get_card
 
 from services.gateway.completion_output import ChatShape, TextShape, log_finished, sse_events, usage_of
 from services.gateway.errors import bad_request, model_not_found
-from services.gateway.generation_client import Generation
+from services.gateway.generation_client import Submitted
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
@@ -63,8 +63,10 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
     sampling = body.sampling(card.context_length)
     instance_id = pick_instance(gateway.follower.state, body.model, gateway.client.next_turn())
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
-    # accepted, or the OpenAI error (429, 400, 503) raised here, before any byte of a stream is sent
-    generation = await gateway.client.submit(instance_id, build(rid, sampling))
+    # accepted, or the OpenAI error (429, 400, 503) raised here, before any byte of a stream is sent; the recorder
+    # measures it for /metrics and the inference log, however it ends
+    generate = build(rid, sampling)
+    generation = await gateway.recorder.submit(gateway.client, instance_id, generate, body.stream)
     shape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
     if body.stream:
         return StreamingResponse(
@@ -77,7 +79,7 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
         await generation.aclose()
 
 
-async def _collect(request: Request, generation: Generation, shape: ChatShape | TextShape):  # noqa: ANN202
+async def _collect(request: Request, generation: Submitted, shape: ChatShape | TextShape):  # noqa: ANN202
     async def gather() -> tuple[str, TokenChunk]:
         parts, last = [], None
         async for chunk in generation:

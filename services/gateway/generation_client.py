@@ -6,7 +6,7 @@ import asyncio
 import itertools
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -50,6 +50,16 @@ class _Listener:
         if not self.down.done():
             self.down.set_result(reason)
             self.chunks.put_nowait(OpenAIError(502, f"generation failed: {reason}", "server_error", "instance_failed"))
+
+
+class Submitted(Protocol):
+    """What the routes use of a submitted request: a Generation, or one that something observes on its way."""
+
+    accepted: GenerateAccepted
+
+    def __aiter__(self) -> AsyncIterator[TokenChunk]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Generation:

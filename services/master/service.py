@@ -20,6 +20,7 @@ from nats.micro.service import Service
 from services.master.command_endpoints import CommandEndpoints
 from services.master.decide_commands import facts_event
 from services.master.event_log import EventLog, StaleWriter, TermNotNewer
+from services.master.inference_log import start_inference_log
 from services.master.lease_keeper import LeaseKeeper
 from services.master.decide_liveness import decide_liveness
 from shared import subjects
@@ -89,6 +90,7 @@ class Master:
 
     async def _lead(self, term: int) -> None:
         service: Service | None = None
+        inference_log = None
         won_at = time.monotonic()
         try:
             await self.follower.catch_up()
@@ -101,6 +103,7 @@ class Master:
             service = await commands.register(self.nc, self.node_id)
             took_ms = round((time.monotonic() - won_at) * 1000)
             log.info("leading", term=term, took_ms=took_ms, log_seq=self.follower.state.last_seq)
+            inference_log = await start_inference_log(self.nc, self.node_id, self.config.state_dir)
             await self._liveness_loop()
         except TermNotNewer as exc:
             log.warning("the log already has this term or a newer one; letting the lease go", error=str(exc))
@@ -114,6 +117,8 @@ class Master:
         finally:
             if self._leading is asyncio.current_task():
                 self._leading = None
+            if inference_log is not None:
+                await inference_log.stop()
             if service is not None:
                 try:
                     await service.stop()
