@@ -7,13 +7,14 @@ from fastapi import APIRouter, Request
 from shared.inference_log import LAST_INFERENCES_SQL, InferenceQuery, query_inference_log
 
 from services.gateway.errors import OpenAIError, bad_request
+from services.gateway.openapi_doc import error_responses
 
 router = APIRouter()
 
 MAX_LIMIT = 1000
 
 
-@router.get("/v1/inferences")
+@router.get("/v1/inferences", responses=error_responses(400, 503))
 async def last_inferences(request: Request, limit: int = 20) -> dict:
     if not 1 <= limit <= MAX_LIMIT:
         raise bad_request(f"limit must be between 1 and {MAX_LIMIT}: {limit}", param="limit")
