@@ -15,8 +15,11 @@ from shared.process_lifetime import register
 
 from services.gateway import completions, health, instances
 from services.gateway.api_key import require_api_key
+from services.gateway.dashboard import routes as dashboard
+from services.gateway.dashboard.live_facts import LiveFacts
+from services.gateway.dashboard.meter import Meter
+from services.gateway.dashboard.metered_client import MeteredGenerationClient
 from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
-from services.gateway.generation_client import GenerationClient
 from services.gateway.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimit, ErrorsAsJSON
 from services.gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from services.gateway.openapi_doc import describe
@@ -28,10 +31,13 @@ class Gateway:
     def __init__(self, nats_url: str, node_id: str) -> None:
         self.nats_url = nats_url
         self.node_id = node_id
+        self.meter = Meter()  # the dashboard's charts: what the requests served here measured
+        self.live_facts = LiveFacts()
 
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}")
-        self.client = GenerationClient(self.nc)
+        self.client = MeteredGenerationClient(self.nc, self.meter)
+        await self.live_facts.follow(self.nc)
         self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
         await self.follower.start()
         self.service = await register(self.nc, subjects.SERVICE_GATEWAY, self.node_id, "OpenAI API")
@@ -72,5 +78,7 @@ def create_app(
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(instances.router, dependencies=guarded)
     app.include_router(health.router)
+    app.include_router(dashboard.page)
+    app.include_router(dashboard.feed, dependencies=guarded)
     describe(app, [ChatCompletionRequest, CompletionRequest, instances.CreateInstance])
     return app
