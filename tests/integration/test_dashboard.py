@@ -42,8 +42,10 @@ def cluster(start_node: Callable[..., Node], tmp_path_factory: pytest.TempPathFa
     key_file = tmp_path_factory.mktemp("key") / "api-key"
     key_file.write_text(KEY)
     first = start_node("dash-0", "--no-model", "--memory", "70MB", "--api-key-file", str(key_file))
-    second = start_node("dash-1", "--no-model", "--no-master", "--memory", "70MB",
-                        "--nats-url", first.nats_url)  # fmt: skip
+    # the second beacons to the first's discovery port, so the first measures a link to it (the topology's edge)
+    beacon_port = first.proc.args[first.proc.args.index("--discovery-port") + 1]  # type: ignore[union-attr]
+    second = start_node("dash-1", "--no-model", "--no-master", "--memory", "70MB", "--nats-url", first.nats_url,
+                        "--peers", f"127.0.0.1:{beacon_port}")  # fmt: skip
     first.wait_until(lambda h: len(h["nodes"]) == 2 and h["master"] is not None, 60, "2 nodes and a master")
     yield [first, second]
     for n in reversed([first, second]):
@@ -93,6 +95,7 @@ def test_page_asks_for_the_key_then_shows_both_nodes_without_console_errors(page
     expect(pg.locator("#conn")).to_have_text("live", timeout=15_000)
     expect(pg.locator(".node")).to_have_count(2, timeout=30_000)
     expect(pg.locator("#topology g[data-node]")).to_have_count(2)
+    expect(pg.locator("#topology text.lat").filter(has_text=" ms")).to_have_count(1, timeout=30_000)  # the link
     expect(pg.locator("#leader")).to_contain_text("term")
     hosts = pg.locator(".node h3").all_inner_texts()
     assert len(hosts) == 2 and all(h.strip() for h in hosts), hosts
@@ -111,6 +114,7 @@ def test_placing_a_model_through_the_form_shows_the_preview_first(page, cluster)
     expect(option).to_be_visible(timeout=20_000)
     expect(pg.locator(".option.infeasible .why").first).not_to_be_empty()  # one node alone cannot hold it
     expect(pg.locator("#preview .memtable tr")).to_have_count(3)  # a header and one row per node
+    shoot(pg, "preview")
     option.locator("button").click()
     instance = pg.locator(".instance")
     expect(instance).to_have_count(1, timeout=30_000)

@@ -1,7 +1,7 @@
 // The dashboard: follows /dashboard/feed and renders it; the actions (place, delete, chat) call the API.
 import { follow, getJSON, HttpError, keyWasEntered, sendJSON, setKey, setUnauthorizedHandler, streamChat } from "./api.js";
 import { sparkline, topology } from "./charts.js";
-import { bytes, colorOf, esc, renderInstances, renderNodes, renderWaiting } from "./render.js";
+import { bytes, colorOf, esc, label, renderInstances, renderNodes, renderWaiting, setLabels } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
 let cluster = { nodes: [], links: [], instances: [], waiting: [], models: [], leader: {} };
@@ -38,7 +38,8 @@ function renderCluster() {
   $("node-count").textContent = `${nodes.length} node${nodes.length === 1 ? "" : "s"}`;
   $("instance-count").textContent = `${instances.length} instance${instances.length === 1 ? "" : "s"}`;
   $("events-applied").textContent = `${cluster.events_applied} events`;
-  topology($("topology"), nodes, links, colorOf);
+  setLabels(nodes);
+  topology($("topology"), nodes, links, colorOf, label);
   renderNodes($("nodes"), nodes);
   renderInstances($("instances"), instances);
   renderWaiting($("waiting"), waiting);
@@ -91,12 +92,17 @@ async function preview(event) {
   box.innerHTML = '<p class="empty">Asking the master…</p>';
   try {
     const p = await getJSON(`/instances/preview?model=${encodeURIComponent(model)}&min_nodes=${$("place-min").value || 1}`);
-    const host = (id) => cluster.nodes.find((n) => n.node_id === id)?.hostname || id;
+    const host = (id) => label(id);
+    const card = cluster.models.find((m) => m.model_id === model);
+    // what each node would hold of the weights (the master reserves a little more: KV cache and headroom)
+    const estimate = (o) => o.shards.map((s) =>
+      `${esc(host(s.node_id))}: ${s.end_layer - s.start_layer} layers ≈ ${bytes((card.bytes * (s.end_layer - s.start_layer)) / card.layers)}`).join(" · ");
     const options = p.options.map((o, i) => `<div class="option ${o.feasible ? "" : "infeasible"}">
       <header><span><b>${esc(o.strategy)}</b> · ${esc(o.backend)} · ${o.n_nodes} node${o.n_nodes > 1 ? "s" : ""}</span>
       ${o.feasible ? `<button data-option="${i}">Place</button>` : '<span class="pill failed">infeasible</span>'}</header>
       ${o.feasible ? `<div class="layers" style="margin-top:8px">${o.shards.map((s) =>
-        `<span style="--c:${colorOf(s.node_id)};width:${100 / o.shards.length}%">${esc(host(s.node_id))} ${s.start_layer}–${s.end_layer - 1}</span>`).join("")}</div>`
+        `<span style="--c:${colorOf(s.node_id)};width:${(100 * (s.end_layer - s.start_layer)) / card.layers}%">${esc(host(s.node_id))} ${s.start_layer}–${s.end_layer - 1}</span>`).join("")}</div>
+        <div class="est">${estimate(o)}</div>`
         : `<div class="why">${esc(o.reason)}</div>`}</div>`).join("");
     const memory = `<table class="memtable"><tr><th>node</th><th class="num">budget</th><th class="num">held</th><th class="num">free</th></tr>
       ${p.memory.map((m) => `<tr><td>${esc(host(m.node_id))}</td><td class="num">${bytes(m.total)}</td><td class="num">${bytes(m.held)}</td><td class="num">${bytes(m.free)}</td></tr>`).join("")}</table>`;

@@ -31,6 +31,11 @@ export function sparkline(svg, series, unit = "") {
       el("path", { d: `${d}L${x(values.length - 1)},${h - pad}L${x(0)},${h - pad}Z`, class: "area" }, svg);
     }
     el("path", { d, class: cls }, svg);
+    values.forEach((v, i) => {  // a point with no neighbour draws no line: show it as a dot
+      if (v !== null && (values[i - 1] ?? null) === null && (values[i + 1] ?? null) === null) {
+        el("circle", { cx: x(i), cy: y(v), r: 2.5, class: "dot" }, svg);
+      }
+    });
   });
   const label = all.length ? `${max >= 100 ? Math.round(max) : +max.toFixed(1)}${unit}` : "no data";
   el("text", { x: w - 2, y: 9, "text-anchor": "end" }, svg).textContent = label;
@@ -39,7 +44,8 @@ export function sparkline(svg, series, unit = "") {
 const GiB = 1024 ** 3;
 
 // Nodes on a circle, links with their latency, each node a ring filled by its memory in use.
-export function topology(svg, nodes, links, colorOf) {
+export function topology(svg, nodes, links, colorOf, label) {
+  svg.style.height = nodes.length <= 2 ? "170px" : "260px";
   const w = svg.clientWidth || 560, h = svg.clientHeight || 240;
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.replaceChildren();
@@ -47,11 +53,14 @@ export function topology(svg, nodes, links, colorOf) {
     el("text", { x: w / 2, y: h / 2, "text-anchor": "middle", class: "lat" }, svg).textContent = "no nodes yet";
     return;
   }
-  const r = nodes.length === 1 ? 0 : Math.min(w / 2 - 90, h / 2 - 48);
+  // one node: the middle; two: side by side; more: an ellipse. Labels sit under each node, hence the lift.
+  const cy0 = h / 2 - 14, rx = Math.min(w / 2 - 80, 200), ry = h / 2 - 52;
   const at = {};
   nodes.forEach((n, i) => {
-    const a = -Math.PI / 2 + (2 * Math.PI * i) / nodes.length + (nodes.length === 2 ? Math.PI / 2 : 0);
-    at[n.node_id] = [w / 2 + r * Math.cos(a) * (nodes.length === 2 ? 1.6 : 1.25), h / 2 + r * Math.sin(a)];
+    if (nodes.length === 1) { at[n.node_id] = [w / 2, cy0]; return; }
+    if (nodes.length === 2) { at[n.node_id] = [w / 2 + (i ? 1 : -1) * Math.min(rx, 150), cy0]; return; }
+    const a = -Math.PI / 2 + (2 * Math.PI * i) / nodes.length;
+    at[n.node_id] = [w / 2 + rx * Math.cos(a), cy0 + ry * Math.sin(a)];
   });
   for (const link of links) {
     const [x1, y1] = at[link.a], [x2, y2] = at[link.b];
@@ -72,7 +81,7 @@ export function topology(svg, nodes, links, colorOf) {
     }, g);
     el("text", { x: cx, y: cy + 4, "text-anchor": "middle" }, g).textContent = `${Math.round(used * 100)}%`;
     el("text", { x: cx, y: cy + R + 24, "text-anchor": "middle", "font-weight": 600 }, g).textContent =
-      (n.leader ? "★ " : "") + n.hostname;
+      (n.leader ? "★ " : "") + label(n.node_id, n.hostname);
     el("text", { x: cx, y: cy + R + 38, "text-anchor": "middle", class: "lat" }, g).textContent =
       `${(n.memory_total / GiB).toFixed(1)} GiB · ${n.cores} cores`;
   }

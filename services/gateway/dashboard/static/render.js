@@ -9,6 +9,15 @@ export function colorOf(nodeId) {
   return colors.get(nodeId);
 }
 
+// Several nodes on one machine share a hostname; then a label adds the end of the node id.
+let labels = new Map();
+export function setLabels(nodes) {
+  const count = {};
+  for (const n of nodes) count[n.hostname] = (count[n.hostname] || 0) + 1;
+  labels = new Map(nodes.map((n) => [n.node_id, count[n.hostname] > 1 ? `${n.hostname} · ${n.node_id.slice(-4)}` : n.hostname]));
+}
+export function label(nodeId, fallback) { return labels.get(nodeId) || fallback || nodeId; }
+
 export function esc(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
@@ -45,13 +54,13 @@ export function renderInstances(box, instances) {
     const total = inst.layers || Math.max(...inst.shards.map((s) => s.end_layer));
     const segments = inst.shards.map((s) => {
       const share = (100 * (s.end_layer - s.start_layer)) / total;
-      return `<span style="--c:${colorOf(s.node_id)};width:${share}%" title="${esc(s.hostname)}: layers ${s.start_layer}–${s.end_layer - 1}">${s.start_layer}–${s.end_layer - 1}</span>`;
+      return `<span style="--c:${colorOf(s.node_id)};width:${share}%" title="${esc(label(s.node_id, s.hostname))}: layers ${s.start_layer}–${s.end_layer - 1}">${s.start_layer}–${s.end_layer - 1}</span>`;
     }).join("");
     const rows = inst.shards.map((s) => {
       const failed = s.phase === "failed";
       const memory = inst.memory_per_node[s.node_id];
       return `<tr><td><span class="dot" style="--c:${colorOf(s.node_id)}"></span>rank ${s.rank}</td>
-        <td>${esc(s.hostname)}</td><td>layers ${s.start_layer}–${s.end_layer - 1}</td>
+        <td>${esc(label(s.node_id, s.hostname))}</td><td>layers ${s.start_layer}–${s.end_layer - 1}</td>
         <td class="num">${memory ? bytes(memory) : ""}</td>
         <td><span class="pill ${failed ? "failed" : s.phase === "ready" ? "ready" : "starting"}">${esc(phaseText(s))}</span>
         ${s.detail && s.phase !== "ready" ? `<div class="detail ${failed ? "bad" : ""}">${esc(s.detail)}</div>` : ""}</td></tr>`;
