@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from shared.apply import apply
 from shared.events import (
     Instance,
@@ -16,6 +18,7 @@ from shared.facts import Link
 from shared.ids import InstanceId, NodeId
 from shared.state import ClusterState
 
+from services.gateway.app import create_app
 from services.gateway.dashboard.meter import Meter
 from services.gateway.dashboard.view import cluster_view, links_view
 from tests.unit.factories import GiB, facts
@@ -115,3 +118,29 @@ def test_live_facts_give_the_numbers_but_the_log_decides_who_is_shown():
 def test_a_link_seen_from_one_side_only_is_still_drawn():
     f = {"x": facts(NodeId("x"), links=(Link("y", 2.5),)), "y": facts(NodeId("y"))}
     assert links_view(f) == [{"a": "x", "b": "y", "latency_ms": 2.5}]
+
+
+# --- the routes, without a bus (no lifespan: the page and its guard need none) ---------------------
+
+
+async def _get(app, path: str, headers: dict | None = None):  # noqa: ANN001, ANN202
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        return await client.get(path, headers=headers or {})
+
+
+async def test_the_page_and_its_files_are_served_open_and_nothing_else():
+    app = create_app("nats://127.0.0.1:1", "node-test", api_key="k")
+    page = await _get(app, "/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/dashboard/static/app.js">' in page.text  # relative to the gateway's origin
+    script = await _get(app, "/dashboard/static/app.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for name in ("routes.py", "..%2Froutes.py", "nope.js"):
+        assert (await _get(app, f"/dashboard/static/{name}")).status_code == 404, name
+
+
+async def test_the_feed_needs_the_key_when_one_is_set():
+    app = create_app("nats://127.0.0.1:1", "node-test", api_key="k")
+    answer = await _get(app, "/dashboard/feed")
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key"

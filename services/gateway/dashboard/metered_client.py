@@ -4,7 +4,8 @@ dashboard's charts (meter.py) with its time to first token, its tokens and wheth
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
 
 from nats.aio.client import Client as NATS
 
@@ -23,7 +24,7 @@ class MeteredGenerationClient(GenerationClient):
         began = time.monotonic()
         self.meter.started(time.time())
         counted = 0  # completion tokens counted so far (chunks carry the running total)
-        inner = super().stream(instance_id, request)
+        inner = cast(AsyncGenerator[TokenChunk, None], super().stream(instance_id, request))  # it is one
         try:
             async for chunk in inner:
                 if chunk.completion_tokens > counted:

@@ -26,7 +26,8 @@ CHECK_EVERY_S = 1.0
 KEEPALIVE_S = 15.0  # an SSE comment now and then, so proxies do not close a quiet feed
 
 page = APIRouter(include_in_schema=False)
-feed = APIRouter()
+# Not in /openapi.json: it is the page's own channel, and an endless stream would hang a schema fuzzer.
+feed = APIRouter(include_in_schema=False)
 
 
 @page.get("/dashboard")

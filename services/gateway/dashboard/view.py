@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shared.facts import NodeFacts
+from shared.ids import InstanceId
 from shared.models import MODEL_CARDS
 from shared.state import ClusterState
 
 
 def cluster_view(state: ClusterState, live: Mapping[str, NodeFacts]) -> dict:
-    facts = {node_id: live.get(node_id, recorded) for node_id, recorded in state.nodes.items()}
+    facts: dict[str, NodeFacts] = {node_id: live.get(node_id, recorded) for node_id, recorded in state.nodes.items()}
     leader = state.leader_node_id
     return {
         "leader": {"node_id": leader, "term": state.leader_term,
@@ -64,8 +65,8 @@ def links_view(facts: Mapping[str, NodeFacts]) -> list[dict]:
     return [{"a": a, "b": b, "latency_ms": ms} for (a, b), ms in sorted(edges.items())]
 
 
-def instance_view(state: ClusterState, instance_id: str, facts: Mapping[str, NodeFacts]) -> dict:
-    instance = state.instances[instance_id]  # type: ignore[index]
+def instance_view(state: ClusterState, instance_id: InstanceId, facts: Mapping[str, NodeFacts]) -> dict:
+    instance = state.instances[instance_id]
     card = MODEL_CARDS.get(instance.model_id)
     shards = []
     for shard, runner in zip(instance.shards, state.instance_runners(instance.instance_id)):
