@@ -2,7 +2,7 @@
 cluster whose gateway requires an API key: the page asks for the key once, shows both nodes with no console
 error, places a model through the preview form, streams a chat answer, and drops a killed node.
 
-Set EXO_DASHBOARD_SHOTS=DIR to save screenshots at desktop and phone widths along the way.
+Set EXO_DASHBOARD_SHOTS=DIR to save screenshots at desktop (light and dark) and phone widths along the way.
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ def shoot(page: Page, name: str) -> None:
         return
     Path(SHOTS).mkdir(parents=True, exist_ok=True)
     page.screenshot(path=f"{SHOTS}/{name}-desktop.png", full_page=True)
+    page.emulate_media(color_scheme="dark")
+    page.screenshot(path=f"{SHOTS}/{name}-desktop-dark.png", full_page=True)
+    page.emulate_media(color_scheme="light")
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(300)
     page.screenshot(path=f"{SHOTS}/{name}-phone.png", full_page=True)

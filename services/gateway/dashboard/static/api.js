@@ -82,7 +82,7 @@ export async function streamChat(model, messages, onText) {
   const response = await check(await fetch("/v1/chat/completions", {
     method: "POST",
     headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-    body: JSON.stringify({ model, messages, stream: true, max_tokens: 256 }),
+    body: JSON.stringify({ model, messages, stream: true, max_tokens: 256, temperature: 0.7 }),
   }));
   await readSSE(response, (_name, data) => {
     if (data === "[DONE]") return;

@@ -61,15 +61,15 @@ export function renderInstances(box, instances) {
       const memory = inst.memory_per_node[s.node_id];
       return `<tr><td><span class="dot" style="--c:${colorOf(s.node_id)}"></span>rank ${s.rank}</td>
         <td>${esc(label(s.node_id, s.hostname))}</td><td>layers ${s.start_layer}–${s.end_layer - 1}</td>
-        <td class="num">${memory ? bytes(memory) : ""}</td>
+        <td class="num mem" title="memory placement reserved">${memory ? bytes(memory) : ""}</td>
         <td><span class="pill ${failed ? "failed" : s.phase === "ready" ? "ready" : "starting"}">${esc(phaseText(s))}</span>
         ${s.detail && s.phase !== "ready" ? `<div class="detail ${failed ? "bad" : ""}">${esc(s.detail)}</div>` : ""}</td></tr>`;
     }).join("");
     return `<article class="instance" data-instance="${esc(inst.instance_id)}">
       <header><b>${esc(inst.model_name)}</b><span class="pill ${inst.status}">${inst.status}</span>
         <span class="badge">${esc(inst.strategy)}</span><span class="badge">${esc(inst.backend)}</span>
-        <span class="grow"></span><span class="id detail">${esc(inst.instance_id)}</span>
-        <button class="ghost" data-delete="${esc(inst.instance_id)}">Delete</button></header>
+        <span class="grow"></span><button class="ghost" data-delete="${esc(inst.instance_id)}">Delete</button></header>
+      <div class="id detail inst-id">${esc(inst.instance_id)}</div>
       <div class="layers" aria-label="layers per node">${segments}</div>
       <table class="shards">${rows}</table>
     </article>`;
