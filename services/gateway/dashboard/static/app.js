@@ -65,7 +65,9 @@ function renderMetrics() {
 }
 
 // GET /v1/inferences comes from the inference log; a gateway without it answers 404 and the panel stays hidden.
+let inferencesMissing = false;  // a 404 once: this gateway has no inference log; a reload asks again
 async function loadInferences() {
+  if (inferencesMissing) return;
   try {
     const body = await getJSON("/v1/inferences?limit=12");
     const rows = Array.isArray(body) ? body : body.data || body.inferences || body.rows || [];
@@ -81,7 +83,7 @@ async function loadInferences() {
       : '<p class="empty">No inference recorded yet.</p>';
     $("inferences-card").hidden = false;
   } catch (err) {
-    if (err instanceof HttpError && err.status === 404) $("inferences-card").hidden = true;
+    if (err instanceof HttpError && err.status === 404) { inferencesMissing = true; $("inferences-card").hidden = true; }
   }
 }
 
