@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from services.gateway.dashboard import routes as dashboard
 from services.gateway.dashboard.live_facts import LiveFacts
 from services.gateway.dashboard.meter import Meter
 from services.gateway.dashboard.metered_client import MeteredGenerationClient
+from services.gateway.dashboard.shutdown import end_feeds_on_termination
 from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
 from services.gateway.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimit, ErrorsAsJSON
 from services.gateway.openai_schema import ChatCompletionRequest, CompletionRequest
@@ -33,11 +35,13 @@ class Gateway:
         self.node_id = node_id
         self.meter = Meter()  # the dashboard's charts: what the requests served here measured
         self.live_facts = LiveFacts()
+        self.feeds_stopping = asyncio.Event()  # set on SIGTERM: open dashboard feeds end, so uvicorn can stop
 
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}")
         self.client = MeteredGenerationClient(self.nc, self.meter)
         await self.live_facts.follow(self.nc)
+        end_feeds_on_termination(self.feeds_stopping)
         self.follower = StateFollower(self.nc.jetstream(), on_event=self.client.on_event)
         await self.follower.start()
         self.service = await register(self.nc, subjects.SERVICE_GATEWAY, self.node_id, "OpenAI API")

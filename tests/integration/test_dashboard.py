@@ -8,6 +8,7 @@ Set EXO_DASHBOARD_SHOTS=DIR to save screenshots at desktop (light and dark) and 
 from __future__ import annotations
 
 import os
+import time
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,3 +159,14 @@ def test_a_killed_node_goes_away(page, cluster) -> None:
     expect(pg.locator(".node")).to_have_count(1, timeout=40_000)
     expect(pg.locator("#topology g[data-node]")).to_have_count(1)
     shoot(pg, "node-lost")
+
+
+def test_an_open_dashboard_does_not_hold_up_the_nodes_stop(page, cluster) -> None:
+    """uvicorn waits for open responses before it stops, and the feed never ends by itself (see
+    services/gateway/dashboard/shutdown.py): before the fix, this stop took 9.4 s against 1.5 s without a page."""
+    pg, _ = page
+    expect(pg.locator("#conn")).to_have_text("live")
+    began = time.monotonic()
+    cluster[0].stop()
+    assert time.monotonic() - began < 5.0
+    expect(pg.locator("#conn")).to_have_text("reconnecting", timeout=10_000)

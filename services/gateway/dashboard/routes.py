@@ -60,7 +60,7 @@ async def _events(request: Request) -> AsyncIterator[bytes]:
     sent: dict[str, str] = {}
     last_write = time.monotonic()
     yield b"retry: 2000\n\n"
-    while not await request.is_disconnected():
+    while not (gateway.feeds_stopping.is_set() or await request.is_disconnected()):
         now = {
             "cluster": json.dumps(cluster_view(gateway.follower.state, gateway.live_facts.latest)),
             "metrics": json.dumps(gateway.meter.series(time.time())),
