@@ -49,7 +49,7 @@ function phaseText(shard) {
 }
 
 export function renderInstances(box, instances) {
-  if (!instances.length) { box.innerHTML = '<p class="empty">No model is placed yet. Place one below.</p>'; return; }
+  if (!instances.length) { box.innerHTML = '<p class="empty">No model is placed yet: preview and place one under "Place a model".</p>'; return; }
   box.innerHTML = instances.map((inst) => {
     const total = inst.layers || Math.max(...inst.shards.map((s) => s.end_layer));
     const segments = inst.shards.map((s) => {
