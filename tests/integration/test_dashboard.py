@@ -34,7 +34,8 @@ except ImportError:  # the `test` extra brings it; say so rather than fail on im
 if sync_playwright is None:
     pytest.skip("playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
 if CHROMIUM is None:
-    pytest.skip("no chromium on this machine: apt-get install chromium (setup.sh does, as root)", allow_module_level=True)
+    pytest.skip("no chromium on this machine: apt-get install chromium (setup.sh does, as root)",
+                allow_module_level=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
