@@ -20,4 +20,11 @@ if [ "$(uname -s)" = Linux ] && [ "$(uname -m)" != x86_64 ]; then
       || echo "setup: OpenBLAS not installed; runners use a slower BLAS" >&2
   fi
 fi
+# Chromium for the dashboard's browser tests (tests/integration/test_dashboard.py; playwright drives it, from the
+# `test` extra): Debian's package, since playwright's own browser download needs the internet. Without it (not root,
+# no apt) those tests skip and say why.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+    || echo "setup: chromium not installed; the dashboard's browser tests will skip" >&2
+fi
 echo "setup done: $(.venv/bin/exo --version)"

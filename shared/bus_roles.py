@@ -62,7 +62,8 @@ PERMISSIONS: dict[str, Permissions] = {
     MASTER: Permissions(publish=(">",), subscribe=(">",)),
     GATEWAY: Permissions(
         publish=(*READ_LOG, *OPERATOR_COMMANDS, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *MICRO, *RECORD_INFERENCES),
-        subscribe=(*INBOXES, *MICRO, f"{subjects.TOKENS_PREFIX}.>", *UPLOADS),
+        # node facts: the dashboard shows each node's live memory and links between the log's records
+        subscribe=(*INBOXES, *MICRO, f"{subjects.TOKENS_PREFIX}.>", *UPLOADS, subjects.facts_wildcard()),
     ),
     WORKER: Permissions(
         publish=(*READ_LOG, subjects.CMD_REPORT_RUNNER, subjects.CMD_WORKER_STARTED, f"{subjects.TOKENS_PREFIX}.>",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,10 @@ from shared.state import ClusterState
 
 from services.gateway import completions, health, inferences_api, instances, metrics
 from services.gateway.api_key import require_api_key
+from services.gateway.dashboard import routes as dashboard
+from services.gateway.dashboard.live_facts import LiveFacts
+from services.gateway.dashboard.meter import Meter
+from services.gateway.dashboard.shutdown import end_feeds_on_termination
 from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
 from services.gateway.generation_client import GenerationClient
 from services.gateway.inference_recorder import InferenceRecorder
@@ -34,12 +39,17 @@ class Gateway:
     def __init__(self, nats_url: str, node_id: str) -> None:
         self.nats_url = nats_url
         self.node_id = node_id
+        self.meter = Meter()  # the dashboard's charts: what the requests served here measured
+        self.live_facts = LiveFacts()
+        self.feeds_stopping = asyncio.Event()  # set on SIGTERM: open dashboard feeds end, so uvicorn can stop
 
     async def start(self) -> None:
         self.nc = await connect(self.nats_url, f"exo-gateway:{self.node_id}", role=GATEWAY)
         self.client = GenerationClient(self.nc)
         self.metrics = GatewayMetrics(lambda: self.follower.state)
-        self.recorder = InferenceRecorder(self.nc, self.metrics, lambda: self.follower.state)
+        self.recorder = InferenceRecorder(self.nc, self.metrics, lambda: self.follower.state, self.meter)
+        await self.live_facts.follow(self.nc)
+        end_feeds_on_termination(self.feeds_stopping)
         self.follower = StateFollower(self.nc.jetstream(), on_event=self._on_event)
         await self.follower.start()
         self.service = await register(self.nc, subjects.SERVICE_GATEWAY, self.node_id, "OpenAI API")
@@ -88,5 +98,7 @@ def create_app(
     app.include_router(inferences_api.router, dependencies=guarded)
     app.include_router(metrics.router)  # like /health: counts and names, no prompts; scrapers need no key
     app.include_router(health.router)
+    app.include_router(dashboard.page)
+    app.include_router(dashboard.feed, dependencies=guarded)
     describe(app, [ChatCompletionRequest, CompletionRequest, instances.CreateInstance])
     return app

@@ -25,6 +25,7 @@ from shared.ids import InstanceId
 from shared.inference_log import InferenceRecord
 from shared.state import ClusterState
 
+from services.gateway.dashboard.meter import Meter
 from services.gateway.errors import OpenAIError
 from services.gateway.generation_client import Generation, GenerationClient
 from services.gateway.metrics import GatewayMetrics
@@ -123,9 +124,10 @@ def status_of(exc: BaseException | None) -> tuple[int, str | None]:
 
 
 class InferenceRecorder:
-    def __init__(self, nc: NATS, metrics: GatewayMetrics, state: Callable[[], ClusterState]) -> None:
+    def __init__(self, nc: NATS, metrics: GatewayMetrics, state: Callable[[], ClusterState], meter: Meter) -> None:
         self.nc = nc
         self.metrics = metrics
+        self.meter = meter  # the dashboard's charts
         self._state = state
         self._publishing: set[asyncio.Task] = set()
 
@@ -137,6 +139,7 @@ class InferenceRecorder:
         obs = Observation(time.monotonic())
         self.metrics.in_flight.inc()
         self.metrics.waiting.inc()
+        self.meter.started(time.time())
         try:
             generation = await client.submit(instance_id, request)
         except BaseException as exc:
@@ -146,7 +149,10 @@ class InferenceRecorder:
 
     def see(self, obs: Observation, model: str, chunk: TokenChunk) -> None:
         ttft, gap, new_tokens = obs.see(chunk, time.monotonic())
+        if new_tokens:
+            self.meter.tokens(time.time(), new_tokens)
         if ttft is not None:
+            self.meter.first_token(time.time(), ttft)
             self.metrics.waiting.dec()
             self.metrics.ttft.labels(model).observe(ttft)
         if gap is not None:
@@ -159,6 +165,7 @@ class InferenceRecorder:
     ) -> None:
         """The request is over, however it ended: count it and publish its record."""
         self.metrics.in_flight.dec()
+        self.meter.ended(time.time(), had_first_token=obs.first_token_at is not None)
         if obs.first_token_at is None:
             self.metrics.waiting.dec()
         status, error = status_of(ended_with)
