@@ -116,11 +116,12 @@ def case_stats(rounds: Sequence[tuple[float, Sequence[RequestTiming]]]) -> dict[
     """The figures of one case from its rounds (wall seconds of the round, its requests).
 
     Prefill tokens/s: prompt tokens over time to first token. Decode tokens/s: the tokens after the first over the
-    time between the first and the last. Aggregate tokens/s: all completion tokens of a round over its wall time."""
+    time between the first and the last chunk. Aggregate tokens/s: all completion tokens of a round over its wall time."""
     done = [r for _, reqs in rounds for r in reqs if r.error is None and r.token_times]
     ttft = [r.token_times[0] for r in done]
     prefill = [r.prompt_tokens / r.token_times[0] for r in done if r.token_times[0] > 0]
-    decode = [(len(r.token_times) - 1) / (r.token_times[-1] - r.token_times[0])
+    # the usage's count, not the chunks': a chunk may carry several tokens (a multi-byte character completed)
+    decode = [(r.completion_tokens - 1) / (r.token_times[-1] - r.token_times[0])
               for r in done if len(r.token_times) > 1 and r.token_times[-1] > r.token_times[0]]  # fmt: skip
     gaps = [b - a for r in done for a, b in itertools.pairwise(r.token_times)]
     aggregate = [sum(r.completion_tokens for r in reqs if r.error is None) / wall for wall, reqs in rounds if wall > 0]
