@@ -184,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[list[Case], list[dict] | None]:
-    import yaml  # only here: the node itself does not need it
+    import yaml  # type: ignore[import-untyped]  # only here: the node itself does not need it
 
     try:
         config = parse_config(yaml.safe_load(args.config.read_text()))
