@@ -206,6 +206,11 @@ def main(argv: list[str]) -> int:
         print(f"exo bench: {exc}", file=sys.stderr)
         return 2
     gw = Gateway(args.url, args.api_key)
+    try:
+        gw.call("GET", "/health")
+    except RuntimeError as exc:  # one clear line rather than the same failure in every case's row
+        print(f"exo bench: {exc}", file=sys.stderr)
+        return 2
     state_dir = (args.state_dir or (default_state_dir() / "nodes" / args.node_name if args.node_name
                                     else default_state_dir())).expanduser()  # fmt: skip
     rows: list[dict] = []

@@ -34,7 +34,8 @@ class Facts(msgspec.Struct, frozen=True):
     rejections: list[str] = []  # discovery's recent "datagram ignored" reasons
     bus_error: str | None = None
     jetstream_error: str | None = None
-    cluster_urls: int = 0  # client URLs of the other servers the bus knows (one per route)
+    routes: list[str] = []  # peers' route addresses in this node's nats.conf
+    offline_replicas: list[str] = []  # servers holding a replica of the event log that do not answer
     local_node: str = ""
     local_backends: list[str] = []
     ibv_devices: list[str] | None = None  # None: no ibv_devices tool here
@@ -56,11 +57,14 @@ def check_bus(f: Facts) -> Row:
     if f.jetstream_error:
         return Row("bus", "fail", f"connected, but JetStream: {f.jetstream_error}",
                    "the embedded nats-server runs with -js; see <state-dir>/logs/nats-server.log")  # fmt: skip
-    expected = {p["node_id"] for p in f.peers if p.get("route_port")}
-    if len(expected) > f.cluster_urls:
-        return Row("bus", "fail", f"routes to {f.cluster_urls} of {len(expected)} peers that take routes",
+    expected = sorted(p.get("hostname") or p["node_id"] for p in f.peers if p.get("route_port"))
+    if len(expected) > len(f.routes):
+        return Row("bus", "fail", f"routes to {len(f.routes)} of the {len(expected)} peers that take them",
+                   "the bus adds routes as peers appear; if it stays so, restart this node")  # fmt: skip
+    if f.offline_replicas:
+        return Row("bus", "fail", f"event log replicas offline on {', '.join(f.offline_replicas)}",
                    "open the route port (TCP, --route-port, default 6222) between the machines")  # fmt: skip
-    return Row("bus", "pass", f"connected; JetStream and the event stream answer; routes to {f.cluster_urls} server(s)")
+    return Row("bus", "pass", f"connected; JetStream and the event stream answer; {len(f.routes)} route(s)")
 
 
 def check_leader(f: Facts) -> Row:
@@ -155,6 +159,9 @@ def check_model_loading(f: Facts) -> Row:
         path, free = next(iter(low.items()))
         return Row("model loading", "fail", f"{_gib(free)} free in {path}",
                    "free space there (old models: ~/.cache/huggingface/hub), or move --state-dir")  # fmt: skip
+    if f.health is not None and f.gateway_error:  # /health is open; /instances may need the key
+        return Row("model loading", "fail", f"cannot list the instances: {f.gateway_error}",
+                   "pass --api-key (or EXO_API_KEY) when the gateway requires one")  # fmt: skip
     failures = _runner_failures(f)
     if failures:
         return Row("model loading", "fail", f"a runner failed: {failures[0][:300]}",

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -62,14 +63,24 @@ async def gather_bus(nats_url: str, state_dir: Path) -> dict:
         nc = await connect(nats_url, "exo-doctor", first_connect_timeout=5.0)
     except ConnectionError as exc:
         return {"bus_error": str(exc)}
-    out: dict = {"cluster_urls": len(nc._server_info.get("connect_urls") or []) and
-                 len(nc._server_info["connect_urls"]) - 1}  # fmt: skip
+    out: dict = {"routes": configured_routes(state_dir)}
     try:
-        await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+        info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+        if info.cluster is not None:
+            out["offline_replicas"] = [r.name for r in info.cluster.replicas or [] if r.offline]
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer
         out["jetstream_error"] = f"{type(exc).__name__}: {exc}"
     await nc.close()
     return out
+
+
+def configured_routes(state_dir: Path) -> list[str]:
+    """The peers' route addresses the embedded nats-server was given (nats.conf, credentials left out)."""
+    try:
+        text = (state_dir / "nats" / "nats.conf").read_text()
+    except OSError:
+        return []
+    return re.findall(r"nats-route://[^@\s]*@([^\"\s]+)", text)
 
 
 def gather_discovery(state_dir: Path, now: float) -> dict:

@@ -70,6 +70,9 @@ def test_bench_refuses_a_bad_config_with_its_reason(tmp_path: Path) -> None:
     config.write_text("models: [smollm2-135m]\nconcurrency: [0]\n")
     run = exo("bench", "--config", str(config), timeout=60)
     assert run.returncode == 2 and "concurrency" in run.stderr and "Traceback" not in run.stderr
+    config.write_text("models: [smollm2-135m]\n")
+    run = exo("bench", "--config", str(config), "--url", "http://127.0.0.1:9", timeout=60)  # nothing listens on 9
+    assert run.returncode == 2 and "cannot reach the gateway at http://127.0.0.1:9" in run.stderr
 
 
 def doctor(node: Node) -> tuple[int, dict]:

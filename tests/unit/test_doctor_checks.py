@@ -50,7 +50,8 @@ def test_a_healthy_single_node_passes_every_row() -> None:
         ({"bus_error": "the bus refused our credentials (Authorization Violation)"}, "bus", "refused", "cluster secret"),
         ({"bus_error": "nats://127.0.0.1:4222: no answer in 5 s"}, "bus", "no answer", "start the node"),
         ({"jetstream_error": "NotFoundError"}, "bus", "JetStream", "-js"),
-        ({"peers": [{"node_id": "node-b", "route_port": 6222}], "cluster_urls": 0}, "bus", "routes to 0 of 1", "route port"),
+        ({"peers": [{"node_id": "node-b", "hostname": "b", "route_port": 6222}]}, "bus", "routes to 0 of the 1", "restart"),
+        ({"offline_replicas": ["exo-node-b"]}, "bus", "offline on exo-node-b", "route port"),
         ({"health": None, "gateway_error": "connection refused"}, "leader", "does not answer", "--url"),
         ({"health": {"master": None}}, "leader", "no master", "master.log"),
         ({"peers_age_s": None}, "peers discovered", "discovery is not running", "discovery.log"),
@@ -66,6 +67,7 @@ def test_a_healthy_single_node_passes_every_row() -> None:
         ({"machine_available": GiB // 2}, "memory", "free on this machine", "--memory"),
         ({"runner_ring_wait": ["spin"]}, "inference speed", "busy-poll", "EXO_RING_WAIT"),
         ({"runner_blas": ["reference"]}, "inference speed", "reference BLAS", "setup.sh"),
+        ({"gateway_error": "HTTP Error 401: Unauthorized"}, "model loading", "401", "--api-key"),
         ({"disk_free": {"/state/models": 100 << 20}}, "model loading", "0.1 GiB free", "free space"),
         ({"instances": [INSTANCE | {"ready": False, "runners": [{"phase": "failed", "detail": "exit 4: no weights"}]}]},
          "model loading", "no weights", "runner's log"),
@@ -95,7 +97,7 @@ def test_reference_blas_chosen_with_the_flag_is_not_a_fault() -> None:
 
 
 def test_peers_heard_are_named() -> None:
-    facts = with_(peers=[{"node_id": "node-b", "hostname": "mac-b", "route_port": 6222}], cluster_urls=1)
+    facts = with_(peers=[{"node_id": "node-b", "hostname": "mac-b", "route_port": 6222}], routes=["10.0.0.2:6222"])
     assert row(facts, "peers discovered").detail == "1 peer(s): mac-b" and all_pass(diagnose(facts))
 
 
