@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -216,7 +217,7 @@ def main(argv: list[str]) -> int:
     rows: list[dict] = []
     total = sum(c.repeats for c in todo)
     done = [0]
-    serial = [0]
+    serial = [secrets.randbelow(10**9)]  # prompts differ from every earlier run's too (the runner caches prefixes)
     show = not args.json and sys.stderr.isatty()
 
     def tick() -> None:

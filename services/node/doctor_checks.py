@@ -87,7 +87,7 @@ def check_peers(f: Facts) -> Row:
         return Row("peers discovered", "fail", f"beacons rejected: {secret[-1]}",
                    "the cluster secret differs: start every node with the same --cluster-secret")  # fmt: skip
     if not f.peers:
-        return Row("peers discovered", "pass", "beacons sent; no peer heard (a single node)",
+        return Row("peers discovered", "pass", f"discovery runs (peers.json {f.peers_age_s:.0f} s old); no peer heard",
                    "expecting peers? open UDP port 52416 (--discovery-port) in the firewall, put the machines on one network, or "
                    "name them with --peers where multicast does not reach")  # fmt: skip
     names = ", ".join(sorted(p.get("hostname") or p["node_id"] for p in f.peers))
@@ -179,7 +179,8 @@ def check_model_loading(f: Facts) -> Row:
 
 
 def _runner_failures(f: Facts) -> list[str]:
-    return [r.get("detail") or "failed" for i in f.instances for r in i.get("runners", [])
+    """Each failed runner's reason: the first line of its detail (the rest is its log's tail, in GET /instances)."""
+    return [(r.get("detail") or "failed").splitlines()[0] for i in f.instances for r in i.get("runners", [])
             if r and r.get("phase") == "failed"]  # fmt: skip
 
 

@@ -69,7 +69,7 @@ def test_a_healthy_single_node_passes_every_row() -> None:
         ({"runner_blas": ["reference"]}, "inference speed", "reference BLAS", "setup.sh"),
         ({"gateway_error": "HTTP Error 401: Unauthorized"}, "model loading", "401", "--api-key"),
         ({"disk_free": {"/state/models": 100 << 20}}, "model loading", "0.1 GiB free", "free space"),
-        ({"instances": [INSTANCE | {"ready": False, "runners": [{"phase": "failed", "detail": "exit 4: no weights"}]}]},
+        ({"instances": [INSTANCE | {"ready": False, "runners": [{"phase": "failed", "detail": "exit 4: no weights\nlog tail"}]}]},
          "model loading", "no weights", "runner's log"),
         ({"instances": [INSTANCE | {"ready": False, "runners": [None]}]}, "model loading", "not ready", "GET /instances"),
         ({"waiting": [{"model": "smollm2-135m", "reason": "needs 2 nodes"}]}, "model loading", "needs 2 nodes", "more nodes"),
@@ -106,3 +106,8 @@ def test_render_shows_advice_only_for_failures() -> None:
     assert "FAIL  leader" in text and "-> check the master service" in text
     assert "1 check(s) fail" in text.splitlines()[-1]
     assert render(diagnose(HEALTHY)).splitlines()[-1] == "all checks pass"
+
+
+def test_a_failed_runner_is_named_by_the_first_line_of_its_detail() -> None:
+    failed = INSTANCE | {"ready": False, "runners": [{"phase": "failed", "detail": "exited with code -9: \nlog line"}]}
+    assert row(with_(instances=[failed]), "model loading").detail == "a runner failed: exited with code -9: "
