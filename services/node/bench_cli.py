@@ -88,32 +88,39 @@ def _error_message(body: bytes) -> str:
 
 
 def matches(instance: dict, case: Case) -> bool:
-    return (instance["model_id"] == case.model and instance.get("ready", False)
+    return (instance["model_id"] == case.model
             and case.strategy in ("auto", instance["strategy"]) and case.backend in ("auto", instance["backend"])
             and len(instance["shards"]) == case.nodes)  # fmt: skip
 
 
 def ensure_instance(gw: Gateway, case: Case) -> tuple[str, bool]:
-    """(instance id, placed by us): a ready matching instance, else a new one once it is ready."""
-    for instance in gw.call("GET", "/instances")["instances"]:
-        if matches(instance, case):
-            return instance["instance_id"], False
+    """(instance id, placed by us): a matching instance (a ready one first; one that is loading, e.g. a runner
+    restarting, is waited for), else a new one once it is ready."""
+    found = sorted((i for i in gw.call("GET", "/instances")["instances"] if matches(i, case)),
+                   key=lambda i: not i["ready"])  # fmt: skip
+    if found:
+        return wait_ready(gw, found[0]["instance_id"], ours=False), False
     placed = gw.call("POST", "/instances", {"model": case.model, "strategy": case.strategy, "backend": case.backend,
                                             "min_nodes": case.nodes}, timeout=60)  # fmt: skip
-    iid = placed["instance_id"]
+    return wait_ready(gw, placed["instance_id"], ours=True), True
+
+
+def wait_ready(gw: Gateway, iid: str, ours: bool) -> str:
+    """Wait until the instance is ready; one we placed is deleted when it fails or never gets ready."""
     deadline = time.monotonic() + PLACE_TIMEOUT_S
     while time.monotonic() < deadline:
         now = {i["instance_id"]: i for i in gw.call("GET", "/instances")["instances"]}
         if iid not in now:
             raise RuntimeError(f"instance {iid} went away while loading")
         if now[iid]["ready"]:
-            return iid, True
+            return iid
         failed = [r for r in now[iid]["runners"] if r and r["phase"] == "failed"]
-        if failed:
+        if failed and ours:
             gw.call("DELETE", f"/instances/{iid}")
-            raise RuntimeError(f"instance {iid} failed to load: {failed[0].get('detail', '')[:300]}")
+            raise RuntimeError(f"instance {iid} failed to load: {(failed[0].get('detail') or '').splitlines()[:1]}")
         time.sleep(1.0)
-    gw.call("DELETE", f"/instances/{iid}")
+    if ours:
+        gw.call("DELETE", f"/instances/{iid}")
     raise RuntimeError(f"instance {iid} was not ready within {PLACE_TIMEOUT_S:.0f} s")
 
 
