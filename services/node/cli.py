@@ -1,6 +1,7 @@
 """`exo`: one command starts a whole node (embedded nats-server, discovery, master, worker, gateway).
 
-`exo service NAME` runs one service alone (what launchd runs); `exo bench` runs the benchmarks.
+`exo service NAME` runs one service alone (what launchd runs); `exo bench --config FILE.yaml` measures a running
+node (bench_cli.py); `exo doctor` checks it against the troubleshooting table (doctor_cli.py).
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def check_memory(f: Facts) -> Row:
                    "place on more devices (min_nodes), raise --memory, or delete an instance")  # fmt: skip
     oom = [d for d in _runner_failures(f) if "memory" in d.lower() or "killed" in d.lower()]
     if oom:
-        return Row("memory", "fail", f"a runner failed: {oom[0][:200]}",
+        return Row("memory", "fail", f"a runner failed: {oom[0]}",
                    "use more devices (min_nodes), a lower --max-batch, or a smaller context")  # fmt: skip
     if f.machine_total and f.machine_available < LOW_MEMORY_FRACTION * f.machine_total:
         return Row("memory", "fail", f"{_gib(f.machine_available)} of {_gib(f.machine_total)} free on this machine",
@@ -164,7 +164,7 @@ def check_model_loading(f: Facts) -> Row:
                    "pass --api-key (or EXO_API_KEY) when the gateway requires one")  # fmt: skip
     failures = _runner_failures(f)
     if failures:
-        return Row("model loading", "fail", f"a runner failed: {failures[0][:300]}",
+        return Row("model loading", "fail", f"a runner failed: {failures[0]}",
                    "see the runner's log in <state-dir>/logs; the worker restarts it with backoff")  # fmt: skip
     waiting = [w for w in f.waiting]
     if waiting:
@@ -180,8 +180,12 @@ def check_model_loading(f: Facts) -> Row:
 
 def _runner_failures(f: Facts) -> list[str]:
     """Each failed runner's reason: the first line of its detail (the rest is its log's tail, in GET /instances)."""
-    return [(r.get("detail") or "failed").splitlines()[0] for i in f.instances for r in i.get("runners", [])
+    return [_short((r.get("detail") or "failed").splitlines()[0]) for i in f.instances for r in i.get("runners", [])
             if r and r.get("phase") == "failed"]  # fmt: skip
+
+
+def _short(line: str, limit: int = 120) -> str:
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _gib(n: int) -> str:
