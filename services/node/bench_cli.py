@@ -206,6 +206,13 @@ def load_inputs(args: argparse.Namespace) -> tuple[list[Case], list[dict] | None
     return cases(config), baseline
 
 
+def delete_placed(gw: Gateway, iid: str) -> None:
+    try:
+        gw.call("DELETE", f"/instances/{iid}")
+    except RuntimeError as exc:
+        print(f"exo bench: could not delete instance {iid} it placed: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
@@ -238,8 +245,10 @@ def main(argv: list[str]) -> int:
         for case in todo:
             todo_case[0] = case
             row: dict[str, Any] = {"case": case.key()} | msgspec.to_builtins(case)
+            where = (case.model, case.strategy, case.backend, case.nodes)
+            for done_with in [w for w in placed if w != where]:  # cases come grouped by placement: free its memory
+                delete_placed(gw, placed.pop(done_with))
             try:
-                where = (case.model, case.strategy, case.backend, case.nodes)
                 iid, ours = ensure_instance(gw, case)
                 if ours:
                     placed[where] = iid
@@ -252,10 +261,7 @@ def main(argv: list[str]) -> int:
             rows.append(row)
     finally:
         for iid in placed.values():
-            try:
-                gw.call("DELETE", f"/instances/{iid}")
-            except RuntimeError as exc:
-                print(f"exo bench: could not delete instance {iid} it placed: {exc}", file=sys.stderr)
+            delete_placed(gw, iid)
         if show:
             print("\r" + " " * 100 + "\r", end="", file=sys.stderr)
     result: dict[str, Any] = {"url": args.url, "finished_at": time.time(), "rows": rows}

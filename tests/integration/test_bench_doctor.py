@@ -22,6 +22,7 @@ models: [smollm2-135m]
 placements:
   - {nodes: 1}
   - {backend: jaccl, nodes: 2}   # refused here (no RDMA): the row says why
+  - {strategy: tensor, nodes: 1} # no such instance yet: placed, measured, deleted
 prompt_tokens: [8]
 max_tokens: [4]
 concurrency: [1, 2]
@@ -48,8 +49,9 @@ def test_bench_measures_each_case_and_explains_a_refused_placement(node: Node, t
     assert run.returncode == 1, run.stderr  # the refused case is an error row
     result = json.loads(run.stdout)
     rows = {r["case"]: r for r in result["rows"]}
+    placed = "smollm2-135m/tensor/auto/1n/p8/g4/c1"
     assert list(rows) == [key, "smollm2-135m/auto/auto/1n/p8/g4/c2", "smollm2-135m/auto/jaccl/2n/p8/g4/c1",
-                          "smollm2-135m/auto/jaccl/2n/p8/g4/c2"]  # fmt: skip
+                          "smollm2-135m/auto/jaccl/2n/p8/g4/c2", placed, "smollm2-135m/tensor/auto/1n/p8/g4/c2"]  # fmt: skip
     node_id = (node.state_dir / "node_id").read_text().strip()
     for measured in (rows[key], rows["smollm2-135m/auto/auto/1n/p8/g4/c2"]):
         assert measured["errors"] == 0 and measured["requests"] == measured["concurrency"]
@@ -58,6 +60,8 @@ def test_bench_measures_each_case_and_explains_a_refused_placement(node: Node, t
         assert measured["itl_p50_ms"] is None or measured["itl_p99_ms"] >= measured["itl_p50_ms"]
         assert measured["peak_memory"][node_id] > 0
         assert measured["instance"] == before[0]["instance_id"]  # the ready instance that matches is used
+    assert rows[placed]["errors"] == 0 and rows[placed]["ttft_ms"] > 0
+    assert rows[placed]["instance"] not in {i["instance_id"] for i in before}  # placed for the bench
     refused = rows["smollm2-135m/auto/jaccl/2n/p8/g4/c1"]
     assert "jaccl needs RDMA" in refused["error"] and "409" in refused["error"]
     assert result["ratios"][key]["decode_tps"] < 1e-3 and result["ratios"][key]["ttft_ms"] > 1e3
