@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import structlog
 
@@ -12,24 +13,32 @@ from shared.commands import CommandReply, PlaceInstance, encode
 
 log = structlog.get_logger()
 
+Backend = Literal["auto", "ring", "jaccl"]  # as in PlaceInstance.backend
+
 PLACE_DEADLINE_S = 120.0
 
 
-async def place_at_start(nats_url: str, model_id: str, stop: asyncio.Event) -> CommandReply | None:
+async def place_at_start(
+    nats_url: str, model_id: str, stop: asyncio.Event, backend: Backend = "auto"
+) -> CommandReply | None:
     nc = await connect(nats_url, "exo-node-bootstrap")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PLACE_DEADLINE_S
     reply = None
-    payload = encode(PlaceInstance(model_id, if_absent=True))
+    payload = encode(PlaceInstance(model_id, backend=backend, if_absent=True))
     try:
         while not stop.is_set() and loop.time() < deadline:
             answer = await send_command(nc, subjects.CMD_PLACE_INSTANCE, payload, attempts=3)
+            if answer is not None and not answer.ok and (reply is None or reply.error != answer.error):
+                # said at once (and again when it changes): a refusal such as "jaccl needs RDMA" may never lift
+                log.warning("placement at start refused; trying again", model=model_id, backend=backend,
+                            reason=answer.error)  # fmt: skip
             reply = answer or reply  # None: the master is still starting
             if answer is not None and answer.ok:
                 log.info("model placed", model=model_id, instance=answer.instance_id)
                 return answer
             await asyncio.sleep(1.0)  # e.g. this node's facts have not reached the master yet
-        log.error("could not place the model at start", model=model_id, reason=reply.error if reply else "no master")
+        log.error("could not place the model at start", model=model_id, backend=backend, reason=reply.error if reply else "no master")
         return reply
     finally:
         await nc.close()

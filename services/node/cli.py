@@ -1,6 +1,7 @@
 """`exo`: one command starts a whole node (embedded nats-server, discovery, master, worker, gateway).
 
-`exo service NAME` runs one service alone (what launchd runs); `exo bench` runs the benchmarks.
+`exo service NAME` runs one service alone (what launchd runs); `exo bench --config FILE.yaml` measures a running
+node (bench_cli.py); `exo doctor` checks it against the troubleshooting table (doctor_cli.py).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start (default {DEFAULT_MODEL}; known: "
                    + ", ".join(MODEL_CARDS) + ")")  # fmt: skip
     p.add_argument("--no-model", action="store_true", help="place no model at start")
+    p.add_argument("--backend", choices=["auto", "jaccl", "ring"], default="auto",
+                   help="backend of the instance placed at start: jaccl (RDMA), ring (TCP) or auto (jaccl where"
+                   " every node has RDMA)")  # fmt: skip
     p.add_argument("--port", type=port_number, default=DEFAULT_API_PORT, help="OpenAI API port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="API bind address (default loopback)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
@@ -112,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
         from services.node.log_cli import main as log_main
 
         raise SystemExit(log_main(argv))
+    if argv[:1] in (["bench"], ["doctor"]):  # their own modules: services/node/bench_cli.py, doctor_cli.py
+        import importlib
+
+        raise SystemExit(importlib.import_module(f"services.node.{argv[0]}_cli").main(argv[1:]))
     if argv[:1] == ["launchd"]:
         write_launchd(argv[1:])
         return
@@ -266,7 +274,7 @@ async def run_node(args: argparse.Namespace, state_dir: Path, given: str | None)
                 own = {API_KEY_ENV: args.api_key} if service == "gateway" and args.api_key else {}
                 await supervisor.start(ChildSpec(service, [sys.executable, "-m", f"services.{service}"], env | own))
         log.info("node started", node=node_id, nats=redact(nats_url), api=None if args.no_gateway else f"http://{args.host}:{args.port}/v1")
-        place = None if args.no_model else asyncio.create_task(place_at_start(nats_url, args.model, stop))
+        place = None if args.no_model else asyncio.create_task(place_at_start(nats_url, args.model, stop, args.backend))
         if bus is not None and not args.no_discovery:
             tasks.append(asyncio.create_task(follow_peers(bus, supervisor, state_dir, started, args, nats_url, stop, place)))
         await stop.wait()
@@ -290,7 +298,7 @@ async def follow_peers(
             await supervisor.restart_all(
                 bus_ready=lambda: asyncio.to_thread(wait_for_port, "127.0.0.1", args.nats_port, 15.0))
             if not args.no_model:  # the cluster's log does not know this node's model yet
-                place = asyncio.create_task(place_at_start(nats_url, args.model, stop))
+                place = asyncio.create_task(place_at_start(nats_url, args.model, stop, args.backend))
 
 
 def check_bus_ports(args: argparse.Namespace) -> None:
