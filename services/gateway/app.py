@@ -14,8 +14,10 @@ from shared.bus import StateFollower, connect, disconnect
 from shared.process_lifetime import register
 
 from services.gateway import completions, health, instances
+from services.gateway.adapters import anthropic, ollama, responses
+from services.gateway.adapters.error_shapes import error_handler, http_error_handler
 from services.gateway.api_key import require_api_key
-from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
+from services.gateway.errors import OpenAIError, validation_error_handler
 from services.gateway.generation_client import GenerationClient
 from services.gateway.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimit, ErrorsAsJSON
 from services.gateway.openai_schema import ChatCompletionRequest, CompletionRequest
@@ -62,8 +64,9 @@ def create_app(
             on_stopped()
 
     app = FastAPI(title="exo-distributed gateway", lifespan=lifespan)
-    app.add_exception_handler(OpenAIError, openai_error_handler)
-    app.add_exception_handler(HTTPException, http_exception_handler)
+    # errors in the shape of the API asked (OpenAI's, Anthropic's under /v1/messages, Ollama's under /api/)
+    app.add_exception_handler(OpenAIError, error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     # added last = outermost: the size limit answers before anything reads the body
     app.add_middleware(ErrorsAsJSON)
@@ -71,6 +74,10 @@ def create_app(
     guarded = [require_api_key(api_key)] if api_key else []
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(instances.router, dependencies=guarded)
+    # Other vendors' APIs, documented by their vendors (and in the README): not in our /openapi.json, whose
+    # errors are all OpenAI-shaped
+    for adapter in (anthropic, responses, ollama):
+        app.include_router(adapter.router, dependencies=guarded, include_in_schema=False)
     app.include_router(health.router)
     describe(app, [ChatCompletionRequest, CompletionRequest, instances.CreateInstance])
     return app
