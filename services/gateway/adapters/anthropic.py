@@ -65,7 +65,8 @@ def translate(body: MessagesRequest, count_only: bool = False) -> tuple[Sampling
         raise bad_request("messages: at least one message is required", param="messages")
     if body.top_k is not None:
         raise bad_request("top_k is not supported", param="top_k")
-    messages = [ChatMessage("system", _text(body.system, "system"))] if body.system else []
+    system = _text(body.system, "system") if body.system is not None else ""
+    messages = [ChatMessage("system", system)] if system else []  # empty: none, so the template's default applies
     messages += [ChatMessage(m.role, _text(m.content, f"messages.{i}.content")) for i, m in enumerate(body.messages)]
     fields = SamplingFields(
         model=body.model, max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
