@@ -152,3 +152,25 @@ def test_ollama_done_record_counts_and_nanoseconds():
     assert (done["total_duration"], done["prompt_eval_duration"], done["eval_duration"]) == (10**9, 250_000_000, 750_000_000)
     assert ol.piece("m", "Hi", chat=True)["message"] == {"role": "assistant", "content": "Hi"}
     assert ol.piece("m", "Hi", chat=False)["response"] == "Hi"
+
+
+def test_the_api_key_and_the_errors_of_each_api_on_the_real_app():
+    """The app as served, without its bus (no lifespan): the key check and the body checks come before any
+    generation, so these answers need no cluster."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+
+    client = TestClient(create_app("nats://127.0.0.1:1", "node-test", api_key="k"))
+    no_key = client.post("/v1/messages", json={})
+    assert no_key.status_code == 401 and no_key.json()["error"]["type"] == "authentication_error"
+    keyed = client.post("/v1/messages", headers={"x-api-key": "k"},
+                        json={"model": "m", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert keyed.status_code == 400 and keyed.json() == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "max_tokens: Field required"}}  # fmt: skip
+    ollama = client.post("/api/chat", headers={"Authorization": "Bearer k"}, json={"model": "m", "options": {"mirostat": 1}})
+    assert ollama.status_code == 400 and "mirostat" in ollama.json()["error"]
+    assert client.get("/api/version", headers={"x-api-key": "k"}).json() == {"version": ol.OLLAMA_API_VERSION}
+    assert client.get("/api/nothing-here", headers={"x-api-key": "k"}).json().keys() == {"error"}
+    responses = client.post("/v1/responses", headers={"x-api-key": "k"}, json={"model": "m", "input": ""})
+    assert responses.status_code == 400 and responses.json()["error"]["param"] == "input"
