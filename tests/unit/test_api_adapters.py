@@ -50,6 +50,10 @@ def test_anthropic_refuses_what_it_does_not_support_by_name():
     image = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]}
     with pytest.raises(OpenAIError, match="image"):
         an.translate(decode(an.MessagesRequest, image))
+    tools = {"model": "m", "max_tokens": 5, "tools": [{"name": "f", "input_schema": {}}],
+             "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
+    with pytest.raises(OpenAIError, match="tools"):
+        an.translate(decode(an.MessagesRequest, tools))
     with pytest.raises(OpenAIError, match="top_k"):
         an.translate(decode(an.MessagesRequest, {"model": "m", "max_tokens": 5, "top_k": 3,
                                                   "messages": [{"role": "user", "content": "x"}]}))  # fmt: skip
@@ -103,7 +107,8 @@ def test_responses_input_string_or_items_and_instructions():
     ]}  # fmt: skip
     assert rs.translate(decode(rs.ResponsesRequest, items))[1] == (ChatMessage("system", "Sys"), ChatMessage("user", "AB"))
     for bad in ({"model": "m", "input": ""}, {"model": "m", "input": "x", "previous_response_id": "resp_1"},
-                {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]}):  # fmt: skip
+                {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+                {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}]}):  # fmt: skip
         with pytest.raises(OpenAIError):
             rs.translate(decode(rs.ResponsesRequest, bad))
 
@@ -170,6 +175,9 @@ def test_the_api_key_and_the_errors_of_each_api_on_the_real_app():
         "type": "invalid_request_error", "message": "max_tokens: Field required"}}  # fmt: skip
     ollama = client.post("/api/chat", headers={"Authorization": "Bearer k"}, json={"model": "m", "options": {"mirostat": 1}})
     assert ollama.status_code == 400 and "mirostat" in ollama.json()["error"]
+    tools = client.post("/api/chat", headers={"x-api-key": "k"}, json={"model": "m", "tools": [{"type": "function"}],
+                                                                       "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert tools.status_code == 400 and "tools" in tools.json()["error"]
     assert client.get("/api/version", headers={"x-api-key": "k"}).json() == {"version": ol.OLLAMA_API_VERSION}
     assert client.get("/api/nothing-here", headers={"x-api-key": "k"}).json().keys() == {"error"}
     responses = client.post("/v1/responses", headers={"x-api-key": "k"}, json={"model": "m", "input": ""})

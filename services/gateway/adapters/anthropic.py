@@ -46,6 +46,8 @@ class MessagesRequest(msgspec.Struct):
     top_k: int | None = None
     stream: bool = False
     metadata: dict | None = None
+    tools: list[dict] | None = None  # refused for now: never silently ignored (see translate)
+    tool_choice: dict | None = None
 
 
 def _text(content: str | list[Block], where: str) -> str:
@@ -65,6 +67,9 @@ def translate(body: MessagesRequest, count_only: bool = False) -> tuple[Sampling
         raise bad_request("messages: at least one message is required", param="messages")
     if body.top_k is not None:
         raise bad_request("top_k is not supported", param="top_k")
+    for name in ("tools", "tool_choice"):
+        if getattr(body, name):
+            raise bad_request(f"{name} is not supported yet", param=name)
     system = _text(body.system, "system") if body.system is not None else ""
     messages = [ChatMessage("system", system)] if system else []  # empty: none, so the template's default applies
     messages += [ChatMessage(m.role, _text(m.content, f"messages.{i}.content")) for i, m in enumerate(body.messages)]

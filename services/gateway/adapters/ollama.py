@@ -56,6 +56,7 @@ class ChatRequest(msgspec.Struct):
     options: Options | None = None
     format: str | dict | None = None
     keep_alive: str | int | None = None
+    tools: list[dict] | None = None  # refused for now: never silently ignored
 
 
 class GenerateBody(msgspec.Struct):
@@ -206,6 +207,8 @@ async def _serve(request: Request, fields: SamplingFields, stream: bool, chat: b
 @router.post("/api/chat")
 async def chat(request: Request):  # noqa: ANN201
     body = decode(await request.body(), ChatRequest)
+    if body.tools:
+        raise bad_request("tools are not supported yet", param="tools")
     fields = sampling_fields(body.model, body.options, body.format)
     return await _serve(request, fields, body.stream, chat=True, messages=chat_messages(body.messages))
 

@@ -47,6 +47,8 @@ class ResponsesRequest(msgspec.Struct):
     store: bool | None = None
     previous_response_id: str | None = None
     metadata: dict | None = None
+    tools: list[dict] | None = None  # refused for now: never silently ignored (see translate)
+    tool_choice: str | dict | None = None
 
 
 TEXT_PARTS = ("input_text", "output_text", "text")
@@ -66,6 +68,9 @@ def _item_message(i: int, item: Item) -> ChatMessage:
 def translate(body: ResponsesRequest) -> tuple[SamplingFields, tuple[ChatMessage, ...]]:
     if body.previous_response_id is not None:
         raise bad_request("previous_response_id is not supported: responses are not stored", param="previous_response_id")
+    for name in ("tools", "tool_choice"):
+        if getattr(body, name):
+            raise bad_request(f"{name} is not supported yet", param=name)
     if isinstance(body.input, str):
         turns = [ChatMessage("user", body.input)] if body.input else []
     else:
