@@ -52,7 +52,7 @@ OPERATOR_COMMANDS = (subjects.CMD_PLACE_INSTANCE, subjects.CMD_DELETE_INSTANCE, 
                      subjects.INFERENCES_QUERY)  # fmt: skip
 # The gateway records each finished request in the inference log's stream (the leader writes it into DuckLake).
 RECORD_INFERENCES = (subjects.INFERENCES_SUBJECT,)
-RUNNER_REQUESTS = (subjects.runner_generate("*"), subjects.runner_cancel("*"))
+RUNNER_REQUESTS = (subjects.runner_generate("*"), subjects.runner_cancel("*"), subjects.runner_count("*"))
 NODE_ENDPOINTS = ("exo.node.*.>",)
 UPLOADS = (f"{subjects.UPLOAD_PREFIX}.>",)  # the gateway serves a big request's pieces; runners fetch them
 READ_LEASE = (f"$JS.API.STREAM.INFO.KV_{LEADER_BUCKET}", f"$JS.API.DIRECT.GET.KV_{LEADER_BUCKET}.>",

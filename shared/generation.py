@@ -89,6 +89,13 @@ class TokenChunk(msgspec.Struct, frozen=True):
     error: str | None = None
     cached_tokens: int = 0
     finished: FinishedRequest | None = None  # on the last chunk of every request, whatever its end
+    stop_sequence: str | None = None  # the stop string that ended it, when one did (Anthropic reports it)
+
+
+class TokenCount(msgspec.Struct, frozen=True):
+    """A runner's answer on runner_count: the prompt's tokens, as its admission would count them."""
+
+    prompt_tokens: int
 
 
 class CancelGeneration(msgspec.Struct, frozen=True):

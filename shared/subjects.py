@@ -43,6 +43,7 @@ SERVICE_INFERENCES = "exo-inferences"  # the leader's inference log: read-only q
 RUNNER_PREFIX = "exo.runner"
 RUNNER_GENERATE = "generate"
 RUNNER_CANCEL = "cancel"
+RUNNER_COUNT = "count"  # tokenize a request without generating (Anthropic count_tokens)
 RUNNER_QUEUE = "rank0"
 TOKENS_PREFIX = "exo.tokens"
 UPLOAD_PREFIX = "exo.upload"  # the gateway serves the pieces of a request too large for one message here
@@ -66,6 +67,10 @@ def runner_generate(instance_id: str) -> str:
 
 def runner_cancel(instance_id: str) -> str:
     return f"{runner_group(instance_id)}.{RUNNER_CANCEL}"
+
+
+def runner_count(instance_id: str) -> str:
+    return f"{runner_group(instance_id)}.{RUNNER_COUNT}"
 
 
 def tokens(request_id: str) -> str:

@@ -18,12 +18,14 @@ from shared.process_lifetime import register
 from shared.state import ClusterState
 
 from services.gateway import completions, health, inferences_api, instances, metrics
+from services.gateway.adapters import anthropic, ollama, responses
+from services.gateway.adapters.error_shapes import error_handler, http_error_handler
 from services.gateway.api_key import require_api_key
 from services.gateway.dashboard import routes as dashboard
 from services.gateway.dashboard.live_facts import LiveFacts
 from services.gateway.dashboard.meter import Meter
 from services.gateway.dashboard.shutdown import end_feeds_on_termination
-from services.gateway.errors import OpenAIError, http_exception_handler, openai_error_handler, validation_error_handler
+from services.gateway.errors import OpenAIError, validation_error_handler
 from services.gateway.generation_client import GenerationClient
 from services.gateway.inference_recorder import InferenceRecorder
 from services.gateway.metrics import CountResponses, GatewayMetrics
@@ -85,8 +87,9 @@ def create_app(
             on_stopped()
 
     app = FastAPI(title="exo-distributed gateway", lifespan=lifespan)
-    app.add_exception_handler(OpenAIError, openai_error_handler)
-    app.add_exception_handler(HTTPException, http_exception_handler)
+    # errors in the shape of the API asked (OpenAI's, Anthropic's under /v1/messages, Ollama's under /api/)
+    app.add_exception_handler(OpenAIError, error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     # added last = outermost: the size limit answers before anything reads the body; every answer is counted
     app.add_middleware(ErrorsAsJSON)
@@ -97,6 +100,10 @@ def create_app(
     app.include_router(instances.router, dependencies=guarded)
     app.include_router(inferences_api.router, dependencies=guarded)
     app.include_router(metrics.router)  # like /health: counts and names, no prompts; scrapers need no key
+    # Other vendors' APIs, documented by their vendors (and in the README): not in our /openapi.json, whose
+    # errors are all OpenAI-shaped
+    for adapter in (anthropic, responses, ollama):
+        app.include_router(adapter.router, dependencies=guarded, include_in_schema=False)
     app.include_router(health.router)
     app.include_router(dashboard.page)
     app.include_router(dashboard.feed, dependencies=guarded)

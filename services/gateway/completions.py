@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from shared.generation import GenerateRequest, TokenChunk
 from shared.ids import new_request_id
-from shared.models import UnknownModel, get_card
 
 from services.gateway.completion_output import ChatShape, TextShape, log_finished, sse_events, usage_of
-from services.gateway.errors import bad_request, model_not_found
-from services.gateway.generation_client import Submitted
+from services.gateway.errors import bad_request
+from services.gateway.generate import gather, start_generation
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
@@ -23,11 +19,9 @@ from services.gateway.openai_schema import (
     decode_body,
     openai_finish_reason,
 )
-from services.gateway.routing import pick_instance
 
 router = APIRouter()
 
-DISCONNECT_POLL_S = 0.5
 GENERATION_ERRORS = error_responses(400, 404, 429, 503)
 
 
@@ -38,7 +32,7 @@ async def chat_completions(request: Request):  # noqa: ANN201
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
     messages = tuple(m.as_chat_message() for m in body.messages)
-    return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, messages=messages), chat=True)
+    return await _serve(request, body, chat=True, messages=messages)
 
 
 @router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_ERRORS)
@@ -51,22 +45,13 @@ async def completions(request: Request):  # noqa: ANN201
         prompt = body.prompt[0]
     else:
         prompt = body.prompt
-    return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, prompt=prompt), chat=False)
+    return await _serve(request, body, chat=False, prompt=prompt)
 
 
-async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # noqa: ANN001, ANN202
-    gateway = request.app.state.gateway
-    try:
-        card = get_card(body.model)
-    except UnknownModel:
-        raise model_not_found(body.model) from None
-    sampling = body.sampling(card.context_length)
-    instance_id = pick_instance(gateway.follower.state, body.model, gateway.client.next_turn())
+async def _serve(request: Request, body: SamplingFields, chat: bool, **what):  # noqa: ANN003, ANN202
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
-    # accepted, or the OpenAI error (429, 400, 503) raised here, before any byte of a stream is sent; the recorder
-    # measures it for /metrics and the inference log, however it ends
-    generate = build(rid, sampling)
-    generation = await gateway.recorder.submit(gateway.client, instance_id, generate, body.stream)
+    # accepted, or the OpenAI error (404, 429, 400, 503) raised here, before any byte of a stream is sent
+    generation = await start_generation(request, rid, body, api="chat.completions" if chat else "completions", **what)
     shape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
     if body.stream:
         return StreamingResponse(
@@ -74,27 +59,11 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
             headers={"Cache-Control": "no-cache"}, background=BackgroundTask(generation.aclose),
         )  # fmt: skip
     try:
-        return await _collect(request, generation, shape)
+        gathered = await gather(request, generation)
     finally:
         await generation.aclose()
-
-
-async def _collect(request: Request, generation: Submitted, shape: ChatShape | TextShape):  # noqa: ANN202
-    async def gather() -> tuple[str, TokenChunk]:
-        parts, last = [], None
-        async for chunk in generation:
-            parts.append(chunk.text)
-            last = chunk
-        assert last is not None and last.finish_reason is not None
-        return "".join(parts), last
-
-    task = asyncio.create_task(gather())
-    while not task.done():
-        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()  # closing the generation (our caller) cancels it on the runner
-            await asyncio.gather(task, return_exceptions=True)
-            return JSONResponse({}, status_code=499)
-    text, last = task.result()
+    if gathered is None:
+        return JSONResponse({}, status_code=499)
+    text, last = gathered
     log_finished(last)
     return shape.whole(text, openai_finish_reason(last.finish_reason) or "stop", usage_of(last))

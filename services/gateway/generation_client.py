@@ -23,6 +23,7 @@ from shared.generation import (
     GenerateReply,
     GenerateRequest,
     TokenChunk,
+    TokenCount,
 )
 from shared.ids import InstanceId
 from shared.state import ClusterState
@@ -162,6 +163,19 @@ class GenerationClient:
         if isinstance(reply, GenerateRejected):
             raise _rejection_error(reply)
         return reply
+
+    async def count(self, instance_id: InstanceId, request: GenerateRequest) -> int:
+        """The prompt tokens of a request, counted by a runner of the instance (it owns the tokenizer and the
+        chat template); nothing is generated and no slot is taken."""
+        try:
+            msg = await self.nc.request(subjects.runner_count(instance_id), msgspec.json.encode(request), SUBMIT_TIMEOUT_S)
+        except NoRespondersError:
+            raise unavailable(f"instance {instance_id} has no runner answering; it may be restarting") from None
+        except NatsTimeout:
+            raise unavailable(f"instance {instance_id} did not answer within {SUBMIT_TIMEOUT_S:.0f} s") from None
+        if msg.headers and ERROR_HEADER in msg.headers:
+            raise bad_request(f"the runner refused the request: {msg.headers[ERROR_HEADER]}")
+        return msgspec.json.decode(msg.data, type=TokenCount).prompt_tokens
 
     async def _forget(self, instance_id: InstanceId, listener: _Listener, sub) -> None:  # noqa: ANN001
         self._listeners[instance_id].discard(listener)

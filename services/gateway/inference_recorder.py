@@ -74,7 +74,7 @@ def api_of(request: GenerateRequest) -> str:
 
 def build_record(
     request: GenerateRequest, instance_id: InstanceId, obs: Observation, ended: float, ended_wall: float,
-    status: int, error: str | None, stream: bool, instance_shape: tuple[int, str | None],
+    status: int, error: str | None, stream: bool, instance_shape: tuple[int, str | None], api: str | None = None,
 ) -> InferenceRecord:  # fmt: skip
     """The record of one request: the runner's account (the last chunk's FinishedRequest) where it came,
     the gateway's own measurements where it did not (a refusal, an error, a client gone)."""
@@ -84,7 +84,7 @@ def build_record(
         finish_reason: str | None = finished.finish_reason
         ttft_ms = None if finished.time_to_first_token_s is None else finished.time_to_first_token_s * 1000
         return InferenceRecord(
-            id=request.request_id, timestamp=ended_wall, api=api_of(request), model=request.model_id,
+            id=request.request_id, timestamp=ended_wall, api=api or api_of(request), model=request.model_id,
             instance=instance_id, status=status, finish_reason=finish_reason, error=error,
             prompt_tokens=finished.prompt_tokens, cached_tokens=finished.cached_tokens,
             completion_tokens=finished.completion_tokens, latency_ms=(ended - obs.started) * 1000,
@@ -103,7 +103,7 @@ def build_record(
         span = obs.last_token_at - obs.first_token_at
         decode_tps = (obs.completion_tokens - 1) / span if span > 0 else None
     return InferenceRecord(
-        id=request.request_id, timestamp=ended_wall, api=api_of(request), model=request.model_id,
+        id=request.request_id, timestamp=ended_wall, api=api or api_of(request), model=request.model_id,
         instance=instance_id, status=status, finish_reason=finish_reason, error=error,
         prompt_tokens=obs.prompt_tokens, cached_tokens=obs.last.cached_tokens if obs.last else 0,
         completion_tokens=obs.completion_tokens, latency_ms=(ended - obs.started) * 1000,
@@ -132,7 +132,7 @@ class InferenceRecorder:
         self._publishing: set[asyncio.Task] = set()
 
     async def submit(
-        self, client: GenerationClient, instance_id: InstanceId, request: GenerateRequest, stream: bool
+        self, client: GenerationClient, instance_id: InstanceId, request: GenerateRequest, stream: bool, api: str
     ) -> ObservedGeneration:
         """Submit through `client`; a refusal is recorded and raised, an accepted request is observed until it
         is closed."""
@@ -143,9 +143,9 @@ class InferenceRecorder:
         try:
             generation = await client.submit(instance_id, request)
         except BaseException as exc:
-            self.end(obs, request, instance_id, stream, exc)
+            self.end(obs, request, instance_id, stream, api, exc)
             raise
-        return ObservedGeneration(self, generation, obs, request, stream)
+        return ObservedGeneration(self, generation, obs, request, stream, api)
 
     def see(self, obs: Observation, model: str, chunk: TokenChunk) -> None:
         ttft, gap, new_tokens = obs.see(chunk, time.monotonic())
@@ -160,7 +160,7 @@ class InferenceRecorder:
                 self.metrics.inter_token.labels(model).observe(gap / new_tokens)
 
     def end(
-        self, obs: Observation, request: GenerateRequest, instance_id: InstanceId, stream: bool,
+        self, obs: Observation, request: GenerateRequest, instance_id: InstanceId, stream: bool, api: str,
         ended_with: BaseException | None,
     ) -> None:
         """The request is over, however it ended: count it and publish its record."""
@@ -170,7 +170,7 @@ class InferenceRecorder:
             self.metrics.waiting.dec()
         status, error = status_of(ended_with)
         record = build_record(request, instance_id, obs, time.monotonic(), time.time(), status, error, stream,
-                              self._instance_shape(instance_id))  # fmt: skip
+                              self._instance_shape(instance_id), api)  # fmt: skip
         self.metrics.finished(record)
         self.publish(record)
 
@@ -209,10 +209,10 @@ class ObservedGeneration:
     the request recorded once at its close (a close before the last chunk: the client went away)."""
 
     def __init__(self, recorder: InferenceRecorder, generation: Generation, obs: Observation,
-                 request: GenerateRequest, stream: bool) -> None:  # fmt: skip
+                 request: GenerateRequest, stream: bool, api: str) -> None:  # fmt: skip
         self.accepted = generation.accepted
         self._recorder, self._inner, self._obs = recorder, generation, obs
-        self._request, self._stream = request, stream
+        self._request, self._stream, self._api = request, stream, api
         self._ended_with: BaseException | None = None
         self._recorded = False
 
@@ -235,4 +235,4 @@ class ObservedGeneration:
                 ended_with = self._ended_with
                 if ended_with is None and (last is None or last.finish_reason is None):
                     ended_with = asyncio.CancelledError()  # closed before its end: the client went away
-                self._recorder.end(self._obs, self._request, self._inner.instance_id, self._stream, ended_with)
+                self._recorder.end(self._obs, self._request, self._inner.instance_id, self._stream, self._api, ended_with)

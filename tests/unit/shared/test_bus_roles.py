@@ -56,6 +56,7 @@ def test_each_role_has_what_its_service_does() -> None:
     assert may_publish("worker", subjects.CMD_REPORT_RUNNER) and not may_publish("worker", subjects.CMD_PLACE_INSTANCE)
     assert may_publish("discovery", subjects.facts("node-a")) and not may_publish("gateway", subjects.facts("node-a"))
     assert may_subscribe("gateway", subjects.facts("node-a")) and not may_publish("gateway", subjects.facts("node-a"))
+    assert may_publish("gateway", subjects.runner_count("inst-1")) and may_subscribe("worker", subjects.runner_count("i"))
     # the inference log: the gateway records, the operator (exo sql) and the gateway ask the leader; only masters write
     assert may_publish("gateway", subjects.INFERENCES_SUBJECT) and not may_publish("worker", subjects.INFERENCES_SUBJECT)
     assert may_publish("operator", subjects.INFERENCES_QUERY) and not may_subscribe("gateway", subjects.INFERENCES_QUERY)

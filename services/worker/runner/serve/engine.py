@@ -31,6 +31,7 @@ class Step(msgspec.Struct, frozen=True):
     completion_tokens: int
     finish_reason: str | None  # "stop" | "length" | "cancelled" | "error" | None
     error: str | None = None  # why this request failed (finish_reason "error"); the batch goes on without it
+    stop_sequence: str | None = None  # the stop string that ended the request, when one did
 
 
 class Active:
@@ -184,7 +185,7 @@ class Engine:
         if finish is not None:
             self.active.pop(response.uid, None)
             self.uids.pop(active.request_id, None)
-        return Step(active.request_id, text, active.tokens, finish)
+        return Step(active.request_id, text, active.tokens, finish, stop_sequence=active.stops.hit if finish else None)
 
     def _remember(self, tokens: list[int] | None, cache: list | None) -> None:
         if tokens and cache:

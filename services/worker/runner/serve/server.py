@@ -26,6 +26,7 @@ from shared.generation import (
     SamplingParams,
     UPLOAD_HEADER,
     TokenChunk,
+    TokenCount,
 )
 from shared.process_lifetime import register
 
@@ -142,6 +143,7 @@ class RunnerServer:
         service = await register(self.nc, subjects.SERVICE_RUNNER, self.args.node_id, f"generation of instance {iid}")
         group = service.add_group(name=subjects.runner_group(iid), queue_group=subjects.RUNNER_QUEUE)
         await group.add_endpoint(name=subjects.RUNNER_GENERATE, handler=self._on_generate)
+        await group.add_endpoint(name=subjects.RUNNER_COUNT, handler=self._on_count)
         # Every runner of the instance hears a cancel (the one that holds the request acts): a queue of its own.
         own_queue = f"{subjects.RUNNER_QUEUE}-{secrets.token_hex(4)}"
         await group.add_endpoint(name=subjects.RUNNER_CANCEL, handler=self._on_cancel, queue_group=own_queue)
@@ -162,6 +164,14 @@ class RunnerServer:
         except msgspec.DecodeError as exc:
             raise ServiceError("400", f"unreadable request: {exc}") from None
         await req.respond(msgspec.json.encode(self._admit(request)))
+
+    async def _on_count(self, req: Request) -> None:
+        """The prompt's token count with the model's tokenizer and chat template; nothing is generated."""
+        try:
+            request = msgspec.json.decode(req.data, type=GenerateRequest)
+        except msgspec.DecodeError as exc:
+            raise ServiceError("400", f"unreadable request: {exc}") from None
+        await req.respond(msgspec.json.encode(TokenCount(len(self.engine.prompt_tokens(request)))))
 
     def _admit(self, request: GenerateRequest) -> GenerateAccepted | GenerateRejected:
         limits = Limits(self.args.context_length, self.max_admitted)
@@ -247,7 +257,7 @@ class RunnerServer:
         finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size, now)
         chunk = TokenChunk(
             step.request_id, stream.index, step.text, stream.completion_tokens, len(stream.prompt), reason,
-            error or step.error, stream.cached_tokens, finished,
+            error or step.error, stream.cached_tokens, finished, step.stop_sequence,
         )  # fmt: skip
         stream.index += 1
         await self.nc.publish(subjects.tokens(step.request_id), msgspec.json.encode(chunk))

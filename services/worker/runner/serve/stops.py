@@ -7,6 +7,7 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = tuple(s for s in stops if s)
         self._pending = ""
+        self.hit: str | None = None  # the stop string reached, once one is
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit now, whether a stop string was reached)."""
@@ -15,7 +16,7 @@ class StopMatcher:
         buffer = self._pending + text
         hits = [(buffer.find(s), s) for s in self.stops if s in buffer]
         if hits:
-            cut = min(pos for pos, _ in hits)
+            cut, self.hit = min(hits)
             self._pending = ""
             return buffer[:cut], True
         keep = self._longest_partial_suffix(buffer)

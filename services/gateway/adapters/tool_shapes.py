@@ -1,0 +1,79 @@
+"""Tools of the Anthropic and Responses APIs in Chat Completions' shape and back, on plain dicts. Pure.
+
+Not wired yet: the adapters answer 400 to `tools` until Chat Completions carries tools (another branch adds
+them with grammar-constrained decoding). Then each adapter passes its tools, tool choice and tool turns through
+these functions into the OpenAI fields, and the generated tool calls back out, and nothing else changes."""
+
+from __future__ import annotations
+
+import json
+
+
+def anthropic_tools(tools: list[dict]) -> list[dict]:
+    """Anthropic {name, description, input_schema} -> OpenAI {type: function, function: {name, description, parameters}}."""
+    return [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
+                                              "parameters": t.get("input_schema", {})}} for t in tools]  # fmt: skip
+
+
+def anthropic_tool_choice(choice: dict | None) -> str | dict | None:
+    kind = (choice or {}).get("type")
+    if kind is None:
+        return None
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice["name"]}}  # type: ignore[index]
+    return {"auto": "auto", "any": "required", "none": "none"}[kind]
+
+
+def anthropic_turn(role: str, blocks: list[dict]) -> list[dict]:
+    """One Anthropic message -> OpenAI messages: text and tool_use blocks make one message (tool_use as
+    tool_calls); each tool_result block is a `tool` message of its own."""
+    out: list[dict] = []
+    text = "".join(b.get("text", "") for b in blocks if b["type"] == "text")
+    calls = [{"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))}}
+             for b in blocks if b["type"] == "tool_use"]  # fmt: skip
+    for b in blocks:
+        if b["type"] == "tool_result":
+            content = b.get("content", "")
+            if isinstance(content, list):
+                content = "".join(c.get("text", "") for c in content if c.get("type") == "text")
+            out.append({"role": "tool", "tool_call_id": b["tool_use_id"], "content": content})
+    if text or calls:
+        out.append({"role": role, "content": text or None} | ({"tool_calls": calls} if calls else {}))
+    return out
+
+
+def anthropic_content(text: str, tool_calls: list[dict]) -> list[dict]:
+    """An answer (text, OpenAI tool_calls) as Anthropic content blocks."""
+    blocks = [{"type": "text", "text": text}] if text else []
+    return blocks + [{"type": "tool_use", "id": c["id"], "name": c["function"]["name"],
+                      "input": json.loads(c["function"]["arguments"] or "{}")} for c in tool_calls]  # fmt: skip
+
+
+def responses_tools(tools: list[dict]) -> list[dict]:
+    """Responses {type: function, name, description, parameters, strict} -> Chat Completions' nested shape."""
+    out = []
+    for t in tools:
+        if t.get("type") != "function":
+            raise ValueError(f"tools of type {t.get('type')!r} are not supported")
+        function = {k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def responses_items(items: list[dict]) -> list[dict]:
+    """function_call and function_call_output input items -> an assistant tool call and its `tool` message."""
+    out = []
+    for item in items:
+        if item.get("type") == "function_call":
+            call = {"id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item.get("arguments", "")}}  # fmt: skip
+            out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif item.get("type") == "function_call_output":
+            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": item.get("output", "")})
+    return out
+
+
+def responses_output(tool_calls: list[dict]) -> list[dict]:
+    """OpenAI tool_calls -> Responses output items."""
+    return [{"type": "function_call", "id": "fc_" + c["id"], "call_id": c["id"], "name": c["function"]["name"],
+             "arguments": c["function"]["arguments"], "status": "completed"} for c in tool_calls]  # fmt: skip

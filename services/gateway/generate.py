@@ -1,0 +1,75 @@
+"""The one way a request of any API becomes a generation: the model's card, the sampling parameters (checked in
+one place: openai_schema.SamplingFields), an instance, and the runner's accepted answer. Every API (Chat
+Completions, Anthropic Messages, Responses, Ollama) translates its request into these and its chunks out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+
+from shared.generation import ChatMessage, GenerateRequest, SamplingParams, TokenChunk
+from shared.ids import new_request_id
+from shared.models import UnknownModel, get_card
+
+from services.gateway.errors import model_not_found
+from services.gateway.generation_client import Submitted
+from services.gateway.openai_schema import SamplingFields
+from services.gateway.routing import pick_instance
+
+DISCONNECT_POLL_S = 0.5
+
+
+async def start_generation(
+    request: Request,
+    request_id: str,
+    fields: SamplingFields,
+    messages: tuple[ChatMessage, ...] | None = None,
+    prompt: str | None = None,
+    api: str = "chat.completions",
+) -> Submitted:
+    """Accepted, or an OpenAIError (404 unknown model, 400, 429, 503) raised before any byte is sent. The recorder
+    measures it for /metrics, the dashboard and the inference log (as `api`), however it ends."""
+    gateway = request.app.state.gateway
+    try:
+        card = get_card(fields.model)
+    except UnknownModel:
+        raise model_not_found(fields.model) from None
+    sampling = fields.sampling(card.context_length)
+    instance_id = pick_instance(gateway.follower.state, fields.model, gateway.client.next_turn())
+    generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt)
+    return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
+
+
+async def count_prompt_tokens(request: Request, model: str, messages: tuple[ChatMessage, ...]) -> int:
+    """The prompt's tokens as a generation of these messages would count them (a runner of the model tokenizes)."""
+    gateway = request.app.state.gateway
+    try:
+        get_card(model)
+    except UnknownModel:
+        raise model_not_found(model) from None
+    instance_id = pick_instance(gateway.follower.state, model, gateway.client.next_turn())
+    ask = GenerateRequest(new_request_id(), model, SamplingParams(max_tokens=None), messages=messages)
+    return await gateway.client.count(instance_id, ask)
+
+
+async def gather(request: Request, generation: Submitted) -> tuple[str, TokenChunk] | None:
+    """The whole text and the last chunk; None when the client went away first (the generation is then cancelled
+    by its closing, which is the caller's)."""
+
+    async def read() -> tuple[str, TokenChunk]:
+        parts, last = [], None
+        async for chunk in generation:
+            parts.append(chunk.text)
+            last = chunk
+        assert last is not None and last.finish_reason is not None
+        return "".join(parts), last
+
+    task = asyncio.create_task(read())
+    while not task.done():
+        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+    return task.result()

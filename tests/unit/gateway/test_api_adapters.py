@@ -1,0 +1,184 @@
+"""The pure translations of the Anthropic, Responses and Ollama adapters, on plain data."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from services.gateway.adapters import anthropic as an
+from services.gateway.adapters import ollama as ol
+from services.gateway.adapters import responses as rs
+from services.gateway.adapters.error_shapes import error_body
+from services.gateway.errors import OpenAIError, bad_request, model_not_found
+from services.worker.runner.serve.stops import StopMatcher
+from shared.generation import ChatMessage, FinishedRequest, TokenChunk
+
+
+def last(reason: str = "stop", stop: str | None = None, tokens: int = 5) -> TokenChunk:
+    finished = FinishedRequest(reason, None, 9, 0, tokens, 0.25, 1.0, 10.0, "pipeline", 1)  # type: ignore[arg-type]
+    return TokenChunk("r", 3, "", tokens, 9, reason, finished=finished, stop_sequence=stop)  # type: ignore[arg-type]
+
+
+def decode(type_: type, body: dict):  # noqa: ANN201
+    return msgspec.convert(body, type_)
+
+
+# --- Anthropic ---
+
+
+def test_anthropic_system_blocks_and_content_blocks_become_chat_messages():
+    body = decode(an.MessagesRequest, {
+        "model": "m", "max_tokens": 7, "system": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": "Yo"}],
+        "stop_sequences": ["\n\n"], "temperature": 0.5, "top_p": 0.9,
+    })  # fmt: skip
+    fields, messages = an.translate(body)
+    assert messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"), ChatMessage("assistant", "Yo"))
+    sampling = fields.sampling(8192)
+    assert (sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop) == (7, 0.5, 0.9, ("\n\n",))
+
+
+def test_anthropic_needs_max_tokens_but_count_tokens_does_not():
+    body = decode(an.MessagesRequest, {"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
+    with pytest.raises(OpenAIError) as caught:
+        an.translate(body)
+    assert caught.value.status == 400 and caught.value.param == "max_tokens"
+    assert an.translate(body, count_only=True)[1] == (ChatMessage("user", "Hi"),)
+
+
+def test_anthropic_refuses_what_it_does_not_support_by_name():
+    image = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]}
+    with pytest.raises(OpenAIError, match="image"):
+        an.translate(decode(an.MessagesRequest, image))
+    tools = {"model": "m", "max_tokens": 5, "tools": [{"name": "f", "input_schema": {}}],
+             "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
+    with pytest.raises(OpenAIError, match="tools"):
+        an.translate(decode(an.MessagesRequest, tools))
+    with pytest.raises(OpenAIError, match="top_k"):
+        an.translate(decode(an.MessagesRequest, {"model": "m", "max_tokens": 5, "top_k": 3,
+                                                  "messages": [{"role": "user", "content": "x"}]}))  # fmt: skip
+
+
+def test_anthropic_stop_reasons():
+    assert an.stop_reason(last("length")) == ("max_tokens", None)
+    assert an.stop_reason(last("stop", stop="END")) == ("stop_sequence", "END")
+    assert an.stop_reason(last("stop")) == ("end_turn", None)
+
+
+def test_anthropic_stream_events_in_order_with_usage():
+    names = [n for n, _ in an.opening_events("msg_1", "m", 9)] + [an.delta_event("Hi")[0]]
+    closing = an.closing_events(last("length"))
+    names += [n for n, _ in closing]
+    assert names == ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop"]  # fmt: skip
+    assert an.opening_events("msg_1", "m", 9)[0][1]["message"]["usage"] == {"input_tokens": 9, "output_tokens": 0}
+    assert closing[1][1]["delta"]["stop_reason"] == "max_tokens" and closing[1][1]["usage"] == {"output_tokens": 5}
+    whole = an.message("msg_1", "m", "Hi", last(), 9)
+    assert whole["content"] == [{"type": "text", "text": "Hi"}] and whole["usage"] == {"input_tokens": 9, "output_tokens": 5}
+
+
+def test_errors_take_the_shape_of_the_api_asked():
+    exc = model_not_found("x")
+    assert error_body("/v1/messages", exc) == {"type": "error", "error": {"type": "not_found_error", "message": exc.message}}
+    assert error_body("/v1/messages/count_tokens", bad_request("no"))["error"]["type"] == "invalid_request_error"
+    assert error_body("/api/chat", exc) == {"error": exc.message}
+    assert error_body("/v1/responses", exc) == exc.body()
+    assert error_body("/v1/messages", OpenAIError(429, "busy"))["error"]["type"] == "rate_limit_error"
+    assert error_body("/v1/messages", OpenAIError(502, "down", "server_error"))["error"]["type"] == "api_error"
+
+
+def test_the_stop_matcher_remembers_which_stop_string_it_reached():
+    matcher = StopMatcher(("END", "STOP"))
+    assert matcher.feed("abc ST") == ("abc ", False) and matcher.hit is None
+    assert matcher.feed("OP and END") == ("", True) and matcher.hit == "STOP"
+
+
+# --- Responses ---
+
+
+def test_responses_input_string_or_items_and_instructions():
+    body = decode(rs.ResponsesRequest, {"model": "m", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 4})
+    fields, messages = rs.translate(body)
+    assert messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"))
+    assert fields.sampling(8192).max_tokens == 4
+    items = {"model": "m", "input": [
+        {"type": "message", "role": "developer", "content": "Sys"},
+        {"role": "user", "content": [{"type": "input_text", "text": "A"}, {"type": "input_text", "text": "B"}]},
+    ]}  # fmt: skip
+    assert rs.translate(decode(rs.ResponsesRequest, items))[1] == (ChatMessage("system", "Sys"), ChatMessage("user", "AB"))
+    for bad in ({"model": "m", "input": ""}, {"model": "m", "input": "x", "previous_response_id": "resp_1"},
+                {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+                {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}]}):  # fmt: skip
+        with pytest.raises(OpenAIError):
+            rs.translate(decode(rs.ResponsesRequest, bad))
+
+
+def test_responses_stream_events_numbered_and_complete():
+    body = decode(rs.ResponsesRequest, {"model": "m", "input": "Hi"})
+    shape = rs.StreamShape("resp_1", body, 0)
+    events = shape.opening() + shape.delta("Hel") + shape.delta("lo") + shape.closing(last("stop"))
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed",
+    ]  # fmt: skip
+    assert [e["sequence_number"] for e in events] == list(range(10))
+    final = events[-1]["response"]
+    assert final["output"][0]["content"][0]["text"] == "Hello" and final["status"] == "completed"
+    assert final["usage"]["input_tokens"] == 9 and final["usage"]["output_tokens"] == 5
+    cut = rs.response("resp_1", body, 0, "x", last("length"))
+    assert cut["status"] == "incomplete" and cut["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+# --- Ollama ---
+
+
+def test_ollama_options_become_sampling():
+    options = decode(ol.Options, {"num_predict": 8, "temperature": 0.2, "seed": 3, "top_p": 0.5, "stop": ["x"]})
+    sampling = ol.sampling_fields("m", options, None).sampling(8192)
+    assert (sampling.max_tokens, sampling.temperature, sampling.seed, sampling.top_p, sampling.stop) == (8, 0.2, 3, 0.5, ("x",))
+    assert ol.sampling_fields("m", decode(ol.Options, {"num_predict": -1}), None).sampling(8192).max_tokens is None
+    with pytest.raises(msgspec.ValidationError, match="mirostat"):
+        decode(ol.Options, {"mirostat": 1})
+    with pytest.raises(OpenAIError, match="format"):
+        ol.sampling_fields("m", None, "json")
+
+
+def test_ollama_generate_goes_through_the_template_unless_raw():
+    body = decode(ol.GenerateBody, {"model": "m", "prompt": "Hi", "system": "S"})
+    assert ol.generate_input(body) == {"messages": (ChatMessage("system", "S"), ChatMessage("user", "Hi"))}
+    assert ol.generate_input(decode(ol.GenerateBody, {"model": "m", "prompt": "Hi", "raw": True})) == {"prompt": "Hi"}
+
+
+def test_ollama_done_record_counts_and_nanoseconds():
+    done = ol.done_fields(last("length"))
+    assert done["done"] is True and done["done_reason"] == "length"
+    assert (done["prompt_eval_count"], done["eval_count"]) == (9, 5)
+    assert (done["total_duration"], done["prompt_eval_duration"], done["eval_duration"]) == (10**9, 250_000_000, 750_000_000)
+    assert ol.piece("m", "Hi", chat=True)["message"] == {"role": "assistant", "content": "Hi"}
+    assert ol.piece("m", "Hi", chat=False)["response"] == "Hi"
+
+
+def test_the_api_key_and_the_errors_of_each_api_on_the_real_app():
+    """The app as served, without its bus (no lifespan): the key check and the body checks come before any
+    generation, so these answers need no cluster."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+
+    client = TestClient(create_app("nats://127.0.0.1:1", "node-test", api_key="k"))
+    no_key = client.post("/v1/messages", json={})
+    assert no_key.status_code == 401 and no_key.json()["error"]["type"] == "authentication_error"
+    keyed = client.post("/v1/messages", headers={"x-api-key": "k"},
+                        json={"model": "m", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert keyed.status_code == 400 and keyed.json() == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "max_tokens: Field required"}}  # fmt: skip
+    ollama = client.post("/api/chat", headers={"Authorization": "Bearer k"}, json={"model": "m", "options": {"mirostat": 1}})
+    assert ollama.status_code == 400 and "mirostat" in ollama.json()["error"]
+    tools = client.post("/api/chat", headers={"x-api-key": "k"}, json={"model": "m", "tools": [{"type": "function"}],
+                                                                       "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert tools.status_code == 400 and "tools" in tools.json()["error"]
+    assert client.get("/api/version", headers={"x-api-key": "k"}).json() == {"version": ol.OLLAMA_API_VERSION}
+    assert client.get("/api/nothing-here", headers={"x-api-key": "k"}).json().keys() == {"error"}
+    responses = client.post("/v1/responses", headers={"x-api-key": "k"}, json={"model": "m", "input": ""})
+    assert responses.status_code == 400 and responses.json()["error"]["param"] == "input"
