@@ -8,13 +8,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from shared.generation import GenerateRequest, TokenChunk
+from shared.generation import GenerateRequest, SamplingParams, TokenChunk
 from shared.ids import new_request_id
 from shared.models import UnknownModel, get_card
 
 from services.gateway.completion_output import ChatShape, TextShape, log_finished, sse_events, usage_of
 from services.gateway.errors import bad_request, model_not_found
 from services.gateway.generation_client import Generation
+from services.gateway.generation_params import ChatPlan, plan_chat
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
@@ -24,6 +25,7 @@ from services.gateway.openai_schema import (
     openai_finish_reason,
 )
 from services.gateway.routing import pick_instance
+from services.gateway.tool_calls import ToolChatShape
 
 router = APIRouter()
 
@@ -35,10 +37,12 @@ GENERATION_ERRORS = error_responses(400, 404, 429, 503)
 async def chat_completions(request: Request):  # noqa: ANN201
     body = decode_body(await request.body(), ChatCompletionRequest)
     assert isinstance(body, ChatCompletionRequest)
-    if not body.messages:
-        raise bad_request("messages must not be empty", param="messages")
-    messages = tuple(m.as_chat_message() for m in body.messages)
-    return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, messages=messages), chat=True)
+    plan = plan_chat(body)  # the prompt's messages, the grammar, how tool calls are read back
+
+    def build(rid: str, sampling: SamplingParams) -> GenerateRequest:
+        return GenerateRequest(rid, body.model, sampling, messages=plan.messages, json_schema=plan.json_schema)
+
+    return await _serve(request, body, build, chat=True, plan=plan)
 
 
 @router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_ERRORS)
@@ -54,7 +58,7 @@ async def completions(request: Request):  # noqa: ANN201
     return await _serve(request, body, lambda rid, sampling: GenerateRequest(rid, body.model, sampling, prompt=prompt), chat=False)
 
 
-async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # noqa: ANN001, ANN202
+async def _serve(request: Request, body: SamplingFields, build, chat: bool, plan: ChatPlan | None = None):  # noqa: ANN001, ANN202
     gateway = request.app.state.gateway
     try:
         card = get_card(body.model)
@@ -65,7 +69,9 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool):  # 
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
     # accepted, or the OpenAI error (429, 400, 503) raised here, before any byte of a stream is sent
     generation = await gateway.client.submit(instance_id, build(rid, sampling))
-    shape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
+    shape: ChatShape | TextShape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
+    if plan is not None and plan.tool_mode != "none":
+        shape = ToolChatShape(rid, body.model, plan)
     if body.stream:
         return StreamingResponse(
             sse_events(generation, shape, body.include_usage), media_type="text/event-stream",
