@@ -70,7 +70,7 @@ async def _serve(request: Request, body: SamplingFields, build, chat: bool, plan
     # accepted, or the OpenAI error (429, 400, 503) raised here, before any byte of a stream is sent
     generation = await gateway.client.submit(instance_id, build(rid, sampling))
     shape: ChatShape | TextShape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
-    if plan is not None and plan.tool_mode != "none":
+    if plan is not None and plan.tool_names:  # with tools, even `none`: no tool syntax in content
         shape = ToolChatShape(rid, body.model, plan)
     if body.stream:
         return StreamingResponse(

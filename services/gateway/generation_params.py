@@ -46,7 +46,7 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
         messages = _with_tools_system(messages, tools)
     if mode == "forced":
         schema = call_schema({n: tools[n] for n in chosen})
-    elif mode == "none" or not tools:
+    elif not tools:
         mode = "none"
     return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools))
 

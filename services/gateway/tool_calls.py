@@ -62,12 +62,18 @@ class ToolChatShape(ChatShape):
             return out + ([self._chunk({}, "tool_calls" if finish == "stop" else finish)] if finish else [])
         if finish is None:
             return []
-        content, calls = parse_auto(self.text, self.plan.tool_names)
+        content, calls = self._auto(self.text)
         if not calls:
             return super().pieces(self.text, finish)
         out = [self._chunk({"content": content}, None)] if content else []
         deltas = [{"index": i} | c for i, c in enumerate(calls)]
         return out + [self._chunk({"tool_calls": deltas}, None), self._chunk({}, "tool_calls")]
+
+    def _auto(self, text: str) -> tuple[str | None, list[dict]]:
+        content, calls = parse_auto(text, self.plan.tool_names)
+        if self.plan.tool_mode == "none":  # the calls are not answered, but their syntax is still taken out
+            return (content or "") if calls else content, []
+        return content, calls
 
     def _forced_deltas(self, final: bool) -> list[dict]:
         out = []
@@ -91,7 +97,7 @@ class ToolChatShape(ChatShape):
             calls = parse_forced(text) if finish == "stop" else []
             content = None if calls else text
         else:
-            content, calls = parse_auto(text, self.plan.tool_names)
+            content, calls = self._auto(text)
         body = chat_completion(self.request_id, self.model, content, "tool_calls" if calls else finish, usage_)  # type: ignore[arg-type]
         if calls:
             body["choices"][0]["message"]["tool_calls"] = calls

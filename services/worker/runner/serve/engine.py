@@ -92,7 +92,7 @@ class Engine:
         cached = len(prompt) - len(rest)
         sampler = self._sampler(sampling)
         if json_schema is not None:  # compiled here, on every rank, before the request joins the batch
-            sampler = constrained(sampler, self.grammars.matcher(json_schema))
+            sampler = constrained(sampler, self.grammars.matcher(json_schema), self.grammars.eos_token)
         sampler = self._guarded(request_id, sampler)
         (uid,) = self.generator.insert(
             [rest],

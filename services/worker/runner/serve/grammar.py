@@ -31,6 +31,7 @@ class Grammars:
     def __init__(self, hf_tokenizer, eos_token_ids: list[int]) -> None:  # noqa: ANN001 - PreTrainedTokenizerFast
         self._hf = hf_tokenizer
         self._eos = sorted(eos_token_ids)
+        self.eos_token = self._eos[0] if self._eos else 0
         self._tok: llguidance.LLTokenizer | None = None
 
     @property
@@ -66,7 +67,7 @@ def allowed_tokens(bitmask: bytes, vocab: int) -> np.ndarray:
 
 
 def constrained(
-    sampler: Callable[[mx.array], mx.array], matcher: llguidance.LLMatcher
+    sampler: Callable[[mx.array], mx.array], matcher: llguidance.LLMatcher, eos_token: int
 ) -> Callable[[mx.array], mx.array]:
     """The sampler, drawing only what the grammar allows next. Every rank runs this on the same logits and the
     same matcher state, so every rank draws the same token. Reading the token back (.item()) costs this request
@@ -74,8 +75,9 @@ def constrained(
 
     def sample(logprobs: mx.array) -> mx.array:
         if matcher.is_stopped():
-            # mlx-lm draws one token past the end-of-sequence token before it ends the request: discarded
-            return mx.argmax(logprobs, axis=-1)
+            # The grammar is complete and allows nothing more (llguidance stops without waiting for an end
+            # token): end the request. Also what mlx-lm's one draw past an end token gets (it is discarded).
+            return mx.array([eos_token] * logprobs.shape[0], dtype=mx.uint32)
         if matcher.is_error():
             raise ValueError(f"the grammar rejected the output: {matcher.get_error()}")
         allowed = mx.array(allowed_tokens(matcher.compute_bitmask(), logprobs.shape[-1]))
