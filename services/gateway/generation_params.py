@@ -83,7 +83,8 @@ def _tools(tools: list[ToolDef] | None) -> dict[str, dict]:
             raise bad_request("a tool needs a function name", param=f"tools[{i}].function.name")
         params = tool.function.parameters or NO_PARAMETERS
         if (why := compile_error(params)) is not None:
-            raise bad_request(f"the parameters schema cannot be compiled: {why}", param=f"tools[{i}].function.parameters")
+            field = f"tools[{i}].function.parameters"
+            raise bad_request(f"the parameters schema cannot be compiled: {why}", param=field)
         out[tool.function.name] = params
     return out
 
@@ -122,10 +123,8 @@ def _response_schema(body: ChatCompletionRequest) -> dict | None:
 
 def _message(m: InMessage) -> ChatMessage:
     if m.role == "assistant" and m.tool_calls:
-        calls = "".join(
-            TOOL_OPEN + json.dumps({"name": c.function.name, "arguments": _arguments(c.function.arguments)}) + TOOL_CLOSE
-            for c in m.tool_calls
-        )
+        written = [{"name": c.function.name, "arguments": _arguments(c.function.arguments)} for c in m.tool_calls]
+        calls = "".join(TOOL_OPEN + json.dumps(call) + TOOL_CLOSE for call in written)
         return ChatMessage("assistant", m.text + calls)
     return m.as_chat_message()
 

@@ -82,7 +82,8 @@ class ToolChatShape(ChatShape):
             if head is None:
                 return []
             self.name_sent, self.sent = True, head.end()
-            out.append(self._delta({"id": self.call_id, "type": "function", "function": {"name": json.loads(head[1]), "arguments": ""}}))
+            function = {"name": json.loads(head[1]), "arguments": ""}
+            out.append(self._delta({"id": self.call_id, "type": "function", "function": function}))
         end = len(self.text) - 1  # the last char may be the call object's closing brace, not the arguments'
         if end > self.sent:
             out.append(self._delta({"function": {"arguments": self.text[self.sent : end]}}))
@@ -98,7 +99,8 @@ class ToolChatShape(ChatShape):
             content = None if calls else text
         else:
             content, calls = self._auto(text)
-        body = chat_completion(self.request_id, self.model, content, "tool_calls" if calls else finish, usage_)  # type: ignore[arg-type]
+        finish = "tool_calls" if calls else finish
+        body = chat_completion(self.request_id, self.model, content, finish, usage_)  # type: ignore[arg-type]
         if calls:
             body["choices"][0]["message"]["tool_calls"] = calls
         return body

@@ -10,15 +10,19 @@ xgrammar installs torch and CUDA with it. The tokenizer is converted once per ru
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import llguidance
 import llguidance.hf
 import mlx.core as mx
 import numpy as np
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 
 # No free whitespace between tokens: a small model given room for it can spend its whole budget on newlines.
-JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def grammar_of(json_schema: str) -> str:
@@ -82,8 +86,9 @@ def constrained(
             raise ValueError(f"the grammar rejected the output: {matcher.get_error()}")
         allowed = mx.array(allowed_tokens(matcher.compute_bitmask(), logprobs.shape[-1]))
         token = sampler(mx.where(allowed, logprobs, -mx.inf))
-        if not matcher.consume_token(int(token.item())):
-            raise ValueError(f"the grammar rejected token {int(token.item())}: {matcher.get_error()}")
+        drawn = int(token.tolist()[0])  # type: ignore[index, arg-type]
+        if not matcher.consume_token(drawn):
+            raise ValueError(f"the grammar rejected token {drawn}: {matcher.get_error()}")
         return token
 
     return sample
