@@ -69,7 +69,7 @@ def compile_error(schema: dict) -> str | None:
     """Why llguidance cannot compile this schema (the runner compiles it again, against its tokenizer)."""
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the library refuses is the client's schema's fault
         return str(exc)
     return llguidance.LLMatcher.validate_grammar(grammar) or None
 
@@ -98,7 +98,8 @@ def _tool_choice(choice: str | dict | None, tools: dict[str, dict]) -> tuple[Too
         raise bad_request("tool_choice needs tools", param="tool_choice")
     if choice == "required":
         return "forced", list(tools)
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise bad_request("tool_choice must be auto, none, required or a named function", param="tool_choice")
     if name not in tools:

@@ -93,3 +93,8 @@ def test_forced_call_streams_name_once_then_arguments_in_pieces() -> None:
     assert "".join(c["function"]["arguments"] for c in calls) == '{"city": "Rome"}'
     assert len(calls) > 2
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_malformed_tool_choice_is_a_400_not_a_crash() -> None:
+    rejected("tool_choice", tools=[WEATHER], tool_choice={"type": "function", "function": "weather"})
+    rejected("tool_choice", tools=[WEATHER], tool_choice="sometimes")

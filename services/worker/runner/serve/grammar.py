@@ -48,7 +48,7 @@ class Grammars:
         """Why the schema cannot be compiled, or None when it can."""
         try:
             grammar = grammar_of(json_schema)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the library refuses is the schema's fault
             return f"not a JSON schema: {exc}"
         error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         return error or None
