@@ -31,6 +31,9 @@ class GenerateRequest(msgspec.Struct, frozen=True):
     sampling: SamplingParams
     messages: tuple[ChatMessage, ...] | None = None  # chat: the runner applies the model's chat template
     prompt: str | None = None  # plain completion
+    # A JSON schema (as JSON text) the output must match: every rank masks the logits with the same grammar, so
+    # the sampled token stays the same. None: free text.
+    json_schema: str | None = None
 
 
 class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):

@@ -11,6 +11,7 @@ from shared.ids import new_request_id
 from services.gateway.completion_output import ChatShape, TextShape, log_finished, sse_events, usage_of
 from services.gateway.errors import bad_request
 from services.gateway.generate import gather, start_generation
+from services.gateway.generation_params import ChatPlan, plan_chat
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
@@ -19,6 +20,7 @@ from services.gateway.openai_schema import (
     decode_body,
     openai_finish_reason,
 )
+from services.gateway.tool_calls import ToolChatShape
 
 router = APIRouter()
 
@@ -31,8 +33,8 @@ async def chat_completions(request: Request):  # noqa: ANN201
     assert isinstance(body, ChatCompletionRequest)
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
-    messages = tuple(m.as_chat_message() for m in body.messages)
-    return await _serve(request, body, chat=True, messages=messages)
+    plan = plan_chat(body)  # the prompt's messages, the grammar, how tool calls are read back
+    return await _serve(request, body, chat=True, plan=plan, messages=plan.messages, json_schema=plan.json_schema)
 
 
 @router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_ERRORS)
@@ -48,11 +50,13 @@ async def completions(request: Request):  # noqa: ANN201
     return await _serve(request, body, chat=False, prompt=prompt)
 
 
-async def _serve(request: Request, body: SamplingFields, chat: bool, **what):  # noqa: ANN003, ANN202
+async def _serve(request: Request, body: SamplingFields, chat: bool, plan: ChatPlan | None = None, **what):  # noqa: ANN003, ANN202
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
     # accepted, or the OpenAI error (404, 429, 400, 503) raised here, before any byte of a stream is sent
     generation = await start_generation(request, rid, body, api="chat.completions" if chat else "completions", **what)
-    shape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
+    shape: ChatShape | TextShape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
+    if plan is not None and plan.tool_names:  # with tools, even `none`: no tool syntax in content
+        shape = ToolChatShape(rid, body.model, plan)
     if body.stream:
         return StreamingResponse(
             sse_events(generation, shape, body.include_usage), media_type="text/event-stream",

@@ -27,6 +27,7 @@ async def start_generation(
     messages: tuple[ChatMessage, ...] | None = None,
     prompt: str | None = None,
     api: str = "chat.completions",
+    json_schema: str | None = None,
 ) -> Submitted:
     """Accepted, or an OpenAIError (404 unknown model, 400, 429, 503) raised before any byte is sent. The recorder
     measures it for /metrics, the dashboard and the inference log (as `api`), however it ends."""
@@ -37,7 +38,8 @@ async def start_generation(
         raise model_not_found(fields.model) from None
     sampling = fields.sampling(card.context_length)
     instance_id = pick_instance(gateway.follower.state, fields.model, gateway.client.next_turn())
-    generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt)
+    generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
+                               json_schema=json_schema)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
 
 

@@ -17,17 +17,57 @@ class TextPart(msgspec.Struct):
     text: str = ""
 
 
+class CallFunction(msgspec.Struct):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(msgspec.Struct):
+    function: CallFunction
+    id: str = ""
+    type: str = "function"
+
+
 class InMessage(msgspec.Struct):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool's answer: to which call
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content if p.type == "text")
+        return self.content or ""
 
     def as_chat_message(self) -> ChatMessage:
-        if isinstance(self.content, list):
-            text = "".join(p.text for p in self.content if p.type == "text")
-        else:
-            text = self.content or ""
         role = "system" if self.role == "developer" else self.role
-        return ChatMessage(role=role, content=text)
+        return ChatMessage(role=role, content=self.text)
+
+
+class FunctionDef(msgspec.Struct):
+    name: str | None = None
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolDef(msgspec.Struct):
+    type: str = "function"
+    function: FunctionDef | None = None
+
+
+class JsonSchemaFormat(msgspec.Struct):
+    name: str | None = None
+    schema: dict | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    type: str
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(msgspec.Struct):
@@ -80,6 +120,10 @@ class SamplingFields(msgspec.Struct):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[InMessage] = []
+    tools: list[ToolDef] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields):

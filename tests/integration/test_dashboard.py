@@ -164,10 +164,12 @@ def test_a_killed_node_goes_away(page, cluster) -> None:
 
 def test_an_open_dashboard_does_not_hold_up_the_nodes_stop(page, cluster) -> None:
     """uvicorn waits for open responses before it stops, and the feed never ends by itself (see
-    services/gateway/dashboard/shutdown.py): before the fix, this stop took 9.4 s against 1.5 s without a page."""
+    services/gateway/dashboard/shutdown.py): before the fix, this stop took 9.4 s against 1.5 s without a page. A
+    node's stop now also includes its leader's last inference-log flush (1-3 s on this 2-core machine under load),
+    so the bound sits between that and the hang."""
     pg, _ = page
     expect(pg.locator("#conn")).to_have_text("live")
     began = time.monotonic()
     cluster[0].stop()
-    assert time.monotonic() - began < 5.0
+    assert time.monotonic() - began < 8.0
     expect(pg.locator("#conn")).to_have_text("reconnecting", timeout=10_000)

@@ -156,7 +156,7 @@ def test_metrics_move_with_a_request(log_node: Node, client: openai.OpenAI) -> N
 
 
 async def pending_records(node: Node, node_id: str) -> int:
-    nc = await nats.connect(node.nats_url)
+    nc = await nats.connect(node.nats_url_as("master"))  # the stream's consumers: a master's rights
     try:
         info = await nc.jetstream().consumer_info(subjects.INFERENCES_STREAM, consumer_name(node_id))
         return info.num_pending + info.num_ack_pending
@@ -167,7 +167,7 @@ async def pending_records(node: Node, node_id: str) -> int:
 async def publish_again(node: Node, count: int) -> None:
     """The stream's last `count` records published once more, as a redelivery would bring them (no Nats-Msg-Id:
     JetStream's own duplicate window must not be what saves us)."""
-    nc = await nats.connect(node.nats_url)
+    nc = await nats.connect(node.nats_url_as("master"))  # the stream's consumers: a master's rights
     try:
         js = nc.jetstream()
         last = (await js.stream_info(subjects.INFERENCES_STREAM)).state.last_seq
@@ -207,7 +207,7 @@ def test_records_are_msgspec_json_on_the_stream(log_node: Node) -> None:
     """What `nats sub exo.inferences.record` shows: the record as JSON (the log's one contract)."""
 
     async def last_record() -> dict:
-        nc = await nats.connect(log_node.nats_url)
+        nc = await nats.connect(log_node.nats_url_as("master"))  # the stream's consumers: a master's rights
         try:
             js = nc.jetstream()
             last = (await js.stream_info(subjects.INFERENCES_STREAM)).state.last_seq
@@ -230,7 +230,7 @@ def handover_record(n: int) -> InferenceRecord:
 
 async def publish_records(node: Node, records: list[InferenceRecord]) -> None:
     """As a gateway does (records published here stand for requests: these two nodes place no model)."""
-    nc = await nats.connect(node.nats_url)
+    nc = await nats.connect(node.nats_url_as("gateway"))  # a gateway's own rights: publish records, nothing more
     try:
         for record in records:
             await nc.jetstream().publish(subjects.INFERENCES_SUBJECT, msgspec.json.encode(record),

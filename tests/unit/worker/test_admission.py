@@ -3,6 +3,7 @@ one token per word stands in for the model's, which the integration tests use.""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from services.worker.runner.serve.admission import Admitted, Limits, admit
@@ -125,3 +126,12 @@ def test_every_sampling_value_but_the_fixed_ones_travels_unchanged():
     decision = admit(text("a b", max_tokens=3, temperature=0.5, top_p=0.9, stop=("x", "y")), 0, LIMITS, words, 7)
     assert isinstance(decision, Admitted)
     assert decision.sampling == SamplingParams(max_tokens=3, temperature=0.5, top_p=0.9, stop=("x", "y"), seed=7)
+
+
+def test_a_schema_the_grammar_library_refuses_is_rejected_naming_the_field() -> None:
+    request = msgspec.structs.replace(text("a b"), json_schema='{"type": "frob"}')
+    refused = rejected(admit(request, 0, LIMITS, words, FRESH_SEED, lambda s: "Invalid type: frob"), "invalid_request")
+    assert refused.param == "json_schema" and "frob" in refused.message
+    assert isinstance(admit(request, 0, LIMITS, words, FRESH_SEED, lambda s: None), Admitted)
+    # a runner without a grammar checker never runs a schema request unconstrained
+    rejected(admit(request, 0, LIMITS, words, FRESH_SEED), "invalid_request")

@@ -30,14 +30,21 @@ def admit(
     limits: Limits,
     tokenize: Callable[[GenerateRequest], list[int]],
     fresh_seed: int,
+    check_grammar: Callable[[str], str | None] | None = None,
 ) -> Admitted | GenerateRejected:
     """The only place a request's seed is fixed: the ranks of an instance all sample with the seed decided here
-    (`fresh_seed` when the client gave none and the request samples), and the finished request records it."""
+    (`fresh_seed` when the client gave none and the request samples), and the finished request records it.
+    `check_grammar` says why a request's JSON schema cannot be compiled (None: it can); without one, a request
+    with a schema is refused rather than run unconstrained."""
     rid = request.request_id
     if held >= limits.max_admitted:
         return GenerateRejected(rid, "busy", f"{held} requests are queued or running", BUSY_RETRY_AFTER_S)
     if (bad := _invalid_sampling(request.sampling)) is not None:
         return GenerateRejected(rid, "invalid_request", bad[1], param=bad[0])
+    if request.json_schema is not None:
+        why = "this runner has no grammar support" if check_grammar is None else check_grammar(request.json_schema)
+        if why is not None:
+            return GenerateRejected(rid, "invalid_request", f"the schema cannot be compiled: {why}", param="json_schema")
     try:
         prompt = tokenize(request)
     except Exception as exc:  # noqa: BLE001 - e.g. a chat template that rejects the roles given

@@ -34,6 +34,7 @@ class Submit(msgspec.Struct, frozen=True):
     request_id: str
     prompt: list[int]
     sampling: SamplingParams
+    json_schema: str | None = None  # the grammar the output must match: each rank compiles its own matcher
 
 
 class Control(msgspec.Struct, frozen=True):

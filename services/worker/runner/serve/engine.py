@@ -14,6 +14,7 @@ from mlx_lm.models.cache import LRUPromptCache
 from shared.generation import GenerateRequest, SamplingParams
 
 from services.worker.runner.serve.control import Control
+from services.worker.runner.serve.grammar import Grammars, constrained
 from services.worker.runner.serve.sampling import make_seeded_sampler
 from services.worker.runner.serve.stops import StopMatcher
 
@@ -65,6 +66,7 @@ class Engine:
             # Ranks hold different layers, so byte sizes (and free memory) differ between them; evicting by
             # count alone keeps every rank's cache decisions identical.
             self.prefix_cache = LRUPromptCache(max_size=PREFIX_CACHE_ENTRIES_SHARDED)
+        self.grammars = Grammars(getattr(tokenizer, "_tokenizer", tokenizer), sorted(tokenizer.eos_token_ids))
         self.active: dict[int, Active] = {}
         self.uids: dict[str, int] = {}
         # Requests whose sampler raised in the step in progress. The sampler draws the token after the one the step
@@ -81,13 +83,18 @@ class Engine:
             return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
         return list(self.tokenizer.encode(request.prompt or ""))
 
-    def submit(self, request_id: str, prompt: list[int], sampling: SamplingParams) -> int:
+    def submit(
+        self, request_id: str, prompt: list[int], sampling: SamplingParams, json_schema: str | None = None
+    ) -> int:
         """Queue a request; it joins the running batch at the next step. Returns the prompt tokens reused
         from the prefix cache."""
         assert sampling.max_tokens is not None
         cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt)
         cached = len(prompt) - len(rest)
-        sampler = self._guarded(request_id, self._sampler(sampling))
+        sampler = self._sampler(sampling)
+        if json_schema is not None:  # compiled here, on every rank, before the request joins the batch
+            sampler = constrained(sampler, self.grammars.matcher(json_schema), self.grammars.eos_token)
+        sampler = self._guarded(request_id, sampler)
         (uid,) = self.generator.insert(
             [rest],
             max_tokens=[sampling.max_tokens],
@@ -150,7 +157,7 @@ class Engine:
             if s.request_id in control.cancels:
                 continue
             try:
-                cached[s.request_id] = self.submit(s.request_id, s.prompt, s.sampling)
+                cached[s.request_id] = self.submit(s.request_id, s.prompt, s.sampling, s.json_schema)
             except Exception as exc:  # noqa: BLE001 - a request the generator refuses fails alone
                 steps.append(Step(s.request_id, "", 0, "error", _reason(exc)))
         if self.busy:

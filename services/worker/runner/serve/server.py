@@ -175,7 +175,10 @@ class RunnerServer:
 
     def _admit(self, request: GenerateRequest) -> GenerateAccepted | GenerateRejected:
         limits = Limits(self.args.context_length, self.max_admitted)
-        decision = admit(request, len(self.streams), limits, self.engine.prompt_tokens, secrets.randbits(63))
+        decision = admit(
+            request, len(self.streams), limits, self.engine.prompt_tokens, secrets.randbits(63),
+            self.engine.grammars.check,
+        )  # fmt: skip
         if isinstance(decision, GenerateRejected):
             return decision
         stream = Stream(request, decision.prompt, decision.sampling)
@@ -222,7 +225,7 @@ class RunnerServer:
         """On the MLX thread: admit newcomers, drop cancelled requests, run one step. With several ranks the
         newcomers and cancels are posted to every rank now and applied next cycle; this cycle applies those
         posted last cycle."""
-        control = Control([Submit(s.request.request_id, s.prompt, s.sampling) for s in submits], cancels)
+        control = Control([Submit(s.request.request_id, s.prompt, s.sampling, s.request.json_schema) for s in submits], cancels)
         if self.channel is not None:
             control, posted = self.channel.take(), control
             self.channel.post(posted)

@@ -1,0 +1,106 @@
+"""Reading tool calls back out of generated text, and the chat shape that answers with them (OpenAI's
+`message.tool_calls`, or streamed deltas: `index`, `id`, `function.name` once, then `arguments` in pieces)."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+
+from services.gateway.completion_output import ChatShape
+from services.gateway.generation_params import TOOL_CLOSE, TOOL_OPEN, ChatPlan
+from services.gateway.openai_schema import chat_completion
+
+_CALL = re.compile(re.escape(TOOL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CLOSE) + r"|$)", re.DOTALL)
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def tool_call(name: str, arguments: str, call_id: str | None = None) -> dict:
+    return {"id": call_id or new_call_id(), "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def parse_forced(text: str) -> list[dict]:
+    """The whole output of a forced call: `{"name": ..., "arguments": {...}}`, made by the grammar."""
+    call = json.loads(text)
+    return [tool_call(call["name"], json.dumps(call["arguments"]))]
+
+
+def parse_auto(text: str, names: tuple[str, ...]) -> tuple[str | None, list[dict]]:
+    """The model's own `<tool_call>` blocks as calls (those that parse and name a known tool), and the text around
+    them as content; tool syntax never stays in the content, even a block that does not parse."""
+    calls = []
+    for body in _CALL.findall(text):
+        try:
+            call = json.loads(body.strip())
+        except ValueError:
+            continue
+        if isinstance(call, dict) and call.get("name") in names:
+            arguments = call.get("arguments", {})
+            calls.append(tool_call(call["name"], arguments if isinstance(arguments, str) else json.dumps(arguments)))
+    content = _CALL.sub("", text).strip() if TOOL_OPEN in text else text
+    return (content or None) if calls else content, calls
+
+
+class ToolChatShape(ChatShape):
+    """A chat answer that may be tool calls. Forced calls stream: the name once its JSON is complete, then the
+    arguments as they come (holding back the closing brace of the call object). With `auto` the text is held
+    until the end, since a call may start anywhere in it."""
+
+    def __init__(self, request_id: str, model: str, plan: ChatPlan) -> None:
+        super().__init__(request_id, model)
+        self.plan, self.text, self.sent = plan, "", 0
+        self.call_id = new_call_id()
+        self.name_sent = False
+
+    def pieces(self, text: str, finish: str | None) -> list[dict]:
+        self.text += text
+        if self.plan.tool_mode == "forced":
+            out = self._forced_deltas(final=finish is not None)
+            return out + ([self._chunk({}, "tool_calls" if finish == "stop" else finish)] if finish else [])
+        if finish is None:
+            return []
+        content, calls = self._auto(self.text)
+        if not calls:
+            return super().pieces(self.text, finish)
+        out = [self._chunk({"content": content}, None)] if content else []
+        deltas = [{"index": i} | c for i, c in enumerate(calls)]
+        return out + [self._chunk({"tool_calls": deltas}, None), self._chunk({}, "tool_calls")]
+
+    def _auto(self, text: str) -> tuple[str | None, list[dict]]:
+        content, calls = parse_auto(text, self.plan.tool_names)
+        if self.plan.tool_mode == "none":  # the calls are not answered, but their syntax is still taken out
+            return (content or "") if calls else content, []
+        return content, calls
+
+    def _forced_deltas(self, final: bool) -> list[dict]:
+        out = []
+        if not self.name_sent:
+            head = re.match(r'\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ', self.text)
+            if head is None:
+                return []
+            self.name_sent, self.sent = True, head.end()
+            function = {"name": json.loads(head[1]), "arguments": ""}
+            out.append(self._delta({"id": self.call_id, "type": "function", "function": function}))
+        end = len(self.text) - 1  # the last char may be the call object's closing brace, not the arguments'
+        if end > self.sent:
+            out.append(self._delta({"function": {"arguments": self.text[self.sent : end]}}))
+            self.sent = end
+        return out
+
+    def _delta(self, call: dict) -> dict:
+        return self._chunk({"tool_calls": [{"index": 0} | call]}, None)
+
+    def whole(self, text: str, finish: str, usage_: dict) -> dict:
+        if self.plan.tool_mode == "forced":
+            calls = parse_forced(text) if finish == "stop" else []
+            content = None if calls else text
+        else:
+            content, calls = self._auto(text)
+        finish = "tool_calls" if calls else finish
+        body = chat_completion(self.request_id, self.model, content, finish, usage_)  # type: ignore[arg-type]
+        if calls:
+            body["choices"][0]["message"]["tool_calls"] = calls
+        return body
