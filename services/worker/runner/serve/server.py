@@ -23,6 +23,7 @@ from shared.generation import (
 )
 
 from services.worker.runner.blas import current_blas
+from services.worker.runner.model.quantized_cpu import weights_detail
 from services.worker.runner.reporting import report_runner
 from services.worker.runner.serve.control import Control, ControlChannel, Submit
 from services.worker.runner.serve.engine import Engine, Step
@@ -98,7 +99,8 @@ class RunnerServer:
         await self.nc.subscribe(subjects.runner_generate(iid), queue="rank0", cb=self._on_generate)
         await self.nc.subscribe(subjects.runner_cancel(iid), cb=self._on_cancel)
         await self.nc.flush()
-        detail = f"pid {os.getpid()}, blas {current_blas()}, batch {self.engine.max_batch}"
+        weights = weights_detail(self.engine.model)  # e.g. "weights q4+exo-kernel (avx512vnni)"
+        detail = f"pid {os.getpid()}, blas {current_blas()}, {weights}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         self.stop = stop
