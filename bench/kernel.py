@@ -4,7 +4,7 @@
      activation row: GB/s of weights streamed, over this machine's memory bandwidth as a numpy sum over
      512 MB reads it, for each ISA and 1 or 2 threads;
   2. decode tokens/s of the real model loaded as a runner loads it (load_shard, the worker's BLAS), greedy:
-     q4 through our kernel vs dense f32 vs MLX's own q4, interleaved rounds, as ratios.
+     q4 through our kernel (1 and 2 threads) vs dense f32 vs MLX's own q4, interleaved rounds, as ratios.
 
     .venv/bin/python -m bench.kernel [--rounds 3] [--tokens 64]   -> JSON
 """
@@ -99,10 +99,10 @@ def decode_once(model_path: str, tokens: int) -> dict:
     return {"blas": current_blas(), "weights": weights_detail(model), "decode_tok_s": round(rate, 2)}
 
 
-def run_variant(model_path: Path, tokens: int, kernel: bool) -> dict:
+def run_variant(model_path: Path, tokens: int, kernel: bool, threads: int = 1) -> dict:
     from services.worker.runner.blas import runner_blas_env
 
-    env = {**os.environ, "EXO_CPU_KERNEL": "on" if kernel else "off"}
+    env = {**os.environ, "EXO_CPU_KERNEL": "on" if kernel else "off", "EXO_KERNEL_THREADS": str(threads)}
     env.update(runner_blas_env(Path(sys.prefix), platform.system(), env.get("LD_PRELOAD", "")))
     out = subprocess.run([sys.executable, "-m", "bench.kernel", "--one", str(model_path), "--tokens", str(tokens)],
                          env=env, capture_output=True, text=True, check=True)  # fmt: skip
@@ -127,17 +127,19 @@ def main() -> None:
     store = ModelStore(scratch_dir("exo-bench-kernel-"))
     q4, f32 = store.ensure(card, "q4"), store.ensure(card, "f32")
     result: dict = {"kernel_alone": kernel_alone(q4)}
-    variants = {"q4_exo_kernel": (q4, True), "f32_dense": (f32, False), "q4_mlx": (q4, False)}
+    variants = {"q4_exo_kernel": (q4, True, 1), "q4_exo_kernel_2_threads": (q4, True, 2), "f32_dense": (f32, False, 1),
+                "q4_mlx": (q4, False, 1)}  # fmt: skip
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(args.rounds):  # interleaved: drift on the machine hits every variant alike
-        for name, (path, kernel) in variants.items():
-            runs[name].append(run_variant(path, args.tokens, kernel))
+        for name, (path, kernel, threads) in variants.items():
+            runs[name].append(run_variant(path, args.tokens, kernel, threads))
     decode = {name: statistics.median(r["decode_tok_s"] for r in rs) for name, rs in runs.items()}
     result["decode_tok_s"] = decode
     result["weights"] = {name: rs[0]["weights"] for name, rs in runs.items()}
     result["blas"] = runs["f32_dense"][0]["blas"]
     result["kernel_over_f32"] = round(decode["q4_exo_kernel"] / decode["f32_dense"], 2)
     result["kernel_over_mlx_q4"] = round(decode["q4_exo_kernel"] / decode["q4_mlx"], 2)
+    result["kernel_2_threads_over_1"] = round(decode["q4_exo_kernel_2_threads"] / decode["q4_exo_kernel"], 2)
     print(json.dumps(result, indent=2))
 
 

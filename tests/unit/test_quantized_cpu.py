@@ -179,3 +179,9 @@ def test_real_model_greedy_tokens_match_mlx_quantized_path(q4_path: Path) -> Non
     worst_max = max(float(mx.abs(a - b).max() / a.std()) for a, b in zip(expected_logits, got_logits))
     worst_mean = max(float(mx.abs(a - b).mean() / a.std()) for a, b in zip(expected_logits, got_logits))
     assert worst_max < 2.5 and worst_mean < 1.0, (worst_max, worst_mean)
+
+
+def test_weights_detail_of_a_dense_model() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 8))
+    assert weights_detail(model) == "weights f32"
+    assert use_cpu_kernel(model) == 0

@@ -22,8 +22,10 @@ import mlx.core as mx
 from mlx import nn
 
 ENV = "EXO_CPU_KERNEL"
-# Rows of activations above which the dense path wins (measured with bench/kernel.py on 2 cores).
+# Rows of activations above which a matmul dequantizes and uses the BLAS: the kernel re-reads the weights
+# every 8 rows, a BLAS product of a long prefill does not. Chosen, not yet measured (prefill is a follow-up).
 MAX_KERNEL_ROWS = 64
+_DTYPE_NAMES = {mx.float32: "f32", mx.float16: "f16", mx.bfloat16: "bf16"}
 
 
 def _load() -> ModuleType | None:
@@ -134,7 +136,7 @@ def weights_detail(model: nn.Module) -> str:
         elif isinstance(module, nn.Linear) and dtype is None:
             dtype = module.weight.dtype
     if not bits:
-        return f"weights {str(dtype).removeprefix('mlx.core.') if dtype is not None else 'unknown'}"
+        return f"weights {_DTYPE_NAMES.get(dtype, str(dtype))}"
     name = "+".join(f"q{b}" for b in sorted(bits))
     if kernel and _kernels is not None:
         return f"weights {name}+exo-kernel ({_kernels.isa()})"
