@@ -115,6 +115,14 @@ def test_env_forces_the_portable_kernel() -> None:
     env = {**os.environ, "EXO_KERNEL_ISA": "scalar", "EXO_KERNEL_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["scalar", "2"]
+    # A size set before the first product holds (the environment's is read once, before).
+    code = (
+        "import mlx.core as mx; from services.worker.runner.model.kernels import _exo_kernels as k; k.set_threads(2); "
+        "w, s, b = mx.quantize(mx.ones((8, 64)), group_size=32, bits=4); "
+        "mx.eval(k.quantized_matvec(mx.ones((1, 64)), w, s, b, 32, 4)); print(k.threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2"]
 
 
 def test_env_turns_the_kernel_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,10 +52,15 @@ Isa initial_isa() {
 
 std::atomic<int> g_isa{static_cast<int>(initial_isa())};
 
-bool init_threads() {
-  const char* env = std::getenv("EXO_KERNEL_THREADS");
-  Pool::get().set_threads(env ? std::atoi(env) : 1);
-  return true;
+// The pool's size from EXO_KERNEL_THREADS, once, before the first call or the first set_threads.
+Pool& pool() {
+  static const bool ready = [] {
+    const char* env = std::getenv("EXO_KERNEL_THREADS");
+    Pool::get().set_threads(env ? std::atoi(env) : 1);
+    return true;
+  }();
+  (void)ready;
+  return Pool::get();
 }
 
 using RowsFn = void (*)(const QWeights&, const QuantX&, int, float*, int, int);
@@ -99,9 +104,7 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
   const QWeights qw{w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scales.dtype() == mx::float16,
                     N, K, group_size, bits};
   const RowsFn fn = rows_fn(static_cast<Isa>(g_isa.load()));
-  static const bool threads_ready = init_threads();
-  (void)threads_ready;
-  Pool& pool = Pool::get();
+  Pool& pool = exo::pool();
   const int tasks = (int)std::max<int64_t>(1, std::min<int64_t>(pool.threads(), (int64_t)N * K / kMinWeightsPerThread));
   float* y = out.data<float>();
   const int nb = K / kBlock;
@@ -177,15 +180,7 @@ bool QuantizedMatVec::is_equivalent(const mx::Primitive& other) const {
 std::string isa_name() { return kIsaNames[g_isa.load()]; }
 std::string best_isa_name() { return kIsaNames[static_cast<int>(kBest)]; }
 void set_isa(const std::string& name) { g_isa = static_cast<int>(std::min(parse_isa(name), kBest)); }
-int threads() {
-
-  static const bool ready = init_threads();
-  (void)ready;
-  return Pool::get().threads();
-}
-void set_threads(int n) {
-  (void)threads();
-  Pool::get().set_threads(n);
-}
+int threads() { return pool().threads(); }
+void set_threads(int n) { pool().set_threads(n); }
 
 } // namespace exo
