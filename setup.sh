@@ -27,4 +27,20 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
     || echo "setup: chromium not installed; the dashboard's browser tests will skip" >&2
 fi
+# exo's CPU kernel for quantized layers (services/worker/runner/model/kernels), built against the installed mlx
+# wheel on Linux; macOS uses Metal. A failed build changes nothing: runners then use MLX's own kernels.
+if [ "$(uname -s)" = Linux ]; then
+  KERNELS=services/worker/runner/model/kernels
+  mkdir -p "$KERNELS/build"
+  if { .venv/bin/python -m pip install --quiet 'nanobind==3.1.0' 'cmake>=3.24,<5' \
+       && .venv/bin/cmake -S "$KERNELS" -B "$KERNELS/build" -DPython_EXECUTABLE="$PWD/.venv/bin/python" \
+       && .venv/bin/cmake --build "$KERNELS/build" -j 2 \
+       && .venv/bin/python -c 'import services.worker.runner.model.kernels._exo_kernels'; } >"$KERNELS/build/build.log" 2>&1
+  then
+    echo "setup: exo CPU kernel built ($(.venv/bin/python -c 'from services.worker.runner.model.kernels import _exo_kernels as k; print(k.best_isa())'))"
+  else
+    rm -f "$KERNELS"/_exo_kernels*.so
+    echo "setup: exo CPU kernel not built (see $KERNELS/build/build.log); runners use MLX's own kernels" >&2
+  fi
+fi
 echo "setup done: $(.venv/bin/exo --version)"

@@ -346,9 +346,10 @@ def load_shard(
     """
     from mlx_lm.utils import load_model, load_tokenizer
 
-    from services.worker.runner.model import cpu_fusion
+    from services.worker.runner.model import cpu_fusion, quantized_cpu
 
     fuse = cpu_fusion.wanted()  # decided before any weight is read: a bad EXO_CPU_FUSION fails at once
+    kernel = quantized_cpu.wanted()  # likewise EXO_CPU_KERNEL
     path = Path(model_path)
     model, config = load_model(path, lazy=True)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
@@ -370,6 +371,8 @@ def load_shard(
         materialize(model, group)
     else:
         raise ShardingError(f"unknown strategy {strategy!r}")
+    if kernel:  # quantized layers through our CPU kernel (quantized_cpu.py); every rank decides the same way
+        quantized_cpu.use_cpu_kernel(model)
     if fuse:  # fused norms and RoPEs on a CPU (cpu_fusion.py); every rank decides the same way
         cpu_fusion.fuse_for_cpu(model)
     return model, tokenizer

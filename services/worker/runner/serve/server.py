@@ -31,6 +31,7 @@ from shared.generation import (
 from shared.process_lifetime import register
 
 from services.worker.runner.blas import current_blas
+from services.worker.runner.model.quantized_cpu import weights_detail
 from services.worker.runner.reporting import report_runner
 from services.worker.runner.serve import uploads
 from services.worker.runner.serve.admission import Limits, admit
@@ -125,7 +126,8 @@ class RunnerServer:
         if self.channel is not None:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
         service = await self._register()
-        detail = f"pid {os.getpid()}, blas {current_blas()}, batch {self.engine.max_batch}"
+        weights = weights_detail(self.engine.model)  # e.g. "weights q4+exo-kernel (avx512vnni)"
+        detail = f"pid {os.getpid()}, blas {current_blas()}, {weights}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         self.stop = stop

@@ -1,0 +1,186 @@
+#include "qmv.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/utils.h"
+#include "pool.h"
+#include "qmv_kernels.h"
+
+namespace exo {
+
+namespace {
+
+Isa detect_best() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return Isa::avx512vnni;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return Isa::avx2;
+  }
+#endif
+  return Isa::scalar;
+}
+
+const char* kIsaNames[] = {"scalar", "avx2", "avx512vnni"};
+
+Isa parse_isa(const std::string& name) {
+  for (int i = 0; i < 3; ++i) {
+    if (name == kIsaNames[i]) return static_cast<Isa>(i);
+  }
+  throw std::invalid_argument("unknown kernel ISA '" + name + "' (scalar, avx2 or avx512vnni)");
+}
+
+const Isa kBest = detect_best();
+
+Isa initial_isa() {
+  const char* env = std::getenv("EXO_KERNEL_ISA");
+  if (env == nullptr || *env == 0) return kBest;
+  try {
+    return std::min(parse_isa(env), kBest);
+  } catch (const std::invalid_argument&) {  // the Python side reports a bad value; never fail at load
+    return kBest;
+  }
+}
+
+std::atomic<int> g_isa{static_cast<int>(initial_isa())};
+
+// The pool's size from EXO_KERNEL_THREADS, once, before the first call or the first set_threads.
+Pool& pool() {
+  static const bool ready = [] {
+    const char* env = std::getenv("EXO_KERNEL_THREADS");
+    Pool::get().set_threads(env ? std::atoi(env) : 1);
+    return true;
+  }();
+  (void)ready;
+  return Pool::get();
+}
+
+using RowsFn = void (*)(const QWeights&, const QuantX&, int, float*, int, int);
+
+RowsFn rows_fn(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::avx512vnni) return rows_avx512vnni;
+  if (isa == Isa::avx2) return rows_avx2;
+#endif
+  return rows_scalar;
+}
+
+// x rows as one contiguous float buffer (a copy only when x is strided).
+const float* contiguous_rows(const mx::array& x, std::vector<float>& scratch) {
+  if (x.flags().row_contiguous) return x.data<float>();
+  scratch.resize(x.size());
+  const float* base = x.data<float>();
+  const int nd = x.ndim();
+  std::vector<int> idx(nd, 0);
+  for (size_t i = 0; i < x.size(); ++i) {
+    int64_t off = 0;
+    for (int d = 0; d < nd; ++d) off += idx[d] * x.strides()[d];
+    scratch[i] = base[off];
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[d] < x.shape(d)) break;
+      idx[d] = 0;
+    }
+  }
+  return scratch.data();
+}
+
+// Fewer weights than this per call: one thread (waking a worker costs more than it saves).
+constexpr int64_t kMinWeightsPerThread = 64 * 1024;
+
+void run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases, mx::array& out,
+         int group_size, int bits) {
+  thread_local std::vector<float> x_copy, d, sum;
+  thread_local std::vector<int8_t> q;
+  const int K = x.shape(-1), N = w.shape(0), M = (int)(x.size() / K);
+  const float* xs = contiguous_rows(x, x_copy);
+  const QWeights qw{w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scales.dtype() == mx::float16,
+                    N, K, group_size, bits};
+  const RowsFn fn = rows_fn(static_cast<Isa>(g_isa.load()));
+  Pool& pool = exo::pool();
+  const int tasks = (int)std::max<int64_t>(1, std::min<int64_t>(pool.threads(), (int64_t)N * K / kMinWeightsPerThread));
+  float* y = out.data<float>();
+  const int nb = K / kBlock;
+  q.resize((size_t)kMaxBatch * K);
+  d.resize((size_t)kMaxBatch * nb);
+  sum.resize((size_t)kMaxBatch * nb);
+  for (int m0 = 0; m0 < M; m0 += kMaxBatch) {
+    const int B = std::min(kMaxBatch, M - m0);
+    quantize_x(xs + (size_t)m0 * K, B, K, bits, q.data(), d.data(), sum.data());
+    const QuantX qx{q.data(), d.data(), sum.data()};
+    float* ym = y + (size_t)m0 * N;
+    pool.run(tasks, [&](int t) {
+      // Row ranges in multiples of 4 so that threads do not share output cache lines.
+      const int n0 = (int)((int64_t)N * t / tasks) & ~3, n1 = t + 1 == tasks ? N : (int)((int64_t)N * (t + 1) / tasks) & ~3;
+      fn(qw, qx, B, ym, n0, n1);
+    });
+  }
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("exo quantized_matvec: " + what);
+}
+
+} // namespace
+
+mx::array quantized_matvec(
+    const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases, int group_size, int bits) {
+  check(bits == 4 || bits == 8, "bits must be 4 or 8, not " + std::to_string(bits));
+  check(group_size == 32 || group_size == 64 || group_size == 128, "group_size must be 32, 64 or 128");
+  check(x.dtype() == mx::float32, "x must be float32");
+  check(x.ndim() >= 1, "x must have at least one dimension");
+  check(w.dtype() == mx::uint32 && w.ndim() == 2, "w must be a 2-D uint32 array (MLX's quantized layout)");
+  const int K = w.shape(1) * 32 / bits, N = w.shape(0);
+  check(x.shape(-1) == K, "x has " + std::to_string(x.shape(-1)) + " columns, w holds " + std::to_string(K));
+  check(K % group_size == 0, "K must be a multiple of the group size");
+  for (const auto* p : {&scales, &biases}) {
+    check(p->dtype() == mx::float32 || p->dtype() == mx::float16, "scales and biases must be float32 or float16");
+    check(p->ndim() == 2 && p->shape(0) == N && p->shape(1) == K / group_size, "scales/biases must be (N, K / group_size)");
+  }
+  check(scales.dtype() == biases.dtype(), "scales and biases must have the same dtype");
+  auto stream = mx::to_stream({});
+  check(stream.device == mx::Device::cpu, "runs on the CPU only (use mx.quantized_matmul on a GPU)");
+  auto shape = x.shape();
+  shape.back() = N;
+  return mx::array(shape, mx::float32, std::make_shared<QuantizedMatVec>(stream, group_size, bits), {x, w, scales, biases});
+}
+
+void QuantizedMatVec::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  auto& out = outputs[0];
+  for (int i = 1; i < 4; ++i) {
+    check(inputs[i].flags().row_contiguous, "w, scales and biases must be contiguous");
+  }
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  for (const auto& in : inputs) encoder.set_input_array(in);
+  encoder.set_output_array(out);
+  encoder.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
+                    s = mx::array::unsafe_weak_copy(inputs[2]), b = mx::array::unsafe_weak_copy(inputs[3]),
+                    o = mx::array::unsafe_weak_copy(out), gs = group_size_, bits = bits_]() mutable {
+    run(x, w, s, b, o, gs, bits);
+  });
+}
+
+void QuantizedMatVec::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("exo quantized_matvec runs on the CPU only");
+}
+
+bool QuantizedMatVec::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const QuantizedMatVec&>(other);
+  return group_size_ == o.group_size_ && bits_ == o.bits_;
+}
+
+std::string isa_name() { return kIsaNames[g_isa.load()]; }
+std::string best_isa_name() { return kIsaNames[static_cast<int>(kBest)]; }
+void set_isa(const std::string& name) { g_isa = static_cast<int>(std::min(parse_isa(name), kBest)); }
+int threads() { return pool().threads(); }
+void set_threads(int n) { pool().set_threads(n); }
+
+} // namespace exo

@@ -1,0 +1,147 @@
+"""Quantized layers on the CPU through exo's own kernel (kernels/: an MLX primitive built by setup.sh).
+
+MLX's CPU quantized matmul is scalar on x86 and single-threaded, so a 4-bit model decodes ~5x slower than
+the dense float32 one. Our kernel quantizes the activations to int8 per block of 32 (as llama.cpp's q8
+does) and takes integer dot products with AVX2 or AVX-512 VNNI, reading MLX's own 4-bit and 8-bit layout
+unchanged. `use_cpu_kernel` swaps a loaded model's `QuantizedLinear` layers (and the tied head of a
+`QuantizedEmbedding`) for modules that call it.
+
+Decode steps (a few rows) run through the kernel; a long prefill dequantizes the weights and uses the
+dense BLAS product, which is faster there. The int8 activations move the logits by ~1e-2 relative, as
+llama.cpp's do (tests/unit/test_quantized_cpu.py measures it).
+
+`EXO_CPU_KERNEL=on` turns it on (off by default for now: see `wanted`); off keeps MLX's own layers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import mlx.core as mx
+from mlx import nn
+
+ENV = "EXO_CPU_KERNEL"
+# Rows of activations above which a matmul dequantizes and uses the BLAS: the kernel re-reads the weights
+# every 8 rows, a BLAS product of a long prefill does not. Chosen, not yet measured (prefill is a follow-up).
+MAX_KERNEL_ROWS = 64
+_DTYPE_NAMES = {mx.float32: "f32", mx.float16: "f16", mx.bfloat16: "bf16"}
+
+
+def _load() -> ModuleType | None:
+    try:  # by name: the module exists only where setup.sh built it, and the type check runs either way
+        return importlib.import_module("services.worker.runner.model.kernels._exo_kernels")
+    except ImportError:
+        return None
+
+
+_kernels = _load()
+
+
+def kernel_built() -> bool:
+    return _kernels is not None
+
+
+def wanted() -> bool:
+    """Whether to use the kernel: built, asked for (EXO_CPU_KERNEL=on; off by default until it is measured
+    against llama.cpp on a quiet machine: issue 16) and MLX runs on the CPU."""
+    value = os.environ.get(ENV, "off").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{ENV} must be on or off, not {value!r}")
+    return value == "on" and _kernels is not None and mx.default_device() == mx.cpu
+
+
+def _supported(group_size: int, bits: int, mode: str, in_dims: int) -> bool:
+    return mode == "affine" and bits in (4, 8) and group_size in (32, 64, 128) and in_dims % group_size == 0
+
+
+def kernel_matmul(
+    x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None, group_size: int, bits: int
+) -> mx.array:
+    """x @ dequantize(w).T: the kernel for a few rows, dequantize + BLAS for many."""
+    assert biases is not None, "affine quantization has biases"
+    rows = x.size // x.shape[-1] if x.ndim else 1
+    if rows > MAX_KERNEL_ROWS:
+        dense = mx.dequantize(w, scales, biases, group_size=group_size, bits=bits)
+        return x @ dense.astype(x.dtype).T
+    assert _kernels is not None
+    y = _kernels.quantized_matvec(x if x.dtype == mx.float32 else x.astype(mx.float32), w, scales, biases, group_size, bits)
+    return y if x.dtype == mx.float32 else y.astype(x.dtype)
+
+
+class KernelLinear(nn.Module):
+    """`nn.QuantizedLinear` (affine, 4 or 8 bits) with the same parameters, computed by our kernel."""
+
+    def __init__(self, layer: nn.QuantizedLinear) -> None:
+        super().__init__()
+        self.weight, self.scales, self.biases = layer.weight, layer.scales, layer.biases
+        if "bias" in layer:
+            self.bias = layer.bias
+        self.group_size, self.bits = layer.group_size, layer.bits
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = kernel_matmul(x, self.weight, self.scales, self.biases, self.group_size, self.bits)
+        return y + self.bias if "bias" in self else y
+
+
+class KernelEmbedding(nn.QuantizedEmbedding):
+    """`nn.QuantizedEmbedding` whose `as_linear` (a tied head) uses our kernel; lookups are unchanged."""
+
+    def __init__(self, embedding: nn.QuantizedEmbedding) -> None:
+        nn.Module.__init__(self)
+        self.group_size, self.bits, self.mode = embedding.group_size, embedding.bits, embedding.mode
+        self.weight, self.scales, self.biases = embedding.weight, embedding.scales, embedding.biases
+        self.num_embeddings, self.dims = embedding.num_embeddings, embedding.dims
+        self.freeze()
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return kernel_matmul(x, self.weight, self.scales, self.biases, self.group_size, self.bits)
+
+
+def _swapped(module: nn.Module) -> nn.Module | None:
+    # Exact types only: the distributed (sharded) quantized linears keep their own modules.
+    if type(module) is nn.QuantizedLinear and _supported(
+        module.group_size, module.bits, module.mode, module.weight.shape[1] * 32 // module.bits
+    ):
+        return KernelLinear(module)
+    if type(module) is nn.QuantizedEmbedding and _supported(module.group_size, module.bits, module.mode, module.dims):
+        return KernelEmbedding(module)
+    return None
+
+
+def use_cpu_kernel(model: nn.Module) -> int:
+    """Replace the model's supported quantized layers in place (also inside lists); returns how many."""
+    replaced = 0
+    for _, module in model.named_modules():
+        for name, child in list(module.children().items()):
+            if isinstance(child, list):
+                stored = module[name]  # children() hands out a copy of the list
+                for i, item in enumerate(stored):
+                    if (new := _swapped(item)) is not None:
+                        stored[i] = new
+                        replaced += 1
+            elif (new := _swapped(child)) is not None:
+                setattr(module, name, new)
+                replaced += 1
+    return replaced
+
+
+def weights_detail(model: nn.Module) -> str:
+    """For the runner's ready status: 'weights f32', 'weights q4', 'weights q4+exo-kernel (avx512vnni)'."""
+    bits: set[int] = set()
+    kernel = False
+    dtype = None
+    for _, module in model.named_modules():
+        if isinstance(module, (KernelLinear, KernelEmbedding)):
+            kernel = True
+        if isinstance(module, (KernelLinear, nn.QuantizedLinear)) and not isinstance(module, KernelEmbedding):
+            bits.add(module.bits)
+        elif isinstance(module, nn.Linear) and dtype is None:
+            dtype = module.weight.dtype
+    if not bits:
+        return f"weights {_DTYPE_NAMES.get(dtype, str(dtype)) if dtype is not None else 'unknown'}"
+    name = "+".join(f"q{b}" for b in sorted(bits))
+    if kernel and _kernels is not None:
+        return f"weights {name}+exo-kernel ({_kernels.isa()})"
+    return f"weights {name}"
