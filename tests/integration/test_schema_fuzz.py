@@ -19,9 +19,6 @@ from tests.conftest import MODEL, Node
 
 pytestmark = pytest.mark.slow
 
-# Issue 17's first bug, fixed by the generation path's admission check (another branch): an empty prompt is a
-# 500 and aborts the runner's batch. Until that lands, this one 5xx alone marks the test xfail, not passed.
-KNOWN_EMPTY_PROMPT_500 = "has an empty prompt"
 EXAMPLES = 12  # per operation and mode: ~8 operations x 2 modes x 12, < 60 s here
 MAX_TOKENS_CAP = 4
 
@@ -67,7 +64,4 @@ def test_no_server_errors(node: Node) -> None:
             except Unsatisfiable:  # nothing of this operation can be made invalid (e.g. no parameters at all)
                 assert mode == GenerationMode.NEGATIVE, operation.label
     assert calls > 100
-    unknown = [e for e in server_errors if KNOWN_EMPTY_PROMPT_500 not in e]
-    assert unknown == [], "\n".join(unknown)
-    if server_errors:
-        pytest.xfail(f"{len(server_errors)} x the known empty-prompt 500 (issue 17): {server_errors[0][:200]}")
+    assert server_errors == [], "\n".join(server_errors)  # the empty prompt's 500 (issue 17) included: admission 400s it
