@@ -37,7 +37,8 @@ def rank_child() -> None:
     then two measured ones; rank 0 prints the median ms between tokens and the cores the process used."""
     from services.worker.runner.serve.control import Control, ControlChannel, Submit
     from services.worker.runner.serve.engine import Engine
-    from services.worker.runner.model.sharding import init_group, load_shard, sync_ranks
+    from services.worker.runner.group import init_group, sync_ranks
+    from services.worker.runner.model.sharding import load_shard
     from shared.generation import SamplingParams
 
     world, tokens = int(os.environ["WORLD"]), int(os.environ["TOKENS"])

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from services.worker.runner.serve.control import Control, ControlChannel, Submit  # noqa: E402
-from services.worker.runner.model.sharding import init_group, sync_ranks  # noqa: E402
+from services.worker.runner.group import init_group, sync_ranks  # noqa: E402
 from shared.generation import SamplingParams  # noqa: E402
 
 

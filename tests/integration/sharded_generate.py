@@ -21,7 +21,8 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm import stream_generate  # noqa: E402
 from mlx_lm.sample_utils import make_sampler  # noqa: E402
 
-from services.worker.runner.model.sharding import init_group, load_shard, parameter_bytes, sync_ranks  # noqa: E402
+from services.worker.runner.group import init_group, sync_ranks  # noqa: E402
+from services.worker.runner.model.sharding import load_shard, parameter_bytes  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint. Use vivid detail."}]
 

@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
 
 
 def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
-    from services.worker.runner.model.sharding import init_group, load_shard
+    from services.worker.runner.group import init_group
+    from services.worker.runner.model.sharding import load_shard
 
     group = init_group(args.world_size, args.backend)
     strategy = "single" if group is None else args.strategy
@@ -63,7 +64,7 @@ def _ring_reason(exc: Exception, args: RunnerArgs) -> str | None:
 
 def follow(engine: Engine, group) -> None:  # noqa: ANN001
     """Ranks above 0: run exactly the cycles rank 0 runs, until it says stop."""
-    from services.worker.runner.model.sharding import sync_ranks
+    from services.worker.runner.group import sync_ranks
 
     channel = ControlChannel(group)
     channel.post(None)

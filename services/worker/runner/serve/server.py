@@ -240,7 +240,7 @@ class RunnerServer:
     def _shut_down_ranks(self) -> None:
         """On the MLX thread: take the control in flight and run its cycle (the other ranks run it too),
         post the stop, and wait until every rank has it and has finished its work."""
-        from services.worker.runner.model.sharding import sync_ranks
+        from services.worker.runner.group import sync_ranks
 
         assert self.channel is not None
         control = self.channel.take()
