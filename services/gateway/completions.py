@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.background import BackgroundTask
 
 from shared.ids import new_request_id
 
-from services.gateway.completion_output import ChatShape, TextShape, log_finished, sse_events, usage_of
+from services.gateway.completion_output import ChatShape, TextShape, sse_events, usage_of
 from services.gateway.errors import bad_request
-from services.gateway.generate import gather, start_generation
+from services.gateway.generate import answer, start_generation
 from services.gateway.generation_params import ChatPlan, plan_chat
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
@@ -57,17 +55,6 @@ async def _serve(request: Request, body: SamplingFields, chat: bool, plan: ChatP
     shape: ChatShape | TextShape = ChatShape(rid, body.model) if chat else TextShape(rid, body.model)
     if plan is not None and plan.tool_names:  # with tools, even `none`: no tool syntax in content
         shape = ToolChatShape(rid, body.model, plan)
-    if body.stream:
-        return StreamingResponse(
-            sse_events(generation, shape, body.include_usage), media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"}, background=BackgroundTask(generation.aclose),
-        )  # fmt: skip
-    try:
-        gathered = await gather(request, generation)
-    finally:
-        await generation.aclose()
-    if gathered is None:
-        return JSONResponse({}, status_code=499)
-    text, last = gathered
-    log_finished(last)
-    return shape.whole(text, openai_finish_reason(last.finish_reason) or "stop", usage_of(last))
+    events = sse_events(generation, shape, body.include_usage) if body.stream else None
+    return await answer(request, generation, events,
+                        lambda text, last: shape.whole(text, openai_finish_reason(last.finish_reason) or "stop", usage_of(last)))  # fmt: skip

@@ -5,13 +5,18 @@ Completions, Anthropic Messages, Responses, Ollama) translates its request into 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from shared.generation import ChatMessage, GenerateRequest, SamplingParams, TokenChunk
 from shared.ids import new_request_id
 from shared.models import UnknownModel, get_card
 
+from services.gateway.completion_output import log_finished
 from services.gateway.errors import model_not_found
 from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import SamplingFields
@@ -75,3 +80,27 @@ async def gather(request: Request, generation: Submitted) -> tuple[str, TokenChu
             await asyncio.gather(task, return_exceptions=True)
             return None
     return task.result()
+
+
+async def answer(
+    request: Request,
+    generation: Submitted,
+    stream: AsyncIterator[bytes] | None,
+    whole: Callable[[str, TokenChunk], Any],
+    media_type: str = "text/event-stream",
+) -> Any:
+    """Every API's answer to an accepted generation: `stream` (its events, in the API's shape) as a streamed
+    response that closes the generation when it ends; else the whole text and last chunk made into the API's
+    body by `whole` (499 when the client went away first)."""
+    if stream is not None:
+        headers = {"Cache-Control": "no-cache"} if media_type == "text/event-stream" else None
+        return StreamingResponse(stream, media_type=media_type, headers=headers, background=BackgroundTask(generation.aclose))
+    try:
+        gathered = await gather(request, generation)
+    finally:
+        await generation.aclose()
+    if gathered is None:
+        return JSONResponse({}, status_code=499)
+    text, last = gathered
+    log_finished(last)
+    return whole(text, last)

@@ -9,8 +9,6 @@ from typing import Literal
 
 import msgspec
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.background import BackgroundTask
 
 from shared.generation import ChatMessage, TokenChunk
 from shared.ids import new_request_id
@@ -18,7 +16,7 @@ from shared.ids import new_request_id
 from services.gateway.adapters.error_shapes import anthropic_error
 from services.gateway.completion_output import log_finished
 from services.gateway.errors import OpenAIError, bad_request
-from services.gateway.generate import count_prompt_tokens, gather, start_generation
+from services.gateway.generate import answer, count_prompt_tokens, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import SamplingFields
 
@@ -161,18 +159,9 @@ async def messages(request: Request):  # noqa: ANN201
     fields, chat = translate(body)
     message_id = "msg_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, message_id, fields, messages=chat, api="anthropic.messages")
-    if body.stream:
-        return StreamingResponse(events(generation, message_id, body.model), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"}, background=BackgroundTask(generation.aclose))  # fmt: skip
-    try:
-        gathered = await gather(request, generation)
-    finally:
-        await generation.aclose()
-    if gathered is None:
-        return JSONResponse({}, status_code=499)
-    text, last = gathered
-    log_finished(last)
-    return message(message_id, body.model, text, last, last.prompt_tokens)
+    stream = events(generation, message_id, body.model) if body.stream else None
+    return await answer(request, generation, stream,
+                        lambda text, last: message(message_id, body.model, text, last, last.prompt_tokens))  # fmt: skip
 
 
 @router.post("/v1/messages/count_tokens")

@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.background import BackgroundTask
 
 from shared.generation import ChatMessage, TokenChunk
 from shared.ids import new_request_id
@@ -21,7 +19,7 @@ from shared.state import ClusterState
 
 from services.gateway.completion_output import log_finished
 from services.gateway.errors import OpenAIError, bad_request, model_not_found
-from services.gateway.generate import gather, start_generation
+from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import SamplingFields
 
@@ -189,19 +187,10 @@ def decode(raw: bytes, type_: type) -> Any:  # noqa: ANN401
 
 
 async def _serve(request: Request, fields: SamplingFields, stream: bool, chat: bool, **what):  # noqa: ANN003, ANN202
-    generation = await start_generation(request, "ollama-" + new_request_id().removeprefix("req-"), fields, api="ollama.chat" if chat else "ollama.generate", **what)
-    if stream:
-        return StreamingResponse(lines(generation, fields.model, chat), media_type="application/x-ndjson",
-                                 background=BackgroundTask(generation.aclose))  # fmt: skip
-    try:
-        gathered = await gather(request, generation)
-    finally:
-        await generation.aclose()
-    if gathered is None:
-        return JSONResponse({}, status_code=499)
-    text, last = gathered
-    log_finished(last)
-    return piece(fields.model, text, chat) | done_fields(last)
+    rid = "ollama-" + new_request_id().removeprefix("req-")
+    generation = await start_generation(request, rid, fields, api="ollama.chat" if chat else "ollama.generate", **what)
+    return await answer(request, generation, lines(generation, fields.model, chat) if stream else None,
+                        lambda text, last: piece(fields.model, text, chat) | done_fields(last), "application/x-ndjson")  # fmt: skip
 
 
 @router.post("/api/chat")

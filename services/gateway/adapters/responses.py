@@ -10,15 +10,13 @@ from typing import Literal
 
 import msgspec
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.background import BackgroundTask
 
 from shared.generation import ChatMessage, TokenChunk
 from shared.ids import new_request_id
 
 from services.gateway.completion_output import log_finished
 from services.gateway.errors import OpenAIError, bad_request
-from services.gateway.generate import gather, start_generation
+from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import SamplingFields
 
@@ -194,15 +192,5 @@ async def create_response(request: Request):  # noqa: ANN201
     fields, messages = translate(body)
     rid = "resp_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, rid, fields, messages=messages, api="responses")
-    if body.stream:
-        return StreamingResponse(events(generation, StreamShape(rid, body, int(time.time()))), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"}, background=BackgroundTask(generation.aclose))  # fmt: skip
-    try:
-        gathered = await gather(request, generation)
-    finally:
-        await generation.aclose()
-    if gathered is None:
-        return JSONResponse({}, status_code=499)
-    text, last = gathered
-    log_finished(last)
-    return response(rid, body, int(time.time()), text, last)
+    stream = events(generation, StreamShape(rid, body, int(time.time()))) if body.stream else None
+    return await answer(request, generation, stream, lambda text, last: response(rid, body, int(time.time()), text, last))

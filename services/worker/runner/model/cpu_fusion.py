@@ -31,6 +31,8 @@ import mlx.core as mx
 from mlx import nn
 from mlx_lm.models.rope_utils import Llama3RoPE
 
+from services.worker.runner.model.swap import replace_modules
+
 ENV = "EXO_CPU_FUSION"
 
 
@@ -108,16 +110,4 @@ def _fused(module: nn.Module) -> nn.Module | None:
 def fuse_for_cpu(model: nn.Module) -> int:
     """Replace the model's RMSNorm and RoPE modules in place (also inside lists of modules); returns how
     many were replaced."""
-    replaced = 0
-    for _, module in model.named_modules():
-        for name, child in list(module.children().items()):
-            if isinstance(child, list):
-                stored = module[name]  # children() hands out a copy of the list
-                for i, item in enumerate(stored):
-                    if (fused := _fused(item)) is not None:
-                        stored[i] = fused
-                        replaced += 1
-            elif (fused := _fused(child)) is not None:
-                setattr(module, name, fused)
-                replaced += 1
-    return replaced
+    return replace_modules(model, _fused)

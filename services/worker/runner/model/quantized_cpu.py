@@ -22,6 +22,8 @@ from types import ModuleType
 import mlx.core as mx
 from mlx import nn
 
+from services.worker.runner.model.swap import replace_modules
+
 ENV = "EXO_CPU_KERNEL"
 # Rows of activations above which a matmul dequantizes and uses the BLAS: the kernel re-reads the weights
 # every 8 rows, a BLAS product of a long prefill does not. Chosen, not yet measured (prefill is a follow-up).
@@ -112,19 +114,7 @@ def _swapped(module: nn.Module) -> nn.Module | None:
 
 def use_cpu_kernel(model: nn.Module) -> int:
     """Replace the model's supported quantized layers in place (also inside lists); returns how many."""
-    replaced = 0
-    for _, module in model.named_modules():
-        for name, child in list(module.children().items()):
-            if isinstance(child, list):
-                stored = module[name]  # children() hands out a copy of the list
-                for i, item in enumerate(stored):
-                    if (new := _swapped(item)) is not None:
-                        stored[i] = new
-                        replaced += 1
-            elif (new := _swapped(child)) is not None:
-                setattr(module, name, new)
-                replaced += 1
-    return replaced
+    return replace_modules(model, _swapped)
 
 
 def weights_detail(model: nn.Module) -> str:
