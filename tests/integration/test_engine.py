@@ -183,7 +183,7 @@ def test_cancel_mid_stream_frees_the_slot(tiny_node: Node) -> None:
 async def generate_on_the_bus(node: Node, request: GenerateRequest) -> tuple[GenerateAccepted, list[TokenChunk]]:
     """What the gateway does: submit to the instance's runner, read the request's chunks to the last."""
     (instance_id,) = node.health()["ready_instances"]
-    nc = await nats.connect(node.nats_url)
+    nc = await nats.connect(node.nats_url_as("gateway"))  # as a gateway: it may ask runners
     chunks: list[TokenChunk] = []
     done = asyncio.Event()
 
