@@ -81,7 +81,9 @@ async def test_log_replays_into_the_state_and_holds_no_tokens(node: Node) -> Non
         assert state.leader_term > 0 and node.health()["master"] == state.leader_node_id
         placed = [e.instance for _, e in after if isinstance(e, InstancePlaced)]
         assert any(i.model_id == MODEL for i in placed)
-        ready = [i.instance_id for i in placed if state.instance_ready(i.instance_id)]
+        # (an instance placed and deleted by an earlier test of the session, e.g. exo bench's, is in the log but not
+        # in the state)
+        ready = [i.instance_id for i in placed if i.instance_id in state.instances and state.instance_ready(i.instance_id)]
         assert ready and any(isinstance(e, RunnerStatusChanged) and e.phase == "ready" for _, e in after)
         assert node.health()["ready_instances"] == ready
     finally:
