@@ -61,7 +61,12 @@ function renderMetrics() {
   sparkline($("c-tps"), [{ values: m.tokens_per_s, cls: "line" }]);
   sparkline($("c-ttft"), [{ values: m.ttft_ms, cls: "line" }], " ms");
   sparkline($("c-req"), [{ values: m.in_flight_series, cls: "line" }, { values: m.waiting_series, cls: "line2" }]);
-  if (m.completed !== completedSeen) { completedSeen = m.completed; loadInferences(); }
+  if (m.completed !== completedSeen) {
+    completedSeen = m.completed;
+    // the leader writes a finished request into the log in its next batch (about a second): ask now and once more
+    loadInferences();
+    setTimeout(loadInferences, 2500);
+  }
 }
 
 // GET /v1/inferences comes from the inference log; a gateway without it answers 404 and the panel stays hidden.
