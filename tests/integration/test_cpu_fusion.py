@@ -19,6 +19,7 @@ from services.worker.runner.model.cpu_fusion import (
     fuse_for_cpu,
     wanted,
 )
+from tests.integration import model_steps
 from tests.shared_models import SharedModels
 
 PROMPT = [1, 504, 3458, 282, 4649, 314, 253, 1789, 30, 198] * 3
@@ -39,15 +40,7 @@ def load(path: Path, fused: bool) -> nn.Module:
 
 
 def greedy(model: nn.Module, steps: int, prompt: list[int] = PROMPT) -> tuple[list[int], list[mx.array]]:
-    cache = make_prompt_cache(model)
-    logits = model(mx.array([prompt]), cache=cache)[:, -1, :]
-    tokens, rows = [], []
-    for _ in range(steps):
-        token = mx.argmax(logits, axis=-1)
-        tokens.append(token.item())
-        rows.append(logits)
-        logits = model(token[:, None], cache=cache)[:, -1, :]
-    return tokens, rows
+    return model_steps.greedy(model, steps, prompt)
 
 
 def op_count(model: nn.Module, tmp: Path) -> int:

@@ -9,10 +9,11 @@ import jsonschema
 import pytest
 
 from services.worker.models.store import ModelStore
-from services.worker.runner.serve.control import Control, Submit
+from services.worker.runner.serve.control import Submit
 from services.worker.runner.serve.engine import Engine, Step
 from shared.generation import ChatMessage, GenerateRequest, SamplingParams
 from shared.models import get_card
+from tests.integration.model_steps import run_batch, text
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +51,7 @@ def submit_of(engine: Engine, rid: str) -> Submit:
 
 
 def run(engine: Engine, rids: list[str]) -> dict[str, list[Step]]:
-    steps, _cached = engine.run_cycle(Control([submit_of(engine, rid) for rid in rids]))
-    out: dict[str, list[Step]] = {rid: [] for rid in rids}
-    while True:
-        for step in steps:
-            out[step.request_id].append(step)
-        if not engine.busy:
-            return out
-        steps = engine.step()
-
-
-def text(steps: list[Step]) -> str:
-    return "".join(s.text for s in steps)
+    return run_batch(engine, [submit_of(engine, rid) for rid in rids])
 
 
 def test_a_grammar_request_in_a_batch_validates_and_leaves_the_plain_ones_unchanged(engine_parts) -> None:

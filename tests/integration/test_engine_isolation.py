@@ -16,6 +16,7 @@ from services.worker.runner.serve.control import Control, Submit
 from services.worker.runner.serve.engine import Engine, Step
 from shared.generation import GenerateRequest, SamplingParams
 from shared.models import get_card
+from tests.integration.model_steps import run_batch, text
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +51,7 @@ def run(engine: Engine, rids: list[str], prompts: dict[str, list[int]] | None = 
     """Submit every request in one control, then step until the batch is empty; every step of each request."""
     prompts = prompts or {}
     submits = [Submit(rid, prompts[rid] if rid in prompts else prompt(engine, rid), sampling_of(rid)) for rid in rids]
-    steps, _cached = engine.run_cycle(Control(submits))
-    out: dict[str, list[Step]] = {rid: [] for rid in rids}
-    while True:
-        for step in steps:
-            out[step.request_id].append(step)
-        if not engine.busy:
-            return out
-        steps = engine.step()
-
-
-def text(steps: list[Step]) -> str:
-    return "".join(s.text for s in steps)
+    return run_batch(engine, submits)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from services.worker.models.store import ModelStore, choose_weight_format
 from services.worker.runner.model import quantized_cpu
 from services.worker.runner.model.quantized_cpu import KernelEmbedding, KernelLinear, use_cpu_kernel, weights_detail
 from shared.models import get_card
+from tests.integration import model_steps
 
 if platform.system() != "Linux":  # setup.sh builds the kernel on Linux only (Metal serves macOS)
     pytest.skip("exo's CPU kernel is built on Linux only", allow_module_level=True)
@@ -152,17 +153,7 @@ def q4_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def greedy(model: nn.Module, steps: int) -> tuple[list[int], list[mx.array]]:
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    logits = model(mx.array([PROMPT]), cache=cache)[:, -1, :]
-    tokens, rows = [], []
-    for _ in range(steps):
-        token = mx.argmax(logits, axis=-1)
-        tokens.append(token.item())
-        rows.append(logits)
-        logits = model(token[:, None], cache=cache)[:, -1, :]
-    return tokens, rows
+    return model_steps.greedy(model, steps, PROMPT)
 
 
 def test_real_model_greedy_tokens_match_mlx_quantized_path(q4_path: Path) -> None:
