@@ -3,7 +3,8 @@
 The type check (mypy, configured in pyproject.toml) runs first: a wrong id or an unhandled event fails before any test.
 The fast tier (tests/unit: pure logic on plain data, no processes, no real model) stops at its first failure and
 the run stops with it: a broken contract shows in seconds, before the slow tier spends minutes on real nodes.
-The slow tier (tests/integration) runs every test. Per-test timeouts come from tests/conftest.py, and
+The slow tier (tests/integration) runs every test: two files at a time (pytest-xdist), then alone the files whose
+tests judge time (ONE_AT_A_TIME in tests/conftest.py). Per-test timeouts come from tests/conftest.py, and
 --durations names the slowest tests, so a hang or a slowdown names itself. Extra arguments go to both tiers
 (e.g. `python -m tests -k bus`).
 """
@@ -21,6 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NO_TESTS_COLLECTED = 5  # pytest's exit code when a -k or -m given here selects nothing in a tier
 DURATIONS = "--durations=15"
+# Most slow-tier tests wait on processes (a node starting, a runner restarting, a timeout), so two files at a time
+# fill the machine's two cores better; the tests that judge time run alone afterwards (ONE_AT_A_TIME in conftest.py).
+PARALLEL_WORKERS = 2
 
 
 def steps(extra: list[str], reports: Path) -> list[tuple[str, list[str]]]:
@@ -28,7 +32,11 @@ def steps(extra: list[str], reports: Path) -> list[tuple[str, list[str]]]:
     return [
         ("types: mypy", [sys.executable, "-m", "mypy"]),
         ("fast tier: tests/unit", [*pytest, "tests/unit", "-x", f"--junitxml={reports / 'fast.xml'}", *extra]),
-        ("slow tier: tests/integration", [*pytest, "tests/integration", f"--junitxml={reports / 'slow.xml'}", *extra]),
+        ("slow tier, two files at a time: tests/integration", [
+            *pytest, "tests/integration", "-m", "not one_at_a_time", "-n", str(PARALLEL_WORKERS), "--dist", "loadfile",
+            f"--junitxml={reports / 'slow-parallel.xml'}", *extra]),
+        ("slow tier, one at a time: tests/integration", [
+            *pytest, "tests/integration", "-m", "one_at_a_time", f"--junitxml={reports / 'slow-serial.xml'}", *extra]),
     ]
 
 

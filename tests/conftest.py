@@ -48,7 +48,21 @@ SLOW_TIER_TIMEOUT_S = 600
 SLOW_TIER = REPO_ROOT / "tests" / "integration"
 
 
+# Slow-tier files whose tests judge time (how fast a failover, a restart, an error arrives; how much CPU an idle rank
+# burns) or hold one node's only slot: `python -m tests` runs them one at a time, after the rest of the tier has run
+# two files at a time (pytest-xdist), so another test's load never decides whether they pass.
+ONE_AT_A_TIME = frozenset({
+    "test_bus_formation.py", "test_cluster.py", "test_dashboard.py", "test_discovery.py", "test_engine.py",
+    "test_errors.py", "test_failover.py", "test_lease_bus.py", "test_netns_cluster.py", "test_netns_same_hostname.py",
+    "test_previous_run.py", "test_resilience.py", "test_ring_ranks.py", "test_runner_lifetime.py",
+    "test_service_exit.py", "test_supervisor.py", "test_worker_restart.py",
+})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in ONE_AT_A_TIME and item.path.is_relative_to(SLOW_TIER):
+            item.add_marker(pytest.mark.one_at_a_time)
     if config.getoption("timeout", None) is not None:
         return
     for item in items:
