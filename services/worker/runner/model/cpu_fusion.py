@@ -24,7 +24,6 @@ Scope, chosen to stay safe:
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import mlx.core as mx

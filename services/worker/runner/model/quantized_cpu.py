@@ -16,7 +16,6 @@ llama.cpp's do (tests/unit/test_quantized_cpu.py measures it).
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import mlx.core as mx
