@@ -21,7 +21,7 @@ from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.bus_roles import WORKER
 from shared.specs import RunnerSpec, WorkerSpec
-from shared.events import AnyEvent, Instance, RunnerStatusChanged
+from shared.events import AnyEvent, Instance
 from shared.state import ClusterState, runner_key
 from shared.models import get_card
 from shared.processes import create_time, process_alive
@@ -33,13 +33,13 @@ from services.worker.dataplane import dataplane_config, write_files
 from services.worker.models.store import ModelStore, default_weight_format
 from services.worker.plan import (
     LocalRunner,
+    RestartRunner,
     StartRunner,
     StopRunner,
     adopted_runner,
     plan,
     record_exit,
     triage_recorded,
-    stop_for_failed_sibling,
 )
 from shared.runner_record import RunnerRecord
 from services.worker.runner.reporting import report_runner, report_worker_started
@@ -104,14 +104,8 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _on_event(self, _state: ClusterState, event: AnyEvent) -> None:
+    async def _on_event(self, _state: ClusterState, _event: AnyEvent) -> None:
         self._wake.set()
-        if isinstance(event, RunnerStatusChanged):
-            stop = stop_for_failed_sibling(event, self.local, self.node_id)
-            process = self.processes.get(event.instance_id)
-            if stop is not None and process is not None:
-                log.warning("stopping runner: its group lost a rank", instance=stop.instance_id, reason=stop.reason)
-                self._spawn(process.stop())  # an expected exit: the plan restarts it after its backoff
 
     async def _adopt_recorded(self) -> list[RunnerRecord]:
         """Runners that outlived the previous worker: adopt those still wanted, stop the others, drop stale records."""
@@ -135,7 +129,7 @@ class Worker:
         for record in decision.adopt:
             iid = record.instance_id
             self.processes[iid] = AdoptedRunner(record.pid, record.create_time, self._log_path(iid, record.rank))
-            self.local[iid] = adopted_runner(record, now, wall_now)
+            self.local[iid] = adopted_runner(record, now, wall_now, self.follower.state.last_seq)
             registry.write_record(state_dir, msgspec.structs.replace(
                 record, worker_pid=self.pid, worker_create_time=self.create_time))  # fmt: skip
             log.info("runner adopted", instance=iid, rank=record.rank, pid=record.pid)
@@ -161,15 +155,26 @@ class Worker:
                     self._start(action)
                 case StopRunner():
                     await self._stop(action)
+                case RestartRunner():
+                    self._restart(action)
 
     def _start(self, action: StartRunner) -> None:
         instance_id = action.instance.instance_id
         previous = self.local.get(instance_id)
         attempts = (previous.attempts if previous else 0) + 1
         self.local[instance_id] = LocalRunner(
-            instance_id, action.shard.rank, running=True, attempts=attempts, started_at=time.monotonic()
+            instance_id, action.shard.rank, running=True, attempts=attempts, started_at=time.monotonic(),
+            seen_seq=self.follower.state.last_seq,
         )
         self._spawn(self._run_runner(action))
+
+    def _restart(self, action: RestartRunner) -> None:
+        runner, process = self.local.get(action.instance_id), self.processes.get(action.instance_id)
+        if runner is None or process is None:
+            return
+        runner.seen_seq = action.failure_seq
+        log.warning("stopping runner: its group lost a rank", instance=action.instance_id, reason=action.reason)
+        self._spawn(process.stop())  # an expected exit: the plan starts it again after its backoff
 
     async def _stop(self, action: StopRunner) -> None:
         log.info("stopping runner", instance=action.instance_id, reason=action.reason)
