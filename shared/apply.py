@@ -31,7 +31,7 @@ def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> Clust
         case InstanceDeleted():
             new = _instance_deleted(state, event)
         case RunnerStatusChanged():
-            new = _runner_status(state, event)
+            new = _runner_status(state, event, state.last_seq + 1 if seq is None else seq)
         case LeaderElected():
             new = _leader_elected(state, event)
         case WorkerStarted():
@@ -76,12 +76,14 @@ def _instance_deleted(state: ClusterState, event: InstanceDeleted) -> ClusterSta
     instances = {k: v for k, v in state.instances.items() if k != event.instance_id}
     prefix = f"{event.instance_id}/"
     runners = {k: v for k, v in state.runners.items() if not k.startswith(prefix)}
+    failures = {k: v for k, v in state.failures.items() if not k.startswith(prefix)}
     waiting = {k: v for k, v in state.waiting.items() if k != event.instance_id}
-    return msgspec.structs.replace(state, instances=instances, runners=runners, waiting=waiting)
+    return msgspec.structs.replace(state, instances=instances, runners=runners, failures=failures, waiting=waiting)
 
 
-def _runner_status(state: ClusterState, event: RunnerStatusChanged) -> ClusterState:
+def _runner_status(state: ClusterState, event: RunnerStatusChanged, seq: int) -> ClusterState:
     if event.instance_id not in state.instances:
         return state  # a late report about an instance that is already gone
     key = runner_key(event.instance_id, event.rank)
-    return msgspec.structs.replace(state, runners={**state.runners, key: event})
+    failures = {**state.failures, key: seq} if event.phase == "failed" else state.failures
+    return msgspec.structs.replace(state, runners={**state.runners, key: event}, failures=failures)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -26,11 +25,12 @@ from shared.cluster_secret import (
     nats_credentials,
     normalise,
     redact,
+    remember,
     remembered,
     stored,
     without_credentials,
 )
-from shared.config import default_state_dir
+from shared.config import default_state_dir, environment
 from shared.commands import CommandReply, decode_reply
 from shared.event_signing import refusal
 from shared.events import AnyEvent, decode_event
@@ -121,9 +121,11 @@ async def disconnect(nc: NATS) -> None:
 
 
 def process_secret() -> str | None:
-    """The secret this process knows: remembered by its service's config (shared.config), else (a runner, a
+    """The secret this process knows: remembered by its service's or runner's spec (shared.config), else (a
     tool) from the environment or the state dir the environment names."""
-    given = remembered() or os.environ.get(SECRET_ENV)
+    given = remembered()
+    if given is None and (given := environment().get("cluster_secret")):
+        remember(given)  # taken out of the environment: kept in memory for the next connection
     return normalise(given) if given else stored(default_state_dir())
 
 

@@ -1,7 +1,7 @@
-"""Configuration common to every service: flags, with defaults from the environment.
+"""Configuration common to every service, and the one reader of the `EXO_*` variables (`environment`).
 
-Each service adds its own flags on top (see its `config.py`); the supervisor passes settings to the
-services it starts through these environment variables, so a service started alone by launchd reads the same.
+A service started by the node's supervisor gets its spec (shared/specs.py) as `--spec JSON`; one started alone
+builds the same spec from its flags, whose defaults come from the variables of shared/env_names.py.
 """
 
 from __future__ import annotations
@@ -9,27 +9,86 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
+import structlog
 
-from shared.cluster_secret import SECRET_ENV, BadSecret, remember, stored
+from shared import env_names
+from shared.cluster_secret import BadSecret, remember, stored
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_API_PORT = 8080
 DEFAULT_DISCOVERY_PORT = 52416  # UDP beacons
 DEFAULT_ROUTE_PORT = 6222  # NATS cluster routes between the nodes' buses
 
+Spec = TypeVar("Spec", bound=msgspec.Struct)
+
+
+def _rows() -> tuple[env_names.EnvName, ...]:
+    from shared.specs import runner_setting_fields
+
+    runner = tuple(env_names.EnvName(f"EXO_{f.name.upper()}", f.name, "runner setting") for f in runner_setting_fields())
+    return env_names.TABLE + runner
+
+
+def env_table() -> tuple[env_names.EnvName, ...]:
+    """Every EXO_* variable read (the runner settings' rows included) and the native ones."""
+    return _rows() + env_names.NATIVE
+
+
+def environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """dest -> value of each EXO_* variable set: the one place they are read. The secret ones are taken out
+    of the environment, so that the processes this one starts do not inherit them."""
+    env = os.environ if environ is None else environ
+    found: dict[str, str] = {}
+    for row in _rows():
+        if row.name in env:
+            found[row.dest] = env.pop(row.name) if row.secret or row.name == env_names.API_KEY_FILE else env[row.name]
+    return found
+
+
+def without_exo_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a child of the node gets: none of the EXO_* variables (its spec says what it needs),
+    but those that native code reads itself (env_names.NATIVE)."""
+    native = {row.name for row in env_names.NATIVE}
+    return {k: v for k, v in environ.items() if not k.startswith("EXO_") or k in native}
+
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("EXO_STATE_DIR", Path.home() / ".exo"))
+    return Path(environment().get("state_dir") or Path.home() / ".exo")
 
 
-class CommonConfig(msgspec.Struct, frozen=True):
+def parse_with_environment(
+    parser: argparse.ArgumentParser, argv: list[str] | None, ignore: frozenset[str] = frozenset(),
+    only: frozenset[str] | None = None,
+) -> tuple[argparse.Namespace, dict[str, str]]:  # fmt: skip
+    """Flags over variables over the parser's own defaults (`ignore`: dests no variable sets; `only`: the
+    only ones it sets). A string default goes through the flag's `type`, so a bad variable is a usage error."""
+    found = environment()
+    for each in _with_subparsers(parser):
+        # never the default of a flag: `--cluster-secret` warns that it is visible, the variable is not
+        known = {action.dest for action in each._actions} - ignore - {"cluster_secret"}
+        if only is not None:
+            known &= only
+        each.set_defaults(**{dest: value for dest, value in found.items() if dest in known})
+    return parser.parse_args(argv), found
+
+
+def _with_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [parser] + [p for action in subs for p in action.choices.values()]
+
+
+class CommonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats_url: str
     state_dir: Path
     log_level: str
     console_logs: bool
+    supervisor_pid: int | None = None  # the node's supervisor, which this process never outlives; None: alone
 
     @property
     def log_dir(self) -> Path:
@@ -37,35 +96,77 @@ class CommonConfig(msgspec.Struct, frozen=True):
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--nats-url",
-        default=os.environ.get("EXO_NATS_URL", f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"),
-        help="NATS server to use (env EXO_NATS_URL)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=default_state_dir(),
-        help="where this node keeps its id, models, logs and NATS data (env EXO_STATE_DIR, default ~/.exo)",
-    )
-    parser.add_argument("--log-level", default=os.environ.get("EXO_LOG_LEVEL", "info"))
+    parser.add_argument("--nats-url", default=f"nats://127.0.0.1:{DEFAULT_NATS_PORT}",
+                        help="NATS server to use (env EXO_NATS_URL)")  # fmt: skip
+    parser.add_argument("--state-dir", type=Path, default=Path.home() / ".exo",
+                        help="where this node keeps its id, models, logs and NATS data (env EXO_STATE_DIR, default ~/.exo)")  # fmt: skip
+    parser.add_argument("--log-level", default="info")
 
 
-def common_from_args(ns: argparse.Namespace) -> CommonConfig:
-    state_dir = Path(ns.state_dir).expanduser()
-    # The secret: from the environment of a service started alone (taken out of it, so that runners do not
-    # inherit it), else where the node keeps it. Runners read it from the state dir themselves.
-    given = os.environ.pop(SECRET_ENV, None)
-    try:
-        remember(given or stored(state_dir))
-    except BadSecret:  # said where it matters: discovery sends no beacons, the bus refuses the connection
-        remember(stored(state_dir))
+def common_from_args(ns: argparse.Namespace, found: dict[str, str]) -> CommonConfig:
     return CommonConfig(
         nats_url=ns.nats_url,
-        state_dir=state_dir,
+        state_dir=Path(ns.state_dir).expanduser(),
         log_level=ns.log_level,
-        console_logs=os.environ.get("EXO_CONSOLE_LOGS", "1") != "0",
+        console_logs=found.get("console_logs", "1") != "0",
     )
+
+
+def remember_secret(state_dir: Path, given: str | None) -> None:
+    """The secret of a service: the one given to a service started alone, else the node's stored one. Runners
+    read it from the state dir too; it never travels in a spec."""
+    try:
+        remember(given or stored(state_dir))
+    except BadSecret as exc:  # said where it matters too: discovery sends no beacons, the bus refuses us
+        structlog.get_logger().error("cluster secret unusable", error=str(exc))
+        remember(stored(state_dir))
+
+
+def service_spec(
+    argv: list[str] | None, kind: type[Spec], parser: argparse.ArgumentParser,
+    from_flags: Callable[[argparse.Namespace, dict[str, str]], Any],
+) -> Spec:  # fmt: skip
+    """The spec of a service: decoded from `--spec JSON` (the supervisor's), else built by `from_flags` from the
+    flags and the environment (a service started alone). Either way its secret is remembered."""
+    from shared.specs import convert_spec, decode_spec
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--spec", default=None, metavar="JSON",
+                        help="the whole spec, as the node's supervisor passes it; no other flag then")  # fmt: skip
+    if args[:1] == ["--spec"] and len(args) == 2:
+        try:
+            spec = decode_spec(args[1], kind)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            parser.error(f"--spec: {exc}")
+        remember_secret(spec.common.state_dir, None)  # type: ignore[attr-defined]
+        return spec
+    ns, found = parse_with_environment(parser, args)
+    if ns.spec is not None:
+        parser.error("--spec comes alone")
+    try:
+        spec = convert_spec(msgspec.to_builtins(from_flags(ns, found), enc_hook=str), kind)
+    except msgspec.ValidationError as exc:
+        parser.error(str(exc))
+    given = getattr(ns, "cluster_secret", None) or found.get("cluster_secret")
+    remember_secret(spec.common.state_dir, given)  # type: ignore[attr-defined]
+    return spec
+
+
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """A flag for each runner setting (shared.specs.RunnerSettings) the parser does not have yet."""
+    from shared.specs import runner_setting_help
+
+    known = {action.dest for action in parser._actions}
+    for name, text in runner_setting_help().items():
+        if name not in known:
+            parser.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"{text} (env EXO_{name.upper()})")
+
+
+def runner_values(ns: argparse.Namespace) -> dict[str, Any]:
+    """The runner settings given by flag or variable; the others keep RunnerSettings' defaults."""
+    from shared.specs import runner_setting_help
+
+    return {name: getattr(ns, name) for name in runner_setting_help() if getattr(ns, name, None) is not None}
 
 
 def parse_bytes(text: str) -> int:

@@ -55,12 +55,12 @@ def exit_if_still_running(after_s: float, why: str, code: int) -> None:
     timer.start()
 
 
-def watch_the_node(on_gone: Callable[[], None], check_s: float = SUPERVISOR_CHECK_S,
+def watch_the_node(on_gone: Callable[[], None], supervisor_pid: int | None, check_s: float = SUPERVISOR_CHECK_S,
                    grace_s: float = EXIT_GRACE_S) -> threading.Thread | None:  # fmt: skip
     """Call `on_gone` (from a thread) when the node's supervisor is gone, and exit hard `grace_s` later if the
     process is still there: a node's services never outlive it. Services that the node did not start
     (launchd's) have no supervisor to watch: then nothing is watched and this returns None."""
-    supervisor = supervisor_anchor()
+    supervisor = supervisor_anchor(supervisor_pid)
     if supervisor is None:
         return None
 
@@ -76,9 +76,10 @@ def watch_the_node(on_gone: Callable[[], None], check_s: float = SUPERVISOR_CHEC
     return thread
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], watch_node: bool = True,
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], supervisor_pid: int | None = None,
                         grace_s: float = EXIT_GRACE_S) -> None:  # fmt: skip
-    """Run `main(stop)` until SIGTERM/SIGINT sets `stop`, or (`watch_node`) the node's supervisor is gone;
+    """Run `main(stop)` until SIGTERM/SIGINT sets `stop`, or the node's supervisor (`supervisor_pid`, from the
+    service's spec; None: not watched) is gone;
     once main has ended, the process ends within `grace_s` (see the module's doc)."""
 
     async def runner() -> None:
@@ -86,8 +87,7 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]], watch_
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        if watch_node:
-            watch_the_node(lambda: _call_soon(loop, stop.set), grace_s=grace_s)
+        watch_the_node(lambda: _call_soon(loop, stop.set), supervisor_pid, grace_s=grace_s)
         try:
             await main(stop)
         except BaseException:

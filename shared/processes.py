@@ -2,7 +2,7 @@
 
 A pid alone is not a process: the OS reuses pids. A process is named by its pid and its create time, and a
 process that was younger than the one asking cannot be the parent it knew (the parent died and its pid went to
-someone else). The node's supervisor passes its pid to every service and runner (SUPERVISOR_ENV); they stop
+someone else). The node's supervisor passes its pid to every service and runner (their specs' `supervisor_pid`); they stop
 when it is gone, so nothing of a node outlives it, not even after a kill -9 of the `exo` process.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 
 import psutil
-
-SUPERVISOR_ENV = "EXO_SUPERVISOR_PID"
 
 
 def create_time(pid: int) -> float | None:
@@ -48,8 +46,7 @@ class Anchor:
         return self.created is not None and process_alive(self.pid, self.created)
 
 
-def supervisor_anchor() -> Anchor | None:
-    """The node's supervisor, for a process that the node started; None for one started otherwise (by hand,
-    or by launchd, which is then the supervisor)."""
-    pid = os.environ.get(SUPERVISOR_ENV)
-    return Anchor.of(int(pid)) if pid and pid.isdigit() else None
+def supervisor_anchor(pid: int | None) -> Anchor | None:
+    """The node's supervisor (its pid from the process's spec), for a process that the node started; None for
+    one started otherwise (by hand, or by launchd, which is then the supervisor)."""
+    return Anchor.of(pid) if pid else None

@@ -17,6 +17,9 @@ class ClusterState(msgspec.Struct, frozen=True):
     nodes: dict[NodeId, NodeFacts] = {}
     instances: dict[InstanceId, Instance] = {}
     runners: dict[str, RunnerStatusChanged] = {}  # runner_key -> latest status
+    # runner_key -> log sequence of its latest "failed" status, kept when later statuses replace it: a worker's
+    # plan stops its own rank of a group that lost one (services/worker/plan.py), once per failure
+    failures: dict[str, int] = {}
     waiting: dict[InstanceId, InstanceAwaitingNodes] = {}  # old instance id -> its model, waiting to fit again
     leader_node_id: NodeId | None = None  # the master that may write (see LeaderElected)
     leader_term: int = 0  # its lease term; 0 before any leader was elected

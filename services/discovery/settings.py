@@ -4,14 +4,14 @@ supervisor, launchd and the tests configure it the same way."""
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 
 import msgspec
 import structlog
 
-from shared.cluster_secret import SECRET_ENV, BadSecret, normalise, remembered
+from shared.cluster_secret import SECRET_ENV, remembered
 from shared.config import DEFAULT_DISCOVERY_PORT
+from shared.specs import DiscoverySpec
 
 log = structlog.get_logger()
 
@@ -54,40 +54,46 @@ def port_number(text: str) -> int:
 
 
 def add_discovery_args(parser: argparse.ArgumentParser) -> None:
-    """String defaults from the environment go through `type` too, so a bad EXO_* value is a usage error."""
-    env = os.environ.get
+    """Defaults from the environment (shared.config.parse_with_environment) go through `type` too, so a bad
+    EXO_* value is a usage error."""
     parser.add_argument("--cluster-secret", default=None,
                         help=f"hex secret that signs beacons (env {SECRET_ENV}); without it, no beacons")  # fmt: skip
-    parser.add_argument("--discovery-port", type=port_number, default=env("EXO_DISCOVERY_PORT", str(DISCOVERY_PORT)),
+    parser.add_argument("--discovery-port", type=port_number, default=DISCOVERY_PORT,
                         help=f"UDP port for beacons (env EXO_DISCOVERY_PORT, default {DISCOVERY_PORT})")  # fmt: skip
-    parser.add_argument("--discovery-bind", default=env("EXO_DISCOVERY_BIND", DISCOVERY_BIND),
+    parser.add_argument("--discovery-bind", default=DISCOVERY_BIND,
                         help="address the beacon socket binds (env EXO_DISCOVERY_BIND, default 0.0.0.0)")  # fmt: skip
-    parser.add_argument("--peers", default=env("EXO_PEERS", ""),
+    parser.add_argument("--peers", default="",
                         help="static peers for networks without broadcast: host:port,host (env EXO_PEERS)")  # fmt: skip
-    parser.add_argument("--route-port", type=port_number, default=env("EXO_ROUTE_PORT", "0"),
+    parser.add_argument("--route-port", type=port_number, default=0,
                         help="this node's NATS cluster route port to advertise (env EXO_ROUTE_PORT; 0 = none)")  # fmt: skip
-    parser.add_argument("--hostname", default=env("EXO_HOSTNAME") or None,
+    parser.add_argument("--hostname", default=None,
                         help="name this machine goes by in facts and beacons (env EXO_HOSTNAME)")  # fmt: skip
 
 
-def settings_from_args(ns: argparse.Namespace) -> DiscoverySettings:
-    """Raises ValueError for a malformed peer list. A bad secret only disables beacons (logged), so the
-    node keeps its local facts: a typo in the secret must not take the whole node down."""
-    # remembered: what shared.config read from the environment or the node's state dir
-    given = ns.cluster_secret or os.environ.get(SECRET_ENV) or remembered() or None
+def spec_values(ns: argparse.Namespace) -> dict:
+    """A DiscoverySpec's beacon fields from the flags. Raises ValueError for a malformed peer list."""
     if ns.cluster_secret:
         log.warning("--cluster-secret is readable by every user of this machine; prefer the node's stored secret")
-    secret = None
-    if given:
-        try:
-            secret = normalise(given)
-        except BadSecret as exc:
-            log.error("cluster secret unusable, no beacons", error=str(exc))
+    return {
+        "port": ns.discovery_port,
+        "bind": ns.discovery_bind,
+        "peers": parse_peers(ns.peers, ns.discovery_port),
+        "route_port": ns.route_port,
+        "hostname": ns.hostname or None,
+    }
+
+
+def settings_from_spec(spec: DiscoverySpec) -> DiscoverySettings:
+    """The secret is the one shared.config remembered (given to a service started alone, else the node's
+    stored one); a bad one only disables beacons, so the node keeps its local facts."""
+    secret = remembered()
+    if secret is None:
+        log.warning("no usable cluster secret: no beacons")
     return DiscoverySettings(
-        hostname=ns.hostname or socket.gethostname(),
+        hostname=spec.hostname or socket.gethostname(),
         cluster_secret=secret,
-        port=ns.discovery_port,
-        bind=ns.discovery_bind,
-        static_peers=parse_peers(ns.peers, ns.discovery_port),
-        route_port=ns.route_port,
+        port=spec.port,
+        bind=spec.bind,
+        static_peers=spec.peers,
+        route_port=spec.route_port,
     )

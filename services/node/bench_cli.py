@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
 import threading
@@ -28,7 +27,7 @@ import psutil
 from services.node.bench_plan import BadConfig, Case, RequestTiming, case_stats, cases, parse_config, peak_used
 from services.node.bench_plan import ratios as baseline_ratios
 from services.node.bench_table import progress_line, table
-from shared.config import default_state_dir
+from shared.config import default_state_dir, parse_with_environment
 from shared.peers import read_table
 
 PLACE_TIMEOUT_S = 600.0  # a first placement downloads or converts the model
@@ -183,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exo bench", description="Benchmark a running node through its gateway.")
     p.add_argument("--config", type=Path, required=True, help="YAML file of the cases (see bench_simple.yaml)")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the node's gateway (default http://127.0.0.1:8080)")
-    p.add_argument("--api-key", default=os.environ.get("EXO_API_KEY"), help="the gateway's API key (env EXO_API_KEY)")
+    p.add_argument("--api-key", default=None, help="the gateway's API key (env EXO_API_KEY)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (no table, no progress)")
     p.add_argument("--baseline", type=Path, default=None, help="a saved --json run: show this run's figures as ratios")
     p.add_argument("--state-dir", type=Path, default=None, help="the node's state dir, for peers' memory (default ~/.exo)")
@@ -214,7 +213,7 @@ def delete_placed(gw: Gateway, iid: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    args, _ = parse_with_environment(parser(), argv, only=frozenset({"api_key"}))  # EXO_API_KEY
     try:
         todo, baseline = load_inputs(args)
     except BadConfig as exc:

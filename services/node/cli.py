@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from services.discovery.settings import parse_peers, port_number
-from services.gateway.api_key import API_KEY_ENV, API_KEY_FILE_ENV, BadApiKey, exposure_warning, resolve_api_key
+from services.discovery.settings import port_number
+from services.gateway.api_key import API_KEY_ENV, BadApiKey, exposure_warning, resolve_api_key
 from services.node.bootstrap import place_at_start
 from services.node.embedded_bus import (
     EmbeddedBus,
@@ -36,71 +36,19 @@ from services.node.nats_server import NatsServerUnavailable, port_is_free, wait_
 from services.node.secret_source import given_secret, join
 from services.node.supervisor import ChildSpec, Supervisor
 from shared.bus import connect, without_our_credentials
-from shared.cluster_secret import SECRET_ENV, BadSecret, redact, remember, secret_path
+from services.node.node_config import NOT_FROM_ENVIRONMENT, SERVICES, NodeConfig, ServiceSpec, node_config, node_parser
+from services.node.node_config import service_specs
+from shared.cluster_secret import BadSecret, redact, remember, secret_path
 from shared.cluster_secret import load_or_create as load_or_create_secret
-from shared.config import (
-    DEFAULT_API_PORT,
-    DEFAULT_DISCOVERY_PORT,
-    DEFAULT_NATS_PORT,
-    DEFAULT_ROUTE_PORT,
-    default_state_dir,
-    parse_bytes,
-)
+from shared.config import DEFAULT_API_PORT, DEFAULT_NATS_PORT, default_state_dir, environment, parse_with_environment
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
-from shared.models import DEFAULT_MODEL, MODEL_CARDS
 from shared.peers import read_table
-from shared.process_lifetime import VERSION
+from shared.specs import encode_spec
 
 log = structlog.get_logger()
 
-SERVICES = ("discovery", "master", "worker", "gateway")  # discovery first: see run_node
 FORMATION_WINDOW_S = 1.5  # beacons go out every second: nodes started together hear each other in this window
-
-
-def node_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exo", description="Run an exo-distributed node.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start (default {DEFAULT_MODEL}; known: "
-                   + ", ".join(MODEL_CARDS) + ")")  # fmt: skip
-    p.add_argument("--no-model", action="store_true", help="place no model at start")
-    p.add_argument("--backend", choices=["auto", "jaccl", "ring"], default="auto",
-                   help="backend of the instance placed at start: jaccl (RDMA), ring (TCP) or auto (jaccl where"
-                   " every node has RDMA)")  # fmt: skip
-    p.add_argument("--port", type=port_number, default=DEFAULT_API_PORT, help="OpenAI API port (default 8080)")
-    p.add_argument("--host", default="127.0.0.1", help="API bind address (default loopback)")
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                   help=f"require this key on every API route but /health (env {API_KEY_ENV}; a file is safer)")
-    p.add_argument("--api-key-file", default=os.environ.get(API_KEY_FILE_ENV),
-                   help=f"the API key from this file (env {API_KEY_FILE_ENV})")  # fmt: skip
-    p.add_argument("--nats-url", default=None, help="use this NATS server instead of starting one")
-    p.add_argument("--nats-port", type=port_number, default=DEFAULT_NATS_PORT, help="port of the embedded nats-server")
-    p.add_argument("--state-dir", type=Path, default=None, help="node state (default ~/.exo, or ~/.exo/nodes/NAME)")
-    p.add_argument("--node-name", default=None, help="several nodes on one machine: each name gets its own state dir")
-    p.add_argument("--memory", default=None, help="memory budget placement may use here, e.g. 1GB")
-    p.add_argument("--weight-format", choices=["q4", "f32"], default=None, help="force a weight layout")
-    p.add_argument("--blas", choices=["auto", "reference"], default=None,
-                   help="reference: MLX's bundled BLAS, slower but seeded tokens do not depend on the batch")  # fmt: skip
-    p.add_argument("--max-batch", type=int, default=None, help="requests a runner decodes together (default 8)")
-    p.add_argument("--max-waiting", type=int, default=None, help="requests allowed to wait per batch slot (default 4)")
-    p.add_argument("--cluster-secret-file", default=None, metavar="PATH",
-                   help="file holding the cluster's secret (mode 600); default: env EXO_CLUSTER_SECRET, else the one "
-                        "`exo join` or an earlier start stored, else a new one, shown once")
-    p.add_argument("--cluster-secret", default=None, metavar="HEX",
-                   help="the cluster's secret on the command line: other users can read it (warned); prefer the above")
-    p.add_argument("--peers", default=os.environ.get("EXO_PEERS", ""),
-                   help="host[:port],... to beacon to where multicast and broadcast do not reach (env EXO_PEERS)")
-    p.add_argument("--discovery-port", type=port_number, default=DEFAULT_DISCOVERY_PORT,
-                   help=f"UDP port of discovery beacons (default {DEFAULT_DISCOVERY_PORT})")
-    p.add_argument("--route-port", type=port_number, default=DEFAULT_ROUTE_PORT,
-                   help=f"NATS cluster port peers' buses connect to (default {DEFAULT_ROUTE_PORT}; 0: never cluster)")
-    p.add_argument("--cluster-bind", default="0.0.0.0",
-                   help="address for beacons and bus routes (default all interfaces: both need the secret)")
-    p.add_argument("--list-peers", action="store_true", help="print the peers this node's discovery sees, and exit")
-    for service in SERVICES:
-        p.add_argument(f"--no-{service}", action="store_true", help=f"do not run the {service} service here")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--version", action="version", version=f"exo-distributed {VERSION}")
-    return p
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,51 +73,39 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[:1] == ["join"]:
         raise SystemExit(join(argv[1:], _named_state_dir))
-    args = node_parser().parse_args(argv)
-    if args.memory:
-        try:
-            parse_bytes(args.memory)
-        except ValueError as exc:
-            node_parser().error(str(exc))
-    if not args.no_model and args.model not in MODEL_CARDS:
-        node_parser().error(f"unknown model {args.model!r}; known: {', '.join(MODEL_CARDS)}")
-    if args.node_name is not None and not args.node_name.replace("-", "").replace("_", "").isalnum():
-        node_parser().error(f"--node-name must be letters, digits, - or _: {args.node_name!r}")
+    ns, found = parse_with_environment(node_parser(), argv, NOT_FROM_ENVIRONMENT)
     try:
-        parse_peers(args.peers, args.discovery_port)
+        config = node_config(ns, found)
     except ValueError as exc:
-        node_parser().error(f"--peers: {exc}")
-    for flag in ("max_batch", "max_waiting"):
-        if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "max_batch" else 0):
-            node_parser().error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
-    check_api_key(args, argv)
-    state_dir = (args.state_dir or _named_state_dir(args.node_name)).expanduser()
+        node_parser().error(str(exc))
+    api_key = check_api_key(ns, argv)
+    state_dir = (ns.state_dir or _named_state_dir(ns.node_name)).expanduser()
     try:
-        secret = given_secret(args)
+        secret = given_secret(ns, found.get("cluster_secret"))
     except BadSecret as exc:
         print(f"exo: cluster secret: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging("node", state_dir / "logs", args.log_level)
+    setup_logging("node", state_dir / "logs", config.log_level)
     try:
-        asyncio.run(run_node(args, state_dir, secret))
+        asyncio.run(run_node(config, state_dir, secret, api_key))
     except NatsServerUnavailable as exc:
         print(f"exo: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def check_api_key(args: argparse.Namespace, argv: list[str]) -> None:
-    """Resolve the key into args.api_key; only the gateway gets it, in its environment (run_node)."""
+def check_api_key(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """The API key; only the gateway gets it, in its environment (run_node). The variables were taken out of
+    ours when read (shared.config.environment), so no other service or runner inherits them."""
     try:
-        args.api_key = resolve_api_key(args.api_key, args.api_key_file)
+        api_key = resolve_api_key(args.api_key, args.api_key_file)
     except BadApiKey as exc:
         node_parser().error(str(exc))
-    for name in (API_KEY_ENV, API_KEY_FILE_ENV):
-        os.environ.pop(name, None)  # not inherited by every service and runner
     if any(a == "--api-key" or a.startswith("--api-key=") for a in argv):
         print("exo: warning: a key on the command line is visible to every user of this machine (ps);"
               f" use --api-key-file or {API_KEY_ENV}", file=sys.stderr)  # fmt: skip
-    if not args.no_gateway and (warning := exposure_warning(args.host, args.api_key is not None)):
+    if not args.no_gateway and (warning := exposure_warning(args.host, api_key is not None)):
         print(f"exo: warning: {warning}", file=sys.stderr)
+    return api_key
 
 
 def _named_state_dir(name: str | None) -> Path:
@@ -194,7 +130,7 @@ def write_launchd(argv: list[str]) -> None:
     parser.add_argument("--nats-port", type=port_number, default=DEFAULT_NATS_PORT)
     ns = parser.parse_args(argv)
     state_dir = ns.state_dir.expanduser()
-    secret, created = load_or_create_secret(state_dir, os.environ.get(SECRET_ENV))
+    secret, created = load_or_create_secret(state_dir, environment().get("cluster_secret"))
     node_id = load_or_create_node_id(state_dir)
     conf = write_config(state_dir, base_config(state_dir, node_id, secret, "127.0.0.1", ns.nats_port, "127.0.0.1", 0))
     print(f"wrote {conf}" + (f"  (new cluster secret in {secret_path(state_dir)})" if created else ""))
@@ -202,38 +138,13 @@ def write_launchd(argv: list[str]) -> None:
         print(f"wrote {path}  (load with: launchctl bootstrap gui/$(id -u) {path})")
 
 
-def service_env(args: argparse.Namespace, state_dir: Path, nats_url: str, route_port: int) -> dict[str, str]:
-    roles = [] if args.no_worker else ["worker"]
-    env = {
-        "EXO_NATS_URL": nats_url,
-        "EXO_DISCOVERY_PORT": str(args.discovery_port),
-        "EXO_DISCOVERY_BIND": args.cluster_bind,
-        "EXO_PEERS": args.peers,
-        "EXO_ROUTE_PORT": str(route_port),
-        "EXO_STATE_DIR": str(state_dir),
-        "EXO_LOG_LEVEL": args.log_level,
-        "EXO_HOST": args.host,
-        "EXO_PORT": str(args.port),
-        "EXO_ROLES": ",".join(roles + ([] if args.no_gateway else ["gateway"])),
-        "PYTHONUNBUFFERED": "1",
-        # Called in the supervisor (run_node): runners outlive a killed worker but watch this pid, so they
-        # never outlive the node (services/worker/runner/lifetime.py).
-        "EXO_SUPERVISOR_PID": str(os.getpid()),
-    }
-    if args.memory:
-        env["EXO_MEMORY"] = args.memory
-    if args.weight_format:
-        env["EXO_WEIGHT_FORMAT"] = args.weight_format
-    if args.blas:
-        env["EXO_BLAS"] = args.blas
-    if args.max_batch is not None:
-        env["EXO_MAX_BATCH"] = str(args.max_batch)
-    if args.max_waiting is not None:
-        env["EXO_MAX_WAITING"] = str(args.max_waiting)
-    return env
+def child_spec(name: str, spec: ServiceSpec, api_key: str | None) -> ChildSpec:
+    """A service's process: its spec on its command line; the API key, for the gateway alone, in its environment."""
+    env = {"PYTHONUNBUFFERED": "1"} | ({API_KEY_ENV: api_key} if name == "gateway" and api_key else {})
+    return ChildSpec(name, [sys.executable, "-m", f"services.{name}", "--spec", encode_spec(spec)], env)
 
 
-async def run_node(args: argparse.Namespace, state_dir: Path, given: str | None) -> None:
+async def run_node(config: NodeConfig, state_dir: Path, given: str | None, api_key: str | None = None) -> None:
     node_id = load_or_create_node_id(state_dir)
     secret, created = load_or_create_secret(state_dir, given)  # the services read it from there
     if created:
@@ -246,37 +157,39 @@ async def run_node(args: argparse.Namespace, state_dir: Path, given: str | None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
-    own_bus = args.nats_url is None
+    own_bus = config.nats_url is None
     # The services connect as their own roles: a URL with one of our roles' passwords is not handed down
-    nats_url = without_our_credentials(args.nats_url or f"nats://127.0.0.1:{args.nats_port}")
-    env = service_env(args, state_dir, nats_url, args.route_port if own_bus else 0)
+    nats_url = without_our_credentials(config.nats_url or f"nats://127.0.0.1:{config.nats_port}")
+    specs = service_specs(config, state_dir, nats_url, config.route_port if own_bus else 0, os.getpid())
+    discovery = "discovery" in specs
     tasks: list[asyncio.Task] = []
     try:
         if own_bus:
             stop_left_bus(state_dir)  # before its port is checked: a killed run of this node may have left it
-            check_bus_ports(args)
-        if not args.no_discovery:  # first: its beacons find peers while the bus is not up yet
-            await supervisor.start(ChildSpec("discovery", [sys.executable, "-m", "services.discovery"], env))
+            check_bus_ports(config)
+        if discovery:  # first: its beacons find peers while the bus is not up yet
+            await supervisor.start(child_spec("discovery", specs["discovery"], api_key))
         bus = None
         if own_bus:
             bus = EmbeddedBus(supervisor, state_dir, base_config(
-                state_dir, node_id, secret, "127.0.0.1", args.nats_port, args.cluster_bind, args.route_port))  # fmt: skip
+                state_dir, node_id, secret, "127.0.0.1", config.nats_port, config.cluster_bind, config.route_port))  # fmt: skip
             routes: tuple[str, ...] = ()
-            if not args.no_discovery and args.route_port:
+            if discovery and config.route_port:
                 routes = await wait_for_peers(state_dir, started, FORMATION_WINDOW_S)
             await bus.start(routes)
-            if not await asyncio.to_thread(wait_for_port, "127.0.0.1", args.nats_port, 15.0):
-                raise NatsServerUnavailable(f"the embedded nats-server did not open port {args.nats_port}; see above")
+            if not await asyncio.to_thread(wait_for_port, "127.0.0.1", config.nats_port, 15.0):
+                raise NatsServerUnavailable(f"the embedded nats-server did not open port {config.nats_port}; see above")
         else:
             await check_bus_credentials(nats_url)
-        for service in SERVICES[1:]:
-            if not getattr(args, f"no_{service}"):
-                own = {API_KEY_ENV: args.api_key} if service == "gateway" and args.api_key else {}
-                await supervisor.start(ChildSpec(service, [sys.executable, "-m", f"services.{service}"], env | own))
-        log.info("node started", node=node_id, nats=redact(nats_url), api=None if args.no_gateway else f"http://{args.host}:{args.port}/v1")
-        place = None if args.no_model else asyncio.create_task(place_at_start(nats_url, args.model, stop, args.backend))
-        if bus is not None and not args.no_discovery:
-            tasks.append(asyncio.create_task(follow_peers(bus, supervisor, state_dir, started, args, nats_url, stop, place)))
+        for name, spec in specs.items():
+            if name != "discovery":
+                await supervisor.start(child_spec(name, spec, api_key))
+        api = f"http://{config.host}:{config.port}/v1" if "gateway" in specs else None
+        log.info("node started", node=node_id, nats=redact(nats_url), api=api)
+        place = None if config.model is None else asyncio.create_task(
+            place_at_start(nats_url, config.model, stop, config.backend))  # fmt: skip
+        if bus is not None and discovery:
+            tasks.append(asyncio.create_task(follow_peers(bus, supervisor, state_dir, started, config, nats_url, stop, place)))
         await stop.wait()
     finally:
         log.info("stopping node")
@@ -286,7 +199,7 @@ async def run_node(args: argparse.Namespace, state_dir: Path, given: str | None)
 
 
 async def follow_peers(
-    bus: EmbeddedBus, supervisor: Supervisor, state_dir: Path, since: float, args: argparse.Namespace,
+    bus: EmbeddedBus, supervisor: Supervisor, state_dir: Path, since: float, config: NodeConfig,
     nats_url: str, stop: asyncio.Event, place: asyncio.Task | None,
 ) -> None:  # fmt: skip
     """Routes for new peers; the one restart when a node that started alone meets its first peer."""
@@ -296,19 +209,19 @@ async def follow_peers(
             if place is not None:
                 place.cancel()
             await supervisor.restart_all(
-                bus_ready=lambda: asyncio.to_thread(wait_for_port, "127.0.0.1", args.nats_port, 15.0))
-            if not args.no_model:  # the cluster's log does not know this node's model yet
-                place = asyncio.create_task(place_at_start(nats_url, args.model, stop, args.backend))
+                bus_ready=lambda: asyncio.to_thread(wait_for_port, "127.0.0.1", config.nats_port, 15.0))
+            if config.model is not None:  # the cluster's log does not know this node's model yet
+                place = asyncio.create_task(place_at_start(nats_url, config.model, stop, config.backend))
 
 
-def check_bus_ports(args: argparse.Namespace) -> None:
-    if not port_is_free("127.0.0.1", args.nats_port):
+def check_bus_ports(config: NodeConfig) -> None:
+    if not port_is_free("127.0.0.1", config.nats_port):
         raise NatsServerUnavailable(
-            f"port {args.nats_port} is taken (another exo node or nats-server?); use --nats-port N, or --nats-url to join it"
+            f"port {config.nats_port} is taken (another exo node or nats-server?); use --nats-port N, or --nats-url to join it"
         )
-    if args.route_port and not port_is_free(args.cluster_bind, args.route_port):
+    if config.route_port and not port_is_free(config.cluster_bind, config.route_port):
         raise NatsServerUnavailable(
-            f"route port {args.route_port} is taken; use --route-port N (or 0 for a node that never clusters)"
+            f"route port {config.route_port} is taken; use --route-port N (or 0 for a node that never clusters)"
         )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import structlog
 
 from services.node.doctor_checks import Row, all_pass, diagnose
 from services.node.doctor_gather import gather
-from shared.config import DEFAULT_NATS_PORT, default_state_dir
+from shared.config import DEFAULT_NATS_PORT, default_state_dir, parse_with_environment
 
 MARK = {"pass": "ok  ", "fail": "FAIL", "n/a": "n/a "}
 
@@ -24,7 +23,7 @@ MARK = {"pass": "ok  ", "fail": "FAIL", "n/a": "n/a "}
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exo doctor", description="Check this node and its cluster; say what to do.")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the node's gateway (default http://127.0.0.1:8080)")
-    p.add_argument("--api-key", default=os.environ.get("EXO_API_KEY"), help="the gateway's API key (env EXO_API_KEY)")
+    p.add_argument("--api-key", default=None, help="the gateway's API key (env EXO_API_KEY)")
     p.add_argument("--nats-url", default=f"nats://127.0.0.1:{DEFAULT_NATS_PORT}", help="the node's bus")
     p.add_argument("--state-dir", type=Path, default=None, help="the node's state dir (default ~/.exo)")
     p.add_argument("--node-name", default=None, help="the node of that name on this machine")
@@ -44,7 +43,7 @@ def render(rows: list[Row]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    args, _ = parse_with_environment(parser(), argv, only=frozenset({"api_key"}))  # EXO_API_KEY
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))  # stdout is the answer
     default = default_state_dir() / "nodes" / args.node_name if args.node_name else default_state_dir()
     state_dir = (args.state_dir or default).expanduser()

@@ -28,7 +28,11 @@ from services.discovery.local_facts import mlx_backends
 from services.node.doctor_checks import Facts
 from services.worker.runner.blas import blas_in_use
 from shared import subjects
-from shared.cluster_secret import SECRET_ENV, secret_path
+import msgspec
+
+from shared.cluster_secret import remembered
+from shared.config import environment, remember_secret
+from shared.specs import RunnerSpec, decode_spec
 from shared.peers import peers_path, read_table
 
 RECENT_S = 120.0  # discovery log lines older than this are history, not the present state
@@ -57,8 +61,8 @@ def gather_gateway(url: str, api_key: str | None) -> dict:
 async def gather_bus(nats_url: str, state_dir: Path) -> dict:
     from shared.bus import connect
 
-    if SECRET_ENV not in os.environ and secret_path(state_dir).exists():
-        os.environ[SECRET_ENV] = secret_path(state_dir).read_text().strip()  # the bus credentials derive from it
+    if remembered() is None:  # the bus credentials derive from it; in memory only, never os.environ
+        remember_secret(state_dir, environment().get("cluster_secret"))
     try:
         nc = await connect(nats_url, "exo-doctor", first_connect_timeout=5.0)
     except ConnectionError as exc:
@@ -134,8 +138,19 @@ def gather_machine(state_dir: Path) -> dict:
     } | gather_runners(state_dir)
 
 
+def runner_spec_of(cmdline: list[str]) -> RunnerSpec | None:
+    """The spec on a runner's command line (`--spec JSON`), if it is one."""
+    if "--spec" not in cmdline[:-1]:
+        return None
+    try:
+        return decode_spec(cmdline[cmdline.index("--spec") + 1], RunnerSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
 def gather_runners(state_dir: Path) -> dict:
-    """The runners' EXO_RING_WAIT and loaded BLAS, from /proc (Linux; elsewhere nothing to read)."""
+    """The runners' ring wait (their spec's, EXO_RING_WAIT) and loaded BLAS, from /proc (Linux; elsewhere
+    nothing to read)."""
     waits, blas = [], []
     try:
         worker = psutil.Process(json.loads((state_dir / "pids.json").read_text())["worker"])
@@ -144,7 +159,8 @@ def gather_runners(state_dir: Path) -> dict:
         runners = []
     for runner in runners:
         try:
-            waits.append(runner.environ().get("EXO_RING_WAIT", ""))
+            spec = runner_spec_of(runner.cmdline())
+            waits.append(spec.settings.ring_wait if spec is not None else "")
             blas.append(blas_in_use(Path(f"/proc/{runner.pid}/maps").read_text()))
         except (OSError, psutil.Error):
             continue
@@ -154,9 +170,11 @@ def gather_runners(state_dir: Path) -> dict:
 def _blas_choice(runners: list[psutil.Process]) -> str:
     for runner in runners:
         try:
-            return runner.environ().get("EXO_BLAS", "")
+            spec = runner_spec_of(runner.cmdline())
         except psutil.Error:
             continue
+        if spec is not None:
+            return spec.blas
     return ""
 
 

@@ -16,7 +16,7 @@ import structlog
 
 from shared.bus import connect, disconnect
 from shared.cluster_secret import redact
-from shared.config import add_common_args, common_from_args
+from shared.config import add_common_args, common_from_args, parse_with_environment, remember_secret
 from shared.inference_log import LAST_INFERENCES_SQL, InferenceQuery, InferenceRows, query_inference_log
 
 # what `exo log` shows in its table (--json has every column)
@@ -81,10 +81,11 @@ async def ask(nats_url: str, query: InferenceQuery) -> InferenceRows:
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    args, found = parse_with_environment(parser(), argv)
     # the bus helpers log their connection's life (a disconnect at the end, say): not a CLI's business
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    config = common_from_args(args)  # finds the cluster secret in the state dir, for the bus credentials
+    config = common_from_args(args, found)
+    remember_secret(config.state_dir, found.get("cluster_secret"))  # for the bus credentials
     if args.command == "log":
         if args.n < 1:
             parser().error(f"-n must be at least 1: {args.n}")

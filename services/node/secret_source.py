@@ -34,9 +34,10 @@ ARGV_WARNING = (
 )
 
 
-def given_secret(args: argparse.Namespace) -> str | None:
-    """The secret the operator gave this run (None: use the stored one). Raises BadSecret with the reason."""
-    env_value = os.environ.pop(SECRET_ENV, None)  # pop: the services we start must not inherit it
+def given_secret(args: argparse.Namespace, env_value: str | None = None) -> str | None:
+    """The secret the operator gave this run (None: use the stored one); `env_value`: EXO_CLUSTER_SECRET, which
+    shared.config.environment took out of the environment (the services we start must not inherit it).
+    Raises BadSecret with the reason."""
     if env_value:
         scrub_own_process(env_value)
     if args.cluster_secret_file and args.cluster_secret:

@@ -13,6 +13,8 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from shared.config import without_exo_variables
+
 log = structlog.get_logger()
 
 BACKOFF_START_S = 0.5
@@ -46,7 +48,7 @@ class Child:
         self.backoff = 0.0
 
     async def start(self) -> None:
-        env = {**os.environ, **self.spec.env}
+        env = {**without_exo_variables(os.environ), **self.spec.env}  # a service's settings are its spec
         # A session of its own: Ctrl-C reaches the supervisor only, which then stops children in order.
         self.proc = await asyncio.create_subprocess_exec(*self.spec.argv, env=env, start_new_session=True)
 

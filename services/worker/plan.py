@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.events import Instance, RunnerStatusChanged, ShardAssignment
-from shared.state import ClusterState
+from shared.events import Instance, ShardAssignment
+from shared.ids import InstanceId
+from shared.state import ClusterState, runner_key
 
 from shared.runner_record import RunnerRecord
 
@@ -25,6 +26,9 @@ class LocalRunner(msgspec.Struct):
     attempts: int = 0
     last_exit_at: float | None = None
     started_at: float | None = None
+    # The log sequence up to which failures of the other ranks are behind it: the state's at its start (or its
+    # adoption), then that of the failure it was stopped for. A later failure stops it (see _stop_for_failed_siblings).
+    seen_seq: int = 0
 
 
 def record_exit(runner: LocalRunner, now: float) -> None:
@@ -45,19 +49,15 @@ class StopRunner(msgspec.Struct, frozen=True):
     reason: str
 
 
-Action = StartRunner | StopRunner
+class RestartRunner(msgspec.Struct, frozen=True):
+    """Stop the process but keep the runner: it starts again after its backoff (an expected exit)."""
+
+    instance_id: str
+    reason: str
+    failure_seq: int  # becomes the runner's seen_seq: one stop per failure
 
 
-def stop_for_failed_sibling(event: RunnerStatusChanged, local: dict[str, LocalRunner], node_id: str) -> StopRunner | None:
-    """Another rank of an instance whose runner runs here failed: ours waits on a group that is gone (a follower
-    blocked in a collective may never notice), so stop it; the plan restarts it after its backoff and the
-    ranks form a new group."""
-    runner = local.get(event.instance_id)
-    if event.phase != "failed" or runner is None or not runner.running:
-        return None
-    if event.node_id == node_id and event.rank == runner.rank:
-        return None
-    return StopRunner(event.instance_id, reason=f"rank {event.rank} failed: {event.detail[:200]}")
+Action = StartRunner | StopRunner | RestartRunner
 
 
 def my_shards(state: ClusterState, node_id: str) -> list[tuple[Instance, ShardAssignment]]:
@@ -65,7 +65,28 @@ def my_shards(state: ClusterState, node_id: str) -> list[tuple[Instance, ShardAs
 
 
 def plan(state: ClusterState, local: dict[str, LocalRunner], node_id: str, now: float) -> list[Action]:
-    return _stop_orphans(state, local) + _start_missing(state, local, node_id, now)
+    return _stop_orphans(state, local) + _stop_for_failed_siblings(state, local) + _start_missing(
+        state, local, node_id, now)  # fmt: skip
+
+
+def _stop_for_failed_siblings(state: ClusterState, local: dict[str, LocalRunner]) -> list[Action]:
+    """Another rank of an instance whose runner runs here failed after ours started: ours waits on a group
+    that is gone (a follower blocked in a collective may never notice), so stop it; it starts again after its
+    backoff and the ranks form a new group. Our own rank's failure is not a sibling's."""
+    actions: list[Action] = []
+    for key_id, runner in local.items():
+        instance_id = InstanceId(key_id)
+        instance = state.instances.get(instance_id)
+        if not runner.running or instance is None:
+            continue
+        failed = [(state.failures[key], shard.rank) for shard in instance.shards if shard.rank != runner.rank
+                  and state.failures.get(key := runner_key(instance_id, shard.rank), 0) > runner.seen_seq]  # fmt: skip
+        if failed:
+            seq, rank = max(failed)
+            status = state.runner_status(instance_id, rank)
+            detail = status.detail[:200] if status is not None and status.phase == "failed" else ""
+            actions.append(RestartRunner(instance_id, f"rank {rank} failed: {detail}", seq))
+    return actions
 
 
 def _stop_orphans(state: ClusterState, local: dict[str, LocalRunner]) -> list[Action]:
@@ -142,9 +163,10 @@ def triage_recorded(
     return Adoption(adopt, stop, forget)
 
 
-def adopted_runner(record: RunnerRecord, now: float, wall_now: float) -> LocalRunner:
-    """The plan's view of an adopted runner: running, one attempt, started when the process started."""
+def adopted_runner(record: RunnerRecord, now: float, wall_now: float, seq: int = 0) -> LocalRunner:
+    """The plan's view of an adopted runner: running, one attempt, started when the process started; failures
+    up to `seq` (the state's at the adoption) are behind it."""
     return LocalRunner(
         record.instance_id, record.rank, running=True, attempts=1,
-        started_at=now - max(0.0, wall_now - record.create_time),
+        started_at=now - max(0.0, wall_now - record.create_time), seen_seq=seq,
     )  # fmt: skip

@@ -20,11 +20,11 @@ from nats.micro.service import Service
 from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.bus_roles import WORKER
-from shared.config import CommonConfig
-from shared.events import AnyEvent, Instance, RunnerStatusChanged
+from shared.specs import RunnerSpec, WorkerSpec
+from shared.events import AnyEvent, Instance
 from shared.state import ClusterState, runner_key
 from shared.models import get_card
-from shared.processes import SUPERVISOR_ENV, create_time, process_alive
+from shared.processes import create_time, process_alive
 from shared.process_lifetime import register
 
 from services.worker.runners import registry
@@ -33,17 +33,16 @@ from services.worker.dataplane import dataplane_config, write_files
 from services.worker.models.store import ModelStore, default_weight_format
 from services.worker.plan import (
     LocalRunner,
+    RestartRunner,
     StartRunner,
     StopRunner,
     adopted_runner,
     plan,
     record_exit,
     triage_recorded,
-    stop_for_failed_sibling,
 )
 from shared.runner_record import RunnerRecord
 from services.worker.runner.reporting import report_runner, report_worker_started
-from services.worker.runner.lifetime import RECORD_ENV, WORKER_ENV
 from services.worker.runners.process import AdoptedRunner, RunnerProcess, runner_command
 
 log = structlog.get_logger()
@@ -52,11 +51,12 @@ RECONCILE_PERIOD_S = 1.0
 
 
 class Worker:
-    def __init__(self, config: CommonConfig, node_id: str, weight_format: str | None, blas: str = "auto") -> None:
-        self.config = config
-        self.blas = blas
+    def __init__(self, spec: WorkerSpec, node_id: str) -> None:
+        self.spec = spec
+        self.config = spec.common
+        self.blas = spec.blas
         self.node_id = node_id
-        self.weight_format = weight_format
+        self.weight_format = spec.weight_format
         self.local: dict[str, LocalRunner] = {}
         self.processes: dict[str, RunnerProcess | AdoptedRunner] = {}
         self._wake = asyncio.Event()
@@ -64,7 +64,7 @@ class Worker:
         # The process whose exit ends the node, for the runners to watch: the supervisor; for a worker started
         # alone (launchd, a shell), its own parent (launchd itself never exits: then only the adoption timeout
         # ends runners that no worker comes back for).
-        self.node_pid = os.environ.get(SUPERVISOR_ENV) or str(os.getppid())
+        self.node_pid = spec.common.supervisor_pid or os.getppid()
         self.pid = os.getpid()
         self.create_time = create_time(self.pid) or 0.0
 
@@ -104,14 +104,8 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _on_event(self, _state: ClusterState, event: AnyEvent) -> None:
+    async def _on_event(self, _state: ClusterState, _event: AnyEvent) -> None:
         self._wake.set()
-        if isinstance(event, RunnerStatusChanged):
-            stop = stop_for_failed_sibling(event, self.local, self.node_id)
-            process = self.processes.get(event.instance_id)
-            if stop is not None and process is not None:
-                log.warning("stopping runner: its group lost a rank", instance=stop.instance_id, reason=stop.reason)
-                self._spawn(process.stop())  # an expected exit: the plan restarts it after its backoff
 
     async def _adopt_recorded(self) -> list[RunnerRecord]:
         """Runners that outlived the previous worker: adopt those still wanted, stop the others, drop stale records."""
@@ -135,7 +129,7 @@ class Worker:
         for record in decision.adopt:
             iid = record.instance_id
             self.processes[iid] = AdoptedRunner(record.pid, record.create_time, self._log_path(iid, record.rank))
-            self.local[iid] = adopted_runner(record, now, wall_now)
+            self.local[iid] = adopted_runner(record, now, wall_now, self.follower.state.last_seq)
             registry.write_record(state_dir, msgspec.structs.replace(
                 record, worker_pid=self.pid, worker_create_time=self.create_time))  # fmt: skip
             log.info("runner adopted", instance=iid, rank=record.rank, pid=record.pid)
@@ -161,15 +155,26 @@ class Worker:
                     self._start(action)
                 case StopRunner():
                     await self._stop(action)
+                case RestartRunner():
+                    self._restart(action)
 
     def _start(self, action: StartRunner) -> None:
         instance_id = action.instance.instance_id
         previous = self.local.get(instance_id)
         attempts = (previous.attempts if previous else 0) + 1
         self.local[instance_id] = LocalRunner(
-            instance_id, action.shard.rank, running=True, attempts=attempts, started_at=time.monotonic()
+            instance_id, action.shard.rank, running=True, attempts=attempts, started_at=time.monotonic(),
+            seen_seq=self.follower.state.last_seq,
         )
         self._spawn(self._run_runner(action))
+
+    def _restart(self, action: RestartRunner) -> None:
+        runner, process = self.local.get(action.instance_id), self.processes.get(action.instance_id)
+        if runner is None or process is None:
+            return
+        runner.seen_seq = action.failure_seq
+        log.warning("stopping runner: its group lost a rank", instance=action.instance_id, reason=action.reason)
+        self._spawn(process.stop())  # an expected exit: the plan starts it again after its backoff
 
     async def _stop(self, action: StopRunner) -> None:
         log.info("stopping runner", instance=action.instance_id, reason=action.reason)
@@ -183,14 +188,11 @@ class Worker:
         iid = instance.instance_id
         try:
             model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
-            card = get_card(instance.model_id)
-            command = runner_command(instance, shard, card, model_path, self.node_id, self.config.nats_url)
+            command = runner_command(self._runner_spec(action, model_path))
             env = runner_blas_env(
                 Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""), choice=self.blas
             )
             env |= self._dataplane_env(instance, shard.rank)
-            record_path = registry.record_path(self.config.state_dir, iid, shard.rank)
-            env |= {SUPERVISOR_ENV: self.node_pid, WORKER_ENV: str(self.pid), RECORD_ENV: str(record_path)}
             process = RunnerProcess(command, self._log_path(iid, shard.rank), env)
             self.processes[iid] = process
             await process.start()
@@ -209,6 +211,19 @@ class Worker:
         await self._runner_ended(
             iid, shard.rank, f"runner exited with code {code}: {process.log_tail(4)}", expected=process.stopping
         )
+
+    def _runner_spec(self, action: StartRunner, model_path: Path) -> RunnerSpec:
+        instance, shard = action.instance, action.shard
+        return RunnerSpec(
+            instance_id=instance.instance_id, model_path=str(model_path), node_id=self.node_id, rank=shard.rank,
+            world_size=instance.world_size, start_layer=shard.start_layer, end_layer=shard.end_layer,
+            context_length=get_card(instance.model_id).context_length, nats_url=self.config.nats_url,
+            state_dir=str(self.config.state_dir), worker_pid=self.pid, strategy=instance.strategy,
+            backend=instance.backend, log_level=self.config.log_level, blas=self.blas,
+            supervisor_pid=self.node_pid,
+            record_path=str(registry.record_path(self.config.state_dir, instance.instance_id, shard.rank)),
+            settings=self.spec.runner,
+        )  # fmt: skip
 
     def _dataplane_env(self, instance: Instance, rank: int) -> dict[str, str]:
         """Write this rank's data-plane files (ring hostfile, jaccl device matrix); return its environment."""

@@ -31,8 +31,9 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=3.0)
     parser.add_argument("--prompt-tokens", type=int, default=4000)
     parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--ring-wait", default="block")  # the runner setting EXO_RING_WAIT
     args = parser.parse_args()
-    group = init_group(args.world)
+    group = init_group(args.world, ring_wait=args.ring_wait)
     rank = group.rank()
     received = []
 

@@ -30,9 +30,9 @@ def run_pair(tmp: Path, mode: str, prompt_tokens: int = 4000, world: int = 2) ->
     for rank in range(world):
         config = ring_config(instance, rank, {s.node_id: "127.0.0.1" for s in shards}, ports, tmp / mode)
         write_files(config)
-        env = {**os.environ, **config.env, "EXO_RING_WAIT": mode, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **config.env, "PYTHONPATH": str(REPO)}
         command = [sys.executable, str(SCRIPT), "--idle-s", str(IDLE_S), "--prompt-tokens", str(prompt_tokens),
-                   "--world", str(world)]  # fmt: skip
+                   "--world", str(world), "--ring-wait", mode]  # fmt: skip
         procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for rank, p in enumerate(procs):

@@ -70,20 +70,24 @@ def test_process_alive_checks_the_create_time():
 
 
 def test_the_supervisor_passes_its_own_pid_to_the_services():
-    """service_env runs in the supervisor (run_node): runners watch that pid, so they never outlive the node."""
-    from services.node.cli import node_parser, service_env
+    """run_node, in the supervisor, names its own pid in every service's spec: runners watch that pid (the worker
+    passes it on in theirs), so they never outlive the node."""
+    from services.node.cli import run_node  # noqa: F401 - the caller, which passes os.getpid()
+    from services.node.node_config import node_config, node_parser, service_specs
 
-    env = service_env(node_parser().parse_args([]), Path("/tmp/x"), "nats://127.0.0.1:4222", 0)
-    assert env["EXO_SUPERVISOR_PID"] == str(os.getpid())
+    config = node_config(node_parser().parse_args([]), {})
+    specs = service_specs(config, Path("/tmp/x"), "nats://127.0.0.1:4222", 0, os.getpid())
+    assert {spec.common.supervisor_pid for spec in specs.values()} == {os.getpid()}
 
 
 WATCHER = """
-import asyncio, sys
+import asyncio, os, sys
 from services.worker.runner.lifetime import watch_lifetime
 
 async def main():
-    stop = asyncio.Event()
-    asyncio.create_task(watch_lifetime(stop, timeout=float(sys.argv[1])))
+    stop = asyncio.Event()  # the pids as a RunnerSpec names them: the node's supervisor, the worker (none: parent)
+    worker = int(os.environ["TEST_WORKER_PID"]) if "TEST_WORKER_PID" in os.environ else None
+    asyncio.create_task(watch_lifetime(stop, int(sys.argv[2]), worker, None, timeout=float(sys.argv[1])))
     await stop.wait()
 
 asyncio.run(main())
@@ -91,10 +95,7 @@ asyncio.run(main())
 
 
 def _watcher(timeout: float, supervisor_pid: int, **kw) -> subprocess.Popen:
-    env = {**os.environ, "EXO_SUPERVISOR_PID": str(supervisor_pid)}
-    env.pop("EXO_RUNNER_RECORD", None)
-    env.pop("EXO_WORKER_PID", None)
-    return subprocess.Popen([sys.executable, "-c", WATCHER, str(timeout)], env=env, **kw)
+    return subprocess.Popen([sys.executable, "-c", WATCHER, str(timeout), str(supervisor_pid)], **kw)
 
 
 def test_a_runner_process_exits_when_the_supervisor_dies():
@@ -115,12 +116,12 @@ def test_a_runner_process_exits_when_the_supervisor_dies():
 def test_a_runner_process_no_worker_adopts_exits_after_the_timeout():
     # The "worker" starts the runner, then dies (exits); the node (us) lives on and nothing adopts the runner.
     start_and_die = (
-        "import os, subprocess, sys; os.environ['EXO_WORKER_PID'] = str(os.getpid());"
-        "print(subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL).pid)"
+        "import os, subprocess, sys; env = {**os.environ, 'TEST_WORKER_PID': str(os.getpid())};"
+        "print(subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, env=env).pid)"
     )
     worker = subprocess.run(
-        [sys.executable, "-c", start_and_die, sys.executable, "-c", WATCHER, "2.0"],
-        env={**os.environ, "EXO_SUPERVISOR_PID": str(os.getpid())}, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", start_and_die, sys.executable, "-c", WATCHER, "2.0", str(os.getpid())],
+        capture_output=True, text=True, check=True,
     )  # fmt: skip
     orphan = psutil.Process(int(worker.stdout))
     started = time.monotonic()

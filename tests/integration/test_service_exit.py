@@ -15,7 +15,6 @@ import pytest
 
 from services.node.nats_server import nats_server_binary
 from shared.bus import connect, disconnect
-from shared.processes import SUPERVISOR_ENV
 from tests.conftest import free_port, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,12 +32,15 @@ async def stubborn():
 """
 
 
-def start_service(body: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_service(body: str, supervisor_pid: int | None = None) -> subprocess.Popen:
+    """`SUPERVISOR` in `body`: the pid its spec would name (None: a service started alone)."""
     script = textwrap.dedent("""
         import asyncio, sys, time
         from shared.process_lifetime import run_until_signalled
+        SUPERVISOR = int(sys.argv[1]) if len(sys.argv) > 1 else None
     """) + STUBBORN + textwrap.dedent(body)
-    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **(env or {})},
+    pid = [] if supervisor_pid is None else [str(supervisor_pid)]
+    return subprocess.Popen([sys.executable, "-c", script, *pid], cwd=ROOT, env=os.environ,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
@@ -60,7 +62,7 @@ def test_a_service_whose_event_loop_does_not_end_exits_after_the_grace(ending: s
             asyncio.create_task(stubborn())
             await asyncio.sleep(0.2)
             {ending}
-        run_until_signalled(main, watch_node=False, grace_s=1.0)
+        run_until_signalled(main, grace_s=1.0)
     """)
     returncode, out, took = ended_within(proc, 20)
     assert returncode == code, out
@@ -72,7 +74,7 @@ def test_a_service_that_ends_cleanly_does_not_wait_for_the_grace() -> None:
     proc = start_service("""
         async def main(stop):
             await asyncio.sleep(0.2)
-        run_until_signalled(main, watch_node=False, grace_s=30.0)
+        run_until_signalled(main, grace_s=30.0)
     """)
     returncode, out, took = ended_within(proc, 20)
     assert returncode == 0, out
@@ -90,7 +92,7 @@ def supervisor() -> subprocess.Popen:
 
 def serve_then_lose_the_node(body: str, supervisor: subprocess.Popen) -> tuple[int, str, float]:
     """Start a service under `supervisor`; once it prints "serving", kill the supervisor; how the service ended."""
-    proc = start_service(body, env={SUPERVISOR_ENV: str(supervisor.pid)})
+    proc = start_service(body, supervisor.pid)
     assert proc.stdout.readline().strip() == "serving"
     supervisor.kill()
     supervisor.wait()
@@ -103,7 +105,7 @@ def test_a_service_stops_when_its_node_is_gone(supervisor: subprocess.Popen) -> 
             print("serving", flush=True)
             await stop.wait()
             print("stopped cleanly", flush=True)
-        run_until_signalled(main, grace_s=30.0)
+        run_until_signalled(main, SUPERVISOR, grace_s=30.0)
     """, supervisor)  # fmt: skip
     assert returncode == 0, out
     assert "the node's supervisor is gone; stopping" in out and "stopped cleanly" in out
@@ -116,7 +118,7 @@ def test_a_service_whose_loop_is_blocked_still_ends_with_its_node(supervisor: su
         async def main(stop):
             print("serving", flush=True)
             time.sleep(120)  # the event loop never runs again
-        run_until_signalled(main, grace_s=1.0)
+        run_until_signalled(main, SUPERVISOR, grace_s=1.0)
     """, supervisor)  # fmt: skip
     assert returncode == 1, out
     assert "still running after the node's supervisor went; exiting hard" in out

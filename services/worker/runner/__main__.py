@@ -16,8 +16,10 @@ import structlog
 
 from shared.bus import connect, disconnect
 from shared.bus_roles import WORKER
+from shared.config import remember_secret
 from shared.logging import setup_logging
 from shared.process_lifetime import run_until_signalled
+from shared.specs import RunnerSpec, decode_spec
 
 from services.worker.runner.blas import current_blas
 from services.worker.runner.reporting import report_runner
@@ -25,32 +27,37 @@ from services.worker.runner.serve.control import ControlChannel
 from services.worker.runner.serve.engine import MAX_BATCH, Engine
 from services.worker.runner.lifetime import watch_lifetime
 from services.worker.runner.ring.ring_wait import ring_connect_reason
-from services.worker.runner.serve.server import WAITING_PER_SLOT, RunnerArgs, RunnerServer
+from services.worker.runner.serve.server import WAITING_PER_SLOT, RunnerServer
 
 log = structlog.get_logger()
 
 
-def parse_args(argv: list[str] | None = None) -> RunnerArgs:
+def parse_spec(argv: list[str] | None = None) -> RunnerSpec:
+    """The worker's RunnerSpec, as `--spec JSON`."""
     parser = argparse.ArgumentParser(prog="python -m services.worker.runner", description=__doc__)
-    for name in ("instance-id", "model-id", "model-path", "node-id", "nats-url", "strategy", "backend"):
-        parser.add_argument(f"--{name}", required=True)
-    for name in ("rank", "world-size", "start-layer", "end-layer", "n-layers", "context-length"):
-        parser.add_argument(f"--{name}", type=int, required=True)
-    return msgspec.convert(vars(parser.parse_args(argv)), RunnerArgs)
+    parser.add_argument("--spec", required=True, metavar="JSON", help="a shared.specs.RunnerSpec")
+    try:
+        return decode_spec(parser.parse_args(argv).spec, RunnerSpec)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        parser.error(f"--spec: {exc}")
 
 
-def load_engine(args: RunnerArgs):  # noqa: ANN201 - (Engine, group or None)
+def load_engine(args: RunnerSpec):  # noqa: ANN201 - (Engine, group or None)
     from services.worker.runner.group import init_group
+    from services.worker.runner.model import quantized_cpu
     from services.worker.runner.model.sharding import load_shard
 
-    group = init_group(args.world_size, args.backend)
+    settings = args.settings
+    quantized_cpu.configure(settings.kernel_isa, settings.kernel_threads)
+    group = init_group(args.world_size, args.backend, settings.ring_wait)
     strategy = "single" if group is None else args.strategy
-    model, tokenizer = load_shard(args.model_path, strategy, group, args.start_layer, args.end_layer)
-    max_batch = int(os.environ.get("EXO_MAX_BATCH", MAX_BATCH))
+    model, tokenizer = load_shard(args.model_path, strategy, group, args.start_layer, args.end_layer,
+                                  cpu_fusion=settings.cpu_fusion, cpu_kernel=settings.cpu_kernel)  # fmt: skip
+    max_batch = settings.max_batch or MAX_BATCH
     return Engine(model, tokenizer, max_batch=max_batch, world_size=args.world_size), group
 
 
-def _ring_reason(exc: Exception, args: RunnerArgs) -> str | None:
+def _ring_reason(exc: Exception, args: RunnerSpec) -> str | None:
     """The ring's connect failure, said with the addresses (MLX says only "Couldn't connect (error: 111)")."""
     path = os.environ.get("MLX_HOSTFILE")
     if args.backend != "ring" or not path:
@@ -77,9 +84,11 @@ def follow(engine: Engine, group) -> None:  # noqa: ANN001
         engine.run_cycle(control)
 
 
-async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
+async def run(args: RunnerSpec, stop: asyncio.Event) -> None:
+    remember_secret(Path(args.state_dir), None)  # the node's stored secret: the bus credentials derive from it
     nc = await connect(args.nats_url, f"exo-runner:{args.instance_id}:{args.rank}", role=WORKER)
-    asyncio.create_task(watch_lifetime(stop))
+    record = Path(args.record_path) if args.record_path else None
+    lifetime = asyncio.create_task(watch_lifetime(stop, args.supervisor_pid, args.worker_pid, record))
     report = lambda phase, detail: report_runner(nc, args.instance_id, args.node_id, args.rank, phase, detail)  # noqa: E731
     await report("loading", f"{args.model_path} layers {args.start_layer}-{args.end_layer} ({args.strategy})")
     mlx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")  # every MLX call runs on it
@@ -93,7 +102,8 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
         await disconnect(nc)
         raise SystemExit(4 if ring else 3) from exc
     if args.rank == 0:
-        max_waiting = int(os.environ.get("EXO_MAX_WAITING", WAITING_PER_SLOT))
+        waiting = args.settings.max_waiting
+        max_waiting = WAITING_PER_SLOT if waiting is None else waiting
         server = RunnerServer(args, nc, engine, max_waiting, group, mlx_thread)
         await server.serve(stop)
         failed = server.failed
@@ -106,14 +116,15 @@ async def run(args: RunnerArgs, stop: asyncio.Event) -> None:
             log.exception("lost the instance's group")
             failed = True
     await disconnect(nc)
+    lifetime.cancel()
     if failed:
         raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(f"runner-{args.instance_id}-{args.rank}", None, os.environ.get("EXO_LOG_LEVEL", "info"))
-    run_until_signalled(lambda stop: run(args, stop), watch_node=False)  # lifetime.py watches it
+    args = parse_spec(argv)
+    setup_logging(f"runner-{args.instance_id}-{args.rank}", None, args.log_level)
+    run_until_signalled(lambda stop: run(args, stop))  # no supervisor_pid: lifetime.py watches the node
 
 
 if __name__ == "__main__":

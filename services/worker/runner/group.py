@@ -9,9 +9,9 @@ import mlx.core as mx
 from services.worker.runner.model.sharding import ShardingError
 
 
-def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group | None:
-    """Join the instance's group from the environment the worker wrote (MLX_RANK, MLX_HOSTFILE or the
-    jaccl variables); None for a one-rank instance."""
+def init_group(world_size: int, backend: str = "ring", ring_wait: str = "block") -> mx.distributed.Group | None:
+    """Join the instance's group from the environment the worker wrote (MLX's own: MLX_RANK, MLX_HOSTFILE or
+    the jaccl variables); None for a one-rank instance. `ring_wait`: see ring/ring_wait.py."""
     if world_size <= 1:
         return None
     if backend == "ring" and (hostfile := os.environ.get("MLX_HOSTFILE")) and (rank := os.environ.get("MLX_RANK")):
@@ -24,7 +24,7 @@ def init_group(world_size: int, backend: str = "ring") -> mx.distributed.Group |
     if backend == "ring":
         from services.worker.runner.ring.ring_wait import quiet_ring
 
-        quiet_ring(group.rank())
+        quiet_ring(group.rank(), mode=ring_wait)
     return group
 
 

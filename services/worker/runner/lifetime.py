@@ -1,8 +1,8 @@
 """How long a runner lives: it outlives a killed worker (the restarted worker adopts it), never its node.
 
-- The node: the runner watches the node's supervisor (EXO_SUPERVISOR_PID, which the worker passes on; for a
-  worker started alone, e.g. by launchd, the worker's own parent). When it is gone, the node is gone: exit.
-- The worker: the runner's registry record (EXO_RUNNER_RECORD) names the worker that owns it; a restarted
+- The node: the runner watches the node's supervisor (its spec's supervisor_pid, which the worker passes on;
+  for a worker started alone, e.g. by launchd, the worker's own parent). When it is gone, the node is gone: exit.
+- The worker: the runner's registry record (its spec's record_path) names the worker that owns it; a restarted
   worker that adopts the runner rewrites it. A runner that no live worker owned for ADOPTION_TIMEOUT_S exits,
   so nothing leaks when the worker does not come back.
 """
@@ -24,8 +24,6 @@ log = structlog.get_logger()
 ADOPTION_TIMEOUT_S = 60.0
 CHECK_PERIOD_S = 1.0
 EXIT_GRACE_S = 10.0  # a rank blocked in a collective may never see `stop`: then it exits hard
-WORKER_ENV = "EXO_WORKER_PID"  # the worker that started the runner (it may be gone before the runner looks)
-RECORD_ENV = "EXO_RUNNER_RECORD"
 
 
 def lifetime_verdict(
@@ -43,12 +41,15 @@ def lifetime_verdict(
     return None, since
 
 
-async def watch_lifetime(stop: asyncio.Event, timeout: float = ADOPTION_TIMEOUT_S) -> None:
-    """Set `stop` when the node is gone, or when no worker has owned this runner for `timeout` seconds."""
-    # the worker that started us, until the record names one (our parent: unless it died before we got here)
-    parent = Anchor.of(int(os.environ.get(WORKER_ENV) or os.getppid()))
-    node = supervisor_anchor() or parent
-    record_path = Path(os.environ[RECORD_ENV]) if os.environ.get(RECORD_ENV) else None
+async def watch_lifetime(
+    stop: asyncio.Event, supervisor_pid: int | None, worker_pid: int | None, record_path: Path | None,
+    timeout: float = ADOPTION_TIMEOUT_S,
+) -> None:  # fmt: skip
+    """Set `stop` when the node is gone, or when no worker has owned this runner for `timeout` seconds.
+    `worker_pid`: the worker that started the runner (it may be gone before the runner looks; None: our parent)."""
+    # the worker that started us, until the record names one
+    parent = Anchor.of(worker_pid or os.getppid())
+    node = supervisor_anchor(supervisor_pid) or parent
     orphaned_since: float | None = None
     loop = asyncio.get_running_loop()
     while not stop.is_set():

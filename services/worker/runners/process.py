@@ -12,32 +12,15 @@ from pathlib import Path
 
 import psutil
 
-from shared.events import Instance, ShardAssignment
-from shared.models import ModelCard
+from shared.config import without_exo_variables
+from shared.specs import RunnerSpec, encode_spec
 
 STOP_GRACE_S = 5.0
 ADOPTED_POLL_S = 0.5
 
 
-def runner_command(
-    instance: Instance, shard: ShardAssignment, card: ModelCard, model_path: Path, node_id: str, nats_url: str
-) -> list[str]:
-    return [
-        sys.executable, "-m", "services.worker.runner",
-        "--instance-id", instance.instance_id,
-        "--model-id", instance.model_id,
-        "--model-path", str(model_path),
-        "--node-id", node_id,
-        "--rank", str(shard.rank),
-        "--world-size", str(instance.world_size),
-        "--start-layer", str(shard.start_layer),
-        "--end-layer", str(shard.end_layer),
-        "--n-layers", str(card.n_layers),
-        "--context-length", str(card.context_length),
-        "--strategy", instance.strategy,
-        "--backend", instance.backend,
-        "--nats-url", nats_url,
-    ]  # fmt: skip
+def runner_command(spec: RunnerSpec) -> list[str]:
+    return [sys.executable, "-m", "services.worker.runner", "--spec", encode_spec(spec)]
 
 
 def log_tail(path: Path, lines: int) -> str:
@@ -52,7 +35,8 @@ class RunnerProcess:
     def __init__(self, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.command = command
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        # no EXO_* variable reaches a runner: its settings are its spec
+        self.env = {**without_exo_variables(os.environ), **(env or {})}
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
 

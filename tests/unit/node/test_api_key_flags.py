@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
 
-from services.node.cli import check_api_key, main, node_parser
+from services.node.cli import check_api_key, main
+from services.node.node_config import NOT_FROM_ENVIRONMENT, node_parser
+from shared.config import parse_with_environment
 
 
-def checked(argv: list[str]):  # noqa: ANN201 - the parsed Namespace
-    args = node_parser().parse_args(argv)
-    check_api_key(args, argv)
-    return args
+def checked(argv: list[str]):  # noqa: ANN201 - a Namespace holding the resolved key
+    args, _ = parse_with_environment(node_parser(), argv, NOT_FROM_ENVIRONMENT)
+    return argparse.Namespace(api_key=check_api_key(args, argv))
 
 
 @pytest.mark.parametrize("argv", [["--api-key-file", "/nonexistent/key"], ["--api-key", "a", "--api-key-file", "/x"],

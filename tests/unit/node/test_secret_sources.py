@@ -24,6 +24,13 @@ def args(file: str | None = None, argv: str | None = None) -> argparse.Namespace
     return argparse.Namespace(cluster_secret_file=file, cluster_secret=argv)
 
 
+def given(ns: argparse.Namespace) -> str | None:
+    """As `exo` does: the variable is read (and taken out of the environment) by the one reader."""
+    from shared.config import environment
+
+    return given_secret(ns, environment().get("cluster_secret"))
+
+
 def test_a_secret_file_that_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text(SECRET)
@@ -43,14 +50,14 @@ def test_the_file_wins_and_the_environment_is_emptied(tmp_path: Path, monkeypatc
     path = tmp_path / "secret"
     write_private(path, SECRET)
     monkeypatch.setenv(SECRET_ENV, "5b" * 32)
-    assert given_secret(args(file=str(path))) == SECRET
+    assert given(args(file=str(path))) == SECRET
     assert SECRET_ENV not in os.environ  # so that no child inherits it
 
 
 def test_the_environment_is_used_when_no_flag_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET.upper())
-    assert given_secret(args()) == SECRET and SECRET_ENV not in os.environ
-    assert given_secret(args()) is None  # nothing given: the node uses the stored one
+    assert given(args()) == SECRET and SECRET_ENV not in os.environ
+    assert given(args()) is None  # nothing given: the node uses the stored one
 
 
 def test_both_flags_are_refused(tmp_path: Path) -> None:
@@ -99,19 +106,23 @@ def test_exo_join_stores_the_secret_privately_once(tmp_path: Path) -> None:
 
 def test_a_service_takes_the_secret_out_of_its_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.cluster_secret import remember, remembered
-    from shared.config import add_common_args, common_from_args
+    from shared.config import add_common_args, common_from_args, service_spec
+    from shared.specs import MasterSpec
 
-    parser = argparse.ArgumentParser()
-    add_common_args(parser)
+    def start_alone() -> None:  # a service started alone builds its spec from its flags and the environment
+        parser = argparse.ArgumentParser()
+        add_common_args(parser)
+        service_spec(["--state-dir", str(tmp_path)], MasterSpec, parser, lambda ns, found: {"common": common_from_args(ns, found)})
+
     write_private(secret_path(tmp_path), "5b" * 32)
     try:
         monkeypatch.setenv(SECRET_ENV, SECRET)
-        common_from_args(parser.parse_args(["--state-dir", str(tmp_path)]))
+        start_alone()
         assert remembered() == SECRET and SECRET_ENV not in os.environ  # runners it starts do not inherit it
-        common_from_args(parser.parse_args(["--state-dir", str(tmp_path)]))
+        start_alone()
         assert remembered() == "5b" * 32  # else the node's stored one
         monkeypatch.setenv(SECRET_ENV, "not hex")
-        common_from_args(parser.parse_args(["--state-dir", str(tmp_path)]))
+        start_alone()
         assert remembered() == "5b" * 32
     finally:
         remember(None)

@@ -9,6 +9,7 @@ from services.worker.plan import (
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     Adoption,
+    RestartRunner,
     LocalRunner,
     StartRunner,
     StopRunner,
@@ -222,8 +223,15 @@ def test_record_exit_resets_attempts_only_after_a_healthy_run():
     assert served_long.attempts == 0 and not served_long.running
 
 
+def stop_for_failed_sibling(event, local: dict[str, LocalRunner], me: str, seq: int = 5):  # noqa: ANN001, ANN201
+    """The plan's stop for `event` (applied at log sequence `seq`), or None: the sibling rule is part of plan()."""
+    del me  # the rule compares ranks: ours is the runner's own
+    state = apply(state_with(SHARED), event, seq)
+    stops = [a for a in plan(state, local, ME, now=100.0) if isinstance(a, RestartRunner)]
+    return stops[0] if stops else None
+
+
 def test_a_failed_sibling_rank_stops_our_runner_but_not_our_own_report():
-    from services.worker.plan import stop_for_failed_sibling
     from shared.events import RunnerStatusChanged
 
     local = {"inst-1": LocalRunner("inst-1", 1, running=True, attempts=1)}
@@ -235,6 +243,24 @@ def test_a_failed_sibling_rank_stops_our_runner_but_not_our_own_report():
     assert stop_for_failed_sibling(RunnerStatusChanged("inst-2", OTHER, 0, "failed"), local, ME) is None
     local["inst-1"].running = False
     assert stop_for_failed_sibling(sibling, local, ME) is None
+
+
+def test_a_sibling_failure_stops_our_runner_once_and_not_a_restarted_one():
+    """As state, the rule needs the sequence of the failure: else the failed status, still in the state, would
+    stop our runner again each plan, and stop its restart too."""
+    from shared.events import RunnerStatusChanged
+
+    state = apply(state_with(SHARED), RunnerStatusChanged("inst-1", OTHER, 0, "failed", "lost"), 7)
+    state = apply(state, RunnerStatusChanged("inst-1", OTHER, 0, "loading"), 8)  # the sibling is back already
+    runner = LocalRunner("inst-1", 1, running=True, attempts=1, seen_seq=6)
+    assert plan(state, {"inst-1": runner}, ME, now=100.0) == [RestartRunner("inst-1", "rank 0 failed: ", 7)]
+    runner.seen_seq = 7  # what the worker does with the action: the next plan leaves it alone
+    assert plan(state, {"inst-1": runner}, ME, now=100.0) == []
+    restarted = LocalRunner("inst-1", 1, running=True, attempts=2, seen_seq=state.last_seq)  # started after it
+    assert plan(state, {"inst-1": restarted}, ME, now=100.0) == []
+    again = apply(state, RunnerStatusChanged("inst-1", OTHER, 0, "failed", "lost again"), 9)
+    assert plan(again, {"inst-1": restarted}, ME, now=100.0) == [RestartRunner("inst-1", "rank 0 failed: lost again", 9)]
+    assert apply(again, InstanceDeleted("inst-1", reason="deleted on request")).failures == {}
 
 
 # --- adoption of runners that outlived a killed worker ------------------------------------------

@@ -24,7 +24,6 @@ Scope, chosen to stay safe:
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import mlx.core as mx
@@ -91,9 +90,9 @@ class FusedRoPE(nn.Module):
         return self._fused(x, offset)
 
 
-def wanted(environ: dict[str, str] | None = None) -> bool:
-    """Whether to fuse: on a CPU device, unless EXO_CPU_FUSION=off."""
-    value = (environ if environ is not None else os.environ).get(ENV, "on").strip().lower()
+def wanted(setting: str = "on") -> bool:
+    """Whether to fuse: on a CPU device, unless the runner setting (EXO_CPU_FUSION) is off."""
+    value = setting.strip().lower()
     if value not in ("on", "off"):
         raise ValueError(f"{ENV} must be on or off, not {value!r}")
     return value == "on" and mx.default_device() == mx.cpu

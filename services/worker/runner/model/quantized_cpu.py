@@ -16,7 +16,6 @@ llama.cpp's do (tests/unit/test_quantized_cpu.py measures it).
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import mlx.core as mx
@@ -45,13 +44,23 @@ def kernel_built() -> bool:
     return _kernels is not None
 
 
-def wanted() -> bool:
-    """Whether to use the kernel: built, asked for (EXO_CPU_KERNEL=on; off by default until it is measured
-    against llama.cpp on a quiet machine: issue 16) and MLX runs on the CPU."""
-    value = os.environ.get(ENV, "off").strip().lower()
+def wanted(setting: str = "off") -> bool:
+    """Whether to use the kernel: built, asked for (the runner setting EXO_CPU_KERNEL=on; off by default until
+    it is measured against llama.cpp on a quiet machine: issue 16) and MLX runs on the CPU."""
+    value = setting.strip().lower()
     if value not in ("on", "off"):
         raise ValueError(f"{ENV} must be on or off, not {value!r}")
     return value == "on" and _kernels is not None and mx.default_device() == mx.cpu
+
+
+def configure(isa: str = "", threads: int = 0) -> None:
+    """The runner settings EXO_KERNEL_ISA and EXO_KERNEL_THREADS ("" / 0: the kernel's own choice)."""
+    if _kernels is None:
+        return
+    if isa:
+        _kernels.set_isa(isa)
+    if threads:
+        _kernels.set_threads(threads)
 
 
 def _supported(group_size: int, bits: int, mode: str, in_dims: int) -> bool:

@@ -337,6 +337,8 @@ def load_shard(
     start_layer: int = 0,
     end_layer: int | None = None,
     logits_on: LogitsOn = "vocab_split",
+    cpu_fusion: str = "on",
+    cpu_kernel: str = "off",
 ) -> tuple[nn.Module, Any]:
     """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
 
@@ -345,10 +347,10 @@ def load_shard(
     """
     from mlx_lm.utils import load_model, load_tokenizer
 
-    from services.worker.runner.model import cpu_fusion, quantized_cpu
+    from services.worker.runner.model import cpu_fusion as fusion, quantized_cpu
 
-    fuse = cpu_fusion.wanted()  # decided before any weight is read: a bad EXO_CPU_FUSION fails at once
-    kernel = quantized_cpu.wanted()  # likewise EXO_CPU_KERNEL
+    fuse = fusion.wanted(cpu_fusion)  # decided before any weight is read: a bad one fails at once
+    kernel = quantized_cpu.wanted(cpu_kernel)  # likewise
     path = Path(model_path)
     model, config = load_model(path, lazy=True)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
@@ -373,5 +375,5 @@ def load_shard(
     if kernel:  # quantized layers through our CPU kernel (quantized_cpu.py); every rank decides the same way
         quantized_cpu.use_cpu_kernel(model)
     if fuse:  # fused norms and RoPEs on a CPU (cpu_fusion.py); every rank decides the same way
-        cpu_fusion.fuse_for_cpu(model)
+        fusion.fuse_for_cpu(model)
     return model, tokenizer

@@ -117,12 +117,11 @@ def block_with_timeout(fd: int, wait_s: float = WAIT_S) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
 
 
-def quiet_ring(rank: int, hostfile_path: str | None = None, mode: str | None = None) -> int:
+def quiet_ring(rank: int, hostfile_path: str | None = None, mode: str = "block") -> int:
     """Switch this rank's ring sockets to blocking-with-timeout; returns how many were switched.
 
     Call right after `mx.distributed.init(backend="ring")`, on the thread that called it. Does nothing
-    with `EXO_RING_WAIT=spin` or without a hostfile (not a ring group)."""
-    mode = mode or os.environ.get("EXO_RING_WAIT", "block")
+    with mode "spin" (the runner setting EXO_RING_WAIT) or without a hostfile (not a ring group)."""
     if mode not in MODES:
         raise ValueError(f"EXO_RING_WAIT must be one of {', '.join(MODES)}, not {mode!r}")
     path = hostfile_path or os.environ.get("MLX_HOSTFILE")

@@ -29,6 +29,7 @@ from shared.generation import (
     TokenCount,
 )
 from shared.process_lifetime import register
+from shared.specs import RunnerSpec
 
 from services.worker.runner.blas import current_blas
 from services.worker.runner.model.quantized_cpu import weights_detail
@@ -43,22 +44,6 @@ log = structlog.get_logger()
 WAITING_PER_SLOT = 4  # requests allowed to wait per batch slot before the runner answers "busy" (429)
 # A stream that has had no chunk for this long gets an empty one, so the gateway can tell slow from dead.
 KEEPALIVE_S = 3.0
-
-
-class RunnerArgs(msgspec.Struct, frozen=True):
-    instance_id: str
-    model_id: str
-    model_path: str
-    node_id: str
-    rank: int
-    world_size: int
-    start_layer: int
-    end_layer: int
-    n_layers: int
-    context_length: int
-    nats_url: str
-    strategy: Literal["pipeline", "tensor"] = "pipeline"
-    backend: str = "ring"
 
 
 class Stream:
@@ -99,7 +84,7 @@ class RunnerServer:
 
     def __init__(
         self,
-        args: RunnerArgs,
+        args: RunnerSpec,
         nc: NATS,
         engine: Engine,
         max_waiting: int = WAITING_PER_SLOT,
