@@ -8,57 +8,13 @@ Each topology starts all its ranks at once, and each rank runs every model in tu
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from services.worker.dataplane import choose_free_ports, ring_config, write_files
-from shared.events import Instance, ShardAssignment
+from tests.integration.family_ranks import run_topology
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "tests" / "integration" / "family_ranks.py"
 MAX_TOKENS = 64
-TIMEOUT_S = 300
-
-
-def run_topology(models: dict[str, Path], strategy: str, world: int, tmp: Path, *extra: str) -> list[dict]:
-    """Start `world` ranks of family_ranks.py over every model; their JSON results, in rank order."""
-    args = [sys.executable, str(SCRIPT), "--models", ",".join(str(p) for p in models.values())]
-    args += ["--strategy", strategy, "--world-size", str(world), "--max-tokens", str(MAX_TOKENS), *extra]
-    envs: list[dict[str, str]] = [{}]
-    if world > 1:
-        shards = tuple(ShardAssignment(f"node-{r}", r, 0, 4) for r in range(world))
-        instance = Instance("families", "tiny", strategy, "ring", shards)
-        ports = choose_free_ports(world)
-        envs = []
-        for r in range(world):
-            config = ring_config(instance, r, {s.node_id: "127.0.0.1" for s in shards}, ports, tmp)
-            write_files(config)
-            envs.append(config.env)
-    procs = []
-    for r in range(world):
-        out, err = open(tmp / f"rank{r}.out", "w"), open(tmp / f"rank{r}.err", "w")
-        env = {**os.environ, **envs[r], "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=REPO))
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    results = []
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} of {strategy}x{world} exited {p.returncode}:\n{(tmp / f'rank{r}.err').read_text()[-3000:]}"
-        results.append(json.loads((tmp / f"rank{r}.out").read_text().strip().splitlines()[-1]))
-    return results
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -74,7 +30,7 @@ def family_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def one_process(family_models, tmp_path_factory) -> dict:
-    (result,) = run_topology(family_models, "single", 1, tmp_path_factory.mktemp("single"))
+    (result,) = run_topology(family_models, "single", 1, tmp_path_factory.mktemp("single"), MAX_TOKENS)
     for name, r in result["models"].items():
         assert len(r["greedy"]) == MAX_TOKENS and len(r["sampled"]) == MAX_TOKENS, name
     return result["models"]
@@ -89,7 +45,7 @@ SAMPLED_PREFIX_UNDER_TENSOR = 8
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, world", [("pipeline", 2), ("pipeline", 3), ("tensor", 2)], ids=["pipeline-2", "pipeline-3", "tensor-2"])
 def test_every_family_split_gives_one_process_tokens(family_models, one_process, strategy, world, tmp_path):
-    ranks = run_topology(family_models, strategy, world, tmp_path)
+    ranks = run_topology(family_models, strategy, world, tmp_path, MAX_TOKENS)
     wrong = []
     for name in family_models:
         expected = one_process[name]
