@@ -54,7 +54,7 @@ def write_tokenizer(dest: Path) -> Path:
     return dest
 
 
-def _randomize(model: Any, seed: int) -> None:
+def _randomize(model: Any, seed: int, embed_std: float) -> None:
     """Every weight random (mlx-lm zeroes MoE routers, which would route every token alike), norms at one."""
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
@@ -65,7 +65,7 @@ def _randomize(model: Any, seed: int) -> None:
         if "norm" in name:
             fresh.append((name, mx.ones_like(value)))
         elif "embed_tokens" in name:  # peaked logits: greedy picks are not near-ties
-            fresh.append((name, 0.5 * mx.random.normal(value.shape)))
+            fresh.append((name, embed_std * mx.random.normal(value.shape)))
         else:  # the layers' outputs twice the usual size: a tied head does not just repeat the input token
             gain = 2.0 if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
             fresh.append((name, gain * mx.random.normal(value.shape) / math.sqrt(value.shape[-1])))
@@ -83,7 +83,8 @@ def build(name: str, dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     config = {**COMMON, **CONFIGS[base], **overrides}
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
-    _randomize(model, seed)
+    # A tied head with large embeddings predicts the input token again and again: smaller ones for it.
+    _randomize(model, seed, 0.25 if config.get("tie_word_embeddings") else 0.5)
     if group_size:
         predicate = getattr(model, "quant_predicate", None)
         model, config = quantize_model(model, config, group_size, 4, quant_predicate=predicate)
