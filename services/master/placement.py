@@ -4,8 +4,8 @@ Rules (issue 4):
   - pipeline: layers split in proportion to each node's memory, every node at least one layer, and no
     node's share above its budget (the split is capped per node, so a node that the plain proportional
     split would overfill gives its extra layers to nodes with room);
-  - tensor: only when the attention heads and the KV heads divide by the node count; every node holds
-    1/n of the model;
+  - tensor: only for the families the runner can split by tensor, and when their heads divide by the node
+    count (shared/tensor_split.py); every node holds 1/n of the model;
   - the fewest nodes that fit (from `min_nodes` up); pipeline before tensor at the same node count when
     the request says `auto`;
   - among the node sets of that size that fit, the one with the fastest links when link latencies are
@@ -32,6 +32,7 @@ from shared.events import Instance, ShardAssignment
 from shared.facts import NodeFacts
 from shared.models import ModelCard
 from shared.state import ClusterState
+from shared.tensor_split import tensor_split_problem
 
 from services.master.memory_budget import (
     MEMORY_HEADROOM,
@@ -179,9 +180,7 @@ def pipeline_plan(card: ModelCard, nodes: Sequence[NodeFacts]) -> list[ShardAssi
 
 
 def tensor_problem(card: ModelCard, n: int) -> str | None:
-    if card.n_heads % n or card.n_kv_heads % n:
-        return f"{card.n_heads} heads / {card.n_kv_heads} KV heads do not divide by {n} nodes"
-    return None
+    return tensor_split_problem(card.architecture, card.n_heads, card.n_kv_heads, n)
 
 
 def tensor_plan(card: ModelCard, nodes: Sequence[NodeFacts]) -> list[ShardAssignment] | str:
