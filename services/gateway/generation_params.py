@@ -36,6 +36,7 @@ class ChatPlan(msgspec.Struct, frozen=True):
 def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
+    _check_parts(body.messages)
     tools = _tools(body.tools)
     mode, chosen = _tool_choice(body.tool_choice, tools)
     schema = _response_schema(body)
@@ -49,6 +50,15 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     elif not tools:
         mode = "none"
     return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools))
+
+
+def _check_parts(messages: list[InMessage]) -> None:
+    """Multi-part content is read as its text parts; any other part (an image, audio) is refused by name."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else []):
+            if part.type != "text":
+                field = f"messages[{i}].content[{j}].type"
+                raise bad_request(f"content parts of type {part.type!r} are not supported (only text)", param=field)
 
 
 def call_schema(tools: dict[str, dict]) -> dict:
