@@ -18,7 +18,7 @@ import msgspec
 from shared.generation import ChatMessage
 
 from services.gateway.errors import bad_request
-from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ToolDef
+from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ToolDef, invalid_field
 
 ToolMode = Literal["none", "auto", "forced"]
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
@@ -50,6 +50,16 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     elif not tools:
         mode = "none"
     return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools))
+
+
+def plan_of_openai_shapes(model: str, messages: list[dict], tools: list[dict] | None, tool_choice: str | dict | None) -> ChatPlan:
+    """The plan of another API's request, once its adapter has put it in Chat Completions' shapes (plain dicts)."""
+    shaped = {"model": model, "messages": messages, "tools": tools or None, "tool_choice": tool_choice}
+    try:
+        body = msgspec.convert(shaped, ChatCompletionRequest)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"invalid request: {exc}", param=invalid_field(str(exc))) from None
+    return plan_chat(body)
 
 
 def _check_parts(messages: list[InMessage]) -> None:

@@ -104,3 +104,9 @@ class ToolChatShape(ChatShape):
         if calls:
             body["choices"][0]["message"]["tool_calls"] = calls
         return body
+
+
+def read_answer(plan: ChatPlan, text: str, finish: str) -> tuple[str | None, list[dict]]:
+    """(content, OpenAI tool_calls) of a whole answer, read as Chat Completions reads it: for the adapters."""
+    message = ToolChatShape("", "", plan).whole(text, finish, {})["choices"][0]["message"]
+    return message["content"], message.get("tool_calls", [])
