@@ -139,19 +139,52 @@ def test_the_stop_matcher_remembers_which_stop_string_it_reached():
 
 def test_responses_input_string_or_items_and_instructions():
     body = decode(rs.ResponsesRequest, {"model": "m", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 4})
-    fields, messages = rs.translate(body)
-    assert messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"))
+    fields, plan = rs.translate(body)
+    assert plan.messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"))
     assert fields.sampling(8192).max_tokens == 4
     items = {"model": "m", "input": [
         {"type": "message", "role": "developer", "content": "Sys"},
         {"role": "user", "content": [{"type": "input_text", "text": "A"}, {"type": "input_text", "text": "B"}]},
     ]}  # fmt: skip
-    assert rs.translate(decode(rs.ResponsesRequest, items))[1] == (ChatMessage("system", "Sys"), ChatMessage("user", "AB"))
-    for bad in ({"model": "m", "input": ""}, {"model": "m", "input": "x", "previous_response_id": "resp_1"},
-                {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
-                {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}]}):  # fmt: skip
-        with pytest.raises(OpenAIError):
-            rs.translate(decode(rs.ResponsesRequest, bad))
+    assert rs.translate(decode(rs.ResponsesRequest, items))[1].messages == (ChatMessage("system", "Sys"), ChatMessage("user", "AB"))
+    bad_fields = [
+        ({"input": ""}, "input"), ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content[0].type"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"type": "nope"}}]}, "tools[0].parameters"),
+        ({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}},
+         "tool_choice"),
+        ({"input": [{"type": "function_call_output", "output": "1"}]}, "input[0].call_id"),
+    ]  # fmt: skip
+    for bad, param in bad_fields:
+        with pytest.raises(OpenAIError) as caught:
+            rs.translate(decode(rs.ResponsesRequest, {"model": "m"} | bad))
+        assert caught.value.param == param, bad
+
+
+ADD = {"type": "function", "name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+
+
+def test_responses_function_tools_and_call_items_plan_like_chat():
+    body = decode(rs.ResponsesRequest, {"model": "m", "tools": [ADD], "tool_choice": {"type": "function", "name": "add"},
+                                        "input": [{"role": "user", "content": "1+1?"},
+                                                  {"type": "function_call", "call_id": "c1", "name": "add", "arguments": '{"a": 1}'},
+                                                  {"type": "function_call_output", "call_id": "c1", "output": "2"}]})  # fmt: skip
+    _fields, plan = rs.translate(body)
+    assert plan.tool_mode == "forced" and plan.tool_names == ("add",)
+    assert [m.role for m in plan.messages] == ["system", "user", "assistant", "tool"]
+    answer = rs.whole("resp_1", body, plan, '{"name": "add", "arguments": {"a": 2}}', last("stop"))
+    assert [(o["type"], o["name"], o["arguments"]) for o in answer["output"]] == [("function_call", "add", '{"a": 2}')]
+    shape = rs.StreamShape("resp_1", body, 0, holding=True)
+    calls = [{"id": "c2", "function": {"name": "add", "arguments": '{"a": 2}'}}]
+    events = shape.opening() + shape.closing(last("stop"), "", calls)
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed",
+    ]  # fmt: skip
+    assert events[2]["output_index"] == 0 and events[-1]["response"]["output"][0]["call_id"] == "c2"
 
 
 def test_responses_stream_events_numbered_and_complete():
