@@ -27,6 +27,7 @@ from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
+    MAX_N,
     SamplingFields,
     decode_body,
 )
@@ -64,6 +65,8 @@ async def _serve(request: Request, body: SamplingFields, chat: bool, plan: ChatP
     rid = ("chatcmpl-" if chat else "cmpl-") + new_request_id().removeprefix("req-")
     api = "chat.completions" if chat else "completions"
     logprobs, _top = body.logprob_request()
+    if not 1 <= body.n <= MAX_N:  # before any generation starts (the sampling fields check it again)
+        raise bad_request(f"n must be between 1 and {MAX_N}", param="n")
     # One generation per choice (`n`), each with its own seed schedule; accepted, or the OpenAI error (404, 429,
     # 400, 503) raised here, before any byte of a stream is sent.
     generations: list[Submitted] = []

@@ -96,7 +96,7 @@ class Engine:
         assert sampling.max_tokens is not None
         cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt)
         cached = len(prompt) - len(rest)
-        sampler = sampler_of(sampling)
+        sampler = self._sampler(sampling)
         if json_schema is not None:  # compiled here, on every rank, before the request joins the batch
             sampler = constrained(sampler, self.grammars.matcher(json_schema), self.grammars.eos_token)
         sampler = self._guarded(request_id, sampler)
@@ -112,6 +112,9 @@ class Engine:
         self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
         self.uids[request_id] = uid
         return cached
+
+    def _sampler(self, sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
+        return sampler_of(sampling)
 
     def _guarded(self, request_id: str, sampler: Callable[[mx.array], mx.array]) -> Callable[[mx.array], mx.array]:
         """The batch calls every request's sampler inside one step: one that raises would end the step for all.
