@@ -23,6 +23,17 @@ class SamplingParams(msgspec.Struct, frozen=True):
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1: off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    logprobs: bool = False  # each token's log probability comes back in its chunk
+    top_logprobs: int = 0  # with logprobs: this many most likely alternatives per token
+    # Which output choice (OpenAI's `n`) this generation is: the shard of the seed schedule, so that the
+    # choices of one seeded request differ from each other and each is reproducible.
+    choice: int = 0
 
 
 class GenerateRequest(msgspec.Struct, frozen=True):
@@ -82,6 +93,21 @@ class FinishedRequest(msgspec.Struct, frozen=True):
     device_count: int
 
 
+class TopLogprob(msgspec.Struct, frozen=True, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    """One generated token's log probability (under the distribution it was drawn from, before any grammar mask)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob] = []
+
+
 class TokenChunk(msgspec.Struct, frozen=True):
     request_id: str
     index: int  # chunks are numbered so the gateway notices a gap
@@ -93,6 +119,7 @@ class TokenChunk(msgspec.Struct, frozen=True):
     cached_tokens: int = 0
     finished: FinishedRequest | None = None  # on the last chunk of every request, whatever its end
     stop_sequence: str | None = None  # the stop string that ended it, when one did (Anthropic reports it)
+    logprobs: list[TokenLogprob] = []  # asked for: one per token this chunk counts (its text may lag behind)
 
 
 class TokenCount(msgspec.Struct, frozen=True):

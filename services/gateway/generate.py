@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
@@ -33,6 +34,7 @@ async def start_generation(
     prompt: str | None = None,
     api: str = "chat.completions",
     json_schema: str | None = None,
+    choice: int = 0,
 ) -> Submitted:
     """Accepted, or an OpenAIError (404 unknown model, 400, 429, 503) raised before any byte is sent. The recorder
     measures it for /metrics, the dashboard and the inference log (as `api`), however it ends."""
@@ -42,6 +44,8 @@ async def start_generation(
     except UnknownModel:
         raise model_not_found(fields.model) from None
     sampling = fields.sampling(card.context_length)
+    if choice:  # one of `n`: its own seed schedule (the seed itself is the same, or fixed by its runner)
+        sampling = msgspec.structs.replace(sampling, choice=choice)
     instance_id = pick_instance(gateway.follower.state, fields.model, gateway.client.next_turn())
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
                                json_schema=json_schema)  # fmt: skip
@@ -61,16 +65,17 @@ async def count_prompt_tokens(request: Request, model: str, messages: tuple[Chat
 
 
 async def gather(request: Request, generation: Submitted) -> tuple[str, TokenChunk] | None:
-    """The whole text and the last chunk; None when the client went away first (the generation is then cancelled
-    by its closing, which is the caller's)."""
+    """The whole text and the last chunk, which carries every chunk's logprobs; None when the client went away
+    first (the generation is then cancelled by its closing, which is the caller's)."""
 
     async def read() -> tuple[str, TokenChunk]:
-        parts, last = [], None
+        parts, logprobs, last = [], [], None
         async for chunk in generation:
             parts.append(chunk.text)
+            logprobs += chunk.logprobs
             last = chunk
         assert last is not None and last.finish_reason is not None
-        return "".join(parts), last
+        return "".join(parts), msgspec.structs.replace(last, logprobs=logprobs)
 
     task = asyncio.create_task(read())
     while not task.done():

@@ -18,7 +18,7 @@ import msgspec
 from shared.generation import ChatMessage
 
 from services.gateway.errors import bad_request
-from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ToolDef
+from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ToolDef, invalid_field
 
 ToolMode = Literal["none", "auto", "forced"]
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
@@ -36,6 +36,7 @@ class ChatPlan(msgspec.Struct, frozen=True):
 def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
+    _check_parts(body.messages)
     tools = _tools(body.tools)
     mode, chosen = _tool_choice(body.tool_choice, tools)
     schema = _response_schema(body)
@@ -49,6 +50,25 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     elif not tools:
         mode = "none"
     return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools))
+
+
+def plan_of_openai_shapes(model: str, messages: list[dict], tools: list[dict] | None, tool_choice: str | dict | None) -> ChatPlan:
+    """The plan of another API's request, once its adapter has put it in Chat Completions' shapes (plain dicts)."""
+    shaped = {"model": model, "messages": messages, "tools": tools or None, "tool_choice": tool_choice}
+    try:
+        body = msgspec.convert(shaped, ChatCompletionRequest)
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"invalid request: {exc}", param=invalid_field(str(exc))) from None
+    return plan_chat(body)
+
+
+def _check_parts(messages: list[InMessage]) -> None:
+    """Multi-part content is read as its text parts; any other part (an image, audio) is refused by name."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else []):
+            if part.type != "text":
+                field = f"messages[{i}].content[{j}].type"
+                raise bad_request(f"content parts of type {part.type!r} are not supported (only text)", param=field)
 
 
 def call_schema(tools: dict[str, dict]) -> dict:

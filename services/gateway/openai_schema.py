@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Literal
 
@@ -74,17 +75,34 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-class SamplingFields(msgspec.Struct):
+MAX_N = 8  # choices per request: the batch's width
+MAX_TOP_LOGPROBS = 20
+
+
+class SamplingFields(msgspec.Struct, forbid_unknown_fields=True):
+    """A field we do not know is a 400 naming it: never silently ignored."""
+
     model: str
     stream: bool = False
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None  # not OpenAI's; vLLM's and llama.cpp's extension (0 or -1: off)
+    min_p: float | None = None  # an extension too
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None  # an extension (1: off)
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as OpenAI's) -> -100..100
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
     stream_options: StreamOptions | None = None
+    user: str | None = None  # an end-user id: only ever logged by OpenAI too
+
+    def logprob_request(self) -> tuple[bool, int]:
+        """(logprobs asked for, how many alternatives per token): each endpoint has its own fields."""
+        return False, 0
 
     def sampling(self, context_length: int) -> SamplingParams:
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -100,22 +118,62 @@ class SamplingFields(msgspec.Struct):
             raise bad_request("temperature must be between 0 and 2", param="temperature")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise bad_request("top_p must be in (0, 1]", param="top_p")
-        if self.n != 1:
-            raise bad_request("only n=1 is supported", param="n")
+        if not 1 <= self.n <= MAX_N:
+            raise bad_request(f"n must be between 1 and {MAX_N}", param="n")
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4:
             raise bad_request("at most 4 stop sequences", param="stop")
+        if any(not s for s in stops):
+            raise bad_request("a stop sequence must not be empty", param="stop")
+        logprobs, top_logprobs = self.logprob_request()
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=tuple(stops),
             seed=self.seed,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            **self._shaping(),
         )
+
+    def _shaping(self) -> dict:
+        """top_k, min_p, the penalties and the logit bias, checked (each 400 names its field)."""
+        top_k = 0 if self.top_k is None or self.top_k == -1 else self.top_k
+        if top_k < 0:
+            raise bad_request("top_k must be a positive integer, or 0 or -1 for off", param="top_k")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise bad_request("min_p must be in [0, 1]", param="min_p")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not -2.0 <= value <= 2.0:
+                raise bad_request(f"{name} must be between -2 and 2", param=name)
+        if self.repetition_penalty is not None and not 0.0 < self.repetition_penalty <= 10.0:
+            raise bad_request("repetition_penalty must be in (0, 10]", param="repetition_penalty")
+        return {
+            "top_k": top_k,
+            "min_p": self.min_p or 0.0,
+            "presence_penalty": self.presence_penalty or 0.0,
+            "frequency_penalty": self.frequency_penalty or 0.0,
+            "repetition_penalty": 1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            "logit_bias": _logit_bias(self.logit_bias or {}),
+        }
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _logit_bias(bias: dict[str, float]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias}; the runner checks the ids against its vocabulary."""
+    out = []
+    for key, value in bias.items():
+        if not key.isdigit():
+            raise bad_request(f"logit_bias keys are token ids; {key!r} is not one", param="logit_bias")
+        if not -100.0 <= value <= 100.0:
+            raise bad_request(f"logit_bias values must be between -100 and 100 (token {key})", param="logit_bias")
+        out.append((int(key), float(value)))
+    return tuple(out)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -124,17 +182,50 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    def logprob_request(self) -> tuple[bool, int]:
+        if self.top_logprobs is not None:
+            if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+                raise bad_request(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs")
+            if not self.logprobs:
+                raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+        return bool(self.logprobs), self.top_logprobs or 0
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = ""
+    logprobs: int | None = None  # the legacy API's: the alternatives per token (0: only the token's own)
+
+    def logprob_request(self) -> tuple[bool, int]:
+        if self.logprobs is None:
+            return False, 0
+        if not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="logprobs")
+        return True, self.logprobs
+
+
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]*)`")
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def invalid_field(message: str) -> str | None:
+    """The request field a msgspec validation message is about, in OpenAI's `a.b[0].c` form."""
+    at = _AT.search(message)
+    path = at[1] if at else ""
+    named = _UNKNOWN.search(message) or _MISSING.search(message)
+    if named is not None:
+        path = f"{path}.{named[1]}" if path else named[1]
+    return path or None
 
 
 def decode_body(body: bytes, type_: type) -> SamplingFields:
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
-        raise bad_request(f"invalid request body: {exc}") from None
+        raise bad_request(f"invalid request body: {exc}", param=invalid_field(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
 
@@ -148,17 +239,17 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
     }
 
 
-def chat_chunk(request_id: str, model: str, created: int, delta: dict, finish_reason: str | None) -> dict:
+def chat_chunk(request_id: str, model: str, created: int, delta: dict, finish_reason: str | None, index: int = 0) -> dict:
     return {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
 
 
-def chat_completion(request_id: str, model: str, text: str, finish_reason: str, usage_: dict) -> dict:
+def chat_completion(request_id: str, model: str, text: str, finish_reason: str, usage_: dict, index: int = 0) -> dict:
     return {
         "id": request_id,
         "object": "chat.completion",
@@ -166,7 +257,7 @@ def chat_completion(request_id: str, model: str, text: str, finish_reason: str, 
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
                 "finish_reason": finish_reason,
@@ -176,13 +267,15 @@ def chat_completion(request_id: str, model: str, text: str, finish_reason: str, 
     }
 
 
-def text_completion(request_id: str, model: str, text: str, finish_reason: str | None, usage_: dict | None) -> dict:
+def text_completion(
+    request_id: str, model: str, text: str, finish_reason: str | None, usage_: dict | None, index: int = 0
+) -> dict:
     body = {
         "id": request_id,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}],
     }
     if usage_ is not None:
         body["usage"] = usage_

@@ -49,8 +49,8 @@ class ToolChatShape(ChatShape):
     arguments as they come (holding back the closing brace of the call object). With `auto` the text is held
     until the end, since a call may start anywhere in it."""
 
-    def __init__(self, request_id: str, model: str, plan: ChatPlan) -> None:
-        super().__init__(request_id, model)
+    def __init__(self, request_id: str, model: str, plan: ChatPlan, index: int = 0) -> None:
+        super().__init__(request_id, model, index)
         self.plan, self.text, self.sent = plan, "", 0
         self.call_id = new_call_id()
         self.name_sent = False
@@ -100,7 +100,13 @@ class ToolChatShape(ChatShape):
         else:
             content, calls = self._auto(text)
         finish = "tool_calls" if calls else finish
-        body = chat_completion(self.request_id, self.model, content, finish, usage_)  # type: ignore[arg-type]
+        body = chat_completion(self.request_id, self.model, content, finish, usage_, self.index)  # type: ignore[arg-type]
         if calls:
             body["choices"][0]["message"]["tool_calls"] = calls
         return body
+
+
+def read_answer(plan: ChatPlan, text: str, finish: str) -> tuple[str | None, list[dict]]:
+    """(content, OpenAI tool_calls) of a whole answer, read as Chat Completions reads it: for the adapters."""
+    message = ToolChatShape("", "", plan).whole(text, finish, {})["choices"][0]["message"]
+    return message["content"], message.get("tool_calls", [])

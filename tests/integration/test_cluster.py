@@ -7,11 +7,13 @@ Nodes declare memory budgets (--memory) that no single node meets, so placement 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 
 import httpx
+import jsonschema
 import nats
 import openai
 import psutil
@@ -108,6 +110,26 @@ def test_two_stage_pipeline_spreads_the_model_and_matches_one_node(
     for member in two_nodes:
         (rank_pid,) = member.runner_pids()
         assert _rss(rank_pid) < 0.8 * single, (member.name, _rss(rank_pid), single)
+
+
+def test_a_forced_tool_call_on_two_stages_has_the_single_nodes_arguments(two_nodes: list[Node], node: Node) -> None:
+    """Every rank applies the same grammar mask to the same logits, so the sampled call is the same."""
+    from tests.integration.test_openai_tools import ASK, TOOLS, WEATHER_PARAMS
+
+    first = two_nodes[0]
+    if not first.health()["ready_instances"]:
+        place(first)
+
+    def call(on: Node) -> str:
+        client = openai.OpenAI(base_url=on.api_url, api_key="none", timeout=600, max_retries=0)
+        r = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+                                           temperature=0.7, seed=3, max_tokens=80)  # fmt: skip
+        assert r.choices[0].finish_reason == "tool_calls"
+        return r.choices[0].message.tool_calls[0].function.arguments  # type: ignore[index]
+
+    arguments = call(first)
+    jsonschema.validate(json.loads(arguments), WEATHER_PARAMS)
+    assert arguments == call(node)
 
 
 def test_preview_lists_every_plan_with_memory_or_the_reason(two_nodes: list[Node]) -> None:

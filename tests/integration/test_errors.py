@@ -121,9 +121,14 @@ def test_empty_messages_is_400(client: openai.OpenAI, http: httpx.Client) -> Non
 
 @pytest.mark.parametrize(
     "extra",
-    [{"temperature": 3.0}, {"temperature": -0.5}, {"top_p": 0}, {"top_p": 1.5}, {"n": 2},
-     {"stop": ["a", "b", "c", "d", "e"]}],  # fmt: skip
-    ids=["temp-high", "temp-negative", "top_p-zero", "top_p-high", "n-2", "five-stops"],
+    [{"temperature": 3.0}, {"temperature": -0.5}, {"top_p": 0}, {"top_p": 1.5}, {"n": 9},
+     {"stop": ["a", "b", "c", "d", "e"]}, {"top_k": -2}, {"min_p": 1.5}, {"presence_penalty": 3},
+     {"frequency_penalty": -2.5}, {"repetition_penalty": 0}, {"logit_bias": {"x": 1}}, {"logit_bias": {"5": 101}},
+     {"logit_bias": {"99999999": 1}}, {"top_logprobs": 21, "logprobs": True}, {"top_logprobs": 2},
+     {"best_of": 2}],  # fmt: skip
+    ids=["temp-high", "temp-negative", "top_p-zero", "top_p-high", "n-9", "five-stops", "top_k", "min_p",
+         "presence", "frequency", "repetition", "bias-key", "bias-value", "bias-vocab", "top_logprobs",
+         "top_logprobs-alone", "unknown-field"],  # fmt: skip
 )
 def test_out_of_range_sampling_is_400(http: httpx.Client, extra: dict) -> None:
     error = assert_openai_error(post_chat(http, {"model": MODEL, "messages": QUESTION, **extra}), 400)

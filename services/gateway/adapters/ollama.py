@@ -39,6 +39,11 @@ class Options(msgspec.Struct, forbid_unknown_fields=True):
     top_p: float | None = None
     stop: list[str] | None = None
     num_ctx: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 class OllamaMessage(msgspec.Struct):
@@ -81,7 +86,8 @@ def sampling_fields(model: str, options: Options | None, format_: str | dict | N
     # num_predict -1 (without end) and -2 (fill the context) both mean: up to the end of the context
     max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
     return SamplingFields(model=model, max_tokens=max_tokens, temperature=o.temperature, top_p=o.top_p,
-                          stop=o.stop, seed=o.seed)  # fmt: skip
+                          stop=o.stop, seed=o.seed, top_k=o.top_k, min_p=o.min_p, repetition_penalty=o.repeat_penalty,
+                          presence_penalty=o.presence_penalty, frequency_penalty=o.frequency_penalty)  # fmt: skip
 
 
 def chat_messages(messages: list[OllamaMessage]) -> tuple[ChatMessage, ...]:

@@ -11,14 +11,17 @@ from typing import Literal
 import msgspec
 from fastapi import APIRouter, Request
 
-from shared.generation import ChatMessage, TokenChunk
+from shared.generation import TokenChunk
 from shared.ids import new_request_id
 
+from services.gateway.adapters.tool_shapes import responses_items, responses_output, responses_tools
 from services.gateway.completion_output import log_finished
 from services.gateway.errors import OpenAIError, bad_request
 from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
+from services.gateway.generation_params import ChatPlan, plan_of_openai_shapes
 from services.gateway.openai_schema import SamplingFields
+from services.gateway.tool_calls import read_answer
 
 router = APIRouter()
 
@@ -32,6 +35,13 @@ class Item(msgspec.Struct):
     role: Literal["user", "assistant", "system", "developer"] | None = None
     content: str | list[Part] | None = None
     type: str = "message"
+    # function_call and function_call_output items (an earlier call of the model, and its result)
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+    id: str | None = None
+    status: str | None = None
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -45,40 +55,66 @@ class ResponsesRequest(msgspec.Struct):
     store: bool | None = None
     previous_response_id: str | None = None
     metadata: dict | None = None
-    tools: list[dict] | None = None  # refused for now: never silently ignored (see translate)
+    tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
 
 TEXT_PARTS = ("input_text", "output_text", "text")
 
 
-def _item_message(i: int, item: Item) -> ChatMessage:
+def _item_turns(i: int, item: Item) -> list[dict]:
+    """One input item in Chat Completions' message shape."""
+    if item.type in ("function_call", "function_call_output"):
+        needs = ("call_id", "name") if item.type == "function_call" else ("call_id",)
+        for field in needs:
+            if getattr(item, field) is None:
+                raise bad_request(f"a {item.type} item needs {field}", param=f"input[{i}].{field}")
+        return responses_items([{k: v for k, v in msgspec.structs.asdict(item).items() if v is not None}])
     if item.type != "message" or item.role is None:
-        raise bad_request(f"input[{i}]: items of type {item.type!r} are not supported (only messages)", param="input")
+        raise bad_request(f"input[{i}]: items of type {item.type!r} are not supported", param=f"input[{i}].type")
     parts = item.content if isinstance(item.content, list) else [Part("input_text", item.content or "")]
-    for part in parts:
+    for j, part in enumerate(parts):
         if part.type not in TEXT_PARTS:
-            raise bad_request(f"input[{i}].content: parts of type {part.type!r} are not supported", param="input")
+            raise bad_request(f"parts of type {part.type!r} are not supported", param=f"input[{i}].content[{j}].type")
     role = "system" if item.role == "developer" else item.role
-    return ChatMessage(role, "".join(p.text for p in parts))
+    return [{"role": role, "content": "".join(p.text for p in parts)}]
 
 
-def translate(body: ResponsesRequest) -> tuple[SamplingFields, tuple[ChatMessage, ...]]:
+def translate(body: ResponsesRequest) -> tuple[SamplingFields, ChatPlan]:
     if body.previous_response_id is not None:
         raise bad_request("previous_response_id is not supported: responses are not stored", param="previous_response_id")
-    for name in ("tools", "tool_choice"):
-        if getattr(body, name):
-            raise bad_request(f"{name} is not supported yet", param=name)
     if isinstance(body.input, str):
-        turns = [ChatMessage("user", body.input)] if body.input else []
+        turns = [{"role": "user", "content": body.input}] if body.input else []
     else:
-        turns = [_item_message(i, item) for i, item in enumerate(body.input)]
+        turns = [turn for i, item in enumerate(body.input) for turn in _item_turns(i, item)]
     if not turns:
         raise bad_request("input must not be empty", param="input")
-    system = [ChatMessage("system", body.instructions)] if body.instructions else []
+    system = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    try:
+        plan = plan_of_openai_shapes(body.model, system + turns, _tools(body.tools or []), _tool_choice(body.tool_choice))
+    except OpenAIError as exc:  # the chat plan names OpenAI's nested tool fields; this API's are flat
+        exc.param = exc.param and exc.param.replace(".function.", ".")
+        raise
     fields = SamplingFields(model=body.model, max_tokens=body.max_output_tokens, temperature=body.temperature,
                             top_p=body.top_p)  # fmt: skip
-    return fields, (*system, *turns)
+    return fields, plan
+
+
+def _tools(tools: list[dict]) -> list[dict]:
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise bad_request(f"tools of type {tool.get('type')!r} are not supported (only function)", param=f"tools[{i}].type")
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise bad_request("a function tool needs a name", param=f"tools[{i}].name")
+    return responses_tools(tools)
+
+
+def _tool_choice(choice: str | dict | None) -> str | dict | None:
+    """Responses' {"type": "function", "name": ...} is Chat Completions' {"type": "function", "function": {...}}."""
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return choice
 
 
 def output_item(item_id: str, text: str | None) -> dict:
@@ -88,8 +124,11 @@ def output_item(item_id: str, text: str | None) -> dict:
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
-def response(rid: str, body: ResponsesRequest, created: int, text: str | None, last: TokenChunk | None) -> dict:
-    incomplete = last is not None and last.finish_reason == "length"
+def response(rid: str, body: ResponsesRequest, created: int, text: str | None, last: TokenChunk | None,
+             calls: list[dict] | None = None) -> dict:  # fmt: skip
+    """The response object (last None: the one a stream opens); the output is the text's message item (none when
+    the answer is only calls), then a function_call item per call."""
+    incomplete = last is not None and last.finish_reason == "length" and not calls
     usage = None
     if last is not None:
         usage = {
@@ -97,24 +136,27 @@ def response(rid: str, body: ResponsesRequest, created: int, text: str | None, l
             "output_tokens": last.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": last.prompt_tokens + last.completion_tokens,
         }  # fmt: skip
+    items = [] if text is None or (calls and not text) else [output_item("msg_" + rid.removeprefix("resp_"), text)]
     return {
         "id": rid, "object": "response", "created_at": created, "model": body.model,
         "status": "in_progress" if last is None else ("incomplete" if incomplete else "completed"),
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
         "error": None, "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
         "temperature": body.temperature, "top_p": body.top_p, "metadata": body.metadata or {},
-        "output": [] if text is None else [output_item("msg_" + rid.removeprefix("resp_"), text)],
-        "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "store": False,
+        "output": items + responses_output(calls or []),
+        "parallel_tool_calls": bool(body.parallel_tool_calls), "tools": body.tools or [], "store": False,
+        "tool_choice": body.tool_choice or ("auto" if body.tools else "none"),
         "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": usage,
     }  # fmt: skip
 
 
 class StreamShape:
     """The Responses stream's events on plain data, numbered in order: the opening ones, one delta per piece, and
-    the closing ones (the whole text again, then the finished response)."""
+    the closing ones (the whole text again, then the finished response). `holding` (tools): the answer is held
+    to its end, since a call may start anywhere in it, then its message and function_call items are sent."""
 
-    def __init__(self, rid: str, body: ResponsesRequest, created: int) -> None:
-        self.rid, self.body, self.created = rid, body, created
+    def __init__(self, rid: str, body: ResponsesRequest, created: int, holding: bool = False) -> None:
+        self.rid, self.body, self.created, self.holding = rid, body, created, holding
         self.item_id = "msg_" + rid.removeprefix("resp_")
         self.at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         self.parts: list[str] = []
@@ -122,29 +164,45 @@ class StreamShape:
 
     def opening(self) -> list[dict]:
         start = response(self.rid, self.body, self.created, None, None)
+        events = [{"type": "response.created", "response": start}, {"type": "response.in_progress", "response": start}]
+        return self._numbered(events + ([] if self.holding else self._message_opening()))
+
+    def _message_opening(self) -> list[dict]:
         empty = {"type": "output_text", "text": "", "annotations": []}
-        return self._numbered([
-            {"type": "response.created", "response": start},
-            {"type": "response.in_progress", "response": start},
+        return [
             {"type": "response.output_item.added", "output_index": 0, "item": output_item(self.item_id, None)},
             {"type": "response.content_part.added", **self.at, "part": empty},
-        ])  # fmt: skip
+        ]  # fmt: skip
 
     def delta(self, text: str) -> list[dict]:
         self.parts.append(text)
         return self._numbered([{"type": "response.output_text.delta", **self.at, "delta": text, "logprobs": []}])
 
-    def closing(self, last: TokenChunk) -> list[dict]:
-        text = "".join(self.parts)
-        final = response(self.rid, self.body, self.created, text, last)
+    def closing(self, last: TokenChunk, content: str | None = None, calls: list[dict] | None = None) -> list[dict]:
+        text = "".join(self.parts) if content is None else content
+        events: list[dict] = []
+        if not self.holding or text:
+            if self.holding:
+                events += self._message_opening()
+                events.append({"type": "response.output_text.delta", **self.at, "delta": text, "logprobs": []})
+            events += [
+                {"type": "response.output_text.done", **self.at, "text": text, "logprobs": []},
+                {"type": "response.content_part.done", **self.at,
+                 "part": {"type": "output_text", "text": text, "annotations": []}},
+                {"type": "response.output_item.done", "output_index": 0, "item": output_item(self.item_id, text)},
+            ]  # fmt: skip
+        for index, item in enumerate(responses_output(calls or []), start=1 if events else 0):
+            at = {"item_id": item["id"], "output_index": index}
+            events += [
+                {"type": "response.output_item.added", "output_index": index,
+                 "item": item | {"arguments": "", "status": "in_progress"}},
+                {"type": "response.function_call_arguments.delta", **at, "delta": item["arguments"]},
+                {"type": "response.function_call_arguments.done", **at, "arguments": item["arguments"]},
+                {"type": "response.output_item.done", "output_index": index, "item": item},
+            ]  # fmt: skip
+        final = response(self.rid, self.body, self.created, text, last, calls)
         done = "response.completed" if final["status"] == "completed" else "response.incomplete"
-        return self._numbered([
-            {"type": "response.output_text.done", **self.at, "text": text, "logprobs": []},
-            {"type": "response.content_part.done", **self.at,
-             "part": {"type": "output_text", "text": text, "annotations": []}},
-            {"type": "response.output_item.done", "output_index": 0, "item": output_item(self.item_id, text)},
-            {"type": done, "response": final},
-        ])  # fmt: skip
+        return self._numbered(events + [{"type": done, "response": final}])
 
     def error(self, exc: OpenAIError) -> list[dict]:
         return self._numbered([{"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}])
@@ -161,14 +219,16 @@ def sse(data: dict) -> bytes:
     return f"event: {data['type']}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
-async def events(generation: Submitted, shape: StreamShape) -> AsyncIterator[bytes]:
+async def events(generation: Submitted, shape: StreamShape, plan: ChatPlan) -> AsyncIterator[bytes]:
     """A failure after the 200 ends the stream with an `error` event."""
-    last = None
+    last, held = None, []
     try:
         for event in shape.opening():
             yield sse(event)
         async for last in generation:
-            if last.text:
+            if shape.holding:
+                held.append(last.text)
+            elif last.text:
                 for event in shape.delta(last.text):
                     yield sse(event)
     except OpenAIError as exc:
@@ -179,8 +239,16 @@ async def events(generation: Submitted, shape: StreamShape) -> AsyncIterator[byt
         await generation.aclose()
     assert last is not None
     log_finished(last)
-    for event in shape.closing(last):
+    content, calls = read_answer(plan, "".join(held), last.finish_reason or "stop") if shape.holding else (None, [])
+    for event in shape.closing(last, (content or "") if shape.holding else None, calls):
         yield sse(event)
+
+
+def whole(rid: str, body: ResponsesRequest, plan: ChatPlan, text: str, last: TokenChunk) -> dict:
+    if not plan.tool_names:
+        return response(rid, body, int(time.time()), text, last)
+    content, calls = read_answer(plan, text, last.finish_reason or "stop")
+    return response(rid, body, int(time.time()), content or "", last, calls)
 
 
 @router.post("/v1/responses")
@@ -189,8 +257,10 @@ async def create_response(request: Request):  # noqa: ANN201
         body = msgspec.json.decode(await request.body(), type=ResponsesRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise bad_request(f"invalid request body: {exc}") from None
-    fields, messages = translate(body)
+    fields, plan = translate(body)
     rid = "resp_" + new_request_id().removeprefix("req-")
-    generation = await start_generation(request, rid, fields, messages=messages, api="responses")
-    stream = events(generation, StreamShape(rid, body, int(time.time()))) if body.stream else None
-    return await answer(request, generation, stream, lambda text, last: response(rid, body, int(time.time()), text, last))
+    generation = await start_generation(request, rid, fields, messages=plan.messages, api="responses",
+                                        json_schema=plan.json_schema)  # fmt: skip
+    shape = StreamShape(rid, body, int(time.time()), holding=bool(plan.tool_names))
+    stream = events(generation, shape, plan) if body.stream else None
+    return await answer(request, generation, stream, lambda text, last: whole(rid, body, plan, text, last))

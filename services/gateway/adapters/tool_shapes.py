@@ -1,8 +1,7 @@
 """Tools of the Anthropic and Responses APIs in Chat Completions' shape and back, on plain dicts. Pure.
 
-Not wired yet: the adapters answer 400 to `tools` until Chat Completions carries tools (another branch adds
-them with grammar-constrained decoding). Then each adapter passes its tools, tool choice and tool turns through
-these functions into the OpenAI fields, and the generated tool calls back out, and nothing else changes."""
+Each adapter passes its tools, tool choice and tool turns through these into the OpenAI fields (then the one chat
+plan: generation_params.plan_chat), and the generated tool calls back out."""
 
 from __future__ import annotations
 

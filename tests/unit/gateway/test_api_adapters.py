@@ -32,8 +32,8 @@ def test_anthropic_system_blocks_and_content_blocks_become_chat_messages():
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": "Yo"}],
         "stop_sequences": ["\n\n"], "temperature": 0.5, "top_p": 0.9,
     })  # fmt: skip
-    fields, messages = an.translate(body)
-    assert messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"), ChatMessage("assistant", "Yo"))
+    fields, plan = an.translate(body)
+    assert plan.messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"), ChatMessage("assistant", "Yo"))
     sampling = fields.sampling(8192)
     assert (sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.stop) == (7, 0.5, 0.9, ("\n\n",))
 
@@ -43,20 +43,61 @@ def test_anthropic_needs_max_tokens_but_count_tokens_does_not():
     with pytest.raises(OpenAIError) as caught:
         an.translate(body)
     assert caught.value.status == 400 and caught.value.param == "max_tokens"
-    assert an.translate(body, count_only=True)[1] == (ChatMessage("user", "Hi"),)
+    assert an.translate(body, count_only=True)[1].messages == (ChatMessage("user", "Hi"),)
 
 
 def test_anthropic_refuses_what_it_does_not_support_by_name():
     image = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]}
-    with pytest.raises(OpenAIError, match="image"):
+    with pytest.raises(OpenAIError, match="image") as caught:
         an.translate(decode(an.MessagesRequest, image))
-    tools = {"model": "m", "max_tokens": 5, "tools": [{"name": "f", "input_schema": {}}],
-             "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
-    with pytest.raises(OpenAIError, match="tools"):
-        an.translate(decode(an.MessagesRequest, tools))
-    with pytest.raises(OpenAIError, match="top_k"):
-        an.translate(decode(an.MessagesRequest, {"model": "m", "max_tokens": 5, "top_k": 3,
-                                                  "messages": [{"role": "user", "content": "x"}]}))  # fmt: skip
+    assert caught.value.param == "messages.0.content.0.type"
+    bad_tools = [
+        ([{"input_schema": {}}], {"type": "auto"}, "tools.0.name"),
+        ([{"type": "web_search_20250305", "name": "w"}], None, "tools.0.type"),
+        ([{"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}], None,
+         "tools.0.input_schema"),
+        ([{"name": "f", "input_schema": {}}], {"type": "tool", "name": "g"}, "tool_choice"),
+        ([{"name": "f", "input_schema": {}}], {"type": "sometimes"}, "tool_choice"),
+    ]  # fmt: skip
+    for tools, choice, param in bad_tools:
+        body = {"model": "m", "max_tokens": 5, "tools": tools, "tool_choice": choice,
+                "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
+        with pytest.raises(OpenAIError) as caught:
+            an.translate(decode(an.MessagesRequest, body))
+        assert caught.value.param == param, (tools, choice)
+
+
+WEATHER = {"name": "weather", "description": "d", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                                   "required": ["city"]}}  # fmt: skip
+
+
+def test_anthropic_tools_and_a_tool_result_round_trip_plan_like_chat():
+    body = decode(an.MessagesRequest, {
+        "model": "m", "max_tokens": 30, "top_k": 4, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "weather"},
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]},
+        ],
+    })  # fmt: skip
+    fields, plan = an.translate(body)
+    assert fields.sampling(8192).top_k == 4
+    assert plan.tool_mode == "forced" and plan.tool_names == ("weather",) and plan.json_schema is not None
+    roles = [m.role for m in plan.messages]
+    assert roles == ["system", "user", "assistant", "tool"]
+    assert '"city": "Paris"' in plan.messages[2].content and plan.messages[3].content == "sunny"
+
+
+def test_anthropic_answers_tool_use_blocks():
+    body = decode(an.MessagesRequest, {"model": "m", "max_tokens": 30, "tools": [WEATHER], "tool_choice": {"type": "any"},
+                                        "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    _fields, plan = an.translate(body)
+    whole = an.whole("msg_1", "m", plan, '{"name": "weather", "arguments": {"city": "Oslo"}}', last("stop"))
+    assert whole["stop_reason"] == "tool_use"
+    assert [(b["type"], b["name"], b["input"]) for b in whole["content"]] == [("tool_use", "weather", {"city": "Oslo"})]
+    names = [n for n, _ in an.closing_events(last("stop"), [{"id": "c", "function": {"name": "weather", "arguments": "{}"}}],
+                                             text_block=False)]  # fmt: skip
+    assert names == ["content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
 
 
 def test_anthropic_stop_reasons():
@@ -98,19 +139,52 @@ def test_the_stop_matcher_remembers_which_stop_string_it_reached():
 
 def test_responses_input_string_or_items_and_instructions():
     body = decode(rs.ResponsesRequest, {"model": "m", "input": "Hi", "instructions": "Be brief.", "max_output_tokens": 4})
-    fields, messages = rs.translate(body)
-    assert messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"))
+    fields, plan = rs.translate(body)
+    assert plan.messages == (ChatMessage("system", "Be brief."), ChatMessage("user", "Hi"))
     assert fields.sampling(8192).max_tokens == 4
     items = {"model": "m", "input": [
         {"type": "message", "role": "developer", "content": "Sys"},
         {"role": "user", "content": [{"type": "input_text", "text": "A"}, {"type": "input_text", "text": "B"}]},
     ]}  # fmt: skip
-    assert rs.translate(decode(rs.ResponsesRequest, items))[1] == (ChatMessage("system", "Sys"), ChatMessage("user", "AB"))
-    for bad in ({"model": "m", "input": ""}, {"model": "m", "input": "x", "previous_response_id": "resp_1"},
-                {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
-                {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}]}):  # fmt: skip
-        with pytest.raises(OpenAIError):
-            rs.translate(decode(rs.ResponsesRequest, bad))
+    assert rs.translate(decode(rs.ResponsesRequest, items))[1].messages == (ChatMessage("system", "Sys"), ChatMessage("user", "AB"))
+    bad_fields = [
+        ({"input": ""}, "input"), ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input[0].content[0].type"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {"type": "nope"}}]}, "tools[0].parameters"),
+        ({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}},
+         "tool_choice"),
+        ({"input": [{"type": "function_call_output", "output": "1"}]}, "input[0].call_id"),
+    ]  # fmt: skip
+    for bad, param in bad_fields:
+        with pytest.raises(OpenAIError) as caught:
+            rs.translate(decode(rs.ResponsesRequest, {"model": "m"} | bad))
+        assert caught.value.param == param, bad
+
+
+ADD = {"type": "function", "name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}
+
+
+def test_responses_function_tools_and_call_items_plan_like_chat():
+    body = decode(rs.ResponsesRequest, {"model": "m", "tools": [ADD], "tool_choice": {"type": "function", "name": "add"},
+                                        "input": [{"role": "user", "content": "1+1?"},
+                                                  {"type": "function_call", "call_id": "c1", "name": "add", "arguments": '{"a": 1}'},
+                                                  {"type": "function_call_output", "call_id": "c1", "output": "2"}]})  # fmt: skip
+    _fields, plan = rs.translate(body)
+    assert plan.tool_mode == "forced" and plan.tool_names == ("add",)
+    assert [m.role for m in plan.messages] == ["system", "user", "assistant", "tool"]
+    answer = rs.whole("resp_1", body, plan, '{"name": "add", "arguments": {"a": 2}}', last("stop"))
+    assert [(o["type"], o["name"], o["arguments"]) for o in answer["output"]] == [("function_call", "add", '{"a": 2}')]
+    shape = rs.StreamShape("resp_1", body, 0, holding=True)
+    calls = [{"id": "c2", "function": {"name": "add", "arguments": '{"a": 2}'}}]
+    events = shape.opening() + shape.closing(last("stop"), "", calls)
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed",
+    ]  # fmt: skip
+    assert events[2]["output_index"] == 0 and events[-1]["response"]["output"][0]["call_id"] == "c2"
 
 
 def test_responses_stream_events_numbered_and_complete():
@@ -138,6 +212,12 @@ def test_ollama_options_become_sampling():
     sampling = ol.sampling_fields("m", options, None).sampling(8192)
     assert (sampling.max_tokens, sampling.temperature, sampling.seed, sampling.top_p, sampling.stop) == (8, 0.2, 3, 0.5, ("x",))
     assert ol.sampling_fields("m", decode(ol.Options, {"num_predict": -1}), None).sampling(8192).max_tokens is None
+    shaping = {"top_k": 7, "min_p": 0.05, "repeat_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.25}
+    s = ol.sampling_fields("m", decode(ol.Options, shaping), None).sampling(8192)
+    assert (s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty, s.frequency_penalty) == (7, 0.05, 1.2, 0.5, 0.25)
+    with pytest.raises(OpenAIError) as bad:
+        ol.sampling_fields("m", decode(ol.Options, {"repeat_penalty": 0}), None).sampling(8192)
+    assert bad.value.param == "repetition_penalty"
     with pytest.raises(msgspec.ValidationError, match="mirostat"):
         decode(ol.Options, {"mirostat": 1})
     with pytest.raises(OpenAIError, match="format"):

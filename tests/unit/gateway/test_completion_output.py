@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
-from services.gateway.completion_output import ChatShape, TextShape, sse_events
+import msgspec
+
+from services.gateway.completion_output import ChatShape, TextShape, sse_choices, sse_events, whole_of_choices
 from services.gateway.errors import OpenAIError
-from shared.generation import FinishedRequest, TokenChunk
+from shared.generation import FinishedRequest, TokenChunk, TokenLogprob, TopLogprob
 
 FINISHED = FinishedRequest("length", None, 5, 0, 2, 0.1, 0.3, 5.0, "pipeline", 1)
 
@@ -70,3 +72,38 @@ async def test_a_failure_after_the_200_ends_with_an_error_event_and_no_done():
         assert out[-1] == {"error": {"message": "generation failed: instance down", "type": "server_error",
                                      "param": None, "code": None}}  # fmt: skip
         assert "[DONE]" not in out and generation.closed
+
+
+LP = [TokenLogprob("Hel", -0.5, list(b"Hel"), [TopLogprob("Hel", -0.5, list(b"Hel"))]), TokenLogprob("lo", -1.0, list(b"lo"))]
+
+
+def chunks(rid: str, text: list[str], logprobs: bool = True) -> list[TokenChunk]:
+    out = [TokenChunk(rid, i, t, i + 1, 5, logprobs=[LP[i]] if logprobs else []) for i, t in enumerate(text[:-1])]
+    n = len(text) - 1
+    return out + [TokenChunk(rid, n, text[-1], n + 1, 5, "length", finished=FINISHED, logprobs=[LP[n]] if logprobs else [])]
+
+
+async def test_n_choices_stream_with_their_index_their_logprobs_and_one_summed_usage():
+    out = []
+    async for raw in sse_choices([Chunks(chunks("r", ["Hel", "lo"])), Chunks(chunks("r-1", ["Hel", "lo"]))],
+                                 [ChatShape("r", "m", 0), ChatShape("r", "m", 1)], True, logprobs=True):  # fmt: skip
+        body = raw.decode().removeprefix("data: ").strip()
+        out.append(body if body == "[DONE]" else json.loads(body))
+    deltas = [e for e in out if isinstance(e, dict) and e["choices"]]
+    assert {e["choices"][0]["index"] for e in deltas} == {0, 1} and all(e["id"] == "r" for e in deltas)
+    tokens = {i: [t["token"] for e in deltas if e["choices"][0]["index"] == i and e["choices"][0]["logprobs"]
+                  for t in e["choices"][0]["logprobs"]["content"]] for i in (0, 1)}  # fmt: skip
+    assert tokens == {0: ["Hel", "lo"], 1: ["Hel", "lo"]}
+    assert out[-2]["usage"]["completion_tokens"] == 4 and out[-2]["usage"]["prompt_tokens"] == 5 and out[-1] == "[DONE]"
+
+
+def test_whole_answers_carry_every_choice_and_the_legacy_logprobs_shape():
+    last = chunks("r", ["Hel", "lo"])[-1]
+    gathered = [("Hello", msgspec.structs.replace(last, logprobs=LP))] * 2
+    body = whole_of_choices([ChatShape("r", "m", 0), ChatShape("r", "m", 1)], gathered, logprobs=True)  # type: ignore[arg-type]
+    assert [c["index"] for c in body["choices"]] == [0, 1] and body["usage"]["completion_tokens"] == 4
+    assert body["choices"][1]["logprobs"]["content"][0]["top_logprobs"][0]["token"] == "Hel"
+    text = whole_of_choices([TextShape("r", "m")], gathered[:1], logprobs=True)["choices"][0]["logprobs"]  # type: ignore[arg-type]
+    assert text == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -1.0], "top_logprobs": [{"Hel": -0.5}, {}],
+                    "text_offset": [0, 3]}  # fmt: skip
+    assert whole_of_choices([ChatShape("r", "m")], gathered[:1], logprobs=False)["choices"][0]["logprobs"] is None  # type: ignore[arg-type]

@@ -100,8 +100,8 @@ def test_top_p_out_of_range(value):
     assert_400(info, "top_p")
 
 
-@pytest.mark.parametrize("n", [0, 2, 5])
-def test_n_other_than_one(n):
+@pytest.mark.parametrize("n", [0, -1, 9])
+def test_n_out_of_range(n):
     with pytest.raises(OpenAIError) as info:
         fields(n=n).sampling(CONTEXT)
     assert_400(info, "n")
@@ -188,14 +188,29 @@ def test_decode_malformed_json(body):
 def test_decode_wrong_types(body, where):
     with pytest.raises(OpenAIError) as info:
         decode_body(body, ChatCompletionRequest)
-    err = assert_400(info, None)
+    err = assert_400(info, info.value.param)  # type: ignore[attr-defined]
     assert "invalid request body" in err.message
-    assert where in err.message
+    assert where in err.message and where in (err.param or "")
 
 
-def test_unknown_fields_are_ignored():
-    req = decode_body(b'{"model": "m", "user": "me", "logit_bias": {}, "frequency_penalty": 0}', ChatCompletionRequest)
-    assert req.model == "m"
+def test_known_fields_decode():
+    body = b'{"model": "m", "user": "me", "logit_bias": {}, "frequency_penalty": 0, "logprobs": true, "n": 2}'
+    req = decode_body(body, ChatCompletionRequest)
+    assert req.model == "m" and req.n == 2
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        (b'{"model": "m", "best_of": 2}', "best_of"),
+        (b'{"model": "m", "functions": []}', "functions"),
+        (b'{"model": "m", "modalities": ["audio"]}', "modalities"),
+    ],
+)
+def test_unknown_fields_are_refused_by_name(body, param):
+    with pytest.raises(OpenAIError) as info:
+        decode_body(body, ChatCompletionRequest)
+    assert_400(info, param)
 
 
 # --- InMessage ----------------------------------------------------------------------------------

@@ -98,10 +98,13 @@ def test_without_max_tokens_the_request_may_fill_the_context():
 @pytest.mark.parametrize(
     ("sampling", "field"),
     [({"max_tokens": 0}, "max_tokens"), ({"max_tokens": -5}, "max_tokens"), ({"temperature": -0.1}, "temperature"),
-     ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")],  # fmt: skip
+     ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"min_p": 2.0}, "min_p"),
+     ({"repetition_penalty": 0.0}, "repetition_penalty"), ({"top_logprobs": 21}, "top_logprobs"),
+     ({"logit_bias": ((-1, 1.0),)}, "logit_bias"), ({"logit_bias": ((100, 1.0),)}, "logit_bias")],  # fmt: skip
 )
 def test_sampling_values_no_runner_can_honour(sampling: dict, field: str):
-    assert rejected(admit(text("a", **sampling), 0, LIMITS, words, FRESH_SEED), "invalid_request").param == field
+    limits = Limits(context_length=10, max_admitted=3, vocab_size=100)
+    assert rejected(admit(text("a", **sampling), 0, limits, words, FRESH_SEED), "invalid_request").param == field
 
 
 def test_a_sampled_request_without_a_seed_gets_the_fresh_one():

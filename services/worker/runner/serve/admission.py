@@ -11,11 +11,13 @@ import msgspec
 from shared.generation import GenerateRejected, GenerateRequest, SamplingParams
 
 BUSY_RETRY_AFTER_S = 1.0
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class Limits(msgspec.Struct, frozen=True):
     context_length: int  # tokens of prompt plus completion
     max_admitted: int  # requests running or waiting, beyond which the runner answers busy
+    vocab_size: int | None = None  # token ids at or past it are not the model's (logit_bias)
 
 
 class Admitted(msgspec.Struct, frozen=True):
@@ -39,7 +41,7 @@ def admit(
     rid = request.request_id
     if held >= limits.max_admitted:
         return GenerateRejected(rid, "busy", f"{held} requests are queued or running", BUSY_RETRY_AFTER_S)
-    if (bad := _invalid_sampling(request.sampling)) is not None:
+    if (bad := _invalid_sampling(request.sampling, limits.vocab_size)) is not None:
         return GenerateRejected(rid, "invalid_request", bad[1], param=bad[0])
     if request.json_schema is not None:
         why = "this runner has no grammar support" if check_grammar is None else check_grammar(request.json_schema)
@@ -67,7 +69,7 @@ def admit(
     return Admitted(request, prompt, msgspec.structs.replace(sampling, max_tokens=wanted or room, seed=seed))
 
 
-def _invalid_sampling(sampling: SamplingParams) -> tuple[str, str] | None:
+def _invalid_sampling(sampling: SamplingParams, vocab_size: int | None = None) -> tuple[str, str] | None:
     """(the field, why) for sampling values no runner can honour; the gateway checks them too, but the runner's
     contract must not depend on who calls it."""
     if sampling.max_tokens is not None and sampling.max_tokens < 1:
@@ -76,6 +78,19 @@ def _invalid_sampling(sampling: SamplingParams) -> tuple[str, str] | None:
         return "temperature", "temperature must not be negative"
     if not 0.0 < sampling.top_p <= 1.0:
         return "top_p", "top_p must be in (0, 1]"
+    if sampling.top_k < 0:
+        return "top_k", "top_k must not be negative"
+    if not 0.0 <= sampling.min_p <= 1.0:
+        return "min_p", "min_p must be in [0, 1]"
+    if sampling.repetition_penalty <= 0:
+        return "repetition_penalty", "repetition_penalty must be positive"
+    if not 0 <= sampling.top_logprobs <= MAX_TOP_LOGPROBS:
+        return "top_logprobs", f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"
+    if sampling.choice < 0:
+        return "n", "the choice index must not be negative"
+    for token, _bias in sampling.logit_bias:
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            return "logit_bias", f"logit_bias names token {token}, which is not in the model's vocabulary"
     return None
 
 

@@ -7,15 +7,16 @@ from collections.abc import Callable
 
 import mlx.core as mx
 import msgspec
+import numpy as np
 import psutil
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from shared.generation import GenerateRequest, SamplingParams
+from shared.generation import GenerateRequest, SamplingParams, TokenLogprob
 
 from services.worker.runner.serve.control import Control
 from services.worker.runner.serve.grammar import Grammars, constrained
-from services.worker.runner.serve.sampling import make_seeded_sampler
+from services.worker.runner.serve.sampling import processors_of, sampler_of, token_logprob
 from services.worker.runner.serve.stops import StopMatcher
 
 MAX_BATCH = 8
@@ -33,16 +34,18 @@ class Step(msgspec.Struct, frozen=True):
     finish_reason: str | None  # "stop" | "length" | "cancelled" | "error" | None
     error: str | None = None  # why this request failed (finish_reason "error"); the batch goes on without it
     stop_sequence: str | None = None  # the stop string that ended the request, when one did
+    logprobs: list[TokenLogprob] | None = None  # the step's token's, when the request asked for them
 
 
 class Active:
     """One request in the batch: its detokenizer, stop strings and counts."""
 
-    def __init__(self, request_id: str, detokenizer, stops: tuple[str, ...]) -> None:  # noqa: ANN001
+    def __init__(self, request_id: str, detokenizer, stops: tuple[str, ...], top_logprobs: int | None = None) -> None:  # noqa: ANN001
         self.request_id = request_id
         self.detokenizer = detokenizer
         self.stops = StopMatcher(stops)
         self.tokens = 0
+        self.top_logprobs = top_logprobs  # None: no logprobs asked for
 
 
 class Engine:
@@ -72,6 +75,8 @@ class Engine:
         # Requests whose sampler raised in the step in progress. The sampler draws the token after the one the step
         # returns (mlx-lm computes a step ahead), so that token is still theirs; they fail after it.
         self._faults: dict[str, Exception] = {}
+        self._bytes: dict[int, bytes] = {}  # token id -> its bytes, for logprobs
+        self.vocab_size: int | None = getattr(tokenizer, "vocab_size", None)
 
     @property
     def busy(self) -> bool:
@@ -101,13 +106,15 @@ class Engine:
             caches=[cache] if cache is not None else None,
             all_tokens=[prompt[:cached]],
             samplers=[sampler],
+            logits_processors=[processors_of(sampling)],
         )
-        self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop)
+        top = sampling.top_logprobs if sampling.logprobs else None
+        self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
         self.uids[request_id] = uid
         return cached
 
     def _sampler(self, sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
-        return make_seeded_sampler(sampling.temperature, sampling.top_p, sampling.seed)
+        return sampler_of(sampling)
 
     def _guarded(self, request_id: str, sampler: Callable[[mx.array], mx.array]) -> Callable[[mx.array], mx.array]:
         """The batch calls every request's sampler inside one step: one that raises would end the step for all.
@@ -192,7 +199,22 @@ class Engine:
         if finish is not None:
             self.active.pop(response.uid, None)
             self.uids.pop(active.request_id, None)
-        return Step(active.request_id, text, active.tokens, finish, stop_sequence=active.stops.hit if finish else None)
+        logprobs = None if active.top_logprobs is None else [self._logprob(response, active.top_logprobs)]
+        return Step(active.request_id, text, active.tokens, finish, stop_sequence=active.stops.hit if finish else None,
+                    logprobs=logprobs)  # fmt: skip
+
+    def _logprob(self, response, top: int) -> TokenLogprob:  # noqa: ANN001 - GenerationBatch.Response
+        """Read from the step's logprobs, which the batch has already evaluated."""
+        values = np.array(response.logprobs.astype(mx.float32))
+        return token_logprob(values, response.token, top, self._token_bytes)
+
+    def _token_bytes(self, token: int) -> bytes:
+        if (known := self._bytes.get(token)) is None:
+            lltok = self.grammars.tokenizer
+            special = lltok.is_special_token(token)
+            known = self.tokenizer.decode([token]).encode() if special else lltok.decode_bytes([token])
+            self._bytes[token] = known
+        return known
 
     def _remember(self, tokens: list[int] | None, cache: list | None) -> None:
         if tokens and cache:

@@ -161,7 +161,7 @@ class RunnerServer:
         await req.respond(msgspec.json.encode(TokenCount(len(self.engine.prompt_tokens(request)))))
 
     def _admit(self, request: GenerateRequest) -> GenerateAccepted | GenerateRejected:
-        limits = Limits(self.args.context_length, self.max_admitted)
+        limits = Limits(self.args.context_length, self.max_admitted, self.engine.vocab_size)
         decision = admit(
             request, len(self.streams), limits, self.engine.prompt_tokens, secrets.randbits(63),
             self.engine.grammars.check,
@@ -247,7 +247,7 @@ class RunnerServer:
         finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size, now)
         chunk = TokenChunk(
             step.request_id, stream.index, step.text, stream.completion_tokens, len(stream.prompt), reason,
-            error or step.error, stream.cached_tokens, finished, step.stop_sequence,
+            error or step.error, stream.cached_tokens, finished, step.stop_sequence, step.logprobs or [],
         )  # fmt: skip
         stream.index += 1
         await self.nc.publish(subjects.tokens(step.request_id), msgspec.json.encode(chunk))

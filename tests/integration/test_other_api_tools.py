@@ -1,0 +1,86 @@
+"""Tools through Anthropic Messages and OpenAI Responses, with their official clients unchanged, on one real node
+with the real 135M model: forced calls whose arguments validate, streamed and not, and a tool result round trip."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import MODEL, Node
+from tests.integration.test_openai_tools import WEATHER_PARAMS
+
+pytestmark = pytest.mark.slow
+
+ASK = "What is the weather in Paris?"
+CLAUDE_TOOLS = [{"name": "get_weather", "description": "Weather forecast", "input_schema": WEATHER_PARAMS}]
+RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather forecast",
+                    "parameters": WEATHER_PARAMS, "strict": True}]  # fmt: skip
+FORCED = {"type": "tool", "name": "get_weather"}
+
+
+@pytest.fixture(scope="module")
+def claude(node: Node) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=node.base_url, api_key="not-needed", timeout=120.0, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def oai(node: Node) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.api_url, api_key="not-needed", timeout=120.0, max_retries=0)
+
+
+def test_anthropic_forced_tool_use_validates_and_streams_the_same(claude: anthropic.Anthropic) -> None:
+    ask = dict(model=MODEL, max_tokens=80, tools=CLAUDE_TOOLS, tool_choice=FORCED,
+               messages=[{"role": "user", "content": ASK}], extra_body={"temperature": 0})  # fmt: skip
+    m = claude.messages.create(**ask)  # type: ignore[call-overload]
+    assert m.stop_reason == "tool_use"
+    (block,) = m.content
+    assert block.type == "tool_use" and block.name == "get_weather"
+    jsonschema.validate(block.input, WEATHER_PARAMS)
+    with claude.messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert final.stop_reason == "tool_use"
+    assert [(b.type, b.input) for b in final.content] == [("tool_use", block.input)]  # type: ignore[union-attr]
+
+
+def test_anthropic_tool_result_round_trip(claude: anthropic.Anthropic) -> None:
+    call = {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+            "input": {"city": "Paris", "unit": "celsius", "days": [1]}}  # fmt: skip
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 24 degrees."}
+    history = [{"role": "user", "content": ASK}, {"role": "assistant", "content": [call]},
+               {"role": "user", "content": [result]}]  # fmt: skip
+    m = claude.messages.create(model=MODEL, max_tokens=30, tools=CLAUDE_TOOLS, tool_choice={"type": "none"},
+                               messages=history, extra_body={"temperature": 0})  # type: ignore[arg-type]  # fmt: skip
+    assert m.stop_reason in ("end_turn", "max_tokens")
+    assert [b.type for b in m.content] == ["text"] and "<tool_call>" not in m.content[0].text  # type: ignore[union-attr]
+    alone = claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": ASK}], tools=CLAUDE_TOOLS,  # type: ignore[arg-type]
+                                         tool_choice={"type": "none"})  # fmt: skip
+    assert m.usage.input_tokens > alone.input_tokens + 20  # the call and its result were in the prompt
+
+
+def test_anthropic_bad_tool_is_400_naming_it(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(model=MODEL, max_tokens=5, tools=CLAUDE_TOOLS, messages=[{"role": "user", "content": ASK}],
+                               tool_choice={"type": "tool", "name": "nope"})  # fmt: skip
+    assert "nope" in str(info.value)
+
+
+def test_responses_forced_function_call_validates_streamed_and_not(oai: openai.OpenAI) -> None:
+    ask = dict(model=MODEL, input=ASK, tools=RESPONSES_TOOLS, tool_choice={"type": "function", "name": "get_weather"},
+               max_output_tokens=80, temperature=0)  # fmt: skip
+    r = oai.responses.create(**ask)  # type: ignore[call-overload]
+    (item,) = r.output
+    assert item.type == "function_call" and item.name == "get_weather" and item.call_id
+    jsonschema.validate(json.loads(item.arguments), WEATHER_PARAMS)
+    events = list(oai.responses.create(stream=True, **ask))  # type: ignore[call-overload]
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert deltas == item.arguments and events[-1].type == "response.completed"
+    round_trip = oai.responses.create(model=MODEL, tools=RESPONSES_TOOLS, tool_choice="none", max_output_tokens=20,  # type: ignore[arg-type]
+                                      temperature=0, input=[{"role": "user", "content": ASK}, item.model_dump(),
+                                      {"type": "function_call_output", "call_id": item.call_id, "output": "Sunny."}])  # fmt: skip
+    assert round_trip.output_text and "<tool_call>" not in round_trip.output_text
