@@ -49,6 +49,9 @@ from shared.config import (
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
 from shared.models import DEFAULT_MODEL, MODEL_CARDS
+
+from services.gateway.hub_card import looks_like_hub_id
+from services.gateway.model_lookup import is_folder_name
 from shared.peers import read_table
 from shared.process_lifetime import VERSION
 
@@ -60,8 +63,8 @@ FORMATION_WINDOW_S = 1.5  # beacons go out every second: nodes started together 
 
 def node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exo", description="Run an exo-distributed node.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start (default {DEFAULT_MODEL}; known: "
-                   + ", ".join(MODEL_CARDS) + ")")  # fmt: skip
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start: a built-in name (default {DEFAULT_MODEL}; "
+                   + ", ".join(MODEL_CARDS) + "), a Hugging Face repo id ORG/NAME or a model folder path")  # fmt: skip
     p.add_argument("--no-model", action="store_true", help="place no model at start")
     p.add_argument("--backend", choices=["auto", "jaccl", "ring"], default="auto",
                    help="backend of the instance placed at start: jaccl (RDMA), ring (TCP) or auto (jaccl where"
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         from services.node.peers_cli import main as peers_main
 
         raise SystemExit(peers_main([a for a in argv if a not in ("peers", "--list-peers")]))
+    if argv[:1] == ["models"]:
+        from services.node.models_cli import main as models_main
+
+        raise SystemExit(models_main(argv[1:]))
     if argv[:1] in (["log"], ["sql"]):
         from services.node.log_cli import main as log_main
 
@@ -131,8 +138,11 @@ def main(argv: list[str] | None = None) -> None:
             parse_bytes(args.memory)
         except ValueError as exc:
             node_parser().error(str(exc))
-    if not args.no_model and args.model not in MODEL_CARDS:
-        node_parser().error(f"unknown model {args.model!r}; known: {', '.join(MODEL_CARDS)}")
+    if not args.no_model and not (
+        args.model in MODEL_CARDS or looks_like_hub_id(args.model) or is_folder_name(args.model)
+    ):
+        node_parser().error(f"unknown model {args.model!r}: not a built-in name ({', '.join(MODEL_CARDS)}), a "
+                            "Hugging Face repo id ORG/NAME or a folder path (/..., ./...)")  # fmt: skip
     if args.node_name is not None and not args.node_name.replace("-", "").replace("_", "").isalnum():
         node_parser().error(f"--node-name must be letters, digits, - or _: {args.node_name!r}")
     try:

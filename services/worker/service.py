@@ -21,14 +21,15 @@ from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.bus_roles import WORKER
 from shared.config import CommonConfig
-from shared.events import AnyEvent, Instance, RunnerStatusChanged
+from shared.events import AnyEvent, Instance, RunnerStatusChanged, ShardAssignment
 from shared.state import ClusterState, runner_key
-from shared.models import get_card
+from shared.models import ModelCard, PackagedGguf, get_card
 from shared.processes import SUPERVISOR_ENV, create_time, process_alive
 from shared.process_lifetime import register
 
 from services.worker.runners import registry
 from services.worker.runner.blas import runner_blas_env
+from services.worker.model_cache import ModelCache
 from services.worker.dataplane import dataplane_config, write_files
 from services.worker.models.store import ModelStore, default_weight_format
 from services.worker.plan import (
@@ -75,6 +76,8 @@ class Worker:
         await self.follower.start()
         await self.follower.catch_up(timeout=60)  # plan on the whole log, not on a prefix of it
         service = await _register_status(self)
+        self.cache = ModelCache(self.nc, self.node_id)
+        await self.cache.register(service)
         adopted = await self._adopt_recorded()
         # Forget what the old runners said, except the adopted ones': they still serve, the instance stays ready.
         await report_worker_started(self.nc, self.node_id, tuple(runner_key(r.instance_id, r.rank) for r in adopted))
@@ -83,6 +86,7 @@ class Worker:
         log.info("worker ready", node=self.node_id, adopted=len(adopted))
         while not stop.is_set():
             await self._reconcile()
+            await self.cache.publish_now_and_then()
             self._wake.clear()
             waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
             await asyncio.wait(waiters, timeout=RECONCILE_PERIOD_S, return_when=asyncio.FIRST_COMPLETED)
@@ -182,8 +186,8 @@ class Worker:
         instance, shard = action.instance, action.shard
         iid = instance.instance_id
         try:
-            model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
-            card = get_card(instance.model_id)
+            card = get_card(instance.model_id, self.follower.state.models)
+            model_path = await self._ensure_model(card, instance, shard)
             command = runner_command(instance, shard, card, model_path, self.node_id, self.config.nats_url)
             env = runner_blas_env(
                 Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""), choice=self.blas
@@ -227,8 +231,12 @@ class Worker:
         await report_runner(self.nc, instance_id, self.node_id, rank, "failed", detail[-2000:])
         self._wake.set()
 
-    async def _ensure_model(self, model_id: str, instance_id: str, rank: int) -> Path:
-        card = get_card(model_id)
+    async def _ensure_model(self, card: ModelCard, instance: Instance, shard: ShardAssignment) -> Path:
+        instance_id, rank = instance.instance_id, shard.rank
+        if not isinstance(card.source, PackagedGguf):
+            await report_runner(self.nc, instance_id, self.node_id, rank, "importing", "fetching files", 0.0)
+            pipeline = instance.strategy == "pipeline" and instance.world_size > 1
+            return await self.cache.ensure(card, (shard.start_layer, shard.end_layer) if pipeline else None)
         weight_format = self.weight_format or default_weight_format(card)
         if self.store.is_ready(card, weight_format):
             return self.store.local_path(card, weight_format)
