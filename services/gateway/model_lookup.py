@@ -104,7 +104,13 @@ def _hub_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str
     except ModelLookupError:
         raise
     except Exception as exc:  # noqa: BLE001 - each hub failure becomes one clear answer
-        raise hub_error(repo_id, exc) from exc
+        error = hub_error(repo_id, exc)
+        if error.code != "hub_unreachable":
+            raise error from exc
+        try:  # the hub is out of reach: what the cache holds serves, with no network
+            return _cached_metadata(repo_id, revision)
+        except ModelLookupError:
+            raise error from exc
 
 
 def _cached_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str, int]]:

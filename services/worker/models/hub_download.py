@@ -5,6 +5,7 @@ a Range request), with progress read from the cache folder itself while huggingf
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -29,6 +30,7 @@ log = structlog.get_logger()
 
 ProgressSink = Callable[[DownloadProgress], None]
 PROGRESS_PERIOD_S = 0.5
+RESUME_SUFFIX = ".resume.incomplete"  # a weight file's bytes so far, kept across kills (see _resumable_blobs)
 
 
 class DownloadFailed(RuntimeError):
@@ -64,6 +66,7 @@ def fetch(card: ModelCard, layers: tuple[int, int] | None, sink: ProgressSink) -
     poller = _Poller(card, folder, files, sink)
     poller.start()
     try:
+        _resumable_blobs(source, folder, files)
         folder = _download(source, allow_patterns(files))
     except DownloadFailed as exc:
         poller.stop(failed=str(exc))
@@ -100,6 +103,37 @@ def _download(source: HubRepo, patterns: list[str]) -> Path:
         raise DownloadFailed(hub_error(source.repo_id, exc).reason) from exc
 
 
+def _resumable_blobs(source: HubRepo, folder: Path, files: list[str]) -> None:
+    """Fetch each missing weight file into its blob ourselves, appending to what a killed run left: huggingface-hub
+    2.4 writes each download to a file named for that process and deletes it on failure, so it never resumes a
+    killed download. With the blob in place, snapshot_download only links it into the snapshot."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    from services.gateway.model_lookup import hub_error
+
+    blobs = folder.parent.parent / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if "*" in name or (folder / name).is_file():
+            continue
+        try:
+            meta = get_hf_file_metadata(hf_hub_url(source.repo_id, name, revision=folder.name))
+            if meta.etag is None:
+                continue  # let snapshot_download fetch it
+            blob, part = blobs / meta.etag, blobs / f"{meta.etag}{RESUME_SUFFIX}"
+            with WeakFileLock(blobs / f"{meta.etag}.lock"):
+                if blob.exists():
+                    continue
+                with open(part, "ab") as out:
+                    http_get(meta.location, out, resume_size=out.tell(), headers=build_hf_headers(),
+                             expected_size=meta.size, displayed_filename=name)  # fmt: skip
+                os.replace(part, blob)
+        except Exception as exc:  # noqa: BLE001 - kept: the next try resumes from it
+            raise DownloadFailed(hub_error(source.repo_id, exc).reason) from exc
+
+
 def _cached_snapshot(source: HubRepo) -> Path | None:
     ref = repo_dir(source.repo_id) / "refs" / source.revision
     commit = ref.read_text().strip() if ref.is_file() else source.revision
@@ -115,7 +149,7 @@ def _holds(folder: Path, files: list[str]) -> bool:
 
 def _incomplete_bytes(folder: Path) -> int:
     blobs = folder.parent.parent / "blobs"
-    return sum(p.stat().st_size for p in blobs.glob("*.incomplete")) if blobs.is_dir() else 0
+    return sum(p.stat().st_size for p in blobs.glob(f"*{RESUME_SUFFIX}")) if blobs.is_dir() else 0
 
 
 def _progress(card: ModelCard, state: str, files: list[str], folder: Path, speed: float, base: int,
