@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -55,7 +56,8 @@ class ModelCache:
         self.downloads[progress.model_id] = progress
         asyncio.run_coroutine_threadsafe(self.publish(), self._loop)
 
-    async def ensure(self, card: ModelCard, layers: tuple[int, int] | None) -> Path:
+    async def ensure(self, card: ModelCard, layers: tuple[int, int] | None,
+                     also: Callable[[DownloadProgress], None] | None = None) -> Path:  # fmt: skip
         """The folder the runner loads (hub snapshot or the user's folder); raises DownloadFailed."""
         if isinstance(card.source, LocalFolder):
             folder = Path(card.source.path)
@@ -63,7 +65,12 @@ class ModelCache:
                 raise DownloadFailed(f"no model folder at {folder} on node {self.node_id}")
             return folder
         assert isinstance(card.source, HubRepo)
-        return await asyncio.to_thread(hub_download.fetch, card, layers, self.on_progress)
+        def sink(progress: DownloadProgress) -> None:
+            self.on_progress(progress)
+            if also is not None:
+                also(progress)
+
+        return await asyncio.to_thread(hub_download.fetch, card, layers, sink)
 
     async def register(self, service: Service) -> None:
         await service.add_endpoint(name="models_pull", subject=subjects.models_pull(self.node_id), handler=self._pull)
@@ -95,3 +102,8 @@ class ModelCache:
             reply = ModelsReply(ok=False, error=str(exc))
         await self.publish()
         await req.respond(msgspec.json.encode(reply))
+
+
+def download_line(p: DownloadProgress) -> str:
+    eta = f", ETA {p.eta_s:.0f} s" if p.eta_s else ""
+    return f"{p.repo_id} {p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB, {p.bytes_per_s / 1e6:.2f} MB/s{eta}"

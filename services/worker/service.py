@@ -29,7 +29,8 @@ from shared.process_lifetime import register
 
 from services.worker.runners import registry
 from services.worker.runner.blas import runner_blas_env
-from services.worker.model_cache import ModelCache
+from services.worker.model_cache import ModelCache, download_line
+from shared.downloads import DownloadProgress
 from services.worker.dataplane import dataplane_config, write_files
 from services.worker.models.store import ModelStore, default_weight_format
 from services.worker.plan import (
@@ -236,7 +237,15 @@ class Worker:
         if not isinstance(card.source, PackagedGguf):
             await report_runner(self.nc, instance_id, self.node_id, rank, "importing", "fetching files", 0.0)
             pipeline = instance.strategy == "pipeline" and instance.world_size > 1
-            return await self.cache.ensure(card, (shard.start_layer, shard.end_layer) if pipeline else None)
+            loop = asyncio.get_running_loop()
+
+            def downloading(p: DownloadProgress) -> None:
+                detail = f"downloading {download_line(p)}"
+                coro = report_runner(self.nc, instance_id, self.node_id, rank, "importing", detail, p.bytes_done / max(p.bytes_total, 1))
+                asyncio.run_coroutine_threadsafe(coro, loop)
+
+            layers = (shard.start_layer, shard.end_layer) if pipeline else None
+            return await self.cache.ensure(card, layers, downloading)
         weight_format = self.weight_format or default_weight_format(card)
         if self.store.is_ready(card, weight_format):
             return self.store.local_path(card, weight_format)

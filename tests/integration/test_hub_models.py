@@ -183,3 +183,57 @@ def test_not_enough_disk_is_an_error_before_a_byte_is_written(tmp_path: Path):
 def test_a_hub_failing_mid_download_is_the_reason(mirror: HubMirror, hf_home: Path):
     lines = fetch(mirror.url, hf_home, BROKEN)
     assert isinstance(lines, list) and "error" in lines[-1] and "500" in lines[-1]["error"], lines[-1]
+
+
+def exo_models(node, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001 - a tests.nodes.Node
+    argv = [sys.executable, "-m", "services.node.cli", "models", *args, "--nats-url", node.nats_url,
+            "--state-dir", str(node.state_dir)]  # fmt: skip
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def instance_of(node, model: str) -> dict | None:  # noqa: ANN001
+    instances = httpx.get(f"{node.base_url}/instances", timeout=10).json()["instances"]
+    return next((i for i in instances if i["model_id"] == model), None)
+
+
+@pytest.mark.timeout(420)
+def test_a_node_serves_a_model_by_repo_id_from_the_mirror(mirror: HubMirror, start_node, monkeypatch, tmp_path):
+    import openai
+
+    monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    node = start_node("hub", "--model", TINY)  # `exo --model ORG/NAME`: placed at start, waited for until ready
+    try:
+        client = openai.OpenAI(base_url=node.api_url, api_key="none", timeout=120.0, max_retries=0)
+        answer = client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+        assert answer.choices[0].finish_reason in ("length", "stop") and answer.usage and answer.usage.completion_tokens > 0
+        assert TINY in [m.id for m in client.models.list().data]
+        nodes = httpx.get(f"{node.base_url}/models", timeout=10).json()["nodes"]
+        cached = {c["repo_id"]: c for n in nodes for c in n["cached"]}
+        assert cached[TINY]["complete"] and cached[TINY]["size_bytes"] > 0
+        done = [d for n in nodes for d in n["downloads"] if d["repo_id"] == TINY]
+        assert done and done[0]["state"] == "done" and done[0]["bytes_done"] == done[0]["bytes_total"]
+        for model, status, code in (("test-org/no-such-model", 404, "model_not_found"), (GATED, 403, "gated_model"),
+                                    (BERT, 400, "unsupported_model"), ("not a model", 404, "model_not_found")):  # fmt: skip
+            r = httpx.post(f"{node.base_url}/instances", json={"model": model}, timeout=30)
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+        # a hub that fails while the worker downloads: the instance says why, it does not stay "loading"
+        r = httpx.post(f"{node.base_url}/instances", json={"model": BROKEN}, timeout=30)
+        assert r.status_code == 201, r.text
+        failed = wait_for(lambda: (i := instance_of(node, BROKEN)) and i["runners"][0]
+                          and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
+        assert "500" in failed["detail"], failed  # type: ignore[index]
+        httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
+        # exo models pull / list / rm
+        pulled = exo_models(node, "pull", BIG)
+        assert pulled.returncode == 0, pulled.stderr
+        listed = exo_models(node)
+        assert listed.returncode == 0 and BIG in listed.stdout and TINY in listed.stdout, listed.stdout
+        removed = exo_models(node, "rm", BIG)
+        assert removed.returncode == 0, removed.stderr
+        assert BIG not in exo_models(node).stdout
+        assert exo_models(node, "rm", BIG).returncode == 1
+    finally:
+        node.stop()
