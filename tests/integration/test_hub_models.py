@@ -28,6 +28,7 @@ BIG = "test-org/big-llama"  # the tiny model with a 24 MB padding tensor: long e
 GATED = "test-org/gated-llama"
 BERT = "test-org/bert-thing"
 BROKEN = "test-org/broken-llama"  # listed, but its weight files answer 500
+TWIN = "test-org/tiny-llama-twin"  # the same files as TINY under another id: not in any node's cache yet
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def mirror() -> Iterator[HubMirror]:
     (bert / "model.safetensors").write_bytes(b"\0" * 64)
     hub = HubMirror()
     for repo, folder, gated in ((TINY, tiny, False), (BIG, big, False), (GATED, tiny, True), (BERT, bert, False),
-                                (BROKEN, root / "broken", False)):  # fmt: skip
+                                (BROKEN, root / "broken", False), (TWIN, root / "twin", False)):  # fmt: skip
         if not folder.exists():
             shutil.copytree(tiny, folder)
         hub.add(repo, folder, gated)
@@ -226,6 +227,27 @@ def test_a_node_serves_a_model_by_repo_id_from_the_mirror(mirror: HubMirror, sta
                           and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
         assert "500" in failed["detail"], failed  # type: ignore[index]
         httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
+        # a 2-stage pipeline across two nodes with their own caches: stage 0 (layers 0-1) fetches only the files
+        # of its layers (not model-00002, layer 2's), loads that partial snapshot, and the answer is one node's
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-b"))
+        second = start_node("hub-b", "--no-model", "--no-master", "--nats-url", node.nats_url)
+        try:
+            r = httpx.post(f"{node.base_url}/instances", json={"model": TWIN, "min_nodes": 2, "strategy": "pipeline"},
+                           timeout=30)  # fmt: skip
+            assert r.status_code == 201 and len(r.json()["shards"]) == 2, r.text
+            wait_for(lambda: (i := instance_of(node, TWIN)) and i["ready"], 240, "the pipeline is ready", node)
+            ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 0}
+            one = client.chat.completions.create(model=TINY, **ask).choices[0].message.content  # type: ignore[call-overload]
+            two = client.chat.completions.create(model=TWIN, **ask).choices[0].message.content  # type: ignore[call-overload]
+            assert one == two and one, (one, two)
+            stage0 = next(s for s in r.json()["shards"] if s["rank"] == 0)
+            held = {n["node_id"]: {c["repo_id"]: c for c in n["cached"]}
+                    for n in httpx.get(f"{node.base_url}/models", timeout=10).json()["nodes"]}  # fmt: skip
+            assert held[stage0["node_id"]][TWIN]["complete"] is False, held
+            stage0_files = {p.name for p in Path(held[stage0["node_id"]][TWIN]["path"]).iterdir()}
+            assert "model-00002-of-00003.safetensors" not in stage0_files, stage0_files
+        finally:
+            second.stop()
         # exo models pull / list / rm
         pulled = exo_models(node, "pull", BIG)
         assert pulled.returncode == 0, pulled.stderr
