@@ -216,46 +216,56 @@ def test_a_node_serves_a_model_by_repo_id_from_the_mirror(mirror: HubMirror, sta
         assert cached[TINY]["complete"] and cached[TINY]["size_bytes"] > 0
         done = [d for n in nodes for d in n["downloads"] if d["repo_id"] == TINY]
         assert done and done[0]["state"] == "done" and done[0]["bytes_done"] == done[0]["bytes_total"]
-        for model, status, code in (("test-org/no-such-model", 404, "model_not_found"), (GATED, 403, "gated_model"),
-                                    (BERT, 400, "unsupported_model"), ("not a model", 404, "model_not_found")):  # fmt: skip
-            r = httpx.post(f"{node.base_url}/instances", json={"model": model}, timeout=30)
-            assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
-        # a hub that fails while the worker downloads: the instance says why, it does not stay "loading"
-        r = httpx.post(f"{node.base_url}/instances", json={"model": BROKEN}, timeout=30)
-        assert r.status_code == 201, r.text
-        failed = wait_for(lambda: (i := instance_of(node, BROKEN)) and i["runners"][0]
-                          and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
-        assert "500" in failed["detail"], failed  # type: ignore[index]
-        httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
-        # a 2-stage pipeline across two nodes with their own caches: stage 0 (layers 0-1) fetches only the files
-        # of its layers (not model-00002, layer 2's), loads that partial snapshot, and the answer is one node's
+        check_bad_inputs(node)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-b"))
         second = start_node("hub-b", "--no-model", "--no-master", "--nats-url", node.nats_url)
         try:
-            r = httpx.post(f"{node.base_url}/instances", json={"model": TWIN, "min_nodes": 2, "strategy": "pipeline"},
-                           timeout=30)  # fmt: skip
-            assert r.status_code == 201 and len(r.json()["shards"]) == 2, r.text
-            wait_for(lambda: (i := instance_of(node, TWIN)) and i["ready"], 240, "the pipeline is ready", node)
-            ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 0}
-            one = client.chat.completions.create(model=TINY, **ask).choices[0].message.content  # type: ignore[call-overload]
-            two = client.chat.completions.create(model=TWIN, **ask).choices[0].message.content  # type: ignore[call-overload]
-            assert one == two and one, (one, two)
-            stage0 = next(s for s in r.json()["shards"] if s["rank"] == 0)
-            held = {n["node_id"]: {c["repo_id"]: c for c in n["cached"]}
-                    for n in httpx.get(f"{node.base_url}/models", timeout=10).json()["nodes"]}  # fmt: skip
-            assert held[stage0["node_id"]][TWIN]["complete"] is False, held
-            stage0_files = {p.name for p in Path(held[stage0["node_id"]][TWIN]["path"]).iterdir()}
-            assert "model-00002-of-00003.safetensors" not in stage0_files, stage0_files
+            check_two_stage_pipeline(node, client)
         finally:
             second.stop()
-        # exo models pull / list / rm
-        pulled = exo_models(node, "pull", BIG)
-        assert pulled.returncode == 0, pulled.stderr
-        listed = exo_models(node)
-        assert listed.returncode == 0 and BIG in listed.stdout and TINY in listed.stdout, listed.stdout
-        removed = exo_models(node, "rm", BIG)
-        assert removed.returncode == 0, removed.stderr
-        assert BIG not in exo_models(node).stdout
-        assert exo_models(node, "rm", BIG).returncode == 1
+        check_models_cli(node)
     finally:
         node.stop()
+
+
+def check_bad_inputs(node) -> None:  # noqa: ANN001 - a tests.nodes.Node
+    for model, status, code in (("test-org/no-such-model", 404, "model_not_found"), (GATED, 403, "gated_model"),
+                                (BERT, 400, "unsupported_model"), ("not a model", 404, "model_not_found")):  # fmt: skip
+        r = httpx.post(f"{node.base_url}/instances", json={"model": model}, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    # a hub that fails while the worker downloads: the instance says why, it does not stay "loading"
+    r = httpx.post(f"{node.base_url}/instances", json={"model": BROKEN}, timeout=30)
+    assert r.status_code == 201, r.text
+    failed = wait_for(lambda: (i := instance_of(node, BROKEN)) and i["runners"][0]
+                      and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
+    assert "500" in failed["detail"], failed  # type: ignore[index]
+    httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
+
+
+def check_two_stage_pipeline(node, client) -> None:  # noqa: ANN001
+    """Two nodes with their own caches: stage 0 (layers 0-1) fetches only the files of its layers (not
+    model-00002, layer 2's), loads that partial snapshot, and the answer is one node's."""
+    r = httpx.post(f"{node.base_url}/instances", json={"model": TWIN, "min_nodes": 2, "strategy": "pipeline"}, timeout=30)
+    assert r.status_code == 201 and len(r.json()["shards"]) == 2, r.text
+    wait_for(lambda: (i := instance_of(node, TWIN)) and i["ready"], 240, "the pipeline is ready", node)
+    ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 0}
+    one = client.chat.completions.create(model=TINY, **ask).choices[0].message.content
+    two = client.chat.completions.create(model=TWIN, **ask).choices[0].message.content
+    assert one == two and one, (one, two)
+    stage0 = next(s for s in r.json()["shards"] if s["rank"] == 0)
+    held = {n["node_id"]: {c["repo_id"]: c for c in n["cached"]}
+            for n in httpx.get(f"{node.base_url}/models", timeout=10).json()["nodes"]}  # fmt: skip
+    assert held[stage0["node_id"]][TWIN]["complete"] is False, held
+    stage0_files = {p.name for p in Path(held[stage0["node_id"]][TWIN]["path"]).iterdir()}
+    assert "model-00002-of-00003.safetensors" not in stage0_files, stage0_files
+
+
+def check_models_cli(node) -> None:  # noqa: ANN001
+    pulled = exo_models(node, "pull", BIG)
+    assert pulled.returncode == 0, pulled.stderr
+    listed = exo_models(node)
+    assert listed.returncode == 0 and BIG in listed.stdout and TINY in listed.stdout, listed.stdout
+    removed = exo_models(node, "rm", BIG)
+    assert removed.returncode == 0, removed.stderr
+    assert BIG not in exo_models(node).stdout
+    assert exo_models(node, "rm", BIG).returncode == 1
