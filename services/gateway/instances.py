@@ -84,7 +84,7 @@ class CreateInstance(msgspec.Struct):
     min_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
-@router.get("/instances/preview", responses=error_responses(400, 404, 503))
+@router.get("/instances/preview", responses=error_responses(400, 403, 404, 503))
 async def preview_instances(
     request: Request, model: str, min_nodes: Annotated[int, Query(ge=1)] = 1,
     max_nodes: Annotated[int | None, Query(ge=1)] = None,
@@ -101,7 +101,7 @@ async def preview_instances(
 
 
 @router.post("/instances", status_code=201, openapi_extra=json_body(CreateInstance),
-             responses=error_responses(400, 404, 409, 503))  # fmt: skip
+             responses=error_responses(400, 403, 404, 409, 503))  # fmt: skip
 async def create_instance(request: Request) -> dict:
     try:
         body = msgspec.json.decode(await request.body(), type=CreateInstance)
