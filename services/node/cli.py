@@ -49,11 +49,11 @@ from shared.config import (
 from shared.identity import load_or_create_node_id
 from shared.logging import setup_logging
 from shared.models import DEFAULT_MODEL, MODEL_CARDS
+from shared.peers import read_table
+from shared.process_lifetime import VERSION
 
 from services.gateway.hub_card import looks_like_hub_id
 from services.gateway.model_lookup import is_folder_name
-from shared.peers import read_table
-from shared.process_lifetime import VERSION
 
 log = structlog.get_logger()
 
