@@ -12,6 +12,7 @@ from shared.events import (
     InstanceDeleted,
     InstancePlaced,
     LeaderElected,
+    ModelCardRecorded,
     NodeFactsRecorded,
     NodeLost,
     RunnerStatusChanged,
@@ -38,6 +39,8 @@ def apply(state: ClusterState, event: AnyEvent, seq: int | None = None) -> Clust
             new = _forget_runners_of(state, event.node_id, keep=frozenset(event.kept))
         case InstanceAwaitingNodes():
             new = msgspec.structs.replace(state, waiting={**state.waiting, event.instance_id: event})
+        case ModelCardRecorded():
+            new = msgspec.structs.replace(state, models={**state.models, event.card.model_id: event.card})
         case _:
             assert_never(event)
     if seq is not None:

@@ -55,20 +55,25 @@ RECORD_INFERENCES = (subjects.INFERENCES_SUBJECT,)
 RUNNER_REQUESTS = (subjects.runner_generate("*"), subjects.runner_cancel("*"), subjects.runner_count("*"))
 NODE_ENDPOINTS = ("exo.node.*.>",)
 UPLOADS = (f"{subjects.UPLOAD_PREFIX}.>",)  # the gateway serves a big request's pieces; runners fetch them
+# each worker publishes its model cache and answers the scatter-gather `exo models` / GET /models ask for it
+MODEL_CACHE = (subjects.models_wildcard(),)
+ASK_MODELS = (subjects.MODELS_LIST,)
 READ_LEASE = (f"$JS.API.STREAM.INFO.KV_{LEADER_BUCKET}", f"$JS.API.DIRECT.GET.KV_{LEADER_BUCKET}.>",
               f"$JS.API.STREAM.MSG.GET.KV_{LEADER_BUCKET}")  # fmt: skip
 
 PERMISSIONS: dict[str, Permissions] = {
     MASTER: Permissions(publish=(">",), subscribe=(">",)),
     GATEWAY: Permissions(
-        publish=(*READ_LOG, *OPERATOR_COMMANDS, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *MICRO, *RECORD_INFERENCES),
+        publish=(*READ_LOG, *OPERATOR_COMMANDS, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *MICRO, *RECORD_INFERENCES,
+                 *ASK_MODELS),
         # node facts: the dashboard shows each node's live memory and links between the log's records
-        subscribe=(*INBOXES, *MICRO, f"{subjects.TOKENS_PREFIX}.>", *UPLOADS, subjects.facts_wildcard()),
+        subscribe=(*INBOXES, *MICRO, f"{subjects.TOKENS_PREFIX}.>", *UPLOADS, subjects.facts_wildcard(),
+                   *MODEL_CACHE),
     ),
     WORKER: Permissions(
         publish=(*READ_LOG, subjects.CMD_REPORT_RUNNER, subjects.CMD_WORKER_STARTED, f"{subjects.TOKENS_PREFIX}.>",
-                 *UPLOADS),
-        subscribe=(*INBOXES, *MICRO, *RUNNER_REQUESTS, *NODE_ENDPOINTS),
+                 *UPLOADS, *MODEL_CACHE),
+        subscribe=(*INBOXES, *MICRO, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *ASK_MODELS),
     ),
     DISCOVERY: Permissions(
         publish=(*READ_LOG, subjects.facts("*")),
@@ -76,7 +81,7 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     # Looks at everything, asks what the gateway's API may ask, writes nothing.
     OPERATOR: Permissions(
-        publish=(*READ_LOG, *READ_LEASE, *OPERATOR_COMMANDS, *NODE_ENDPOINTS, *MICRO),
+        publish=(*READ_LOG, *READ_LEASE, *OPERATOR_COMMANDS, *NODE_ENDPOINTS, *MICRO, *ASK_MODELS),
         subscribe=(">",),
     ),
 }

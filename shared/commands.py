@@ -8,6 +8,7 @@ import msgspec
 
 from shared.events import RunnerPhase, ShardAssignment
 from shared.ids import InstanceId, NodeId
+from shared.models import ModelCard
 
 
 class PlaceInstance(msgspec.Struct, frozen=True):
@@ -20,6 +21,8 @@ class PlaceInstance(msgspec.Struct, frozen=True):
     # usual headroom (services/master/memory_budget.py); None: the model's context / one sequence
     context_tokens: int | None = None
     max_batch: int | None = None
+    # a card the caller derived from a hub repo or folder (no built-in card): the master records it
+    card: ModelCard | None = None
 
 
 class DeleteInstance(msgspec.Struct, frozen=True):
@@ -48,6 +51,7 @@ class PreviewPlacements(msgspec.Struct, frozen=True):
     model_id: str
     min_nodes: int = 1
     max_nodes: int | None = None
+    card: ModelCard | None = None  # as in PlaceInstance
 
 
 class PlanPreview(msgspec.Struct, frozen=True):

@@ -11,6 +11,7 @@ import msgspec
 
 from shared.facts import NodeFacts
 from shared.ids import InstanceId, NodeId
+from shared.models import ModelCard
 
 RunnerPhase = Literal["importing", "loading", "ready", "failed", "stopped"]
 
@@ -99,9 +100,16 @@ class InstanceAwaitingNodes(Event, frozen=True):
     reason: str
 
 
+class ModelCardRecorded(Event, frozen=True):
+    """A card derived from a hub repo's or a folder's config.json (by the gateway or `exo --model`, which can
+    reach the hub), so every service, the master's placement included, knows a model nobody wrote a card for."""
+
+    card: ModelCard
+
+
 AnyEvent = (
     NodeFactsRecorded | NodeLost | InstancePlaced | InstanceDeleted | InstanceAwaitingNodes | RunnerStatusChanged
-    | LeaderElected | WorkerStarted
+    | LeaderElected | WorkerStarted | ModelCardRecorded
 )
 
 _encoder = msgspec.json.Encoder()

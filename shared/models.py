@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
 
@@ -23,10 +25,16 @@ class HubRepo(ModelSource, frozen=True, tag="hub"):
     revision: str = "main"
 
 
+class LocalFolder(ModelSource, frozen=True, tag="folder"):
+    """An MLX or transformers-format model folder at the same path on every node that runs it."""
+
+    path: str
+
+
 class ModelCard(msgspec.Struct, frozen=True):
     model_id: str
     display_name: str
-    source: PackagedGguf | HubRepo
+    source: PackagedGguf | HubRepo | LocalFolder
     n_layers: int
     hidden_size: int
     n_heads: int
@@ -34,6 +42,9 @@ class ModelCard(msgspec.Struct, frozen=True):
     context_length: int
     storage_bytes: int  # bytes of the weights as stored (what a node must hold for the whole model)
     architecture: str = "llama"
+    quantization: str = ""  # e.g. "4-bit, group 64" (MLX), "" for unquantized weights
+    # the weight files and their sizes (hub repos and folders): a node of a pipeline fetches only its layers' files
+    files: dict[str, int] = {}
 
     def bytes_per_layer(self) -> int:
         return self.storage_bytes // self.n_layers
@@ -123,8 +134,25 @@ class UnknownModel(KeyError):
     pass
 
 
-def get_card(model_id: str) -> ModelCard:
-    try:
-        return MODEL_CARDS[model_id]
-    except KeyError:
-        raise UnknownModel(model_id) from None
+_BY_REPO: dict[str, ModelCard] = {
+    c.source.repo_id: c for c in MODEL_CARDS.values() if isinstance(c.source, HubRepo)
+}
+
+
+def builtin_card(name: str) -> ModelCard | None:
+    """A built-in card by its alias (`llama-3.3-70b`) or by its hub repo id."""
+    return MODEL_CARDS.get(name) or _BY_REPO.get(name)
+
+
+def all_cards(recorded: Mapping[str, ModelCard]) -> list[ModelCard]:
+    """The built-in cards, then the recorded ones."""
+    return [*MODEL_CARDS.values(), *(c for k, c in sorted(recorded.items()) if k not in MODEL_CARDS)]
+
+
+def get_card(model_id: str, recorded: Mapping[str, ModelCard] | None = None) -> ModelCard:
+    """The card of a model: built in, or derived from its repo or folder and recorded in the cluster's log
+    (`ClusterState.models`)."""
+    card = builtin_card(model_id) or (recorded or {}).get(model_id)
+    if card is None:
+        raise UnknownModel(model_id)
+    return card

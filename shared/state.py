@@ -7,6 +7,7 @@ import msgspec
 from shared.events import Instance, InstanceAwaitingNodes, RunnerStatusChanged
 from shared.facts import NodeFacts
 from shared.ids import InstanceId, NodeId
+from shared.models import ModelCard
 
 
 def runner_key(instance_id: str, rank: int) -> str:
@@ -24,6 +25,7 @@ class ClusterState(msgspec.Struct, frozen=True):
     leader_node_id: NodeId | None = None  # the master that may write (see LeaderElected)
     leader_term: int = 0  # its lease term; 0 before any leader was elected
     last_seq: int = 0
+    models: dict[str, ModelCard] = {}  # derived cards (ModelCardRecorded) by model id; built-in ones are not here
 
     def runner_status(self, instance_id: InstanceId, rank: int) -> RunnerStatusChanged | None:
         return self.runners.get(runner_key(instance_id, rank))

@@ -91,3 +91,25 @@ INFERENCES_STREAM = "EXO_INFERENCES"
 INFERENCES_SUBJECT = "exo.inferences.record"
 INFERENCES_QUERY = "exo.inferences.query"
 INFERENCES_CONSUMER_PREFIX = "exo-lake-writer"  # one durable per node: <prefix>-<node id>
+
+# The model cache of each node: its worker publishes what it holds and what it downloads (NodeModels, from
+# shared/downloads.py) on exo.models.<node> every few seconds and at each change; a request on MODELS_LIST is
+# answered by every worker (scatter-gather: a client collects the replies for a moment).
+MODELS_PREFIX = "exo.models"
+MODELS_LIST = "exo.models_list"
+
+
+def models(node_id: str) -> str:
+    return f"{MODELS_PREFIX}.{node_id}"
+
+
+def models_wildcard() -> str:
+    return f"{MODELS_PREFIX}.*"
+
+
+def models_pull(node_id: str) -> str:
+    return node_service(node_id, "worker.models.pull")
+
+
+def models_remove(node_id: str) -> str:
+    return node_service(node_id, "worker.models.rm")

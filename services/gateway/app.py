@@ -17,7 +17,7 @@ from shared.events import AnyEvent
 from shared.process_lifetime import register
 from shared.state import ClusterState
 
-from services.gateway import completions, health, inferences_api, instances, metrics
+from services.gateway import completions, health, inferences_api, instances, metrics, models_api
 from services.gateway.adapters import anthropic, ollama, responses
 from services.gateway.adapters.error_shapes import error_handler, http_error_handler
 from services.gateway.api_key import require_api_key
@@ -99,6 +99,7 @@ def create_app(
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(instances.router, dependencies=guarded)
     app.include_router(inferences_api.router, dependencies=guarded)
+    app.include_router(models_api.router, dependencies=guarded)
     app.include_router(metrics.router)  # like /health: counts and names, no prompts; scrapers need no key
     # Other vendors' APIs, documented by their vendors (and in the README): not in our /openapi.json, whose
     # errors are all OpenAI-shaped

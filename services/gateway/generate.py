@@ -40,13 +40,13 @@ async def start_generation(
     measures it for /metrics, the dashboard and the inference log (as `api`), however it ends."""
     gateway = request.app.state.gateway
     try:
-        card = get_card(fields.model)
+        card = get_card(fields.model, gateway.follower.state.models)
     except UnknownModel:
         raise model_not_found(fields.model) from None
     sampling = fields.sampling(card.context_length)
     if choice:  # one of `n`: its own seed schedule (the seed itself is the same, or fixed by its runner)
         sampling = msgspec.structs.replace(sampling, choice=choice)
-    instance_id = pick_instance(gateway.follower.state, fields.model, gateway.client.next_turn())
+    instance_id = pick_instance(gateway.follower.state, card.model_id, gateway.client.next_turn())
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
                                json_schema=json_schema)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
@@ -56,10 +56,10 @@ async def count_prompt_tokens(request: Request, model: str, messages: tuple[Chat
     """The prompt's tokens as a generation of these messages would count them (a runner of the model tokenizes)."""
     gateway = request.app.state.gateway
     try:
-        get_card(model)
+        card = get_card(model, gateway.follower.state.models)
     except UnknownModel:
         raise model_not_found(model) from None
-    instance_id = pick_instance(gateway.follower.state, model, gateway.client.next_turn())
+    instance_id = pick_instance(gateway.follower.state, card.model_id, gateway.client.next_turn())
     ask = GenerateRequest(new_request_id(), model, SamplingParams(max_tokens=None), messages=messages)
     return await gateway.client.count(instance_id, ask)
 

@@ -20,11 +20,12 @@ from shared.commands import (
     decode_reply,
     encode,
 )
-from shared.models import MODEL_CARDS
+from shared.models import ModelCard, all_cards, builtin_card
 from shared.ids import InstanceId
 from shared.state import ClusterState
 
-from services.gateway.errors import OpenAIError, bad_request, model_not_found, unavailable
+from services.gateway.errors import OpenAIError, bad_request, unavailable
+from services.gateway.model_lookup import ModelLookupError, resolve_card
 from services.gateway.openapi_doc import error_responses, json_body
 
 router = APIRouter()
@@ -58,7 +59,7 @@ async def list_models(request: Request) -> dict:
                 "context_length": card.context_length,
                 "ready": any(state.instance_ready(i.instance_id) for i in state.instances_of(card.model_id)),
             }
-            for card in MODEL_CARDS.values()
+            for card in all_cards(state.models)
         ],
     }
 
@@ -83,17 +84,16 @@ class CreateInstance(msgspec.Struct):
     min_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
-@router.get("/instances/preview", responses=error_responses(400, 404, 503))
+@router.get("/instances/preview", responses=error_responses(400, 403, 404, 503))
 async def preview_instances(
     request: Request, model: str, min_nodes: Annotated[int, Query(ge=1)] = 1,
     max_nodes: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict:  # fmt: skip
     """Every feasible plan with memory per node, and the reason for each infeasible one."""
-    if model not in MODEL_CARDS:
-        raise model_not_found(model)
     if min_nodes < 1 or (max_nodes is not None and max_nodes < min_nodes):
         raise bad_request("need 1 <= min_nodes <= max_nodes", param="min_nodes")
-    command = PreviewPlacements(model, min_nodes, max_nodes)
+    card = await card_for(request, model)
+    command = PreviewPlacements(card.model_id, min_nodes, max_nodes, card=_carried(card))
     reply = await _command(request, subjects.CMD_PREVIEW, encode(command), PreviewReply)
     if not reply.ok:
         raise bad_request(reply.error or "preview failed")
@@ -101,7 +101,7 @@ async def preview_instances(
 
 
 @router.post("/instances", status_code=201, openapi_extra=json_body(CreateInstance),
-             responses=error_responses(400, 404, 409, 503))  # fmt: skip
+             responses=error_responses(400, 403, 404, 409, 503))  # fmt: skip
 async def create_instance(request: Request) -> dict:
     try:
         body = msgspec.json.decode(await request.body(), type=CreateInstance)
@@ -113,8 +113,8 @@ async def create_instance(request: Request) -> dict:
         raise bad_request(f"invalid instance request: {exc}", param=field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"invalid instance request: {exc}") from None
-    if body.model not in MODEL_CARDS:
-        raise model_not_found(body.model)
+    card = await card_for(request, body.model, param="model")
+    command = msgspec.structs.replace(command, model_id=card.model_id, card=_carried(card))
     reply: CommandReply = await _command(request, subjects.CMD_PLACE_INSTANCE, encode(command))
     if not reply.ok:
         raise OpenAIError(409, reply.error or "placement failed", code="placement_failed")
@@ -130,6 +130,21 @@ async def delete_instance(request: Request, instance_id: str) -> dict:
     if not reply.ok:
         raise OpenAIError(404, reply.error or "no such instance", code="instance_not_found")
     return {"deleted": instance_id}
+
+
+async def card_for(request: Request, model: str, param: str | None = None) -> ModelCard:
+    """The model's card: built in, recorded, or derived from its hub repo or folder (network: off the loop)."""
+    state: ClusterState = request.app.state.gateway.follower.state
+    try:
+        return await asyncio.to_thread(resolve_card, model, state.models)
+    except ModelLookupError as exc:
+        kind = "invalid_request_error" if exc.status < 500 else "service_unavailable"
+        raise OpenAIError(exc.status, exc.reason, type_=kind, code=exc.code, param=param) from None
+
+
+def _carried(card: ModelCard) -> ModelCard | None:
+    """Built-in cards go by name; a derived one travels with the command for the master to record."""
+    return None if builtin_card(card.model_id) is not None else card
 
 
 def field_of(exc: msgspec.ValidationError) -> str | None:

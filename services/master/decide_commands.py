@@ -17,6 +17,7 @@ from shared.events import (
     AnyEvent,
     InstanceDeleted,
     InstancePlaced,
+    ModelCardRecorded,
     NodeFactsRecorded,
     NodeLost,
     RunnerStatusChanged,
@@ -24,7 +25,7 @@ from shared.events import (
 )
 from shared.facts import Link, NodeFacts
 from shared.ids import InstanceId
-from shared.models import UnknownModel, get_card
+from shared.models import ModelCard, builtin_card
 from shared.state import ClusterState
 
 from services.master.memory_budget import node_memory
@@ -52,16 +53,36 @@ def node_count_problem(min_nodes: int, max_nodes: int | None = None) -> str | No
 def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: InstanceId) -> Decision:
     if problem := node_count_problem(cmd.min_nodes):
         return [], CommandReply(ok=False, error=problem)
-    try:
-        card = get_card(cmd.model_id)
-    except UnknownModel:
-        return [], CommandReply(ok=False, error=f"unknown model {cmd.model_id!r}")
-    if cmd.if_absent and (existing := state.instances_of(cmd.model_id)):
+    card = command_card(state, cmd.model_id, cmd.card)
+    if isinstance(card, str):
+        return [], CommandReply(ok=False, error=card)
+    if cmd.if_absent and (existing := state.instances_of(card.model_id)):
         return [], CommandReply(ok=True, instance_id=existing[0].instance_id)
-    plan = place(state, cmd, card, instance_id)
+    request = msgspec.structs.replace(cmd, model_id=card.model_id, card=None)
+    plan = place(state, request, card, instance_id)
     if isinstance(plan, NoPlacement):
         return [], CommandReply(ok=False, error=plan.reason)
-    return [InstancePlaced(plan)], CommandReply(ok=True, instance_id=instance_id)
+    recorded: list[AnyEvent] = [] if card_known(state, card) else [ModelCardRecorded(card)]
+    return [*recorded, InstancePlaced(plan)], CommandReply(ok=True, instance_id=instance_id)
+
+
+def command_card(state: ClusterState, model_id: str, given: ModelCard | None) -> ModelCard | str:
+    """The card a command means: built in or recorded by name, else the one it carries (derived by the
+    gateway from the repo's config.json); or why there is none."""
+    known = builtin_card(model_id) or state.models.get(model_id)
+    if known is not None:
+        return known
+    if given is None:
+        return f"unknown model {model_id!r}"
+    if given.model_id != model_id:
+        return f"the card given is for {given.model_id!r}, not {model_id!r}"
+    if given.n_layers < 1 or given.storage_bytes < 0 or given.n_heads < 1:
+        return f"the card given for {model_id!r} is not valid (layers, heads, bytes)"
+    return given
+
+
+def card_known(state: ClusterState, card: ModelCard) -> bool:
+    return builtin_card(card.model_id) is not None or state.models.get(card.model_id) == card
 
 
 def decide_delete(state: ClusterState, cmd: DeleteInstance) -> Decision:
@@ -106,10 +127,9 @@ def decide_worker_started(state: ClusterState, cmd: ReportWorkerStarted) -> Deci
 def decide_preview(state: ClusterState, cmd: PreviewPlacements) -> PreviewReply:
     if problem := node_count_problem(cmd.min_nodes, cmd.max_nodes):
         return PreviewReply(ok=False, error=problem)
-    try:
-        card = get_card(cmd.model_id)
-    except UnknownModel:
-        return PreviewReply(ok=False, error=f"unknown model {cmd.model_id!r}")
+    card = command_card(state, cmd.model_id, cmd.card)
+    if isinstance(card, str):
+        return PreviewReply(ok=False, error=card)
     options = preview(state, card, min_nodes=cmd.min_nodes, max_nodes=cmd.max_nodes)
     return PreviewReply(
         ok=True,

@@ -99,7 +99,7 @@ def replace_instance(state: ClusterState, old: Instance | InstanceAwaitingNodes,
     """A new plan for `old`'s model on `state`'s nodes: its own strategy and backend if they still fit
     (tensor needs the same divisibility, jaccl RDMA everywhere), else whatever fits; None if nothing does."""
     try:
-        card = get_card(old.model_id)
+        card = get_card(old.model_id, state.models)
     except UnknownModel:
         return None
     for request in (PlaceInstance(old.model_id, strategy=old.strategy, backend=old.backend), PlaceInstance(old.model_id)):

@@ -13,7 +13,7 @@ next instance is its budget (--memory, else its measured free memory) less what 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -82,13 +82,13 @@ def plan_memory(card: ModelCard, strategy: str, shards: Iterable[ShardAssignment
     return {s.node_id: layer_bytes_needed(card, s.end_layer - s.start_layer) for s in shards}
 
 
-def instance_memory(instance: Instance) -> dict[str, int]:
+def instance_memory(instance: Instance, recorded: Mapping[str, ModelCard] | None = None) -> dict[str, int]:
     """What an instance holds per node: as recorded when it was placed, else (placed before instances recorded
     it) what its model card says; an unknown model holds nothing we can tell."""
     if instance.memory_per_node:
         return dict(instance.memory_per_node)
     try:
-        card = get_card(instance.model_id)
+        card = get_card(instance.model_id, recorded)
     except UnknownModel:
         return {}
     return plan_memory(card, instance.strategy, instance.shards)
@@ -97,7 +97,7 @@ def instance_memory(instance: Instance) -> dict[str, int]:
 def node_memory(state: ClusterState, nodes: Iterable[NodeFacts]) -> list[NodeMemory]:
     held_by: dict[str, dict[str, int]] = {}
     for instance in state.instances.values():
-        for node_id, need in instance_memory(instance).items():
+        for node_id, need in instance_memory(instance, state.models).items():
             held_by.setdefault(node_id, {})[instance.instance_id] = need
     out = []
     for node in nodes:

@@ -10,6 +10,9 @@ import structlog
 from shared import subjects
 from shared.bus import connect, send_command
 from shared.commands import CommandReply, PlaceInstance, encode
+from shared.models import builtin_card
+
+from services.gateway.model_lookup import ModelLookupError, resolve_card
 
 log = structlog.get_logger()
 
@@ -25,7 +28,14 @@ async def place_at_start(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PLACE_DEADLINE_S
     reply = None
-    payload = encode(PlaceInstance(model_id, backend=backend, if_absent=True))
+    try:
+        card = await asyncio.to_thread(resolve_card, model_id, {})
+    except ModelLookupError as exc:
+        log.error("could not place the model at start", model=model_id, reason=exc.reason)
+        await nc.close()
+        return CommandReply(ok=False, error=exc.reason)
+    carried = None if builtin_card(card.model_id) else card
+    payload = encode(PlaceInstance(card.model_id, backend=backend, if_absent=True, card=carried))
     try:
         while not stop.is_set() and loop.time() < deadline:
             answer = await send_command(nc, subjects.CMD_PLACE_INSTANCE, payload, attempts=3)

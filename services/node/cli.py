@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         from services.node.peers_cli import main as peers_main
 
         raise SystemExit(peers_main([a for a in argv if a not in ("peers", "--list-peers")]))
+    if argv[:1] == ["models"]:
+        from services.node.models_cli import main as models_main
+
+        raise SystemExit(models_main(argv[1:]))
     if argv[:1] in (["log"], ["sql"]):
         from services.node.log_cli import main as log_main
 

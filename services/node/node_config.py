@@ -20,6 +20,9 @@ from shared.config import (
     runner_values,
 )
 from shared.models import DEFAULT_MODEL, MODEL_CARDS
+
+from services.gateway.hub_card import looks_like_hub_id
+from services.gateway.model_lookup import is_folder_name
 from shared.process_lifetime import VERSION
 from shared.specs import DiscoverySpec, GatewaySpec, MasterSpec, RunnerSettings, WorkerSpec, convert_spec
 
@@ -57,8 +60,8 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def node_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exo", description="Run an exo-distributed node.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start (default {DEFAULT_MODEL}; known: "
-                   + ", ".join(MODEL_CARDS) + ")")  # fmt: skip
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to place at start: a built-in name (default {DEFAULT_MODEL}; "
+                   + ", ".join(MODEL_CARDS) + "), a Hugging Face repo id ORG/NAME or a model folder path")  # fmt: skip
     p.add_argument("--no-model", action="store_true", help="place no model at start")
     p.add_argument("--backend", choices=["auto", "jaccl", "ring"], default="auto",
                    help="backend of the instance placed at start: jaccl (RDMA), ring (TCP) or auto (jaccl where"
@@ -102,8 +105,9 @@ def node_parser() -> argparse.ArgumentParser:
 
 def node_config(ns: argparse.Namespace, found: dict[str, str]) -> NodeConfig:
     """Raises ValueError naming the flag."""
-    if not ns.no_model and ns.model not in MODEL_CARDS:
-        raise ValueError(f"unknown model {ns.model!r}; known: {', '.join(MODEL_CARDS)}")
+    if not ns.no_model and not (ns.model in MODEL_CARDS or looks_like_hub_id(ns.model) or is_folder_name(ns.model)):
+        raise ValueError(f"unknown model {ns.model!r}: not a built-in name ({', '.join(MODEL_CARDS)}), a Hugging Face "
+                         "repo id ORG/NAME or a folder path (/..., ./...)")
     if ns.node_name is not None and not ns.node_name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"--node-name must be letters, digits, - or _: {ns.node_name!r}")
     try:

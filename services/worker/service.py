@@ -21,14 +21,16 @@ from shared import subjects
 from shared.bus import StateFollower, connect, disconnect
 from shared.bus_roles import WORKER
 from shared.specs import RunnerSpec, WorkerSpec
-from shared.events import AnyEvent, Instance
+from shared.events import AnyEvent, Instance, ShardAssignment
 from shared.state import ClusterState, runner_key
-from shared.models import get_card
+from shared.models import ModelCard, PackagedGguf, get_card
 from shared.processes import create_time, process_alive
 from shared.process_lifetime import register
 
 from services.worker.runners import registry
 from services.worker.runner.blas import runner_blas_env
+from services.worker.model_cache import ModelCache, download_line
+from shared.downloads import DownloadProgress
 from services.worker.dataplane import dataplane_config, write_files
 from services.worker.models.store import ModelStore, default_weight_format
 from services.worker.plan import (
@@ -75,6 +77,8 @@ class Worker:
         await self.follower.start()
         await self.follower.catch_up(timeout=60)  # plan on the whole log, not on a prefix of it
         service = await _register_status(self)
+        self.cache = ModelCache(self.nc, self.node_id)
+        await self.cache.register(service)
         adopted = await self._adopt_recorded()
         # Forget what the old runners said, except the adopted ones': they still serve, the instance stays ready.
         await report_worker_started(self.nc, self.node_id, tuple(runner_key(r.instance_id, r.rank) for r in adopted))
@@ -83,6 +87,7 @@ class Worker:
         log.info("worker ready", node=self.node_id, adopted=len(adopted))
         while not stop.is_set():
             await self._reconcile()
+            await self.cache.publish_now_and_then()
             self._wake.clear()
             waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
             await asyncio.wait(waiters, timeout=RECONCILE_PERIOD_S, return_when=asyncio.FIRST_COMPLETED)
@@ -187,8 +192,9 @@ class Worker:
         instance, shard = action.instance, action.shard
         iid = instance.instance_id
         try:
-            model_path = await self._ensure_model(instance.model_id, iid, shard.rank)
-            command = runner_command(self._runner_spec(action, model_path))
+            card = get_card(instance.model_id, self.follower.state.models)
+            model_path = await self._ensure_model(card, instance, shard)
+            command = runner_command(self._runner_spec(action, card, model_path))
             env = runner_blas_env(
                 Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""), choice=self.blas
             )
@@ -212,12 +218,12 @@ class Worker:
             iid, shard.rank, f"runner exited with code {code}: {process.log_tail(4)}", expected=process.stopping
         )
 
-    def _runner_spec(self, action: StartRunner, model_path: Path) -> RunnerSpec:
+    def _runner_spec(self, action: StartRunner, card: ModelCard, model_path: Path) -> RunnerSpec:
         instance, shard = action.instance, action.shard
         return RunnerSpec(
             instance_id=instance.instance_id, model_path=str(model_path), node_id=self.node_id, rank=shard.rank,
             world_size=instance.world_size, start_layer=shard.start_layer, end_layer=shard.end_layer,
-            context_length=get_card(instance.model_id).context_length, nats_url=self.config.nats_url,
+            context_length=card.context_length, nats_url=self.config.nats_url,
             state_dir=str(self.config.state_dir), worker_pid=self.pid, strategy=instance.strategy,
             backend=instance.backend, log_level=self.config.log_level, blas=self.blas,
             supervisor_pid=self.node_pid,
@@ -242,8 +248,20 @@ class Worker:
         await report_runner(self.nc, instance_id, self.node_id, rank, "failed", detail[-2000:])
         self._wake.set()
 
-    async def _ensure_model(self, model_id: str, instance_id: str, rank: int) -> Path:
-        card = get_card(model_id)
+    async def _ensure_model(self, card: ModelCard, instance: Instance, shard: ShardAssignment) -> Path:
+        instance_id, rank = instance.instance_id, shard.rank
+        if not isinstance(card.source, PackagedGguf):
+            await report_runner(self.nc, instance_id, self.node_id, rank, "importing", "fetching files", 0.0)
+            pipeline = instance.strategy == "pipeline" and instance.world_size > 1
+            loop = asyncio.get_running_loop()
+
+            def downloading(p: DownloadProgress) -> None:
+                detail = f"downloading {download_line(p)}"
+                coro = report_runner(self.nc, instance_id, self.node_id, rank, "importing", detail, p.bytes_done / max(p.bytes_total, 1))
+                asyncio.run_coroutine_threadsafe(coro, loop)
+
+            layers = (shard.start_layer, shard.end_layer) if pipeline else None
+            return await self.cache.ensure(card, layers, downloading)
         weight_format = self.weight_format or default_weight_format(card)
         if self.store.is_ready(card, weight_format):
             return self.store.local_path(card, weight_format)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from shared.generation import ChatMessage, TokenChunk
 from shared.ids import new_request_id
-from shared.models import MODEL_CARDS, ModelCard, UnknownModel, get_card
+from shared.models import MODEL_CARDS, ModelCard, UnknownModel, all_cards, get_card
 from shared.state import ClusterState
 
 from services.gateway.completion_output import log_finished
@@ -168,7 +168,7 @@ def tags() -> dict:
 
 
 def running(state: ClusterState) -> dict:
-    ready = [c for c in MODEL_CARDS.values() if any(state.instance_ready(i.instance_id) for i in state.instances_of(c.model_id))]
+    ready = [c for c in all_cards(state.models) if any(state.instance_ready(i.instance_id) for i in state.instances_of(c.model_id))]
     return {"models": [model_entry(c) | {"expires_at": "2999-01-01T00:00:00Z", "size_vram": 0,
                                           "context_length": c.context_length} for c in ready]}  # fmt: skip
 

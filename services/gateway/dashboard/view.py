@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from shared.facts import NodeFacts
 from shared.ids import InstanceId
-from shared.models import MODEL_CARDS
+from shared.models import all_cards, builtin_card
 from shared.state import ClusterState
 
 
@@ -31,7 +31,7 @@ def cluster_view(state: ClusterState, live: Mapping[str, NodeFacts]) -> dict:
         ],  # fmt: skip
         "models": [
             {"model_id": c.model_id, "name": c.display_name, "bytes": c.storage_bytes, "layers": c.n_layers}
-            for c in MODEL_CARDS.values()
+            for c in all_cards(state.models)
         ],  # fmt: skip
         "events_applied": state.last_seq,
     }
@@ -67,7 +67,7 @@ def links_view(facts: Mapping[str, NodeFacts]) -> list[dict]:
 
 def instance_view(state: ClusterState, instance_id: InstanceId, facts: Mapping[str, NodeFacts]) -> dict:
     instance = state.instances[instance_id]
-    card = MODEL_CARDS.get(instance.model_id)
+    card = builtin_card(instance.model_id) or state.models.get(instance.model_id)
     shards = []
     for shard, runner in zip(instance.shards, state.instance_runners(instance.instance_id)):
         shards.append({

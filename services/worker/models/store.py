@@ -18,13 +18,12 @@ from pathlib import Path
 
 import structlog
 
-from services.worker.models.gguf_import import TEMP_PREFIX, Progress, convert_gguf, temp_dir_for
+from services.worker.models.gguf_import import TEMP_PREFIX, Progress, convert_gguf
 from shared.models import HubRepo, ModelCard, PackagedGguf
 
 log = structlog.get_logger()
 
 MARKER = ".complete"
-HUB_FORMAT = "hub"  # hub repos are used in whatever format they were published in
 # Dense float32 is 32 bits a weight; the stored 4-bit formats average a bit above 4 bits.
 _DENSE_PER_STORED_BYTE = 8
 # "Comfortably": leave half the free memory for the KV cache, activations and everything else.
@@ -75,33 +74,26 @@ def packaged_file(source: PackagedGguf) -> Path:
     raise ModelUnavailable(f"{source.filename!r} not found in package {source.package!r}; reinstall: {hint}")
 
 
-def download_hub_repo(source: HubRepo, dest: Path) -> None:
-    """Fetch an MLX folder from the hub into dest (which should be a fresh temp dir)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(source.repo_id, revision=source.revision, local_dir=dest)
-    except Exception as exc:  # offline, unknown repo, auth, disk: all mean "not available here"
-        raise ModelUnavailable(
-            f"cannot download {source.repo_id}@{source.revision} from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}); this machine may be offline"
-        ) from exc
-
-
 class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def local_path(self, card: ModelCard, weight_format: str) -> Path:
-        if isinstance(card.source, HubRepo):
-            weight_format = HUB_FORMAT
         return self.root / card.model_id / weight_format
 
     def is_ready(self, card: ModelCard, weight_format: str) -> bool:
         return (self.local_path(card, weight_format) / MARKER).is_file()
 
     def ensure(self, card: ModelCard, weight_format: str = "q4", progress: Progress | None = None) -> Path:
-        """Return the model folder, importing or downloading it first if no complete copy exists."""
+        """Return the model folder, importing it first if no complete copy exists. Hub repos live in the Hugging
+        Face cache instead (services/worker/models/hub_download.py)."""
+        if isinstance(card.source, HubRepo):
+            from services.worker.models import hub_download
+
+            try:
+                return hub_download.fetch(card, None, lambda _progress: None)
+            except hub_download.DownloadFailed as exc:
+                raise ModelUnavailable(str(exc)) from exc
         path = self.local_path(card, weight_format)
         if self.is_ready(card, weight_format):
             return path
@@ -122,14 +114,6 @@ class ModelStore:
             gguf = packaged_file(source)
             log.info("model_store.import", model=card.model_id, gguf=str(gguf), format=weight_format)
             convert_gguf(gguf, path, weight_format=weight_format, progress=progress)
-        elif isinstance(source, HubRepo):
-            log.info("model_store.download", model=card.model_id, repo=source.repo_id)
-            tmp = temp_dir_for(path)
-            try:
-                download_hub_repo(source, tmp)
-                tmp.rename(path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         else:
             raise ModelUnavailable(f"unsupported model source {type(source).__name__}")
 

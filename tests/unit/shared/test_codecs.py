@@ -30,10 +30,12 @@ from shared.events import (
     RunnerStatusChanged,
     ShardAssignment,
     WorkerStarted,
+    ModelCardRecorded,
     decode_event,
     encode_event,
 )
 from shared.facts import NetworkInterface, NodeFacts
+from shared.models import HubRepo, ModelCard
 from shared.generation import (
     CancelGeneration,
     ChatMessage,
@@ -78,6 +80,8 @@ EVENTS: list[AnyEvent] = [
     LeaderElected("node-a", 7),
     WorkerStarted("node-b"),
     WorkerStarted("node-b", kept=("inst-1/1",)),
+    ModelCardRecorded(ModelCard("org/tiny", "org/tiny", HubRepo("org/tiny"), 2, 64, 4, 2, 2048, 1234,
+                                quantization="4-bit, group 64", files={"model.safetensors": 1234})),
 ]
 
 

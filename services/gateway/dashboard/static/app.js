@@ -43,7 +43,7 @@ function renderCluster() {
   renderNodes($("nodes"), nodes);
   renderInstances($("instances"), instances);
   renderWaiting($("waiting"), waiting);
-  fillSelect($("place-model"), models.map((m) => [m.model_id, `${m.name} · ${bytes(m.bytes)}`]), true);
+  fillSelect($("place-models"), models.map((m) => [m.model_id, `${m.name} · ${bytes(m.bytes)}`]), true);
   const ready = [...new Set(instances.filter((i) => i.status === "ready").map((i) => i.model))];
   fillSelect($("chat-model"), ready.length ? ready.map((m) => [m, m]) : [["", "no model ready"]], true);
   $("chat-send").disabled = !ready.length;
@@ -94,7 +94,7 @@ async function loadInferences() {
 
 async function preview(event) {
   event.preventDefault();
-  const model = $("place-model").value;
+  const model = $("place-model").value.trim();
   const box = $("preview");
   box.innerHTML = '<p class="empty">Asking the master…</p>';
   try {

@@ -74,7 +74,9 @@ def load_shard(
     fuse = fusion.wanted(cpu_fusion)  # decided before any weight is read: a bad one fails at once
     kernel = quantized_cpu.wanted(cpu_kernel)  # likewise
     path = Path(model_path)
-    model, config = load_model(path, lazy=True)
+    from services.worker.models.hub_files import holds_every_weight_file
+
+    model, config = load_model(path, lazy=True, strict=holds_every_weight_file(path))
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     size = 1 if group is None else group.size()
     n_layers = len(inner_model(model).layers) if strategy != "single" else len(model.layers)

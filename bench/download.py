@@ -1,0 +1,98 @@
+"""Download throughput of a hub model from the tests' local mirror of the hub (tests/hub_mirror.py, over loopback
+HTTP, through huggingface-hub and the worker's fetch), against a plain copy of the same files, in one run.
+
+    .venv/bin/python -m bench.download [--mb 200] [--rounds 3]
+
+Each round downloads into a fresh HF_HOME and copies into a fresh folder (both read the source from the page
+cache); the figure is the median of the rounds' ratios (download MB/s over copy MB/s; goal >= 0.8), with a plain
+HTTP GET of the same files from the same mirror beside it (what loopback HTTP into Python costs by itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = "bench-org/tiny-llama"
+
+
+def copy_files(source: Path, dest: Path, names: list[str]) -> float:
+    dest.mkdir(parents=True)
+    started = time.perf_counter()
+    for name in names:
+        shutil.copyfile(source / name, dest / name)
+    os.sync()
+    return time.perf_counter() - started
+
+
+def raw_http(base_url: str, dest: Path, names: list[str]) -> float:
+    """The transport alone: one plain GET per file from the same mirror (urllib, 1 MiB reads), no hub client."""
+    dest.mkdir(parents=True)
+    started = time.perf_counter()
+    for name in names:
+        with urllib.request.urlopen(f"{base_url}/{REPO}/resolve/main/{name}") as answer, open(dest / name, "wb") as out:
+            while chunk := answer.read(2**20):
+                out.write(chunk)
+    os.sync()
+    return time.perf_counter() - started
+
+
+def download(hf_home: Path) -> float:
+    from huggingface_hub import constants
+
+    constants.HF_HUB_CACHE = str(hf_home / "hub")  # the cache folder is read once at import; a fresh one each round
+    from services.gateway.model_lookup import resolve_card
+    from services.worker.models import hub_download
+
+    started = time.perf_counter()
+    hub_download.fetch(resolve_card(REPO, {}), None, lambda _p: None)
+    os.sync()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=200, help="padding added to the tiny model's weights")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="exo-bench-download-"))
+    from tests.hub_mirror import HubMirror
+
+    mirror = HubMirror().start()
+    os.environ |= {"HF_ENDPOINT": mirror.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    os.environ.pop("HF_TOKEN", None)
+    try:
+        from tests.tiny_hub_model import build_tiny_llama, gguf_metadata
+
+        source = build_tiny_llama(root / "source", gguf_metadata(), extra_bytes=args.mb * 2**20)
+        mirror.add(REPO, source)
+        names = [n for n in mirror.files(REPO) if n.endswith((".safetensors", ".json"))]
+        total = sum((source / n).stat().st_size for n in names)
+        rounds = []
+        for i in range(args.rounds):
+            copy_s = copy_files(source, root / f"copy-{i}", names)
+            raw_s = raw_http(mirror.url, root / f"raw-{i}", names)
+            download_s = download(root / f"hf-{i}")
+            rounds.append({"copy_mb_s": total / 1e6 / copy_s, "raw_http_mb_s": total / 1e6 / raw_s,
+                           "download_mb_s": total / 1e6 / download_s})  # fmt: skip
+            for folder in ("copy", "raw", "hf"):
+                shutil.rmtree(root / f"{folder}-{i}")
+        over_copy = statistics.median(r["download_mb_s"] / r["copy_mb_s"] for r in rounds)
+        over_raw = statistics.median(r["download_mb_s"] / r["raw_http_mb_s"] for r in rounds)
+        print(json.dumps({"mb": round(total / 1e6, 1), "rounds": [{k: round(v, 1) for k, v in r.items()} for r in rounds],
+                          "download_over_copy": round(over_copy, 2), "download_over_raw_http": round(over_raw, 2),
+                          "goal": 0.8}, indent=2))  # fmt: skip
+    finally:
+        mirror.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Models by hub repo id, through huggingface-hub against a local mirror of the hub's file API (tests/hub_mirror.py;
+the real hub cannot be reached here): card, download with progress, only a stage's files, resume after kill -9,
+offline use, each bad input; and a node that places a model by repo id and answers a chat completion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.hub_mirror import HubMirror
+from tests.nodes import REPO_ROOT, free_port, wait_for
+from tests.tiny_hub_model import build_tiny_llama, gguf_metadata
+
+TINY = "test-org/tiny-llama"
+BIG = "test-org/big-llama"  # the tiny model with a 24 MB padding tensor: long enough to kill mid-file
+GATED = "test-org/gated-llama"
+BERT = "test-org/bert-thing"
+BROKEN = "test-org/broken-llama"  # listed, but its weight files answer 500
+TWIN = "test-org/tiny-llama-twin"  # the same files as TINY under another id: not in any node's cache yet
+
+
+@pytest.fixture(scope="module")
+def mirror() -> Iterator[HubMirror]:
+    root = Path(tempfile.mkdtemp(prefix="exo-hub-mirror-"))
+    meta = gguf_metadata()
+    tiny = build_tiny_llama(root / "tiny", meta)
+    big = build_tiny_llama(root / "big", meta, extra_bytes=24 * 2**20)
+    bert = root / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
+                                                  "num_attention_heads": 1}))  # fmt: skip
+    (bert / "model.safetensors").write_bytes(b"\0" * 64)
+    hub = HubMirror()
+    for repo, folder, gated in ((TINY, tiny, False), (BIG, big, False), (GATED, tiny, True), (BERT, bert, False),
+                                (BROKEN, root / "broken", False), (TWIN, root / "twin", False)):  # fmt: skip
+        if not folder.exists():
+            shutil.copytree(tiny, folder)
+        hub.add(repo, folder, gated)
+    hub.broken = {BROKEN}
+    hub.start()
+    yield hub
+    hub.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def hf_home(tmp_path: Path) -> Path:
+    return tmp_path / "hf"
+
+
+def fetch(mirror_url: str, hf_home: Path, model: str, *layers: int, offline: bool = False,
+          wait: bool = True) -> subprocess.Popen | list[dict]:  # fmt: skip
+    env = {**os.environ, "HF_ENDPOINT": mirror_url, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_TOKEN", None)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    argv = [sys.executable, "-m", "tests.integration.hub_fetch", model, *map(str, layers)]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=120)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert lines, f"no output; stderr: {err[-2000:]}"
+    return lines
+
+
+def snapshot_of(lines: list[dict]) -> Path:
+    return Path(lines[-1]["folder"])
+
+
+def test_a_repo_id_gives_its_card_and_downloads_with_progress(mirror: HubMirror, hf_home: Path):
+    lines = fetch(mirror.url, hf_home, TINY)
+    assert isinstance(lines, list) and "folder" in lines[-1], lines[-1]
+    card = lines[0]["card"]
+    assert (card["n_layers"], card["hidden_size"], card["n_heads"], card["n_kv_heads"]) == (4, 64, 4, 2)
+    assert (card["architecture"], card["context_length"]) == ("llama", 2048)
+    weights = {n: s for n, s in mirror.files(TINY).items() if n.endswith(".safetensors")}
+    assert card["storage_bytes"] == sum(weights.values()) and card["files"] == weights
+    progress = [line["progress"] for line in lines if "progress" in line]
+    assert progress[-1]["state"] == "done"
+    assert progress[-1]["bytes_done"] == progress[-1]["bytes_total"] == sum(weights.values())
+    assert all(p["bytes_total"] == progress[-1]["bytes_total"] for p in progress)
+    folder = snapshot_of(lines)
+    assert folder.is_relative_to(hf_home / "hub" / "models--test-org--tiny-llama" / "snapshots")
+    held = sorted(p.name for p in folder.iterdir())
+    assert "pytorch_model.bin" not in held and "README.md" not in held  # only what the runner reads
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", *weights} <= set(held)
+
+
+def test_a_pipeline_stage_fetches_only_the_files_of_its_layers(mirror: HubMirror, hf_home: Path):
+    # 4 layers over 3 files: layer 0 is in file 1 (with the embedding); the final norm is in file 3
+    lines = fetch(mirror.url, hf_home, TINY, 0, 1)
+    assert isinstance(lines, list) and "folder" in lines[-1], lines[-1]
+    held = {p.name for p in snapshot_of(lines).iterdir()}
+    assert "model-00001-of-00003.safetensors" in held and "model-00003-of-00003.safetensors" in held
+    assert "model-00002-of-00003.safetensors" not in held
+    from services.worker.models.hub_files import holds_every_weight_file
+
+    assert not holds_every_weight_file(snapshot_of(lines))
+
+
+def test_a_download_killed_mid_file_resumes_where_it_stopped(mirror: HubMirror, hf_home: Path):
+    mirror.throttle_bytes_per_s = 4 * 2**20
+    proc = fetch(mirror.url, hf_home, BIG, wait=False)
+    assert isinstance(proc, subprocess.Popen)
+    blobs = hf_home / "hub" / "models--test-org--big-llama" / "blobs"
+
+    def partial() -> int:
+        return max((p.stat().st_size for p in blobs.glob("*.resume.incomplete")), default=0) if blobs.is_dir() else 0
+
+    deadline = time.monotonic() + 60
+    while partial() < 3 * 2**20 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    kept = partial()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert 0 < kept < 24 * 2**20, f"not killed mid-file ({kept} bytes)"
+    mirror.throttle_bytes_per_s = None
+    mirror.ranges.clear()
+    lines = fetch(mirror.url, hf_home, BIG)
+    assert isinstance(lines, list) and "folder" in lines[-1], lines[-1]
+    starts = [int(r.removeprefix("bytes=").split("-")[0]) for _, r in mirror.ranges]
+    assert starts and max(starts) >= kept - 2**20, f"no request resumed from {kept} bytes: {mirror.ranges}"
+    for name in mirror.files(BIG):
+        if name.endswith(".safetensors"):  # whole, and the same bytes as the mirror's
+            digest = hashlib.sha256((snapshot_of(lines) / name).read_bytes()).digest()
+            assert digest == hashlib.sha256((mirror.repos[BIG] / name).read_bytes()).digest(), name
+
+
+def test_cached_files_are_used_offline_and_an_uncached_model_offline_is_a_clear_error(mirror: HubMirror, hf_home: Path):
+    first = fetch(mirror.url, hf_home, TINY)
+    assert isinstance(first, list) and "folder" in first[-1]
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: any network use would fail
+    for offline in (True, False):  # HF_HUB_OFFLINE, and a hub that is simply gone: the cache alone serves
+        lines = fetch(dead, hf_home, TINY, offline=offline)
+        assert isinstance(lines, list) and lines[-1].get("folder") == first[-1]["folder"], lines[-1]
+    lines = fetch(dead, hf_home, BIG, offline=True)
+    assert isinstance(lines, list) and lines[-1]["status"] == 503 and "HF_HUB_OFFLINE" in lines[-1]["error"]
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code", "says"),
+    [
+        ("test-org/no-such-model", 404, "model_not_found", "no model 'test-org/no-such-model'"),
+        (GATED, 403, "gated_model", "is gated"),
+        (BERT, 400, "unsupported_model", "architecture 'bert' is not one mlx-lm can load"),
+    ],
+)
+def test_bad_ids_are_refused_with_the_reason(mirror: HubMirror, hf_home: Path, model, status, code, says):
+    lines = fetch(mirror.url, hf_home, model)
+    assert isinstance(lines, list)
+    assert (lines[-1]["status"], lines[-1]["code"]) == (status, code) and says in lines[-1]["error"], lines[-1]
+
+
+def test_no_network_is_a_503(hf_home: Path):
+    lines = fetch(f"http://127.0.0.1:{free_port()}", hf_home, TINY)
+    assert isinstance(lines, list) and (lines[-1]["status"], lines[-1]["code"]) == (503, "hub_unreachable"), lines[-1]
+
+
+def test_not_enough_disk_is_an_error_before_a_byte_is_written(tmp_path: Path):
+    from services.worker.models import hub_download
+    from shared.models import HubRepo, ModelCard
+
+    card = ModelCard(TINY, TINY, HubRepo(TINY), 4, 64, 4, 2, 2048, 10**18, files={"model.safetensors": 10**18})
+    folder = tmp_path / "snapshots" / "abc"
+    folder.mkdir(parents=True)
+    with pytest.raises(hub_download.DownloadFailed, match="not enough disk space for test-org/tiny-llama"):
+        hub_download.check_disk(card, folder, ["model.safetensors"])
+    assert not any(tmp_path.rglob("*.incomplete"))
+
+
+def test_a_hub_failing_mid_download_is_the_reason(mirror: HubMirror, hf_home: Path):
+    lines = fetch(mirror.url, hf_home, BROKEN)
+    assert isinstance(lines, list) and "error" in lines[-1] and "500" in lines[-1]["error"], lines[-1]
+
+
+def exo_models(node, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001 - a tests.nodes.Node
+    argv = [sys.executable, "-m", "services.node.cli", "models", *args, "--nats-url", node.nats_url,
+            "--state-dir", str(node.state_dir)]  # fmt: skip
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def instance_of(node, model: str) -> dict | None:  # noqa: ANN001
+    instances = httpx.get(f"{node.base_url}/instances", timeout=10).json()["instances"]
+    return next((i for i in instances if i["model_id"] == model), None)
+
+
+@pytest.mark.timeout(420)
+def test_a_node_serves_a_model_by_repo_id_from_the_mirror(mirror: HubMirror, start_node, monkeypatch, tmp_path):
+    import openai
+
+    monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    node = start_node("hub", "--model", TINY)  # `exo --model ORG/NAME`: placed at start, waited for until ready
+    try:
+        client = openai.OpenAI(base_url=node.api_url, api_key="none", timeout=120.0, max_retries=0)
+        answer = client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+        assert answer.choices[0].finish_reason in ("length", "stop") and answer.usage and answer.usage.completion_tokens > 0
+        assert TINY in [m.id for m in client.models.list().data]
+        nodes = httpx.get(f"{node.base_url}/models", timeout=10).json()["nodes"]
+        cached = {c["repo_id"]: c for n in nodes for c in n["cached"]}
+        assert cached[TINY]["complete"] and cached[TINY]["size_bytes"] > 0
+        done = [d for n in nodes for d in n["downloads"] if d["repo_id"] == TINY]
+        assert done and done[0]["state"] == "done" and done[0]["bytes_done"] == done[0]["bytes_total"]
+        check_bad_inputs(node)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-b"))
+        second = start_node("hub-b", "--no-model", "--no-master", "--nats-url", node.nats_url)
+        try:
+            check_two_stage_pipeline(node, client)
+        finally:
+            second.stop()
+        check_models_cli(node)
+    finally:
+        node.stop()
+
+
+def check_bad_inputs(node) -> None:  # noqa: ANN001 - a tests.nodes.Node
+    for model, status, code in (("test-org/no-such-model", 404, "model_not_found"), (GATED, 403, "gated_model"),
+                                (BERT, 400, "unsupported_model"), ("not a model", 404, "model_not_found")):  # fmt: skip
+        r = httpx.post(f"{node.base_url}/instances", json={"model": model}, timeout=30)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    # a hub that fails while the worker downloads: the instance says why, it does not stay "loading"
+    r = httpx.post(f"{node.base_url}/instances", json={"model": BROKEN}, timeout=30)
+    assert r.status_code == 201, r.text
+    failed = wait_for(lambda: (i := instance_of(node, BROKEN)) and i["runners"][0]
+                      and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
+    assert "500" in failed["detail"], failed  # type: ignore[index]
+    httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
+
+
+def check_two_stage_pipeline(node, client) -> None:  # noqa: ANN001
+    """Two nodes with their own caches: stage 0 (layers 0-1) fetches only the files of its layers (not
+    model-00002, layer 2's), loads that partial snapshot, and the answer is one node's."""
+    r = httpx.post(f"{node.base_url}/instances", json={"model": TWIN, "min_nodes": 2, "strategy": "pipeline"}, timeout=30)
+    assert r.status_code == 201 and len(r.json()["shards"]) == 2, r.text
+    wait_for(lambda: (i := instance_of(node, TWIN)) and i["ready"], 240, "the pipeline is ready", node)
+    ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 0}
+    one = client.chat.completions.create(model=TINY, **ask).choices[0].message.content
+    two = client.chat.completions.create(model=TWIN, **ask).choices[0].message.content
+    assert one == two and one, (one, two)
+    stage0 = next(s for s in r.json()["shards"] if s["rank"] == 0)
+    held = {n["node_id"]: {c["repo_id"]: c for c in n["cached"]}
+            for n in httpx.get(f"{node.base_url}/models", timeout=10).json()["nodes"]}  # fmt: skip
+    assert held[stage0["node_id"]][TWIN]["complete"] is False, held
+    stage0_files = {p.name for p in Path(held[stage0["node_id"]][TWIN]["path"]).iterdir()}
+    assert "model-00002-of-00003.safetensors" not in stage0_files, stage0_files
+
+
+def check_models_cli(node) -> None:  # noqa: ANN001
+    pulled = exo_models(node, "pull", BIG)
+    assert pulled.returncode == 0, pulled.stderr
+    listed = exo_models(node)
+    assert listed.returncode == 0 and BIG in listed.stdout and TINY in listed.stdout, listed.stdout
+    removed = exo_models(node, "rm", BIG)
+    assert removed.returncode == 0, removed.stderr
+    assert BIG not in exo_models(node).stdout
+    assert exo_models(node, "rm", BIG).returncode == 1
