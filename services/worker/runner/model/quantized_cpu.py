@@ -129,9 +129,10 @@ def weights_detail(model: nn.Module) -> str:
             bits.add(module.bits)
         elif isinstance(module, nn.Linear) and dtype is None:
             dtype = module.weight.dtype
+    device = "" if mx.default_device() == mx.cpu else ", device gpu"
     if not bits:
-        return f"weights {_DTYPE_NAMES.get(dtype, str(dtype)) if dtype is not None else 'unknown'}"
+        return f"weights {_DTYPE_NAMES.get(dtype, str(dtype)) if dtype is not None else 'unknown'}{device}"
     name = "+".join(f"q{b}" for b in sorted(bits))
     if kernel and _kernels is not None:
         return f"weights {name}+exo-kernel ({_kernels.isa()})"
-    return f"weights {name}"
+    return f"weights {name}{device}"
