@@ -10,7 +10,8 @@ Decode steps (a few rows) run through the kernel; a long prefill dequantizes the
 dense BLAS product, which is faster there. The int8 activations move the logits by ~1e-2 relative, as
 llama.cpp's do (tests/unit/test_quantized_cpu.py measures it).
 
-`EXO_CPU_KERNEL=on` turns it on (off by default for now: see `wanted`); off keeps MLX's own layers.
+`EXO_CPU_KERNEL=auto` (the default) uses it where it is built and the CPU has AVX2 (see `wanted`); off keeps
+MLX's own layers (and the worker then chooses dense f32 on a CPU).
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def kernel_built() -> bool:
     return _kernels is not None
 
 
-def wanted() -> bool:
-    """Whether to use the kernel: built, asked for (EXO_CPU_KERNEL=on; off by default until it is measured
-    against llama.cpp on a quiet machine: issue 16) and MLX runs on the CPU."""
-    value = os.environ.get(ENV, "off").strip().lower()
-    if value not in ("on", "off"):
-        raise ValueError(f"{ENV} must be on or off, not {value!r}")
-    return value == "on" and _kernels is not None and mx.default_device() == mx.cpu
+def wanted(setting: str | None = None) -> bool:
+    """Whether to use the kernel: `setting` (EXO_CPU_KERNEL when None) is on, off or auto (the default). auto: where
+    it is built, MLX runs on the CPU and the CPU has the kernel's SIMD path (AVX2 or AVX-512 VNNI): measured
+    faster than dense f32 there (bench.kernel, bench.llamacpp); the portable scalar kernel is not, so a CPU
+    without them keeps dense f32. on: also with the scalar kernel."""
+    value = (os.environ.get(ENV, "auto") if setting is None else setting).strip().lower()
+    if value not in ("on", "off", "auto"):
+        raise ValueError(f"{ENV} must be on, off or auto, not {value!r}")
+    if value == "off" or _kernels is None or mx.default_device() != mx.cpu:
+        return False
+    return value == "on" or _kernels.best_isa() != "scalar"
 
 
 def _supported(group_size: int, bits: int, mode: str, in_dims: int) -> bool:
