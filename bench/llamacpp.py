@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads")
+    parser.add_argument("--llama-concurrent", action="store_true",
+                        help="also run the concurrent streams against llama.cpp (serialized there: slow)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/exo-bench-llamacpp"))
     args = parser.parse_args()
     from services.worker.models.store import packaged_file
@@ -185,7 +187,9 @@ def measure(clients: dict[str, openai.OpenAI], args: argparse.Namespace) -> dict
             singles[name].append(stream_once(client, args.tokens))
     decode = {n: round(statistics.median(r["decode_tok_s"] for r in rs), 2) for n, rs in singles.items()}
     ttft = {n: round(statistics.median(r["ttft_s"] for r in rs), 4) for n, rs in singles.items()}
-    many = {name: concurrent(client, args.streams, args.tokens) for name, client in clients.items()}
+    print(json.dumps({"single_decode_tok_s": decode, "ttft_s": ttft}), file=sys.stderr, flush=True)  # if cut short
+    many = {name: concurrent(client, args.streams, args.tokens) for name, client in clients.items()
+            if name != "llama_cpp" or args.llama_concurrent}  # fmt: skip
     out: dict = {"single_decode_tok_s": decode, "ttft_s": ttft, "concurrent": many,
                  "chunks": {n: [r["chunks"] for r in rs] for n, rs in singles.items()}}  # fmt: skip
     ours = "exo_kernel"
