@@ -38,8 +38,8 @@ def main() -> None:
     node.start()
     try:
         node.wait_ready(timeout=600)
-        health = node.health() or {}
-        result["health"] = health
+        instances = node.instances() or {}
+        result["instances"] = instances
         client = openai.OpenAI(base_url=node.base_url + "/v1", api_key="none", timeout=600)
         stream_once(client, 8)
         runs = [stream_once(client, args.tokens) for _ in range(3)]
@@ -47,7 +47,7 @@ def main() -> None:
         result["ttft_s"] = sorted(r["ttft_s"] for r in runs)[1]
     finally:
         node.stop()
-    ok = result["device"]["gpu"] and result["device"]["matmul_max_error"] < 1e-2 and "device gpu" in json.dumps(health)
+    ok = result["device"]["gpu"] and result["device"]["matmul_max_error"] < 1e-2 and "device gpu" in json.dumps(instances)
     result["ok"] = bool(ok)
     print(json.dumps(result, indent=2))
     sys.exit(0 if ok else 1)

@@ -169,7 +169,7 @@ def main() -> None:
         llama.wait_ready()
         urls = {name: node.base_url for name, node in nodes.items()} | {"llama_cpp": llama.base_url}
         clients = {name: openai.OpenAI(base_url=u + "/v1", api_key="none", timeout=600) for name, u in urls.items()}
-        result["ready"] = {name: node.health() for name, node in nodes.items()}
+        result["instances"] = {name: node.instances() for name, node in nodes.items()}
         for client in clients.values():
             stream_once(client, 8)  # warm-up
         result |= measure(clients, args)
