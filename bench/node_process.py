@@ -84,6 +84,14 @@ class Node:
         except OSError:
             return None
 
+    def instances(self) -> dict | None:
+        """GET /instances: each rank's status detail (the ready one names weights, kernel and a GPU device)."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/instances", timeout=5) as r:
+                return json.load(r)
+        except OSError:
+            return None
+
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

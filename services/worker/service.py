@@ -262,7 +262,7 @@ class Worker:
 
             layers = (shard.start_layer, shard.end_layer) if pipeline else None
             return await self.cache.ensure(card, layers, downloading)
-        weight_format = self.weight_format or default_weight_format(card)
+        weight_format = self.weight_format or default_weight_format(card, self.spec.runner.cpu_kernel)
         if self.store.is_ready(card, weight_format):
             return self.store.local_path(card, weight_format)
         loop = asyncio.get_running_loop()

@@ -133,6 +133,14 @@ def test_env_turns_the_kernel_off() -> None:
         quantized_cpu.wanted("maybe")
 
 
+def test_the_default_is_the_kernel_where_the_cpu_has_its_simd_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(quantized_cpu.ENV, raising=False)
+    simd = k.best_isa() != "scalar"
+    assert quantized_cpu.wanted() is simd
+    assert quantized_cpu.wanted("auto") is simd
+    assert not quantized_cpu.wanted("off")
+
+
 def test_the_cpu_format_is_q4_with_the_kernel() -> None:
     gb = 1 << 30
     assert choose_weight_format(False, 1 * gb, 8 * gb, cpu_kernel=True) == "q4"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
-import platform
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,25 +33,27 @@ class ModelUnavailable(RuntimeError):
     """The weights for a model cannot be obtained on this machine (and why)."""
 
 
-def choose_weight_format(has_metal: bool, dense_bytes: int, available_bytes: int, cpu_kernel: bool = False) -> str:
-    """Fastest format measured: Metal's 4-bit kernels beat dense; on a CPU our 4-bit kernel beats dense f32
-    (bench/kernel.py); without it dense f32 decodes ~5x faster than MLX's scalar 4-bit, if it fits."""
-    if has_metal or cpu_kernel:
+def choose_weight_format(has_gpu: bool, dense_bytes: int, available_bytes: int, cpu_kernel: bool = False) -> str:
+    """Fastest format measured: a GPU's 4-bit kernels (Metal, CUDA) beat dense; on a CPU our 4-bit kernel beats
+    dense f32 (bench/kernel.py, bench/llamacpp.py); without it dense f32 decodes ~5x faster than MLX's scalar
+    4-bit, if it fits."""
+    if has_gpu or cpu_kernel:
         return "q4"
     if dense_bytes <= available_bytes * _DENSE_MEMORY_SHARE:
         return "f32"
     return "q4"
 
 
-def default_weight_format(card: ModelCard) -> str:
+def default_weight_format(card: ModelCard, cpu_kernel: str = "auto") -> str:
+    """`cpu_kernel`: the runner setting the runners of this worker get, so the format matches what they run."""
     import mlx.core as mx
     import psutil
 
     from services.worker.runner.model import quantized_cpu
 
-    has_metal = platform.system() == "Darwin" and mx.metal.is_available()
+    has_gpu = mx.default_device() == mx.gpu  # Metal on a Mac, CUDA where setup.sh installed MLX's CUDA build
     dense_bytes = card.storage_bytes * _DENSE_PER_STORED_BYTE
-    return choose_weight_format(has_metal, dense_bytes, psutil.virtual_memory().available, quantized_cpu.wanted())
+    return choose_weight_format(has_gpu, dense_bytes, psutil.virtual_memory().available, quantized_cpu.wanted(cpu_kernel))
 
 
 def packaged_file(source: PackagedGguf) -> Path:

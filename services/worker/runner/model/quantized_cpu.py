@@ -10,7 +10,8 @@ Decode steps (a few rows) run through the kernel; a long prefill dequantizes the
 dense BLAS product, which is faster there. The int8 activations move the logits by ~1e-2 relative, as
 llama.cpp's do (tests/unit/test_quantized_cpu.py measures it).
 
-`EXO_CPU_KERNEL=on` turns it on (off by default for now: see `wanted`); off keeps MLX's own layers.
+`EXO_CPU_KERNEL=auto` (the default) uses it where it is built and the CPU has AVX2 (see `wanted`); off keeps
+MLX's own layers (and the worker then chooses dense f32 on a CPU).
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ def kernel_built() -> bool:
     return _kernels is not None
 
 
-def wanted(setting: str = "off") -> bool:
-    """Whether to use the kernel: built, asked for (the runner setting EXO_CPU_KERNEL=on; off by default until
-    it is measured against llama.cpp on a quiet machine: issue 16) and MLX runs on the CPU."""
+def wanted(setting: str = "auto") -> bool:
+    """Whether to use the kernel: `setting` (the runner setting EXO_CPU_KERNEL) is on, off or auto (the default). auto: where
+    it is built, MLX runs on the CPU and the CPU has the kernel's SIMD path (AVX2 or AVX-512 VNNI): measured
+    faster than dense f32 there (bench.kernel, bench.llamacpp); the portable scalar kernel is not, so a CPU
+    without them keeps dense f32. on: also with the scalar kernel."""
     value = setting.strip().lower()
-    if value not in ("on", "off"):
-        raise ValueError(f"{ENV} must be on or off, not {value!r}")
-    return value == "on" and _kernels is not None and mx.default_device() == mx.cpu
+    if value not in ("on", "off", "auto"):
+        raise ValueError(f"{ENV} must be on, off or auto, not {value!r}")
+    if value == "off" or _kernels is None or mx.default_device() != mx.cpu:
+        return False
+    return value == "on" or _kernels.best_isa() != "scalar"
 
 
 def configure(isa: str = "", threads: int = 0) -> None:
@@ -138,9 +143,10 @@ def weights_detail(model: nn.Module) -> str:
             bits.add(module.bits)
         elif isinstance(module, nn.Linear) and dtype is None:
             dtype = module.weight.dtype
+    device = "" if mx.default_device() == mx.cpu else ", device gpu"
     if not bits:
-        return f"weights {_DTYPE_NAMES.get(dtype, str(dtype)) if dtype is not None else 'unknown'}"
+        return f"weights {_DTYPE_NAMES.get(dtype, str(dtype)) if dtype is not None else 'unknown'}{device}"
     name = "+".join(f"q{b}" for b in sorted(bits))
     if kernel and _kernels is not None:
         return f"weights {name}+exo-kernel ({_kernels.isa()})"
-    return f"weights {name}"
+    return f"weights {name}{device}"

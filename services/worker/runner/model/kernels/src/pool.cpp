@@ -34,7 +34,11 @@ void Pool::set_threads(int n) {
   if (n < 1) n = 1;
   if (n == threads()) return;
   stop_workers();
-  for (int i = 0; i < n - 1; ++i) workers_.emplace_back(&Pool::worker, this, i);
+  // The generation a worker starts from is read here, not by the new thread: a thread that starts late (a
+  // loaded machine) would otherwise take the first call's generation as already seen, never run its task, and
+  // leave the caller spinning on it (seen: a benchmark hung for minutes).
+  const uint64_t start = generation_.load();
+  for (int i = 0; i < n - 1; ++i) workers_.emplace_back(&Pool::worker, this, i, start);
 }
 
 void Pool::run(int n_tasks, const std::function<void(int)>& fn) {
@@ -57,8 +61,7 @@ void Pool::run(int n_tasks, const std::function<void(int)>& fn) {
   while (pending_.load(std::memory_order_acquire) > 0) _mm_pause();
 }
 
-void Pool::worker(int index) {
-  uint64_t seen = generation_.load();
+void Pool::worker(int index, uint64_t seen) {
   while (true) {
     const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
     while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < spin_until) {

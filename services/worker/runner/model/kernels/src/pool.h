@@ -27,7 +27,7 @@ class Pool {
  private:
   Pool();
   void stop_workers();
-  void worker(int index);
+  void worker(int index, uint64_t seen);
 
   std::vector<std::thread> workers_;
   std::mutex call_mutex_, wake_mutex_;

