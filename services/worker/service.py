@@ -29,7 +29,7 @@ from shared.process_lifetime import register
 
 from services.worker.runners import registry
 from services.worker.runner.blas import runner_blas_env
-from services.worker.model_cache import ModelCache, download_line
+from services.worker.models.cache import ModelCache, download_line
 from shared.downloads import DownloadProgress
 from services.worker.dataplane import dataplane_config, write_files
 from services.worker.models.store import ModelStore, default_weight_format
