@@ -24,22 +24,35 @@ def derive_shard_seed(base_seed: int, shard_id: int, step: int) -> int:
     return z ^ (z >> 31)
 
 
-def make_seeded_sampler(temperature: float, top_p: float, seed: int | None) -> Callable[[mx.array], mx.array]:
-    """A sampler for one request; it counts its own steps. Greedy when temperature is 0. A sampled request's
-    seed was fixed at admission (admission.py) and travels to every rank: a seed drawn here would differ
-    between ranks."""
+def make_seeded_sampler(
+    temperature: float, top_p: float, seed: int | None, first_step: int = 0
+) -> Callable[[mx.array], mx.array]:
+    """A sampler for one request; it counts its own steps (from `first_step`: the completion tokens already
+    made, when a request continues in the batch after speculative steps). Greedy when temperature is 0. A sampled
+    request's seed was fixed at admission (admission.py) and travels to every rank: a seed drawn here would
+    differ between ranks."""
     if temperature <= 0.0:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
     if seed is None:
         raise ValueError("a sampled request reached the engine without the seed fixed at its admission")
-    step = 0
+    step = first_step
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal step
-        key = mx.random.key(derive_shard_seed(seed, CHOICE_SHARD, step))
+        token = token_at(logprobs, temperature, top_p, seed, step)
         step += 1
-        if top_p < 1.0:
-            logprobs = apply_top_p(logprobs, top_p)
-        return mx.random.categorical(logprobs * (1.0 / temperature), key=key)
+        return token
 
     return sample
+
+
+def token_at(logprobs: mx.array, temperature: float, top_p: float, seed: int | None, step: int) -> mx.array:
+    """The token of completion position `step`, from that position's logprobs (shape (1, vocab)): what the
+    request's sampler picks there, whichever way the logprobs were computed (one step or a verification)."""
+    if temperature <= 0.0:
+        return mx.argmax(logprobs, axis=-1)
+    assert seed is not None
+    key = mx.random.key(derive_shard_seed(seed, CHOICE_SHARD, step))
+    if top_p < 1.0:
+        logprobs = apply_top_p(logprobs, top_p)
+    return mx.random.categorical(logprobs * (1.0 / temperature), key=key)
