@@ -65,7 +65,9 @@ class TextShape:
 
 
 def usage_of(last: TokenChunk) -> dict:
-    return usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+    finished = last.finished
+    drafted, accepted = (finished.drafted_tokens, finished.accepted_tokens) if finished else (0, 0)
+    return usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens, drafted, accepted)
 
 
 def log_finished(last: TokenChunk) -> None:

@@ -42,9 +42,10 @@ async def start_generation(
     except UnknownModel:
         raise model_not_found(fields.model) from None
     sampling = fields.sampling(card.context_length)
+    speculation = fields.speculation()
     instance_id = pick_instance(gateway.follower.state, fields.model, gateway.client.next_turn())
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
-                               json_schema=json_schema)  # fmt: skip
+                               json_schema=json_schema, speculative=speculation)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from services.gateway.completion_output import ChatShape, TextShape, sse_events
+from services.gateway.completion_output import ChatShape, TextShape, sse_events, usage_of
 from services.gateway.errors import OpenAIError
 from shared.generation import FinishedRequest, TokenChunk
 
@@ -70,3 +70,12 @@ async def test_a_failure_after_the_200_ends_with_an_error_event_and_no_done():
         assert out[-1] == {"error": {"message": "generation failed: instance down", "type": "server_error",
                                      "param": None, "code": None}}  # fmt: skip
         assert "[DONE]" not in out and generation.closed
+
+
+def test_usage_reports_the_drafted_and_accepted_tokens_of_speculation() -> None:
+    finished = FinishedRequest("stop", None, 5, 0, 20, 0.1, 1.0, 30.0, "pipeline", 1, drafted_tokens=12, accepted_tokens=9)
+    usage = usage_of(TokenChunk("r", 3, "", 20, 5, "stop", finished=finished))
+    assert usage["speculative"] == {"drafted_tokens": 12, "accepted_tokens": 9}
+    assert usage["completion_tokens_details"] == {"accepted_prediction_tokens": 9, "rejected_prediction_tokens": 3}
+    plain = usage_of(TokenChunk("r", 3, "", 20, 5, "stop"))
+    assert plain["speculative"] == {"drafted_tokens": 0, "accepted_tokens": 0} and plain["total_tokens"] == 25
