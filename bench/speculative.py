@@ -10,12 +10,16 @@ Decode rate: completion tokens after the first over the time after the first tok
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from services.worker.models.store import ModelStore, default_weight_format
+from services.worker.runner.blas import current_blas, runner_blas_env
 from services.worker.runner.serve.control import Control, Submit
 from services.worker.runner.serve.engine import Engine
 from shared.generation import ChatMessage, GenerateRequest, SamplingParams, Speculation
@@ -62,13 +66,17 @@ def main() -> None:
     parser.add_argument("--format", default=None, help="weight format (default: what a node here would choose)")
     parser.add_argument("--model", type=Path, default=None, help="an imported model folder (skips the import)")
     args = parser.parse_args()
+    # A runner's BLAS (the worker preloads MKL or OpenBLAS): with MLX's reference BLAS a forward pass of k + 1
+    # tokens costs k + 1 single ones, which no draft can win back.
+    if current_blas() == "reference" and (env := runner_blas_env(Path(sys.prefix), platform.system(), os.environ.get("LD_PRELOAD", ""))):
+        os.execve(sys.executable, [sys.executable, "-m", "bench.speculative", *sys.argv[1:]], {**os.environ, **env})
     from mlx_lm import load
 
     card = get_card("smollm2-135m")
     fmt = args.format or default_weight_format(card)
     path = args.model or ModelStore(Path(tempfile.mkdtemp())).ensure(card, fmt)
     model, tokenizer = load(str(path))
-    print(f"model {path} ({fmt}), {args.tokens} tokens, k <= {args.draft_tokens}, median of {args.repeats}", flush=True)
+    print(f"model {path} ({fmt}), blas {current_blas()}, {args.tokens} tokens, k <= {args.draft_tokens}, median of {args.repeats}", flush=True)
     for task, question in TASKS.items():
         plain, spec = [], []
         for _ in range(args.repeats):

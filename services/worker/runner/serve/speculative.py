@@ -26,7 +26,7 @@ MAX_TOKENS = 16  # the most tokens one request may ask to draft per step
 # means the text does not repeat: either way the request goes back to plain decoding.
 WARMUP_DRAFTS = 16
 MIN_ACCEPTANCE = 0.3
-MAX_MISSES = 8
+MAX_MISSES = 4
 
 
 class NgramDraft:
