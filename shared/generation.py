@@ -36,6 +36,14 @@ class SamplingParams(msgspec.Struct, frozen=True):
     choice: int = 0
 
 
+class Speculation(msgspec.Struct, frozen=True):
+    """Speculative decoding for one request: the draft proposes up to `tokens` tokens, the model verifies them in
+    one forward pass. Only prompt lookup ("ngram": the text so far proposes what followed its last n-gram)."""
+
+    draft: Literal["ngram"] = "ngram"
+    tokens: int = 4
+
+
 class GenerateRequest(msgspec.Struct, frozen=True):
     request_id: str
     model_id: str
@@ -45,6 +53,7 @@ class GenerateRequest(msgspec.Struct, frozen=True):
     # A JSON schema (as JSON text) the output must match: every rank masks the logits with the same grammar, so
     # the sampled token stays the same. None: free text.
     json_schema: str | None = None
+    speculative: Speculation | None = None  # None: plain decoding
 
 
 class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):
@@ -91,6 +100,8 @@ class FinishedRequest(msgspec.Struct, frozen=True):
     decode_tokens_per_s: float | None  # tokens after the first over the time after the first; None: under 2 tokens
     strategy: str  # the instance's: "pipeline" or "tensor"
     device_count: int
+    drafted_tokens: int = 0  # speculative decoding: tokens the draft proposed
+    accepted_tokens: int = 0  # ... and of those, the ones the model kept
 
 
 class TopLogprob(msgspec.Struct, frozen=True, array_like=True):

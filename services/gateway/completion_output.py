@@ -101,7 +101,9 @@ def with_logprobs(body: dict, shape: Shape, entries: list[TokenLogprob] | None) 
 
 
 def usage_of(last: TokenChunk) -> dict:
-    return usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+    finished = last.finished
+    drafted, accepted = (finished.drafted_tokens, finished.accepted_tokens) if finished else (0, 0)
+    return usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens, drafted, accepted)
 
 
 def usage_of_choices(lasts: list[TokenChunk]) -> dict:

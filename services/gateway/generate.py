@@ -46,9 +46,10 @@ async def start_generation(
     sampling = fields.sampling(card.context_length)
     if choice:  # one of `n`: its own seed schedule (the seed itself is the same, or fixed by its runner)
         sampling = msgspec.structs.replace(sampling, choice=choice)
+    speculation = fields.speculation()
     instance_id = pick_instance(gateway.follower.state, card.model_id, gateway.client.next_turn())
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
-                               json_schema=json_schema)  # fmt: skip
+                               json_schema=json_schema, speculative=speculation)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
 
 

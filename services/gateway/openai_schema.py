@@ -8,7 +8,7 @@ from typing import Literal
 
 import msgspec
 
-from shared.generation import ChatMessage, SamplingParams
+from shared.generation import ChatMessage, SamplingParams, Speculation
 
 from services.gateway.errors import bad_request
 
@@ -71,6 +71,16 @@ class ResponseFormat(msgspec.Struct):
     json_schema: JsonSchemaFormat | None = None
 
 
+class SpeculativeField(msgspec.Struct):
+    """Our extension: `"speculative": {"draft": "ngram", "tokens": k}` asks for prompt-lookup speculation."""
+
+    draft: str = "ngram"
+    tokens: int = 4
+
+
+MAX_DRAFT_TOKENS = 16  # as the runner's (runner/serve/speculative.py), which checks it again
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
@@ -99,10 +109,22 @@ class SamplingFields(msgspec.Struct, forbid_unknown_fields=True):
     n: int = 1
     stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id: only ever logged by OpenAI too
+    speculative: SpeculativeField | None = None
 
     def logprob_request(self) -> tuple[bool, int]:
         """(logprobs asked for, how many alternatives per token): each endpoint has its own fields."""
         return False, 0
+
+    def speculation(self) -> Speculation | None:
+        spec = self.speculative
+        if spec is None:
+            return None
+        if spec.draft != "ngram":
+            raise bad_request(f"unknown draft {spec.draft!r}: only \"ngram\" (prompt lookup) is served",
+                              param="speculative.draft")  # fmt: skip
+        if not 1 <= spec.tokens <= MAX_DRAFT_TOKENS:
+            raise bad_request(f"speculative.tokens must be between 1 and {MAX_DRAFT_TOKENS}", param="speculative.tokens")
+        return Speculation("ngram", spec.tokens)
 
     def sampling(self, context_length: int) -> SamplingParams:
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -230,12 +252,17 @@ def decode_body(body: bytes, type_: type) -> SamplingFields:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, drafted: int = 0, accepted: int = 0
+) -> dict:
+    """Speculation's drafted tokens are OpenAI's prediction tokens (accepted and rejected ones)."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "completion_tokens_details": {"accepted_prediction_tokens": accepted, "rejected_prediction_tokens": drafted - accepted},
+        "speculative": {"drafted_tokens": drafted, "accepted_tokens": accepted},
     }
 
 

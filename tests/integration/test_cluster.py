@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import MODEL, Node
+from tests.integration.test_speculative import chat
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +131,16 @@ def test_a_forced_tool_call_on_two_stages_has_the_single_nodes_arguments(two_nod
     arguments = call(first)
     jsonschema.validate(json.loads(arguments), WEATHER_PARAMS)
     assert arguments == call(node)
+
+def test_speculation_on_the_two_stage_pipeline_gives_the_single_nodes_tokens(two_nodes: list[Node], node: Node) -> None:
+    """Verification of the drafts is one step through both ranks (placed by the test above)."""
+    first = two_nodes[0]
+    first.wait_ready(timeout=180)
+    plain, _ = chat(node, False, temperature=0)
+    fast, usage = chat(first, True, temperature=0)
+    assert fast == plain
+    assert usage["speculative"]["accepted_tokens"] > 0, usage
+    assert chat(first, True, temperature=0.8, seed=5)[0] == chat(node, False, temperature=0.8, seed=5)[0]
 
 
 def test_preview_lists_every_plan_with_memory_or_the_reason(two_nodes: list[Node]) -> None:

@@ -115,8 +115,8 @@ class SamplerFails(Engine):
 
     victim = "a"
 
-    def _sampler(self, sampling: SamplingParams):  # noqa: ANN202
-        real = super()._sampler(sampling)
+    def _sampler(self, sampling: SamplingParams, first_step: int = 0):  # noqa: ANN202
+        real = super()._sampler(sampling, first_step)
         if sampling is not self.victim_sampling:
             return real
         calls = 0

@@ -7,7 +7,7 @@ import json
 
 import msgspec
 
-from services.gateway.completion_output import ChatShape, TextShape, sse_choices, sse_events, whole_of_choices
+from services.gateway.completion_output import ChatShape, TextShape, sse_choices, sse_events, usage_of, whole_of_choices
 from services.gateway.errors import OpenAIError
 from shared.generation import FinishedRequest, TokenChunk, TokenLogprob, TopLogprob
 
@@ -107,3 +107,11 @@ def test_whole_answers_carry_every_choice_and_the_legacy_logprobs_shape():
     assert text == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -1.0], "top_logprobs": [{"Hel": -0.5}, {}],
                     "text_offset": [0, 3]}  # fmt: skip
     assert whole_of_choices([ChatShape("r", "m")], gathered[:1], logprobs=False)["choices"][0]["logprobs"] is None  # type: ignore[arg-type]
+
+def test_usage_reports_the_drafted_and_accepted_tokens_of_speculation() -> None:
+    finished = FinishedRequest("stop", None, 5, 0, 20, 0.1, 1.0, 30.0, "pipeline", 1, drafted_tokens=12, accepted_tokens=9)
+    usage = usage_of(TokenChunk("r", 3, "", 20, 5, "stop", finished=finished))
+    assert usage["speculative"] == {"drafted_tokens": 12, "accepted_tokens": 9}
+    assert usage["completion_tokens_details"] == {"accepted_prediction_tokens": 9, "rejected_prediction_tokens": 3}
+    plain = usage_of(TokenChunk("r", 3, "", 20, 5, "stop"))
+    assert plain["speculative"] == {"drafted_tokens": 0, "accepted_tokens": 0} and plain["total_tokens"] == 25

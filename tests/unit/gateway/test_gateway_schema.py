@@ -18,7 +18,7 @@ from services.gateway.openai_schema import (
 )
 from shared.apply import apply
 from shared.events import Instance, InstancePlaced, RunnerStatusChanged, ShardAssignment
-from shared.generation import ChatMessage, SamplingParams
+from shared.generation import ChatMessage, SamplingParams, Speculation
 from shared.state import ClusterState
 
 CONTEXT = 8192
@@ -312,3 +312,21 @@ def test_pick_failed_runner_reported():
     with pytest.raises(OpenAIError) as info:
         pick_instance(state, "smollm2-135m", 0)
     assert "rank 0 on node-a: failed (out of memory)" in info.value.message
+
+
+def test_the_speculative_extension_field_becomes_the_requests_speculation() -> None:
+    body = json.dumps({"model": "smollm2-135m", "messages": [], "speculative": {"draft": "ngram", "tokens": 6}})
+    decoded = decode_body(body.encode(), ChatCompletionRequest)
+    assert decoded.speculation() == Speculation("ngram", 6)
+    assert fields().speculation() is None
+
+
+@pytest.mark.parametrize(
+    ("speculative", "param"),
+    [({"draft": "smollm2-360m"}, "speculative.draft"), ({"tokens": 0}, "speculative.tokens"), ({"tokens": 17}, "speculative.tokens")],
+)
+def test_bad_speculative_values_name_their_field(speculative: dict, param: str) -> None:
+    body = json.dumps({"model": "smollm2-135m", "prompt": "x", "speculative": speculative})
+    with pytest.raises(OpenAIError) as exc_info:
+        decode_body(body.encode(), CompletionRequest).speculation()
+    assert_400(exc_info, param)

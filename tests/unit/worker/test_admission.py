@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from services.worker.runner.serve.admission import Admitted, Limits, admit
-from shared.generation import ChatMessage, GenerateRejected, GenerateRequest, SamplingParams
+from shared.generation import ChatMessage, GenerateRejected, GenerateRequest, SamplingParams, Speculation
 
 LIMITS = Limits(context_length=10, max_admitted=3)
 FRESH_SEED = 987654321
@@ -138,3 +138,11 @@ def test_a_schema_the_grammar_library_refuses_is_rejected_naming_the_field() -> 
     assert isinstance(admit(request, 0, LIMITS, words, FRESH_SEED, lambda s: None), Admitted)
     # a runner without a grammar checker never runs a schema request unconstrained
     rejected(admit(request, 0, LIMITS, words, FRESH_SEED), "invalid_request")
+
+
+@pytest.mark.parametrize("tokens", [0, -1, 17])
+def test_a_draft_length_out_of_range_names_speculative_tokens(tokens: int):
+    request = msgspec.structs.replace(text("one two"), speculative=Speculation(tokens=tokens))
+    assert rejected(admit(request, 0, LIMITS, words, FRESH_SEED), "invalid_request").param == "speculative.tokens"
+    fine = msgspec.structs.replace(text("one two"), speculative=Speculation(tokens=16))
+    assert isinstance(admit(fine, 0, LIMITS, words, FRESH_SEED), Admitted)

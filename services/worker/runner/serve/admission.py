@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from shared.generation import GenerateRejected, GenerateRequest, SamplingParams
+from shared.generation import GenerateRejected, GenerateRequest, SamplingParams, Speculation
+
+from services.worker.runner.serve.speculative import MAX_TOKENS as MAX_DRAFT_TOKENS
 
 BUSY_RETRY_AFTER_S = 1.0
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
@@ -41,7 +43,7 @@ def admit(
     rid = request.request_id
     if held >= limits.max_admitted:
         return GenerateRejected(rid, "busy", f"{held} requests are queued or running", BUSY_RETRY_AFTER_S)
-    if (bad := _invalid_sampling(request.sampling, limits.vocab_size)) is not None:
+    if (bad := _invalid_sampling(request.sampling, limits.vocab_size) or _invalid_speculation(request.speculative)) is not None:
         return GenerateRejected(rid, "invalid_request", bad[1], param=bad[0])
     if request.json_schema is not None:
         why = "this runner has no grammar support" if check_grammar is None else check_grammar(request.json_schema)
@@ -91,6 +93,12 @@ def _invalid_sampling(sampling: SamplingParams, vocab_size: int | None = None) -
     for token, _bias in sampling.logit_bias:
         if token < 0 or (vocab_size is not None and token >= vocab_size):
             return "logit_bias", f"logit_bias names token {token}, which is not in the model's vocabulary"
+    return None
+
+
+def _invalid_speculation(speculation: Speculation | None) -> tuple[str, str] | None:
+    if speculation is not None and not 1 <= speculation.tokens <= MAX_DRAFT_TOKENS:
+        return "speculative.tokens", f"speculative.tokens must be between 1 and {MAX_DRAFT_TOKENS}"
     return None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from shared.generation import SamplingParams
+from shared.generation import SamplingParams, Speculation
 
 BLOCK_BYTES = 8192
 HEADER_BYTES = 4
@@ -35,6 +35,7 @@ class Submit(msgspec.Struct, frozen=True):
     prompt: list[int]
     sampling: SamplingParams
     json_schema: str | None = None  # the grammar the output must match: each rank compiles its own matcher
+    speculative: Speculation | None = None
 
 
 class Control(msgspec.Struct, frozen=True):

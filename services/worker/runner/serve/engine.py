@@ -9,14 +9,16 @@ import mlx.core as mx
 import msgspec
 import numpy as np
 import psutil
+import structlog
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from shared.generation import GenerateRequest, SamplingParams, TokenLogprob
+from shared.generation import GenerateRequest, SamplingParams, Speculation, TokenLogprob
 
 from services.worker.runner.serve.control import Control
 from services.worker.runner.serve.grammar import Grammars, constrained
 from services.worker.runner.serve.sampling import processors_of, sampler_of, token_logprob
+from services.worker.runner.serve.speculating import Speculating, text_of
 from services.worker.runner.serve.stops import StopMatcher
 
 MAX_BATCH = 8
@@ -25,6 +27,8 @@ PREFIX_CACHE_ENTRIES = 32
 PREFIX_CACHE_ENTRIES_SHARDED = 8
 PREFIX_CACHE_MEMORY_SHARE = 0.05  # of available memory at load
 MODEL_KEY = "model"
+
+log = structlog.get_logger()
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -35,6 +39,8 @@ class Step(msgspec.Struct, frozen=True):
     error: str | None = None  # why this request failed (finish_reason "error"); the batch goes on without it
     stop_sequence: str | None = None  # the stop string that ended the request, when one did
     logprobs: list[TokenLogprob] | None = None  # the step's token's, when the request asked for them
+    drafted: int = 0  # speculative decoding so far: tokens drafted, and of those kept
+    accepted: int = 0
 
 
 class Active:
@@ -77,10 +83,12 @@ class Engine:
         self._faults: dict[str, Exception] = {}
         self._bytes: dict[int, bytes] = {}  # token id -> its bytes, for logprobs
         self.vocab_size: int | None = getattr(tokenizer, "vocab_size", None)
+        # The request decoding with speculation beside the batch (at most one, and only while the batch is empty).
+        self.speculating: tuple[Active, Speculating, SamplingParams] | None = None
 
     @property
     def busy(self) -> bool:
-        return bool(self.active)
+        return bool(self.active) or self.speculating is not None
 
     def prompt_tokens(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
@@ -89,32 +97,48 @@ class Engine:
         return list(self.tokenizer.encode(request.prompt or ""))
 
     def submit(
-        self, request_id: str, prompt: list[int], sampling: SamplingParams, json_schema: str | None = None
-    ) -> int:
-        """Queue a request; it joins the running batch at the next step. Returns the prompt tokens reused
-        from the prefix cache."""
+        self, request_id: str, prompt: list[int], sampling: SamplingParams, json_schema: str | None = None,
+        speculation: Speculation | None = None, alone: bool = True,
+    ) -> int:  # fmt: skip
+        """Queue a request; it joins the running batch at the next step (or, asking for speculation while
+        nothing else runs, decodes beside it). Returns the prompt tokens reused from the prefix cache."""
         assert sampling.max_tokens is not None
         cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt)
         cached = len(prompt) - len(rest)
-        sampler = self._sampler(sampling)
+        if speculation is not None:
+            why = _no_speculation(json_schema, sampling, alone and not self.busy)
+            if why is None:
+                stops = frozenset(self.tokenizer.eos_token_ids)
+                spec = Speculating(self.model, prompt, sampling, speculation, cache, rest, stops)
+                self.speculating = (Active(request_id, self.tokenizer.detokenizer, sampling.stop), spec, sampling)
+                return cached
+            log.info("speculation steps aside", request=request_id, reason=why)
+        self._insert(request_id, rest, sampling, json_schema, cache, prompt[:cached])
+        return cached
+
+    def _insert(
+        self, request_id: str, rest: list[int], sampling: SamplingParams, json_schema: str | None,
+        cache: list | None, done: list[int], first_step: int = 0, active: Active | None = None,
+    ) -> None:  # fmt: skip
+        assert sampling.max_tokens is not None
+        sampler = self._sampler(sampling, first_step)
         if json_schema is not None:  # compiled here, on every rank, before the request joins the batch
             sampler = constrained(sampler, self.grammars.matcher(json_schema), self.grammars.eos_token)
         sampler = self._guarded(request_id, sampler)
         (uid,) = self.generator.insert(
             [rest],
-            max_tokens=[sampling.max_tokens],
+            max_tokens=[sampling.max_tokens - first_step],
             caches=[cache] if cache is not None else None,
-            all_tokens=[prompt[:cached]],
+            all_tokens=[done],
             samplers=[sampler],
             logits_processors=[processors_of(sampling)],
         )
         top = sampling.top_logprobs if sampling.logprobs else None
-        self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
+        self.active[uid] = active or Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
         self.uids[request_id] = uid
-        return cached
 
-    def _sampler(self, sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
-        return sampler_of(sampling)
+    def _sampler(self, sampling: SamplingParams, first_step: int = 0) -> Callable[[mx.array], mx.array]:
+        return sampler_of(sampling, first_step)
 
     def _guarded(self, request_id: str, sampler: Callable[[mx.array], mx.array]) -> Callable[[mx.array], mx.array]:
         """The batch calls every request's sampler inside one step: one that raises would end the step for all.
@@ -130,6 +154,10 @@ class Engine:
         return sample
 
     def cancel(self, request_id: str) -> Step | None:
+        if self.speculating is not None and self.speculating[0].request_id == request_id:
+            active = self.speculating[0]
+            self.speculating = None
+            return Step(request_id, "", active.tokens, "cancelled")
         uid = self.uids.pop(request_id, None)
         if uid is None:
             return None
@@ -139,6 +167,8 @@ class Engine:
 
     def step(self) -> list[Step]:
         """One decode step for the whole batch (and a slice of prefill for newcomers)."""
+        if self.speculating is not None:
+            return self._speculative_step()
         _prompt_progress, responses = self.generator.next()
         steps = []
         for response in responses:
@@ -160,13 +190,16 @@ class Engine:
         # so the runner forgets it instead of holding its queue place for ever.
         steps += [Step(s.request_id, "", 0, "cancelled") for s in control.submits if s.request_id in control.cancels]
         cached = {}
-        for s in control.submits:
-            if s.request_id in control.cancels:
-                continue
+        submits = [s for s in control.submits if s.request_id not in control.cancels]
+        for s in submits:
             try:
-                cached[s.request_id] = self.submit(s.request_id, s.prompt, s.sampling, s.json_schema)
+                cached[s.request_id] = self.submit(
+                    s.request_id, s.prompt, s.sampling, s.json_schema, s.speculative, alone=len(submits) == 1
+                )
             except Exception as exc:  # noqa: BLE001 - a request the generator refuses fails alone
                 steps.append(Step(s.request_id, "", 0, "error", _reason(exc)))
+        if self.speculating is not None and self.active:
+            self.step_aside("other requests joined the batch")
         if self.busy:
             steps += self.step()
         return steps, cached
@@ -219,6 +252,49 @@ class Engine:
     def _remember(self, tokens: list[int] | None, cache: list | None) -> None:
         if tokens and cache:
             self.prefix_cache.insert_cache(MODEL_KEY, list(tokens), cache)
+
+
+    def _speculative_step(self) -> list[Step]:
+        assert self.speculating is not None
+        active, spec, sampling = self.speculating
+        try:
+            tokens, finish = spec.step()
+            text, finish, kept = text_of(active, tokens, finish)
+        except Exception as exc:  # noqa: BLE001 - this request alone fails
+            self.speculating = None
+            return [Step(active.request_id, "", active.tokens, "error", _reason(exc))]
+        if finish is not None:
+            self.speculating = None
+            self._remember(*spec.ended(len(spec.completion) - len(tokens) + kept))
+        elif not spec.pace.on:
+            self.step_aside(spec.pace.off_reason or "")
+        if not tokens and finish is None:
+            return []
+        stop = active.stops.hit if finish else None
+        return [Step(active.request_id, text, active.tokens, finish, None, stop, spec.pace.drafted, spec.pace.accepted)]
+
+    def step_aside(self, why: str) -> None:
+        """The speculating request goes on in the batch, as plain decoding, from where it is."""
+        assert self.speculating is not None
+        active, spec, sampling = self.speculating
+        self.speculating = None
+        rest, cache, done, made = spec.handover()
+        log.info("speculation steps aside", request=active.request_id, reason=why, tokens=made,
+                 drafted=spec.pace.drafted, accepted=spec.pace.accepted)  # fmt: skip
+        self._insert(active.request_id, rest, sampling, None, cache, done, made, active)
+
+
+def _no_speculation(json_schema: str | None, sampling: SamplingParams, alone: bool) -> str | None:
+    """Why a request that asks for speculation decodes in the batch instead (None: it speculates)."""
+    if json_schema is not None:
+        return "a grammar constrains the output"
+    if sampling.logprobs:
+        return "logprobs were asked for"
+    if processors_of(sampling):  # the verification step applies no penalties nor logit bias
+        return "penalties or a logit bias shape the logits"
+    if not alone:
+        return "the batch is busy with other requests"
+    return None
 
 
 def _reason(exc: Exception) -> str:

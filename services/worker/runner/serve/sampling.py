@@ -32,36 +32,32 @@ def derive_shard_seed(base_seed: int, shard_id: int, step: int) -> int:
 
 
 def make_seeded_sampler(
-    temperature: float, top_p: float, seed: int | None, *, top_k: int = 0, min_p: float = 0.0, choice: int = 0
+    temperature: float, top_p: float, seed: int | None, *, top_k: int = 0, min_p: float = 0.0, choice: int = 0,
+    first_step: int = 0,
 ) -> Sampler:
-    """A sampler for one request; it counts its own steps. Greedy when temperature is 0. A sampled request's
-    seed was fixed at admission (admission.py) and travels to every rank: a seed drawn here would differ
-    between ranks."""
+    """A sampler for one request; it counts its own steps (from `first_step`: the completion tokens already
+    made, when a request continues in the batch after speculative steps). Greedy when temperature is 0. A sampled
+    request's seed was fixed at admission (admission.py) and travels to every rank: a seed drawn here would
+    differ between ranks."""
     if temperature <= 0.0:
         return lambda logprobs: mx.argmax(logprobs, axis=-1)
     if seed is None:
         raise ValueError("a sampled request reached the engine without the seed fixed at its admission")
-    step = 0
+    step = first_step
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal step
-        key = mx.random.key(derive_shard_seed(seed, choice, step))
+        token = token_at(logprobs, temperature, top_p, seed, step, top_k=top_k, min_p=min_p, choice=choice)
         step += 1
-        if top_p < 1.0:
-            logprobs = apply_top_p(logprobs, top_p)
-        if min_p > 0.0:
-            logprobs = apply_min_p(logprobs, min_p)
-        if 0 < top_k < logprobs.shape[-1]:
-            logprobs = apply_top_k(logprobs, top_k)
-        return mx.random.categorical(logprobs * (1.0 / temperature), key=key)
+        return token
 
     return sample
 
 
-def sampler_of(sampling: SamplingParams) -> Sampler:
+def sampler_of(sampling: SamplingParams, first_step: int = 0) -> Sampler:
     return make_seeded_sampler(
         sampling.temperature, sampling.top_p, sampling.seed,
-        top_k=sampling.top_k, min_p=sampling.min_p, choice=sampling.choice,
+        top_k=sampling.top_k, min_p=sampling.min_p, choice=sampling.choice, first_step=first_step,
     )  # fmt: skip
 
 
@@ -99,3 +95,22 @@ def _top(token: int, logprob: float, token_bytes: Callable[[int], bytes]) -> Top
 def _finite(logprob: float) -> float:
     """JSON has no -inf: a token the filters ruled out (or a forced end) gets OpenAI's floor, -9999."""
     return logprob if logprob > -9999.0 else -9999.0
+
+
+def token_at(
+    logprobs: mx.array, temperature: float, top_p: float, seed: int | None, step: int, *,
+    top_k: int = 0, min_p: float = 0.0, choice: int = 0,
+) -> mx.array:  # fmt: skip
+    """The token of completion position `step`, from that position's logprobs (shape (1, vocab)): what the
+    request's sampler picks there, whichever way the logprobs were computed (one step or a verification)."""
+    if temperature <= 0.0:
+        return mx.argmax(logprobs, axis=-1)
+    assert seed is not None
+    key = mx.random.key(derive_shard_seed(seed, choice, step))
+    if top_p < 1.0:
+        logprobs = apply_top_p(logprobs, top_p)
+    if min_p > 0.0:
+        logprobs = apply_min_p(logprobs, min_p)
+    if 0 < top_k < logprobs.shape[-1]:
+        logprobs = apply_top_k(logprobs, top_k)
+    return mx.random.categorical(logprobs * (1.0 / temperature), key=key)

@@ -58,6 +58,7 @@ class Stream:
         self.admitted_at = self.last_sent = time.monotonic()
         self.first_token_at: float | None = None
         self.completion_tokens = 0
+        self.drafted_tokens = self.accepted_tokens = 0
 
     def finished(self, reason: FinishReason, strategy: str, device_count: int, now: float) -> FinishedRequest:
         """The record of the request, ended at `now` (monotonic seconds)."""
@@ -75,6 +76,8 @@ class Stream:
             if self.completion_tokens >= 2 and decoding > 0 else None,
             strategy=strategy,
             device_count=device_count,
+            drafted_tokens=self.drafted_tokens,
+            accepted_tokens=self.accepted_tokens,
         )
 
 
@@ -212,7 +215,7 @@ class RunnerServer:
         """On the MLX thread: admit newcomers, drop cancelled requests, run one step. With several ranks the
         newcomers and cancels are posted to every rank now and applied next cycle; this cycle applies those
         posted last cycle."""
-        control = Control([Submit(s.request.request_id, s.prompt, s.sampling, s.request.json_schema) for s in submits], cancels)
+        control = Control([Submit(s.request.request_id, s.prompt, s.sampling, s.request.json_schema, s.request.speculative) for s in submits], cancels)
         if self.channel is not None:
             control, posted = self.channel.take(), control
             self.channel.post(posted)
@@ -243,6 +246,8 @@ class RunnerServer:
             stream.first_token_at = now
         stream.last_sent = now
         stream.completion_tokens = max(stream.completion_tokens, step.completion_tokens)
+        stream.drafted_tokens = max(stream.drafted_tokens, step.drafted)
+        stream.accepted_tokens = max(stream.accepted_tokens, step.accepted)
         reason: FinishReason | None = step.finish_reason  # type: ignore[assignment]
         finished = None if reason is None else stream.finished(reason, self.args.strategy, self.args.world_size, now)
         chunk = TokenChunk(
@@ -257,7 +262,8 @@ class RunnerServer:
                 "generated", request=step.request_id, prompt_tokens=finished.prompt_tokens,
                 cached_tokens=finished.cached_tokens, tokens=finished.completion_tokens, finish=finished.finish_reason,
                 ttft_s=finished.time_to_first_token_s, total_s=finished.total_s,
-                decode_tps=finished.decode_tokens_per_s, error=chunk.error,
+                decode_tps=finished.decode_tokens_per_s, error=chunk.error, drafted=finished.drafted_tokens,
+                accepted=finished.accepted_tokens,
             )  # fmt: skip
 
     async def _keepalive_loop(self) -> None:
