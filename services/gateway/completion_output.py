@@ -109,7 +109,10 @@ def usage_of(last: TokenChunk) -> dict:
 def usage_of_choices(lasts: list[TokenChunk]) -> dict:
     """Every choice generated from the same prompt: the prompt counts once, the completions add up."""
     first = lasts[0]
-    return usage(first.prompt_tokens, sum(last.completion_tokens for last in lasts), first.cached_tokens)
+    finished = [last.finished for last in lasts if last.finished is not None]
+    drafted = sum(f.drafted_tokens for f in finished)
+    accepted = sum(f.accepted_tokens for f in finished)
+    return usage(first.prompt_tokens, sum(last.completion_tokens for last in lasts), first.cached_tokens, drafted, accepted)
 
 
 def whole_of_choices(shapes: list[Shape], gathered: list[tuple[str, TokenChunk]], logprobs: bool) -> dict:

@@ -18,11 +18,10 @@ from shared.generation import GenerateRequest, SamplingParams, Speculation, Toke
 from services.worker.runner.serve.control import Control
 from services.worker.runner.serve.grammar import Grammars, constrained
 from services.worker.runner.serve.sampling import processors_of, sampler_of, token_logprob
-from services.worker.runner.serve.speculating import Speculating, text_of
+from services.worker.runner.serve.speculating import PREFILL_STEP, Speculating, text_of
 from services.worker.runner.serve.stops import StopMatcher
 
 MAX_BATCH = 8
-PREFILL_STEP = 512
 PREFIX_CACHE_ENTRIES = 32
 PREFIX_CACHE_ENTRIES_SHARDED = 8
 PREFIX_CACHE_MEMORY_SHARE = 0.05  # of available memory at load
@@ -271,7 +270,8 @@ class Engine:
         if not tokens and finish is None:
             return []
         stop = active.stops.hit if finish else None
-        return [Step(active.request_id, text, active.tokens, finish, None, stop, spec.pace.drafted, spec.pace.accepted)]
+        return [Step(active.request_id, text, active.tokens, finish, stop_sequence=stop, drafted=spec.pace.drafted,
+                     accepted=spec.pace.accepted)]
 
     def step_aside(self, why: str) -> None:
         """The speculating request goes on in the batch, as plain decoding, from where it is."""

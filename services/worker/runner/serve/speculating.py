@@ -19,7 +19,7 @@ from shared.generation import SamplingParams, Speculation
 from services.worker.runner.serve.sampling import token_at
 from services.worker.runner.serve.speculative import NgramDraft, Pace, accept, finish_of
 
-PREFILL_STEP = 512
+PREFILL_STEP = 512  # the batch's prefill slice too (engine.py): a request that steps aside has the same cache
 
 
 class Speculating:
@@ -44,15 +44,16 @@ class Speculating:
 
     def step(self) -> tuple[list[int], str | None]:
         """One prefill slice (no token) or one verification: the tokens this step adds, and the finish reason."""
-        if len(self.rest) > PREFILL_STEP:
+        if len(self.rest) > 1:  # the prompt but its last token, in the batch's slices: the same numerics
+            n = min(PREFILL_STEP, len(self.rest) - 1)  # (a slice of <= 64 rows runs on the CPU kernel, others not)
             with mx.stream(generation_stream):
-                self.model(mx.array([self.rest[:PREFILL_STEP]]), cache=self.cache)
+                self.model(mx.array([self.rest[:n]]), cache=self.cache)
                 mx.eval([c.state for c in self.cache])
-            self.rest = self.rest[PREFILL_STEP:]
+            self.rest = self.rest[n:]
             return [], None
         room = self.sampling.max_tokens - len(self.completion)  # type: ignore[operator]
         verifying = not self.rest
-        if not verifying:  # the prompt's last slice: its last position gives the first token
+        if not verifying:  # the prompt's last token, alone as in the batch: it gives the first token
             fed, drafts, self.rest = self.rest, [], []
         else:
             drafts = self.draft.propose(min(self.pace.k, room - 1))
