@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,12 +24,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from services.worker.dataplane import choose_free_ports, ring_config, write_files  # noqa: E402
 from services.worker.runner.group import init_group, sync_ranks  # noqa: E402
 from services.worker.runner.model.families import ShardingError  # noqa: E402
 from services.worker.runner.model.sharding import load_shard  # noqa: E402
 from shared.events import Instance, ShardAssignment  # noqa: E402
 from shared.generation import SamplingParams  # noqa: E402
+from tests.integration.rank_processes import run_rank_processes  # noqa: E402
 from tests.tiny_families import layer_split  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
@@ -116,35 +115,10 @@ def run_topology(
     """Start `world` ranks of family_ranks.py over every model; their JSON results, in rank order."""
     args = [sys.executable, str(Path(__file__).resolve()), "--models", ",".join(str(p) for p in models.values())]
     args += ["--strategy", strategy, "--world-size", str(world), "--max-tokens", str(max_tokens), *extra]
-    envs: list[dict[str, str]] = [{}]
+    instance = None
     if world > 1:
-        shards = tuple(ShardAssignment(f"node-{r}", r, 0, 4) for r in range(world))
-        instance = Instance("families", "tiny", strategy, "ring", shards)
-        ports = choose_free_ports(world)
-        envs = []
-        for r in range(world):
-            config = ring_config(instance, r, {s.node_id: "127.0.0.1" for s in shards}, ports, tmp)
-            write_files(config)
-            envs.append(config.env)
-    procs = []
-    for r in range(world):
-        out, err = open(tmp / f"rank{r}.out", "w"), open(tmp / f"rank{r}.err", "w")
-        env = {**os.environ, **envs[r], "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=REPO))
-    deadline = time.monotonic() + timeout_s
-    try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    results = []
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} of {strategy}x{world} exited {p.returncode}:\n{(tmp / f'rank{r}.err').read_text()[-3000:]}"
-        results.append(json.loads((tmp / f"rank{r}.out").read_text().strip().splitlines()[-1]))
-    return results
+        instance = Instance("families", "tiny", strategy, "ring", tuple(ShardAssignment(f"node-{r}", r, 0, 4) for r in range(world)))
+    return run_rank_processes(args, instance, tmp, timeout_s, f"{strategy}x{world}")
 
 
 def main() -> None:

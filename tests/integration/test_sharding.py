@@ -9,16 +9,13 @@ decode tok/s, peak RSS.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from services.worker.dataplane import choose_free_ports, ring_config, write_files
 from shared.events import Instance, ShardAssignment
+from tests.integration.rank_processes import run_rank_processes
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "integration" / "sharded_generate.py"
@@ -77,39 +74,13 @@ def run_ranks(
     args += ["--max-tokens", str(max_tokens), *extra]
     if layers:
         args += ["--layers", ",".join(f"{a}:{b}" for a, b in layers)]
-    envs = [{}]
+    instance = None
     if world > 1:
         shards = tuple(
             ShardAssignment(f"node-{r}", r, *(layers[r] if layers else (0, 30))) for r in range(world)
         )
         instance = Instance("test", "smollm2-135m", strategy if strategy != "single" else "pipeline", "ring", shards)
-        addresses = {s.node_id: "127.0.0.1" for s in shards}
-        ports = choose_free_ports(world)
-        envs = []
-        for r in range(world):
-            config = ring_config(instance, r, addresses, ports, tmp)
-            write_files(config)
-            envs.append(config.env)
-    procs = []
-    for r in range(world):
-        out, err = open(tmp / f"rank{r}.out", "w"), open(tmp / f"rank{r}.err", "w")
-        env = {**os.environ, **envs[r], "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=REPO))
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    results = []
-    for r, p in enumerate(procs):
-        stderr = (tmp / f"rank{r}.err").read_text()[-3000:]
-        assert p.returncode == 0, f"rank {r} of {strategy}x{world} exited {p.returncode}:\n{stderr}"
-        results.append(json.loads((tmp / f"rank{r}.out").read_text().strip().splitlines()[-1]))
-    return results
+    return run_rank_processes(args, instance, tmp, RUN_TIMEOUT_S, f"{strategy}x{world}")
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -45,8 +45,8 @@ def kernel_built() -> bool:
     return _kernels is not None
 
 
-def wanted(setting: str = "auto") -> bool:
-    """Whether to use the kernel: `setting` (the runner setting EXO_CPU_KERNEL) is on, off or auto (the default). auto: where
+def wanted(setting: str = "off") -> bool:
+    """Whether to use the kernel: `setting` (the runner setting EXO_CPU_KERNEL) is on, off (the default) or auto. auto: where
     it is built, MLX runs on the CPU and the CPU has the kernel's SIMD path (AVX2 or AVX-512 VNNI): measured
     faster than dense f32 there (bench.kernel, bench.llamacpp); the portable scalar kernel is not, so a CPU
     without them keeps dense f32. on: also with the scalar kernel."""
