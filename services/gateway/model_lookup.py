@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from shared.hub_errors import hub_failure
 from shared.models import HubRepo, LocalFolder, ModelCard, builtin_card
 
 from services.gateway.hub_card import CardProblem, card_from_config, looks_like_hub_id
@@ -104,7 +104,7 @@ def _hub_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str
     except ModelLookupError:
         raise
     except Exception as exc:  # noqa: BLE001 - each hub failure becomes one clear answer
-        error = hub_error(repo_id, exc)
+        error = _lookup_error(repo_id, exc)
         if error.code != "hub_unreachable":
             raise error from exc
         try:  # the hub is out of reach: what the cache holds serves, with no network
@@ -130,27 +130,11 @@ def _cached_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[
     return _read_json(folder / "config.json"), sizes
 
 
-def hub_error(repo_id: str, exc: BaseException) -> ModelLookupError:
-    from huggingface_hub import errors
-
-    if isinstance(exc, errors.GatedRepoError):
-        token = "the token given has no access" if _has_token() else "no token is set (HF_TOKEN or `hf auth login`)"
-        return ModelLookupError(403, "gated_model", f"{repo_id} is gated: accept its terms on the hub; {token}")
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        return ModelLookupError(404, "model_not_found", f"no model {repo_id!r} on the Hugging Face hub (or it is "
-                                "private and the token cannot see it)")  # fmt: skip
-    if isinstance(exc, errors.RevisionNotFoundError):
-        return ModelLookupError(404, "model_not_found", f"{repo_id} has no such revision")
-    if isinstance(exc, errors.HfHubHTTPError):
-        return ModelLookupError(503, "hub_error", f"the Hugging Face hub answered an error for {repo_id}: {exc}")
-    return ModelLookupError(503, "hub_unreachable", f"cannot reach the Hugging Face hub for {repo_id} "
-                            f"({type(exc).__name__}: {str(exc)[:200]}); set HF_HUB_OFFLINE=1 to use cached files")  # fmt: skip
-
-
-def _has_token() -> bool:
+def _lookup_error(repo_id: str, exc: BaseException) -> ModelLookupError:
     from huggingface_hub import get_token
 
-    return bool(os.environ.get("HF_TOKEN") or get_token())
+    failure = hub_failure(repo_id, exc, token_set=bool(get_token()))
+    return ModelLookupError(failure.status, failure.code, failure.reason)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from shared.hub_errors import hub_failure
 from shared.downloads import CachedModel, DownloadProgress
 from shared.models import HubRepo, ModelCard
 
@@ -98,12 +99,10 @@ def check_disk(card: ModelCard, folder: Path, files: list[str]) -> None:
 def _download(source: HubRepo, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
-    from services.gateway.model_lookup import hub_error
-
     try:
         return Path(snapshot_download(source.repo_id, revision=source.revision, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated, disk: one clear reason each
-        raise DownloadFailed(hub_error(source.repo_id, exc).reason) from exc
+        raise DownloadFailed(_failure(source.repo_id, exc)) from exc
 
 
 def _resumable_blobs(source: HubRepo, folder: Path, files: list[str]) -> None:
@@ -112,8 +111,6 @@ def _resumable_blobs(source: HubRepo, folder: Path, files: list[str]) -> None:
     killed download. With the blob in place, snapshot_download only links it into the snapshot."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
-
-    from services.gateway.model_lookup import hub_error
 
     blobs = folder.parent.parent / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -130,8 +127,10 @@ def _resumable_blobs(source: HubRepo, folder: Path, files: list[str]) -> None:
                     continue
                 _append_from(meta.location, part, _headers_for(meta.location, build_hf_headers()), meta.size)
                 os.replace(part, blob)
+        except DownloadFailed:
+            raise
         except Exception as exc:  # noqa: BLE001 - kept: the next try resumes from it
-            raise DownloadFailed(hub_error(source.repo_id, exc).reason) from exc
+            raise DownloadFailed(_failure(source.repo_id, exc)) from exc
 
 
 def _append_from(url: str, part: Path, headers: dict[str, str], expected: int | None) -> None:
@@ -158,6 +157,12 @@ def _headers_for(url: str, headers: dict[str, str]) -> dict[str, str]:
 
     same_host = urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(constants.ENDPOINT).netloc
     return {k: v for k, v in headers.items() if same_host or k.lower() != "authorization"}
+
+
+def _failure(repo_id: str, exc: BaseException) -> str:
+    from huggingface_hub import get_token
+
+    return hub_failure(repo_id, exc, token_set=bool(get_token())).reason
 
 
 def _cached_snapshot(source: HubRepo) -> Path | None:
