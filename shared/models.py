@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
+
+# How the model writes a tool call, read from its chat template (services/gateway/hub_card.py; docs/models.md):
+# hermes `<tool_call>{json}</tool_call>`, qwen3_coder `<tool_call><function=...>`, llama3_json a bare
+# `{"name", "parameters"}` (or `<|python_tag|>`), mistral `[TOOL_CALLS][...]`, deepseek_v3
+# `<｜tool▁calls▁begin｜>`, pythonic `[f(a=1)]`; other: the template takes tools in a syntax not listed here.
+ToolCallFormat = Literal["hermes", "qwen3_coder", "llama3_json", "mistral", "deepseek_v3", "pythonic", "other", "none"]
 
 
 class ModelSource(msgspec.Struct, frozen=True, tag=True):
@@ -45,6 +52,7 @@ class ModelCard(msgspec.Struct, frozen=True):
     quantization: str = ""  # e.g. "4-bit, group 64" (MLX), "" for unquantized weights
     # the weight files and their sizes (hub repos and folders): a node of a pipeline fetches only its layers' files
     files: dict[str, int] = {}
+    tool_call_format: ToolCallFormat = "none"
 
     def bytes_per_layer(self) -> int:
         return self.storage_bytes // self.n_layers
@@ -76,6 +84,7 @@ MODEL_CARDS: dict[str, ModelCard] = {
             n_kv_heads=8,
             context_length=131072,
             storage_bytes=39_700_000_000,
+            tool_call_format="llama3_json",
         ),
         ModelCard(
             model_id="deepseek-r1",
@@ -88,6 +97,7 @@ MODEL_CARDS: dict[str, ModelCard] = {
             context_length=163840,
             storage_bytes=378_000_000_000,
             architecture="deepseek_v3",
+            tool_call_format="deepseek_v3",
         ),
         ModelCard(
             model_id="qwen-2.5-72b",
@@ -100,6 +110,7 @@ MODEL_CARDS: dict[str, ModelCard] = {
             context_length=32768,
             storage_bytes=40_900_000_000,
             architecture="qwen2",
+            tool_call_format="hermes",
         ),
         ModelCard(
             model_id="mixtral-8x22b",
@@ -112,6 +123,7 @@ MODEL_CARDS: dict[str, ModelCard] = {
             context_length=65536,
             storage_bytes=79_500_000_000,
             architecture="mixtral",
+            tool_call_format="mistral",
         ),
         ModelCard(
             model_id="llama-3.1-405b",
@@ -123,6 +135,7 @@ MODEL_CARDS: dict[str, ModelCard] = {
             n_kv_heads=8,
             context_length=131072,
             storage_bytes=228_000_000_000,
+            tool_call_format="llama3_json",
         ),
     ]
 }

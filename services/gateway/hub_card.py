@@ -8,13 +8,23 @@ from typing import Any
 
 import msgspec
 
-from shared.models import HubRepo, LocalFolder, ModelCard
+from shared.models import HubRepo, LocalFolder, ModelCard, ToolCallFormat
 
 # mlx-lm reads only these (mlx_lm.utils.load_model globs model*.safetensors)
 _WEIGHTS = re.compile(r"^model.*\.safetensors$")
 # transformers-format quantizations mlx-lm cannot load
 _FOREIGN_QUANT = ("gptq", "awq", "bitsandbytes", "aqlm", "hqq", "eetq", "compressed-tensors", "gguf")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# the markers each format's template writes, most specific first (Qwen3-Coder's `<tool_call>` holds a `<function=`)
+_TOOL_MARKERS: tuple[tuple[ToolCallFormat, tuple[str, ...]], ...] = (
+    ("qwen3_coder", ("<tool_call>\n<function=", "<tool_call>\\n<function=")),
+    ("hermes", ("<tool_call>",)),
+    ("mistral", ("[TOOL_CALLS]",)),
+    ("deepseek_v3", ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>")),
+    ("llama3_json", ("<|python_tag|>", "<|start_header_id|>ipython<|end_header_id|>")),
+    ("pythonic", ("<|tool_call_start|>", "<|tool_list_start|>")),
+)
+_TAKES_TOOLS = re.compile(r"\{[{%]-?[^}]*\btools\b")  # `{%- if tools %}`, `{{ tools | tojson }}`
 DEFAULT_CONTEXT = 4096  # a config that names no context length (rare): what placement reserves KV cache for
 
 
@@ -54,14 +64,34 @@ def quantization_of(config: Mapping[str, Any]) -> str | CardProblem:
     return ""
 
 
+def chat_template_of(tokenizer_config: Mapping[str, Any], template_file: str | None = None) -> str:
+    """The template text: `chat_template.jinja` wins (transformers writes it apart now); a list of named
+    templates (`default`, `tool_use`) counts whole."""
+    if template_file:
+        return template_file
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        return "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return template if isinstance(template, str) else ""
+
+
+def tool_call_format(template: str) -> ToolCallFormat:
+    for name, markers in _TOOL_MARKERS:
+        if any(marker in template for marker in markers):
+            return name
+    return "other" if _TAKES_TOOLS.search(template) else "none"
+
+
 def card_from_config(
     model_id: str,
     source: HubRepo | LocalFolder,
     config: Mapping[str, Any],
     file_sizes: Mapping[str, int],
     supported: Callable[[str], bool],
+    chat_template: str = "",
 ) -> ModelCard | CardProblem:
-    """`file_sizes`: every file of the repo (path -> bytes); `supported(model_type)`: mlx-lm has that module."""
+    """`file_sizes`: every file of the repo (path -> bytes); `supported(model_type)`: mlx-lm has that module;
+    `chat_template`: its text (chat_template_of), "" when it has none."""
     text = {**config, **config["text_config"]} if isinstance(config.get("text_config"), dict) else config
     model_type = text.get("model_type")
     if not isinstance(model_type, str) or not model_type:
@@ -94,4 +124,5 @@ def card_from_config(
         architecture=model_type,
         quantization=quantization,
         files=weights,
+        tool_call_format=tool_call_format(chat_template),
     )

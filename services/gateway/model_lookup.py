@@ -20,7 +20,7 @@ import structlog
 from shared.hub_errors import hub_failure
 from shared.models import HubRepo, LocalFolder, ModelCard, builtin_card
 
-from services.gateway.hub_card import CardProblem, card_from_config, looks_like_hub_id
+from services.gateway.hub_card import CardProblem, card_from_config, chat_template_of, looks_like_hub_id
 
 log = structlog.get_logger()
 
@@ -74,21 +74,33 @@ def _checked(card: ModelCard | CardProblem) -> ModelCard:
     return card
 
 
+TEMPLATE_FILES = ("tokenizer_config.json", "chat_template.jinja")  # where a repo keeps its chat template
+
+
 def folder_card(folder: Path) -> ModelCard | CardProblem:
     folder = folder.resolve()
-    config = folder / "config.json"
-    if not config.is_file():
+    if not (folder / "config.json").is_file():
         raise ModelLookupError(404, "model_not_found", f"no model folder at {folder} (no config.json)")
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
-    return card_from_config(str(folder), LocalFolder(str(folder)), _read_json(config), sizes, mlx_lm_supports)
+    return _card_in(str(folder), LocalFolder(str(folder)), folder, sizes)
 
 
 def hub_card(repo_id: str, revision: str = "main") -> ModelCard | CardProblem:
-    config, sizes = _hub_metadata(repo_id, revision)
-    return card_from_config(repo_id, HubRepo(repo_id, revision), config, sizes, mlx_lm_supports)
+    folder, sizes = _hub_metadata(repo_id, revision)
+    return _card_in(repo_id, HubRepo(repo_id, revision), folder, sizes)
 
 
-def _hub_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str, int]]:
+def _card_in(model_id: str, source: HubRepo | LocalFolder, folder: Path, sizes: dict[str, int]) -> ModelCard | CardProblem:
+    """`folder` holds config.json and whichever of TEMPLATE_FILES the model has."""
+    tokenizer = folder / "tokenizer_config.json"
+    jinja = folder / "chat_template.jinja"
+    template = chat_template_of(_read_json(tokenizer) if tokenizer.is_file() else {},
+                                jinja.read_text() if jinja.is_file() else None)  # fmt: skip
+    return card_from_config(model_id, source, _read_json(folder / "config.json"), sizes, mlx_lm_supports, template)
+
+
+def _hub_metadata(repo_id: str, revision: str) -> tuple[Path, dict[str, int]]:
+    """The snapshot folder holding the repo's config.json and template files, and the sizes of all its files."""
     from huggingface_hub import HfApi, constants, hf_hub_download
 
     if constants.HF_HUB_OFFLINE:
@@ -99,8 +111,11 @@ def _hub_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str
         if "config.json" not in sizes:
             raise ModelLookupError(400, "unsupported_model", f"{repo_id} has no config.json: not an MLX or "
                                    "transformers-format model")  # fmt: skip
-        config = _read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha)))
-        return config, sizes
+        folder = Path(hf_hub_download(repo_id, "config.json", revision=info.sha)).parent
+        for name in TEMPLATE_FILES:
+            if name in sizes:
+                hf_hub_download(repo_id, name, revision=info.sha)
+        return folder, sizes
     except ModelLookupError:
         raise
     except Exception as exc:  # noqa: BLE001 - each hub failure becomes one clear answer
@@ -113,12 +128,13 @@ def _hub_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str
             raise error from exc
 
 
-def _cached_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[str, int]]:
+def _cached_metadata(repo_id: str, revision: str) -> tuple[Path, dict[str, int]]:
     """HF_HUB_OFFLINE: the card from the local cache alone (the files the worker keeps)."""
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["*.json"]))
+        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                        allow_patterns=["*.json", "*.jinja"]))  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         raise ModelLookupError(503, "hub_offline", f"{repo_id} is not in the local Hugging Face cache and "
                                f"HF_HUB_OFFLINE is set ({type(exc).__name__})") from exc  # fmt: skip
@@ -127,7 +143,7 @@ def _cached_metadata(repo_id: str, revision: str) -> tuple[dict[str, Any], dict[
     if index.is_file():  # a pipeline node may hold only some weight files: the index names them all
         for name in set(_read_json(index).get("weight_map", {}).values()):
             sizes.setdefault(name, 0)
-    return _read_json(folder / "config.json"), sizes
+    return folder, sizes
 
 
 def _lookup_error(repo_id: str, exc: BaseException) -> ModelLookupError:

@@ -86,6 +86,7 @@ def test_a_repo_id_gives_its_card_and_downloads_with_progress(mirror: HubMirror,
     card = lines[0]["card"]
     assert (card["n_layers"], card["hidden_size"], card["n_heads"], card["n_kv_heads"]) == (4, 64, 4, 2)
     assert (card["architecture"], card["context_length"]) == ("llama", 2048)
+    assert card["tool_call_format"] == "none"  # SmolLM2's template (the tokenizer's) never mentions tools
     weights = {n: s for n, s in mirror.files(TINY).items() if n.endswith(".safetensors")}
     assert card["storage_bytes"] == sum(weights.values()) and card["files"] == weights
     progress = [line["progress"] for line in lines if "progress" in line]
