@@ -218,6 +218,7 @@ def test_a_node_serves_a_model_by_repo_id_from_the_mirror(mirror: HubMirror, sta
         done = [d for n in nodes for d in n["downloads"] if d["repo_id"] == TINY]
         assert done and done[0]["state"] == "done" and done[0]["bytes_done"] == done[0]["bytes_total"]
         check_bad_inputs(node)
+        check_ollama_show(node)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-b"))
         second = start_node("hub-b", "--no-model", "--no-master", "--nats-url", node.nats_url)
         try:
@@ -241,6 +242,18 @@ def check_bad_inputs(node) -> None:  # noqa: ANN001 - a tests.nodes.Node
                       and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
     assert "500" in failed["detail"], failed  # type: ignore[index]
     httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
+
+
+def check_ollama_show(node) -> None:  # noqa: ANN001
+    """Ollama's /api/show knows a hub model by the card the cluster recorded; one it has no card for is a 404."""
+    import ollama
+
+    olla = ollama.Client(host=node.base_url, timeout=30.0)
+    shown = olla.show(TINY)
+    assert shown.modelinfo and shown.modelinfo["llama.block_count"] == 4 and shown.details.format == "mlx", shown
+    with pytest.raises(ollama.ResponseError) as caught:
+        olla.show(TWIN)  # on the mirror, but no card recorded yet
+    assert caught.value.status_code == 404 and TWIN in caught.value.error
 
 
 def check_two_stage_pipeline(node, client) -> None:  # noqa: ANN001

@@ -240,7 +240,11 @@ async def show_model(request: Request) -> dict:
     body = decode(await request.body(), ModelName)
     if not (body.model or body.name):
         raise bad_request("model is required", param="model")
-    return show(_card(body.model or body.name or ""))
+    name = body.model or body.name or ""
+    try:  # a hub model the cluster recorded a card for (ModelCardRecorded) is known as well as a built-in one
+        return show(get_card(name, request.app.state.gateway.follower.state.models))
+    except UnknownModel:
+        raise model_not_found(name) from None
 
 
 @router.get("/api/version")
