@@ -18,7 +18,7 @@ import msgspec
 from shared.generation import ChatMessage
 
 from services.gateway.errors import bad_request
-from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ToolDef, invalid_field
+from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ResponseFormat, ToolDef, invalid_field
 
 ToolMode = Literal["none", "auto", "forced"]
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
@@ -39,7 +39,7 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     _check_parts(body.messages)
     tools = _tools(body.tools)
     mode, chosen = _tool_choice(body.tool_choice, tools)
-    schema = _response_schema(body)
+    schema = _response_schema(body.response_format)
     if schema is not None and mode == "forced":
         raise bad_request("response_format cannot be combined with a forced tool call", param="response_format")
     messages = tuple(_message(m) for m in body.messages)
@@ -52,9 +52,11 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools))
 
 
-def plan_of_openai_shapes(model: str, messages: list[dict], tools: list[dict] | None, tool_choice: str | dict | None) -> ChatPlan:
+def plan_of_openai_shapes(model: str, messages: list[dict], tools: list[dict] | None, tool_choice: str | dict | None,
+                          response_format: dict | None = None) -> ChatPlan:  # fmt: skip
     """The plan of another API's request, once its adapter has put it in Chat Completions' shapes (plain dicts)."""
-    shaped = {"model": model, "messages": messages, "tools": tools or None, "tool_choice": tool_choice}
+    shaped = {"model": model, "messages": messages, "tools": tools or None, "tool_choice": tool_choice,
+              "response_format": response_format}  # fmt: skip
     try:
         body = msgspec.convert(shaped, ChatCompletionRequest)
     except msgspec.ValidationError as exc:
@@ -127,8 +129,17 @@ def _tool_choice(choice: str | dict | None, tools: dict[str, dict]) -> tuple[Too
     return "forced", [name]
 
 
-def _response_schema(body: ChatCompletionRequest) -> dict | None:
-    fmt = body.response_format
+def grammar_of_response_format(response_format: dict | None) -> str | None:
+    """The grammar of a response_format in Chat Completions' shape (for a prompt that is not a chat)."""
+    try:
+        fmt = msgspec.convert(response_format, ResponseFormat | None)  # type: ignore[arg-type]
+    except msgspec.ValidationError as exc:
+        raise bad_request(f"invalid response_format: {exc}", param="response_format") from None
+    schema = _response_schema(fmt)
+    return None if schema is None else json.dumps(schema)
+
+
+def _response_schema(fmt: ResponseFormat | None) -> dict | None:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":

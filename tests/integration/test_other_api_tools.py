@@ -1,5 +1,5 @@
-"""Tools through Anthropic Messages and OpenAI Responses, with their official clients unchanged, on one real node
-with the real 135M model: forced calls whose arguments validate, streamed and not, and a tool result round trip."""
+"""Tools through Anthropic Messages, OpenAI Responses and Ollama, with their official clients unchanged, on one real
+node with the real 135M model: forced calls whose arguments validate, streamed and not, and a tool result round trip."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 import anthropic
 import jsonschema
+import ollama
 import openai
 import pytest
 
@@ -84,3 +85,44 @@ def test_responses_forced_function_call_validates_streamed_and_not(oai: openai.O
                                       temperature=0, input=[{"role": "user", "content": ASK}, item.model_dump(),
                                       {"type": "function_call_output", "call_id": item.call_id, "output": "Sunny."}])  # fmt: skip
     assert round_trip.output_text and "<tool_call>" not in round_trip.output_text
+
+
+# --- Ollama: no tool_choice, so a call cannot be forced; `format` (a JSON schema) can force the output ---
+
+
+@pytest.fixture(scope="module")
+def olla(node: Node) -> ollama.Client:
+    return ollama.Client(host=node.base_url, timeout=120.0)
+
+
+def test_ollama_format_schema_validates_streamed_and_not(olla: ollama.Client) -> None:
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": ASK}], format=WEATHER_PARAMS,
+               options={"temperature": 0, "num_predict": 80})  # fmt: skip
+    r = olla.chat(**ask)  # type: ignore[arg-type]
+    assert r.done_reason == "stop"
+    jsonschema.validate(json.loads(r.message.content or ""), WEATHER_PARAMS)
+    streamed = "".join(p.message.content or "" for p in olla.chat(stream=True, **ask))  # type: ignore[arg-type]
+    assert streamed == r.message.content
+
+
+def test_ollama_tools_answer_in_ollamas_shape_and_take_tool_turns(olla: ollama.Client) -> None:
+    """Seeded, so the answer is the same each run; whatever the model does, a call is Ollama's shape (arguments
+    an object) and validates, and tool syntax never stays in the content."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather forecast",
+                                               "parameters": WEATHER_PARAMS}}]  # fmt: skip
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": ASK}], tools=tools,
+               options={"temperature": 0.7, "seed": 5, "num_predict": 60})  # fmt: skip
+    r = olla.chat(**ask)  # type: ignore[arg-type]
+    streamed = list(olla.chat(stream=True, **ask))  # type: ignore[arg-type]
+    for message in (r.message, *(p.message for p in streamed)):
+        assert "<tool_call>" not in (message.content or "")
+        for call in message.tool_calls or []:
+            assert call.function.name == "get_weather"
+            jsonschema.validate(dict(call.function.arguments), WEATHER_PARAMS)
+    assert [c.function for c in r.message.tool_calls or []] == [c.function for p in streamed for c in p.message.tool_calls or []]
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": [1]}}}
+    history = [{"role": "user", "content": ASK}, {"role": "assistant", "content": "", "tool_calls": [call]},
+               {"role": "tool", "content": "Sunny, 24 degrees.", "tool_name": "get_weather"}]  # fmt: skip
+    after = olla.chat(model=MODEL, messages=history, options={"temperature": 0, "num_predict": 20})  # type: ignore[arg-type]
+    alone = olla.chat(model=MODEL, messages=history[:1], options={"temperature": 0, "num_predict": 1})
+    assert after.message.content and (after.prompt_eval_count or 0) > (alone.prompt_eval_count or 0) + 20

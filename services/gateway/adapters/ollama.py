@@ -17,11 +17,14 @@ from shared.ids import new_request_id
 from shared.models import MODEL_CARDS, ModelCard, UnknownModel, all_cards, get_card
 from shared.state import ClusterState
 
+from services.gateway.adapters.tool_shapes import ollama_format, ollama_tool_calls, ollama_turn
 from services.gateway.completion_output import log_finished
 from services.gateway.errors import OpenAIError, bad_request, model_not_found
 from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
+from services.gateway.generation_params import ChatPlan, grammar_of_response_format, plan_of_openai_shapes
 from services.gateway.openai_schema import SamplingFields
+from services.gateway.tool_calls import read_answer
 
 router = APIRouter()
 
@@ -47,9 +50,11 @@ class Options(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OllamaMessage(msgspec.Struct):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[dict] | None = None  # an assistant's earlier calls: [{"function": {"name", "arguments": {...}}}]
+    tool_name: str | None = None  # a tool's answer: which tool
 
 
 class ChatRequest(msgspec.Struct):
@@ -59,7 +64,7 @@ class ChatRequest(msgspec.Struct):
     options: Options | None = None
     format: str | dict | None = None
     keep_alive: str | int | None = None
-    tools: list[dict] | None = None  # refused for now: never silently ignored
+    tools: list[dict] | None = None  # OpenAI's function shape; Ollama has no tool_choice (always auto)
 
 
 class GenerateBody(msgspec.Struct):
@@ -79,9 +84,7 @@ class ModelName(msgspec.Struct):
     name: str | None = None  # older clients send `name`
 
 
-def sampling_fields(model: str, options: Options | None, format_: str | dict | None) -> SamplingFields:
-    if format_:
-        raise bad_request("format is not supported yet", param="format")
+def sampling_fields(model: str, options: Options | None) -> SamplingFields:
     o = options or Options()
     # num_predict -1 (without end) and -2 (fill the context) both mean: up to the end of the context
     max_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
@@ -90,13 +93,27 @@ def sampling_fields(model: str, options: Options | None, format_: str | dict | N
                           presence_penalty=o.presence_penalty, frequency_penalty=o.frequency_penalty)  # fmt: skip
 
 
-def chat_messages(messages: list[OllamaMessage]) -> tuple[ChatMessage, ...]:
-    if not messages:
+def response_format(format_: str | dict | None) -> dict | None:
+    try:
+        return ollama_format(format_)
+    except ValueError as exc:
+        raise bad_request(str(exc), param="format") from None
+
+
+def chat_plan(body: ChatRequest) -> ChatPlan:
+    """The request through the one chat plan: messages (tool turns too), tools (auto: Ollama has no
+    tool_choice) and `format` as the grammar."""
+    if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
-    for i, m in enumerate(messages):
+    for i, m in enumerate(body.messages):
         if m.images:
             raise bad_request(f"messages[{i}].images: images are not supported", param="images")
-    return tuple(ChatMessage(m.role, m.content) for m in messages)
+        for j, call in enumerate(m.tool_calls or []):
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise bad_request("a tool call needs function.name", param=f"messages[{i}].tool_calls[{j}].function.name")
+    turns = [ollama_turn(msgspec.structs.asdict(m)) for m in body.messages]
+    return plan_of_openai_shapes(body.model, turns, body.tools, None, response_format(body.format))
 
 
 def generate_input(body: GenerateBody) -> dict:
@@ -113,8 +130,9 @@ def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def piece(model: str, text: str, chat: bool) -> dict:
-    content = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+def piece(model: str, text: str, chat: bool, calls: list[dict] | None = None) -> dict:
+    message = {"role": "assistant", "content": text} | ({"tool_calls": ollama_tool_calls(calls)} if calls else {})
+    content = {"message": message} if chat else {"response": text}
     return {"model": model, "created_at": now(), **content, "done": False}
 
 
@@ -135,12 +153,16 @@ def ndjson(data: dict) -> bytes:
     return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
-async def lines(generation: Submitted, model: str, chat: bool) -> AsyncIterator[bytes]:
-    """One JSON line per piece, then the done record; a failure after the 200 is an {"error"} line (Ollama's)."""
-    last = None
+async def lines(generation: Submitted, model: str, plan: ChatPlan | None) -> AsyncIterator[bytes]:
+    """One JSON line per piece, then the done record; a failure after the 200 is an {"error"} line (Ollama's).
+    With tools the answer is held to its end (a call may start anywhere in it), then sent as one piece with its
+    tool_calls, as Ollama sends a call."""
+    last, held, holding, chat = None, [], plan is not None and bool(plan.tool_names), plan is not None
     try:
         async for last in generation:
-            if last.text:
+            if holding:
+                held.append(last.text)
+            elif last.text:
                 yield ndjson(piece(model, last.text, chat))
     except OpenAIError as exc:
         yield ndjson({"error": exc.message})
@@ -149,7 +171,17 @@ async def lines(generation: Submitted, model: str, chat: bool) -> AsyncIterator[
         await generation.aclose()
     assert last is not None
     log_finished(last)
+    if holding:
+        yield ndjson(whole_piece(model, plan, "".join(held), last))
     yield ndjson(piece(model, "", chat) | done_fields(last))
+
+
+def whole_piece(model: str, plan: ChatPlan | None, text: str, last: TokenChunk) -> dict:
+    """The answer as one piece: /api/generate's text, or a chat message with the tool calls read out of it."""
+    if plan is None or not plan.tool_names:
+        return piece(model, text, plan is not None)
+    content, calls = read_answer(plan, text, last.finish_reason or "stop")
+    return piece(model, content or "", True, calls)
 
 
 def details(card: ModelCard) -> dict:
@@ -179,7 +211,7 @@ def show(card: ModelCard) -> dict:
         "modelfile": "", "parameters": "", "template": "", "details": details(card),
         "model_info": {"general.architecture": arch, f"{arch}.context_length": card.context_length,
                        f"{arch}.block_count": card.n_layers, f"{arch}.embedding_length": card.hidden_size},
-        "capabilities": ["completion"], "modified_at": "1970-01-01T00:00:00Z",
+        "capabilities": ["completion", "tools"], "modified_at": "1970-01-01T00:00:00Z",
     }  # fmt: skip
 
 
@@ -192,30 +224,33 @@ def decode(raw: bytes, type_: type) -> Any:  # noqa: ANN401
         raise bad_request(f"request body is not valid JSON: {exc}") from None
 
 
-async def _serve(request: Request, fields: SamplingFields, stream: bool, chat: bool, **what):  # noqa: ANN003, ANN202
+async def _serve(request: Request, fields: SamplingFields, stream: bool, plan: ChatPlan | None, **what):  # noqa: ANN003, ANN202
+    """`plan`: a chat's (None for /api/generate)."""
     rid = "ollama-" + new_request_id().removeprefix("req-")
-    generation = await start_generation(request, rid, fields, api="ollama.chat" if chat else "ollama.generate", **what)
-    return await answer(request, generation, lines(generation, fields.model, chat) if stream else None,
-                        lambda text, last: piece(fields.model, text, chat) | done_fields(last), "application/x-ndjson")  # fmt: skip
+    api = "ollama.chat" if plan is not None else "ollama.generate"
+    generation = await start_generation(request, rid, fields, api=api, **what)
+    return await answer(request, generation, lines(generation, fields.model, plan) if stream else None,
+                        lambda text, last: whole_piece(fields.model, plan, text, last) | done_fields(last),
+                        "application/x-ndjson")  # fmt: skip
 
 
 @router.post("/api/chat")
 async def chat(request: Request):  # noqa: ANN201
     body = decode(await request.body(), ChatRequest)
-    if body.tools:
-        raise bad_request("tools are not supported yet", param="tools")
-    fields = sampling_fields(body.model, body.options, body.format)
-    return await _serve(request, fields, body.stream, chat=True, messages=chat_messages(body.messages))
+    fields = sampling_fields(body.model, body.options)
+    plan = chat_plan(body)
+    return await _serve(request, fields, body.stream, plan, messages=plan.messages, json_schema=plan.json_schema)
 
 
 @router.post("/api/generate")
 async def generate(request: Request):  # noqa: ANN201
     body = decode(await request.body(), GenerateBody)
-    fields = sampling_fields(body.model, body.options, body.format)
+    fields = sampling_fields(body.model, body.options)
+    grammar = grammar_of_response_format(response_format(body.format))
     if not body.prompt and not body.system:  # Ollama's "load the model": ours are loaded by placement
         _card(body.model)
         return {"model": body.model, "created_at": now(), "response": "", "done": True, "done_reason": "load"}
-    return await _serve(request, fields, body.stream, chat=False, **generate_input(body))
+    return await _serve(request, fields, body.stream, None, json_schema=grammar, **generate_input(body))
 
 
 def _card(model: str) -> ModelCard:

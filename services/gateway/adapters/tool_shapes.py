@@ -76,3 +76,37 @@ def responses_output(tool_calls: list[dict]) -> list[dict]:
     """OpenAI tool_calls -> Responses output items."""
     return [{"type": "function_call", "id": "fc_" + c["id"], "call_id": c["id"], "name": c["function"]["name"],
              "arguments": c["function"]["arguments"], "status": "completed"} for c in tool_calls]  # fmt: skip
+
+
+def ollama_format(format_: str | dict | None) -> dict | None:
+    """Ollama's `format` ("json" or a JSON schema) as a Chat Completions response_format."""
+    if format_ in (None, ""):
+        return None
+    if format_ == "json":
+        return {"type": "json_object"}
+    if isinstance(format_, dict):
+        return {"type": "json_schema", "json_schema": {"name": "format", "schema": format_, "strict": True}}
+    raise ValueError(f"format must be 'json' or a JSON schema, not {format_!r}")
+
+
+def ollama_turn(message: dict) -> dict:
+    """One Ollama message (its tool_calls' arguments are objects; a `tool` message names its tool) in Chat
+    Completions' shape."""
+    out = {"role": message["role"], "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{"id": f"call_{i}", "type": "function",
+                              "function": {"name": c["function"]["name"], "arguments": _json_text(c["function"].get("arguments", {}))}}
+                             for i, c in enumerate(message["tool_calls"])]  # fmt: skip
+    if message["role"] == "tool" and message.get("tool_name"):
+        out["name"] = message["tool_name"]
+    return out
+
+
+def _json_text(arguments: object) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def ollama_tool_calls(tool_calls: list[dict]) -> list[dict]:
+    """OpenAI tool_calls -> Ollama's: no id, the arguments an object."""
+    return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"] or "{}")}}
+            for c in tool_calls]  # fmt: skip

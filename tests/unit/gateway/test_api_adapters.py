@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 
@@ -209,19 +211,40 @@ def test_responses_stream_events_numbered_and_complete():
 
 def test_ollama_options_become_sampling():
     options = decode(ol.Options, {"num_predict": 8, "temperature": 0.2, "seed": 3, "top_p": 0.5, "stop": ["x"]})
-    sampling = ol.sampling_fields("m", options, None).sampling(8192)
+    sampling = ol.sampling_fields("m", options).sampling(8192)
     assert (sampling.max_tokens, sampling.temperature, sampling.seed, sampling.top_p, sampling.stop) == (8, 0.2, 3, 0.5, ("x",))
-    assert ol.sampling_fields("m", decode(ol.Options, {"num_predict": -1}), None).sampling(8192).max_tokens is None
+    assert ol.sampling_fields("m", decode(ol.Options, {"num_predict": -1})).sampling(8192).max_tokens is None
     shaping = {"top_k": 7, "min_p": 0.05, "repeat_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.25}
-    s = ol.sampling_fields("m", decode(ol.Options, shaping), None).sampling(8192)
+    s = ol.sampling_fields("m", decode(ol.Options, shaping)).sampling(8192)
     assert (s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty, s.frequency_penalty) == (7, 0.05, 1.2, 0.5, 0.25)
     with pytest.raises(OpenAIError) as bad:
-        ol.sampling_fields("m", decode(ol.Options, {"repeat_penalty": 0}), None).sampling(8192)
+        ol.sampling_fields("m", decode(ol.Options, {"repeat_penalty": 0})).sampling(8192)
     assert bad.value.param == "repetition_penalty"
     with pytest.raises(msgspec.ValidationError, match="mirostat"):
         decode(ol.Options, {"mirostat": 1})
-    with pytest.raises(OpenAIError, match="format"):
-        ol.sampling_fields("m", None, "json")
+    with pytest.raises(OpenAIError) as bad_format:
+        ol.response_format("yaml")
+    assert bad_format.value.param == "format"
+
+
+def test_ollama_chat_plan_tools_history_and_format():
+    weather = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": weather}}]
+    history = [{"role": "user", "content": "Paris?"},
+               {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+               {"role": "tool", "content": "sunny", "tool_name": "weather"}]  # fmt: skip
+    plan = ol.chat_plan(decode(ol.ChatRequest, {"model": "m", "messages": history, "tools": tools}))
+    assert (plan.tool_mode, plan.tool_names, plan.json_schema) == ("auto", ("weather",), None)
+    assert [m.role for m in plan.messages] == ["system", "user", "assistant", "tool"]
+    assert '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>' in plan.messages[2].content
+    schema = ol.chat_plan(decode(ol.ChatRequest, {"model": "m", "messages": history[:1], "format": weather}))
+    assert json.loads(schema.json_schema or "") == weather and schema.tool_mode == "none"
+    assert json.loads(ol.chat_plan(decode(ol.ChatRequest, {"model": "m", "messages": history[:1], "format": "json"})).json_schema or "") == {"type": "object"}
+    with pytest.raises(OpenAIError) as bad:
+        ol.chat_plan(decode(ol.ChatRequest, {"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}))
+    assert bad.value.param == "messages[0].tool_calls[0].function.name"
+    answer = ol.whole_piece("m", plan, '<tool_call>{"name": "weather", "arguments": {"city": "Rome"}}</tool_call>', last("stop"))
+    assert answer["message"] == {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Rome"}}}]}
 
 
 def test_ollama_generate_goes_through_the_template_unless_raw():
