@@ -215,6 +215,7 @@ class ObservedGeneration:
                  request: GenerateRequest, stream: bool, api: str, trit: int = TRIT_MAIN) -> None:  # fmt: skip
         self.accepted = generation.accepted
         self.instance_id = generation.instance_id
+        self.first_token = asyncio.Event()  # set when its first token comes (what a validator beside it waits for)
         self._trit = trit
         self._recorder, self._inner, self._obs = recorder, generation, obs
         self._request, self._stream, self._api = request, stream, api
@@ -225,6 +226,8 @@ class ObservedGeneration:
         try:
             async for chunk in self._inner:
                 self._recorder.see(self._obs, self._request.model_id, chunk)
+                if chunk.completion_tokens or chunk.finish_reason is not None:
+                    self.first_token.set()
                 yield chunk
         except BaseException as exc:
             self._ended_with = exc

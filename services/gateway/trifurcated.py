@@ -20,6 +20,7 @@ from shared.generation import ChatMessage, FinishedRequest, GenerateRequest, Sam
 from shared.ids import InstanceId
 from shared.inference_log import InferenceRecord
 from shared.models import UnknownModel, get_card
+from shared.state import ClusterState
 
 from services.gateway.completion_output import Shape, _event, log_finished, usage_of, whole_of_choices
 from services.gateway.errors import OpenAIError, model_not_found
@@ -57,7 +58,9 @@ async def serve_trifurcated(request: Request, body: ChatCompletionRequest, plan:
     rid = shape.request_id
     main = await start_generation(request, rid, main_body, messages=plan.messages, json_schema=plan.json_schema)
     assert isinstance(main, ObservedGeneration)
-    judging = asyncio.create_task(_judge(request, rid, tri, plan.messages, seed, target))
+    state = request.app.state.gateway.follower.state
+    after = main.first_token if target is not None and shares_devices(state, target[0], main.instance_id) else None
+    judging = asyncio.create_task(_judge(request, rid, tri, plan.messages, seed, target, after))
     logprobs = body.logprob_request()[0]
     if body.stream:
         events = _stream(request, main, shape, judging, tri, body.include_usage, logprobs, seed)
@@ -67,6 +70,12 @@ async def serve_trifurcated(request: Request, body: ChatCompletionRequest, plan:
     finally:
         await main.aclose()
         judging.cancel()
+
+
+def shares_devices(state: ClusterState, one: str, other: str) -> bool:
+    """Whether two instances have a node in common (the same instance does)."""
+    a, b = state.instances.get(InstanceId(one)), state.instances.get(InstanceId(other))
+    return a is not None and b is not None and bool({s.node_id for s in a.shards} & {s.node_id for s in b.shards})
 
 
 def _validator_target(request: Request, name: str) -> tuple[str, str]:
@@ -84,8 +93,10 @@ def _validator_target(request: Request, name: str) -> tuple[str, str]:
 
 
 async def _judge(request: Request, rid: str, tri: TrifurcatedPlan, messages: tuple[ChatMessage, ...], seed: int,
-                 target: tuple[str, str] | None) -> Verdict:  # fmt: skip
-    """The verdict, recorded as the -1 row; a validator that fails gives an `error` verdict, never an exception."""
+                 target: tuple[str, str] | None, after: asyncio.Event | None) -> Verdict:  # fmt: skip
+    """The verdict, recorded as the -1 row; a validator that fails gives an `error` verdict, never an exception.
+    A guard on the main model's own devices starts `after` its first token: in the same batch (or on the same
+    cores) its prefill would only delay the answer's first token, and the answer's end waits for it anyway."""
     gateway = request.app.state.gateway
     started = time.monotonic()
     denied = deny_verdict(tri.deny, messages)
@@ -95,6 +106,8 @@ async def _judge(request: Request, rid: str, tri: TrifurcatedPlan, messages: tup
                                              (time.monotonic() - started) * 1000))  # fmt: skip
         return verdict
     instance_id, model = target
+    if after is not None:
+        await after.wait()
     ask = GenerateRequest(f"{rid}-validator", model, SamplingParams(max_tokens=GUARD_MAX_TOKENS, temperature=0.0, seed=seed),
                           messages=guard_messages(messages), json_schema=json.dumps(VERDICT_SCHEMA))  # fmt: skip
     try:
