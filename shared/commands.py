@@ -23,6 +23,8 @@ class PlaceInstance(msgspec.Struct, frozen=True):
     max_batch: int | None = None
     # a card the caller derived from a hub repo or folder (no built-in card): the master records it
     card: ModelCard | None = None
+    # a trifurcated group's other roles (docs/trifurcated.md): on nodes none of these uses, where it fits
+    apart_from: tuple[InstanceId, ...] = ()
 
 
 class DeleteInstance(msgspec.Struct, frozen=True):
@@ -91,6 +93,7 @@ class CommandReply(msgspec.Struct, frozen=True):
     ok: bool
     error: str | None = None
     instance_id: InstanceId | None = None
+    shares: str | None = None  # a placement apart_from others that could not be: what it shares with them
 
 
 # The headers of a NATS micro error answer (the handler failed; micro counts it as an error in $SRV.STATS).

@@ -32,6 +32,8 @@ from services.gateway.openai_schema import (
     decode_body,
 )
 from services.gateway.tool_calls import ToolChatShape
+from services.gateway.trifurcated import serve_trifurcated
+from services.gateway.validator import plan_trifurcated
 
 router = APIRouter()
 
@@ -45,6 +47,12 @@ async def chat_completions(request: Request):  # noqa: ANN201
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
     plan = plan_chat(body)  # the prompt's messages, the grammar, how tool calls are read back
+    tri = plan_trifurcated(body.trifurcated, body.model, body.speculative is not None)
+    if tri is not None:
+        if body.n != 1:
+            raise bad_request("trifurcated inference gives one choice (n = 1)", param="n")
+        rid = "chatcmpl-" + new_request_id().removeprefix("req-")
+        return await serve_trifurcated(request, body, plan, tri, _shape(rid, body.model, True, plan, 0))
     return await _serve(request, body, chat=True, plan=plan, messages=plan.messages, json_schema=plan.json_schema)
 
 

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from shared import subjects
 from shared.generation import GenerateRequest, TokenChunk
 from shared.ids import InstanceId
-from shared.inference_log import InferenceRecord
+from shared.inference_log import TRIT_MAIN, InferenceRecord
 from shared.state import ClusterState
 
 from services.gateway.dashboard.meter import Meter
@@ -132,8 +132,9 @@ class InferenceRecorder:
         self._publishing: set[asyncio.Task] = set()
 
     async def submit(
-        self, client: GenerationClient, instance_id: InstanceId, request: GenerateRequest, stream: bool, api: str
-    ) -> ObservedGeneration:
+        self, client: GenerationClient, instance_id: InstanceId, request: GenerateRequest, stream: bool, api: str,
+        trit: int = TRIT_MAIN,
+    ) -> ObservedGeneration:  # fmt: skip
         """Submit through `client`; a refusal is recorded and raised, an accepted request is observed until it
         is closed."""
         obs = Observation(time.monotonic())
@@ -143,9 +144,9 @@ class InferenceRecorder:
         try:
             generation = await client.submit(instance_id, request)
         except BaseException as exc:
-            self.end(obs, request, instance_id, stream, api, exc)
+            self.end(obs, request, instance_id, stream, api, exc, trit)
             raise
-        return ObservedGeneration(self, generation, obs, request, stream, api)
+        return ObservedGeneration(self, generation, obs, request, stream, api, trit)
 
     def see(self, obs: Observation, model: str, chunk: TokenChunk) -> None:
         ttft, gap, new_tokens = obs.see(chunk, time.monotonic())
@@ -161,7 +162,7 @@ class InferenceRecorder:
 
     def end(
         self, obs: Observation, request: GenerateRequest, instance_id: InstanceId, stream: bool, api: str,
-        ended_with: BaseException | None,
+        ended_with: BaseException | None, trit: int = TRIT_MAIN,
     ) -> None:
         """The request is over, however it ended: count it and publish its record."""
         self.metrics.in_flight.dec()
@@ -171,6 +172,8 @@ class InferenceRecorder:
         status, error = status_of(ended_with)
         record = build_record(request, instance_id, obs, time.monotonic(), time.time(), status, error, stream,
                               self._instance_shape(instance_id), api)  # fmt: skip
+        if trit != TRIT_MAIN:
+            record = msgspec.structs.replace(record, trit=trit)
         self.metrics.finished(record)
         self.publish(record)
 
@@ -209,8 +212,11 @@ class ObservedGeneration:
     the request recorded once at its close (a close before the last chunk: the client went away)."""
 
     def __init__(self, recorder: InferenceRecorder, generation: Generation, obs: Observation,
-                 request: GenerateRequest, stream: bool, api: str) -> None:  # fmt: skip
+                 request: GenerateRequest, stream: bool, api: str, trit: int = TRIT_MAIN) -> None:  # fmt: skip
         self.accepted = generation.accepted
+        self.instance_id = generation.instance_id
+        self.first_token = asyncio.Event()  # set when its first token comes (what a validator beside it waits for)
+        self._trit = trit
         self._recorder, self._inner, self._obs = recorder, generation, obs
         self._request, self._stream, self._api = request, stream, api
         self._ended_with: BaseException | None = None
@@ -220,10 +226,16 @@ class ObservedGeneration:
         try:
             async for chunk in self._inner:
                 self._recorder.see(self._obs, self._request.model_id, chunk)
+                if chunk.completion_tokens or chunk.finish_reason is not None:
+                    self.first_token.set()
                 yield chunk
         except BaseException as exc:
             self._ended_with = exc
             raise
+
+    def end_with(self, exc: BaseException) -> None:
+        """How the client saw it end, when that is not how the generation ended (a validator blocked it)."""
+        self._ended_with = exc
 
     async def aclose(self) -> None:
         try:
@@ -235,4 +247,5 @@ class ObservedGeneration:
                 ended_with = self._ended_with
                 if ended_with is None and (last is None or last.finish_reason is None):
                     ended_with = asyncio.CancelledError()  # closed before its end: the client went away
-                self._recorder.end(self._obs, self._request, self._inner.instance_id, self._stream, self._api, ended_with)
+                self._recorder.end(self._obs, self._request, self._inner.instance_id, self._stream, self._api, ended_with,
+                                   self._trit)  # fmt: skip

@@ -78,6 +78,17 @@ class SpeculativeField(msgspec.Struct):
     tokens: int = 4
 
 
+class TrifurcatedField(msgspec.Struct, forbid_unknown_fields=True):
+    """Our extension: `"trifurcated": {...}` (or `true`) runs a validator and a draft beside the main model
+    (docs/trifurcated.md; services/gateway/validator.py plans it)."""
+
+    validator: str | None = None  # a model or instance id, or "deny-list"; None: the request's own model
+    policy: str = "annotate"
+    draft: str = "ngram"  # as speculative.draft, or "none"
+    tokens: int = 4
+    deny: list[str] = []  # case-insensitive regexes: a match in a user message is an unsafe verdict at once
+
+
 MAX_DRAFT_TOKENS = 16  # as the runner's (runner/serve/speculative.py), which checks it again
 
 
@@ -206,6 +217,7 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    trifurcated: bool | TrifurcatedField | None = None
 
     def logprob_request(self) -> tuple[bool, int]:
         if self.top_logprobs is not None:

@@ -28,8 +28,9 @@ from shared.ids import InstanceId
 from shared.models import ModelCard, builtin_card
 from shared.state import ClusterState
 
+from services.master.group_placement import place_apart
 from services.master.memory_budget import node_memory
-from services.master.placement import NoPlacement, place, preview, worker_nodes
+from services.master.placement import NoPlacement, preview, worker_nodes
 
 Decision = tuple[list[AnyEvent], CommandReply]
 
@@ -59,11 +60,11 @@ def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: InstanceI
     if cmd.if_absent and (existing := state.instances_of(card.model_id)):
         return [], CommandReply(ok=True, instance_id=existing[0].instance_id)
     request = msgspec.structs.replace(cmd, model_id=card.model_id, card=None)
-    plan = place(state, request, card, instance_id)
-    if isinstance(plan, NoPlacement):
-        return [], CommandReply(ok=False, error=plan.reason)
+    placed = place_apart(state, request, card, instance_id, cmd.apart_from)
+    if isinstance(placed, NoPlacement):
+        return [], CommandReply(ok=False, error=placed.reason)
     recorded: list[AnyEvent] = [] if card_known(state, card) else [ModelCardRecorded(card)]
-    return [*recorded, InstancePlaced(plan)], CommandReply(ok=True, instance_id=instance_id)
+    return [*recorded, InstancePlaced(placed.instance)], CommandReply(ok=True, instance_id=instance_id, shares=placed.shares)
 
 
 def command_card(state: ClusterState, model_id: str, given: ModelCard | None) -> ModelCard | str:
