@@ -27,7 +27,8 @@ def count_once(model_path: str) -> dict:
 
     from services.worker.runner.model.sharding import load_shard
 
-    model, tokenizer = load_shard(model_path, "single")
+    fusion, kernel = os.environ["EXO_CPU_FUSION"], os.environ["EXO_CPU_KERNEL"]  # set by main, per variant
+    model, tokenizer = load_shard(model_path, "single", cpu_fusion=fusion, cpu_kernel=kernel)
     cache = make_prompt_cache(model)
     mx.eval(model(mx.array([tokenizer.encode(TEXT)]), cache=cache))
     logits = model(mx.array([[42]]), cache=cache)[:, -1, :]

@@ -87,6 +87,17 @@ def test_prefill_keeps_the_unfused_rope_bit_for_bit() -> None:
     assert mx.allclose(fused(two, offset=offsets), rope(two, offset=offsets), atol=1e-6).item()
 
 
+
+@pytest.mark.parametrize("traditional", [False, True])
+def test_the_decode_rope_gives_the_compiled_fast_rope_bit_for_bit(traditional: bool) -> None:
+    rope = nn.RoPE(64, traditional=traditional, base=100000)
+    fused = FusedRoPE(rope)
+    compiled = mx.compile(lambda x, o: mx.fast.rope(x, 64, traditional=traditional, base=100000, scale=1.0, offset=o))
+    offsets = mx.array([0, 1, 517, 8191], dtype=mx.int32)
+    x = mx.random.normal((4, 9, 1, 64), key=mx.random.key(2))
+    assert mx.array_equal(fused(x, offset=offsets), compiled(x, offsets)).item()
+    assert mx.array_equal(fused(x[:1], offset=33), compiled(x[:1], mx.array(33, dtype=mx.int32))).item()
+
 def test_the_switch() -> None:
     assert wanted() is (mx.default_device() == mx.cpu)
     assert wanted("off") is False
