@@ -66,6 +66,9 @@ class HubMirror:
 def _handler(mirror: HubMirror) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: with Nagle's algorithm on, the client's delayed ACK holds
+        # the body ~40 ms on every small answer, a stall of this server that the hub's own servers do not have.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: object) -> None:
             pass

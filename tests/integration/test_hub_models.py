@@ -98,6 +98,14 @@ def test_a_repo_id_gives_its_card_and_downloads_with_progress(mirror: HubMirror,
     held = sorted(p.name for p in folder.iterdir())
     assert "pytorch_model.bin" not in held and "README.md" not in held  # only what the runner reads
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", *weights} <= set(held)
+    # the cache is huggingface-hub's own layout: the library finds the snapshot and each file with no network
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    cache = str(hf_home / "hub")
+    assert Path(snapshot_download(TINY, cache_dir=cache, local_files_only=True)) == folder
+    for name in weights:
+        assert Path(str(try_to_load_from_cache(TINY, name, cache_dir=cache))).read_bytes() == (
+            mirror.repos[TINY] / name).read_bytes()  # fmt: skip
 
 
 def test_a_pipeline_stage_fetches_only_the_files_of_its_layers(mirror: HubMirror, hf_home: Path):

@@ -1,18 +1,16 @@
 """Downloads of hub repos into the standard Hugging Face cache (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN all
-apply), only the files the runner needs, resumable (huggingface-hub keeps `.incomplete` blobs and resumes them with
-a Range request), with progress read from the cache folder itself while huggingface-hub writes it."""
+apply), only the files the runner needs, resumable after a kill (hub_blobs keeps each file's part and resumes it
+with a Range request), with progress read from the cache folder itself while the files arrive."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -20,10 +18,10 @@ from shared.hub_errors import hub_failure
 from shared.downloads import CachedModel, DownloadProgress
 from shared.models import HubRepo, ModelCard
 
+from services.worker.models import hub_blobs
 from services.worker.models.hub_files import (
     INDEX_FILE,
     METADATA_PATTERNS,
-    allow_patterns,
     disk_problem,
     eta_seconds,
     files_for_layers,
@@ -33,8 +31,7 @@ log = structlog.get_logger()
 
 ProgressSink = Callable[[DownloadProgress], None]
 PROGRESS_PERIOD_S = 0.5
-CHUNK_BYTES = 2**20
-RESUME_SUFFIX = ".resume.incomplete"  # a weight file's bytes so far, kept across kills (see _resumable_blobs)
+T = TypeVar("T")
 
 
 class DownloadFailed(RuntimeError):
@@ -64,19 +61,30 @@ def fetch(card: ModelCard, layers: tuple[int, int] | None, sink: ProgressSink) -
     if constants.HF_HUB_OFFLINE:
         raise DownloadFailed(f"{source.repo_id} is not (fully) in the Hugging Face cache {cache_dir()} and "
                              "HF_HUB_OFFLINE is set")  # fmt: skip
-    folder = _download(source, list(METADATA_PATTERNS))
-    files = needed_files(folder, card, layers)
+    where = repo_dir(source.repo_id)
+    listed = _guarded(source, lambda: hub_blobs.listing(source))
+    folder = _guarded(source, lambda: hub_blobs.place(where, source, listed, listed.matching(METADATA_PATTERNS)))
+    files = listed.matching(needed_files(folder, card, layers))
     check_disk(card, folder, files)
     poller = _Poller(card, folder, files, sink)
     poller.start()
     try:
-        _resumable_blobs(source, folder, files)
-        folder = _download(source, allow_patterns(files))
+        _guarded(source, lambda: hub_blobs.place(where, source, listed, files))
     except DownloadFailed as exc:
         poller.stop(failed=str(exc))
         raise
     poller.stop()
     return folder
+
+
+def _guarded(source: HubRepo, step: Callable[[], T]) -> T:
+    """A step that talks to the hub, its failure one clear reason (offline, unknown repo, gated, short file)."""
+    try:
+        return step()
+    except hub_blobs.ShortDownload as exc:
+        raise DownloadFailed(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - the part a killed or failed transfer kept: the next try resumes it
+        raise DownloadFailed(_failure(source.repo_id, exc)) from exc
 
 
 def needed_files(folder: Path, card: ModelCard, layers: tuple[int, int] | None) -> list[str]:
@@ -94,69 +102,6 @@ def check_disk(card: ModelCard, folder: Path, files: list[str]) -> None:
     probe = next(p for p in (root, *root.parents) if p.exists())
     if problem := disk_problem(card.model_id, need, shutil.disk_usage(probe).free, str(root)):
         raise DownloadFailed(problem)
-
-
-def _download(source: HubRepo, patterns: list[str]) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source.repo_id, revision=source.revision, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated, disk: one clear reason each
-        raise DownloadFailed(_failure(source.repo_id, exc)) from exc
-
-
-def _resumable_blobs(source: HubRepo, folder: Path, files: list[str]) -> None:
-    """Fetch each missing weight file into its blob ourselves, appending to what a killed run left: huggingface-hub
-    2.4 writes each download to a file named for that process and deletes it on failure, so it never resumes a
-    killed download. With the blob in place, snapshot_download only links it into the snapshot."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import WeakFileLock, build_hf_headers
-
-    blobs = folder.parent.parent / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        if "*" in name or (folder / name).is_file():
-            continue
-        try:
-            meta = get_hf_file_metadata(hf_hub_url(source.repo_id, name, revision=folder.name))
-            if meta.etag is None:
-                continue  # let snapshot_download fetch it
-            blob, part = blobs / meta.etag, blobs / f"{meta.etag}{RESUME_SUFFIX}"
-            with WeakFileLock(blobs / f"{meta.etag}.lock"):
-                if blob.exists():
-                    continue
-                _append_from(meta.location, part, _headers_for(meta.location, build_hf_headers()), meta.size)
-                os.replace(part, blob)
-        except DownloadFailed:
-            raise
-        except Exception as exc:  # noqa: BLE001 - kept: the next try resumes from it
-            raise DownloadFailed(_failure(source.repo_id, exc)) from exc
-
-
-def _append_from(url: str, part: Path, headers: dict[str, str], expected: int | None) -> None:
-    """The rest of a file after the bytes `part` holds (a Range request). The bytes go through the standard
-    library's HTTP client: httpx (huggingface-hub's) moved ~130 MB/s here where urllib moved ~1 GB/s
-    (bench/download.py measures both ways against a plain copy)."""
-    have = part.stat().st_size if part.exists() else 0
-    if expected is not None and have >= expected:
-        return
-    ranged = {"Range": f"bytes={have}-"} if have else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers | ranged), timeout=60) as answer:
-        with open(part, "ab") as out:
-            if have and answer.status != 206:  # the server ignored the range: start the file over
-                out.truncate(0)
-            while chunk := answer.read(CHUNK_BYTES):
-                out.write(chunk)
-    if expected is not None and part.stat().st_size != expected:
-        raise DownloadFailed(f"{part.name}: {part.stat().st_size} bytes received, {expected} expected")
-
-
-def _headers_for(url: str, headers: dict[str, str]) -> dict[str, str]:
-    """The hub's token goes to the hub only, never to the storage a file redirects to."""
-    from huggingface_hub import constants
-
-    same_host = urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(constants.ENDPOINT).netloc
-    return {k: v for k, v in headers.items() if same_host or k.lower() != "authorization"}
 
 
 def _failure(repo_id: str, exc: BaseException) -> str:
@@ -179,8 +124,7 @@ def _holds(folder: Path, files: list[str]) -> bool:
 
 
 def _incomplete_bytes(folder: Path) -> int:
-    blobs = folder.parent.parent / "blobs"
-    return sum(p.stat().st_size for p in blobs.glob(f"*{RESUME_SUFFIX}")) if blobs.is_dir() else 0
+    return hub_blobs.incomplete_bytes(folder.parent.parent)
 
 
 def _progress(card: ModelCard, state: str, files: list[str], folder: Path, speed: float, base: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 # What the runner reads besides the weights: config, tokenizer (json, sentencepiece, tiktoken, vocab/merges
@@ -28,10 +28,6 @@ def files_for_layers(weight_map: Mapping[str, str], start_layer: int, end_layer:
         if layer is None or start_layer <= layer < end_layer:
             wanted.add(file)
     return sorted(wanted)
-
-
-def allow_patterns(weight_files: Iterable[str]) -> list[str]:
-    return [*METADATA_PATTERNS, *sorted(weight_files)]
 
 
 def disk_problem(repo_id: str, need_bytes: int, free_bytes: int, where: str) -> str | None:

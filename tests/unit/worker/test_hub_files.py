@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from services.worker.models.hub_blobs import Listing, RepoFile
 from services.worker.models.hub_files import (
-    allow_patterns,
+    METADATA_PATTERNS,
     disk_problem,
     eta_seconds,
     files_for_layers,
@@ -39,10 +40,14 @@ def test_each_stage_fetches_the_files_of_its_layers_and_of_the_tensors_outside_t
     assert files_for_layers(WEIGHT_MAP, 3, 4) == ["model-00001-of-00003.safetensors", "model-00003-of-00003.safetensors"]
 
 
-def test_allow_patterns_hold_the_metadata_and_only_the_chosen_weights():
-    patterns = allow_patterns(["model-00002-of-00003.safetensors"])
-    assert "*.json" in patterns and "model-00002-of-00003.safetensors" in patterns
-    assert not any(p.endswith(".safetensors") and "*" in p for p in patterns)
+def test_a_listing_yields_the_metadata_and_only_the_chosen_weights():
+    names = ["README.md", "config.json", "tokenizer.json", "chat_template.jinja", "sub/vocab.txt", "pytorch_model.bin",
+             "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]  # fmt: skip
+    listed = Listing("c0ffee", {n: RepoFile(n, f"etag-{n}", 1) for n in names})
+    assert listed.matching(METADATA_PATTERNS) == ["chat_template.jinja", "config.json", "sub/vocab.txt", "tokenizer.json"]
+    assert listed.matching(["model-00002-of-00002.safetensors"]) == ["model-00002-of-00002.safetensors"]
+    assert listed.matching(["model*.safetensors"]) == names[-2:]
+    assert listed.matching(["absent.safetensors"]) == []
 
 
 def test_not_enough_disk_says_how_much_is_needed_and_where():
