@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import time
@@ -45,13 +44,13 @@ def runner_ttfts(node: Node) -> list[float]:
     return [float(v) for v in re.findall(r"generated .*?ttft_s=([0-9.]+)", logs)]
 
 
-def model_alone(path: str, requests: int) -> float:
+def model_alone(path: str, requests: int, kernel: str) -> float:
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
     from services.worker.runner.model.sharding import load_shard
 
-    model, tokenizer = load_shard(path, "single")
+    model, tokenizer = load_shard(path, "single", cpu_kernel=kernel)
     times = []
     for _ in range(requests + 1):
         start = time.perf_counter()
@@ -67,7 +66,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--kernel", choices=["on", "off"], default="on")
     args = parser.parse_args()
-    os.environ["EXO_CPU_KERNEL"] = args.kernel  # the model-alone load below, as the node's runner loads it
     tmp = scratch_dir("exo-bench-ttft-")
     node = Node(tmp / "node", env={"EXO_CPU_KERNEL": args.kernel})
     node.start()
@@ -91,7 +89,7 @@ def main() -> None:
         "runner_ms": round(statistics.median(runner) * 1e3, 1) if runner else None,
     }  # fmt: skip
     if models is not None:
-        out["model_alone_ms"] = round(model_alone(str(models.parent), args.requests) * 1e3, 1)
+        out["model_alone_ms"] = round(model_alone(str(models.parent), args.requests, args.kernel) * 1e3, 1)
     print(json.dumps(out, indent=2))
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from tests.hub_mirror import HubMirror
-from tests.nodes import REPO_ROOT, free_port, wait_for
+from tests.nodes import REPO_ROOT, free_port, poll_until, wait_for
 from tests.tiny_hub_model import build_tiny_llama, gguf_metadata
 
 TINY = "test-org/tiny-llama"
@@ -124,10 +125,10 @@ def test_a_download_killed_mid_file_resumes_where_it_stopped(mirror: HubMirror, 
     mirror.throttle_bytes_per_s = 4 * 2**20
     proc = fetch(mirror.url, hf_home, BIG, wait=False)
     assert isinstance(proc, subprocess.Popen)
-    blobs = hf_home / "hub" / "models--test-org--big-llama" / "blobs"
+    from services.worker.models.hub_blobs import incomplete_bytes
 
-    def partial() -> int:
-        return max((p.stat().st_size for p in blobs.glob("*.resume.incomplete")), default=0) if blobs.is_dir() else 0
+    def partial() -> int:  # what the parts on disk hold (each part is as large as its file; its record says)
+        return incomplete_bytes(hf_home / "hub" / "models--test-org--big-llama")
 
     deadline = time.monotonic() + 60
     while partial() < 3 * 2**20 and time.monotonic() < deadline and proc.poll() is None:
@@ -291,3 +292,46 @@ def check_models_cli(node) -> None:  # noqa: ANN001
     assert removed.returncode == 0, removed.stderr
     assert BIG not in exo_models(node).stdout
     assert exo_models(node, "rm", BIG).returncode == 1
+
+
+_PIECES_CHILD = """
+import sys, urllib.request
+from pathlib import Path
+from services.worker.models import ranged_fetch
+url, part, size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+ranged_fetch.fetch(urllib.request.build_opener(), url, part, {}, size, min_piece=2**20, chunk=2**17)
+"""
+
+
+def test_a_file_fetched_in_pieces_at_once_resumes_each_piece_after_kill_9(tmp_path: Path):
+    from services.worker.models import ranged_fetch
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    data = os.urandom(8 * 2**20 + 12345)  # random bytes: a piece written at the wrong offset shows
+    (folder / "w.safetensors").write_bytes(data)
+    hub = HubMirror()
+    hub.add("test-org/pieces", folder)
+    hub.start()
+    try:
+        hub.throttle_bytes_per_s = 2**20  # per connection
+        url = f"{hub.url}/test-org/pieces/resolve/main/w.safetensors"
+        part = tmp_path / "blob.resume.incomplete"
+        child = subprocess.Popen([sys.executable, "-c", _PIECES_CHILD, url, str(part), str(len(data))], cwd=REPO_ROOT)
+        poll_until(lambda: part.exists() and ranged_fetch.held_bytes(part) >= 2 * 2**20, 30, "2 MiB in the part",
+                   lambda: "")  # fmt: skip
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        pieces = ranged_fetch.read_pieces(part)
+        assert pieces is not None and len(pieces) == 4, pieces
+        unfinished = [done for _, done, stop in pieces if done < stop]
+        assert unfinished and ranged_fetch.bytes_held(pieces) < len(data)
+        assert any(start < done for start, done, _ in pieces), "no piece had begun"
+        hub.throttle_bytes_per_s = None
+        hub.ranges.clear()
+        ranged_fetch.fetch(urllib.request.build_opener(), url, part, {}, len(data), min_piece=2**20)
+        assert sorted(int(r.removeprefix("bytes=").split("-")[0]) for _, r in hub.ranges) == sorted(unfinished)
+        assert part.read_bytes() == data
+        assert ranged_fetch.read_pieces(part) is None  # the record goes once the file is whole
+    finally:
+        hub.stop()

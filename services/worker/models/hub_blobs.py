@@ -5,6 +5,7 @@ listing call and one GET per missing file.
 Why not snapshot_download for the bytes: it asks for the listing again, sends a HEAD per file, writes each
 download to a file named for its process and deletes that file on failure (huggingface-hub 2.4), so a killed
 download starts over; and its HTTP client moved ~130 MB/s here where the standard library's moves ~1 GB/s. The
+bytes of each file come by ranged_fetch (several Range requests at once, resumable). The
 listing, the URLs, the headers, the token and the errors are still huggingface-hub's; what it writes stays
 readable by it (the tests load the result with HF_HUB_OFFLINE=1)."""
 
@@ -21,7 +22,11 @@ import msgspec
 
 from shared.models import HubRepo
 
-CHUNK_BYTES = 8 * 2**20
+from services.worker.models import ranged_fetch
+from services.worker.models.ranged_fetch import ShortDownload
+
+__all__ = ["Listing", "RepoFile", "ShortDownload", "incomplete_bytes", "listing", "place"]
+
 RESUME_SUFFIX = ".resume.incomplete"  # a file's bytes so far, kept across kills
 
 
@@ -73,7 +78,7 @@ def place(repo_dir: Path, source: HubRepo, listed: Listing, names: Iterable[str]
                 if not blob.exists():
                     part = blobs / f"{file.etag}{RESUME_SUFFIX}"
                     url = hf_hub_url(source.repo_id, name, revision=listed.commit)
-                    append_from(url, part, headers_for(url, headers), file.size)
+                    ranged_fetch.fetch(_OPENER, url, part, headers_for(url, headers), file.size)
                     os.replace(part, blob)
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -84,27 +89,6 @@ def place(repo_dir: Path, source: HubRepo, listed: Listing, names: Iterable[str]
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(listed.commit)
     return folder
-
-
-class ShortDownload(RuntimeError):
-    """The server sent fewer (or more) bytes than the listing says the file has."""
-
-
-def append_from(url: str, part: Path, headers: dict[str, str], expected: int) -> None:
-    """The rest of a file after the bytes `part` holds (a Range request), read into one reused buffer."""
-    have = part.stat().st_size if part.exists() else 0
-    if have >= expected and expected > 0:
-        return
-    ranged = {"Range": f"bytes={have}-"} if have else {}
-    buffer = memoryview(bytearray(CHUNK_BYTES))
-    with _OPENER.open(urllib.request.Request(url, headers=headers | ranged), timeout=60) as answer:
-        with open(part, "ab") as out:
-            if have and answer.status != 206:  # the server ignored the range: start the file over
-                out.truncate(0)
-            while n := answer.readinto(buffer):
-                out.write(buffer[:n])
-    if part.stat().st_size != expected:
-        raise ShortDownload(f"{part.name}: {part.stat().st_size} bytes received, {expected} expected")
 
 
 class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
@@ -129,5 +113,7 @@ def headers_for(url: str, headers: dict[str, str]) -> dict[str, str]:
 
 
 def incomplete_bytes(repo_dir: Path) -> int:
+    """The bytes the parts of unfinished files hold (a part is as large as its file: its record says how much
+    of it has come)."""
     blobs = repo_dir / "blobs"
-    return sum(p.stat().st_size for p in blobs.glob(f"*{RESUME_SUFFIX}")) if blobs.is_dir() else 0
+    return sum(ranged_fetch.held_bytes(p) for p in blobs.glob(f"*{RESUME_SUFFIX}")) if blobs.is_dir() else 0

@@ -1,0 +1,124 @@
+"""One file by several Range requests at once, into one part file, resumable after a kill.
+
+A large file is cut into up to MAX_PIECES pieces fetched concurrently (each its own connection) and written at
+their offsets into a part file of the full size. Beside the part, `<part>.pieces` records how far each piece
+has come (rewritten atomically after every chunk), so a killed download resumes each piece where it stopped and
+progress can be read from disk. A part without that record (a single sequential download, as earlier versions
+wrote) holds a contiguous prefix and resumes from its end.
+
+Why several connections: one stream over loopback HTTP moved 0.6 of a plain file copy here, two to four at
+once 0.87-0.93 (bench/download.py measures it); over the internet, a single stream is bounded by latency and
+one server's pace, which is why huggingface-hub's own fast paths (hf_transfer, hf_xet) download in parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+MAX_PIECES = 4
+MIN_PIECE_BYTES = 32 * 2**20  # a file under twice this comes by one request
+CHUNK_BYTES = 4 * 2**20
+PIECES_SUFFIX = ".pieces"
+
+Piece = list[int]  # [start, done, stop): bytes [start, done) are in the part
+
+
+class ShortDownload(RuntimeError):
+    """The server sent fewer (or more) bytes than the listing says the file has."""
+
+
+def plan(size: int, have: int = 0, max_pieces: int = MAX_PIECES, min_piece: int = MIN_PIECE_BYTES) -> list[Piece]:
+    """The pieces of [have, size) still to fetch, the first `have` bytes being there. Pure."""
+    left = size - have
+    if left <= 0:
+        return [[0, size, size]]
+    count = max(1, min(max_pieces, left // min_piece))
+    bounds = [have + left * i // count for i in range(count + 1)]
+    return [[bounds[i], bounds[i], bounds[i + 1]] for i in range(count)]
+
+
+def bytes_held(pieces: list[Piece]) -> int:
+    return pieces[0][0] + sum(done - start for start, done, _ in pieces) if pieces else 0
+
+
+def read_pieces(part: Path) -> list[Piece] | None:
+    record = part.with_name(part.name + PIECES_SUFFIX)
+    try:
+        pieces = json.loads(record.read_text())["pieces"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return [[int(a), int(b), int(c)] for a, b, c in pieces]
+
+
+def held_bytes(part: Path) -> int:
+    """What a part holds so far: from its record, or its size when it has none (a sequential part)."""
+    pieces = read_pieces(part)
+    if pieces is not None:
+        return bytes_held(pieces)
+    return part.stat().st_size if part.exists() else 0
+
+
+def fetch(opener: urllib.request.OpenerDirector, url: str, part: Path, headers: dict[str, str], size: int,
+          min_piece: int = MIN_PIECE_BYTES, chunk: int = CHUNK_BYTES) -> None:  # fmt: skip
+    """The file into `part`, whole: the pieces still missing, several at once."""
+    pieces = read_pieces(part) if part.exists() else None
+    if pieces is None:
+        pieces = plan(size, part.stat().st_size if part.exists() else 0, min_piece=min_piece)
+    record = _Record(part, pieces)
+    record.write()
+    with open(part, "ab") as out:
+        out.truncate(size)  # full size now: each piece writes at its offset (the first bytes stay as they were)
+    fd = os.open(part, os.O_WRONLY)
+    try:
+        todo = [i for i, (_, done, stop) in enumerate(pieces) if done < stop]
+        with ThreadPoolExecutor(max_workers=max(1, len(todo)), thread_name_prefix="hub-piece") as pool:
+            for result in [pool.submit(_piece, opener, url, fd, headers, record, i, chunk) for i in todo]:
+                result.result()
+    finally:
+        os.close(fd)
+    if bytes_held(record.pieces) != size:
+        raise ShortDownload(f"{part.name}: {bytes_held(record.pieces)} bytes received, {size} expected")
+    record.remove()
+
+
+def _piece(opener: urllib.request.OpenerDirector, url: str, fd: int, headers: dict[str, str], record: _Record,
+           i: int, chunk: int) -> None:  # fmt: skip
+    start, done, stop = record.pieces[i]
+    buffer = memoryview(bytearray(min(chunk, stop - done)))
+    ranged = headers | {"Range": f"bytes={done}-{stop - 1}"}
+    with opener.open(urllib.request.Request(url, headers=ranged), timeout=60) as answer:
+        if answer.status != 206 and done > 0:
+            raise ShortDownload(f"the server ignored the range bytes={done}-{stop - 1} (status {answer.status})")
+        while done < stop and (n := answer.readinto(buffer[: stop - done])):
+            os.pwrite(fd, buffer[:n], done)
+            done += n
+            record.advance(i, done)
+    if done != stop:
+        raise ShortDownload(f"bytes {start}-{stop - 1}: the answer ended at {done}")
+
+
+class _Record:
+    """The pieces' progress, shared by their threads, on disk after every chunk (atomically: a kill leaves the
+    previous record or the next, never half of one)."""
+
+    def __init__(self, part: Path, pieces: list[Piece]) -> None:
+        self.path = part.with_name(part.name + PIECES_SUFFIX)
+        self.pieces = pieces
+        self._lock = threading.Lock()
+
+    def advance(self, i: int, done: int) -> None:
+        with self._lock:
+            self.pieces[i][1] = done
+            self.write()
+
+    def write(self) -> None:
+        scratch = self.path.with_name(f"{self.path.name}.{threading.get_ident()}")
+        scratch.write_text(json.dumps({"pieces": self.pieces}))
+        os.replace(scratch, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
