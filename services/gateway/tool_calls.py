@@ -1,11 +1,13 @@
 """Reading tool calls back out of generated text, and the chat shape that answers with them (OpenAI's
-`message.tool_calls`, or streamed deltas: `index`, `id`, `function.name` once, then `arguments` in pieces)."""
+`message.tool_calls`, or streamed deltas: `index`, `id`, `function.name` once, then `arguments` in pieces), and
+those same pieces without the chat chunks around them, for the other APIs' adapters to put in their own events."""
 
 from __future__ import annotations
 
 import json
 import re
 import secrets
+from typing import NamedTuple
 
 from services.gateway.completion_output import ChatShape
 from services.gateway.generation_params import TOOL_CLOSE, TOOL_OPEN, ChatPlan
@@ -58,7 +60,7 @@ class ToolChatShape(ChatShape):
     def pieces(self, text: str, finish: str | None) -> list[dict]:
         self.text += text
         if self.plan.tool_mode == "forced":
-            out = self._forced_deltas(final=finish is not None)
+            out = self._forced_deltas(cut=finish == "length")
             return out + ([self._chunk({}, "tool_calls" if finish == "stop" else finish)] if finish else [])
         if finish is None:
             return []
@@ -75,7 +77,7 @@ class ToolChatShape(ChatShape):
             return (content or "") if calls else content, []
         return content, calls
 
-    def _forced_deltas(self, final: bool) -> list[dict]:
+    def _forced_deltas(self, cut: bool) -> list[dict]:
         out = []
         if not self.name_sent:
             head = re.match(r'\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ', self.text)
@@ -84,7 +86,8 @@ class ToolChatShape(ChatShape):
             self.name_sent, self.sent = True, head.end()
             function = {"name": json.loads(head[1]), "arguments": ""}
             out.append(self._delta({"id": self.call_id, "type": "function", "function": function}))
-        end = len(self.text) - 1  # the last char may be the call object's closing brace, not the arguments'
+        # the last char may be the call object's closing brace, not the arguments' (unless the tokens ran out)
+        end = len(self.text) - (0 if cut else 1)
         if end > self.sent:
             out.append(self._delta({"function": {"arguments": self.text[self.sent : end]}}))
             self.sent = end
@@ -110,3 +113,51 @@ def read_answer(plan: ChatPlan, text: str, finish: str) -> tuple[str | None, lis
     """(content, OpenAI tool_calls) of a whole answer, read as Chat Completions reads it: for the adapters."""
     message = ToolChatShape("", "", plan).whole(text, finish, {})["choices"][0]["message"]
     return message["content"], message.get("tool_calls", [])
+
+
+class Text(NamedTuple):
+    text: str
+
+
+class CallStart(NamedTuple):
+    call: int  # the call's index in the answer
+    call_id: str
+    name: str
+
+
+class Arguments(NamedTuple):
+    call: int
+    piece: str
+
+
+class Finish(NamedTuple):
+    reason: str  # OpenAI's: "stop", "length" or "tool_calls"
+
+
+Piece = Text | CallStart | Arguments | Finish
+
+
+class AnswerPieces:
+    """A streamed chat answer as Chat Completions streams it (ToolChatShape with tools: a forced call's arguments
+    in pieces as they come, `auto` held to its end), read out of its chunks: the one place generated text becomes
+    tool-call pieces, for the Anthropic and Responses adapters, which only put the pieces in their own events."""
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self.shape = ToolChatShape("", "", plan) if plan.tool_names else ChatShape("", "")
+
+    def feed(self, text: str, finish: str | None) -> list[Piece]:
+        """The pieces of one generated chunk (`finish`: its OpenAI finish reason, on the last)."""
+        out: list[Piece] = []
+        for chunk in self.shape.pieces(text, finish):
+            choice = chunk["choices"][0]
+            delta = choice["delta"]
+            if delta.get("content"):
+                out.append(Text(delta["content"]))
+            for call in delta.get("tool_calls", []):
+                if "id" in call:
+                    out.append(CallStart(call["index"], call["id"], call["function"]["name"]))
+                if call["function"].get("arguments"):
+                    out.append(Arguments(call["index"], call["function"]["arguments"]))
+            if choice["finish_reason"] is not None:
+                out.append(Finish(choice["finish_reason"]))
+        return out
