@@ -48,8 +48,9 @@ def parse_auto(text: str, names: tuple[str, ...]) -> tuple[str | None, list[dict
 
 class ToolChatShape(ChatShape):
     """A chat answer that may be tool calls. Forced calls stream: the name once its JSON is complete, then the
-    arguments as they come (holding back the closing brace of the call object). With `auto` the text is held
-    until the end, since a call may start anywhere in it."""
+    arguments as they come (holding back the closing brace of the call object). With `auto` (and `none`, whose
+    tool syntax is still taken out) the text streams up to a `<tool_call>` (see `streamable`), and what follows
+    it is read at the end: the calls, and the rest of the content, which then adds up to the whole answer's."""
 
     def __init__(self, request_id: str, model: str, plan: ChatPlan, index: int = 0) -> None:
         super().__init__(request_id, model, index)
@@ -63,11 +64,15 @@ class ToolChatShape(ChatShape):
             out = self._forced_deltas(cut=finish == "length")
             return out + ([self._chunk({}, "tool_calls" if finish == "stop" else finish)] if finish else [])
         if finish is None:
-            return []
+            end = streamable(self.text)
+            out = [self._chunk({"content": self.text[self.sent : end]}, None)] if end > self.sent else []
+            self.sent = max(self.sent, end)
+            return out
         content, calls = self._auto(self.text)
+        rest = _unsent(content or "", self.text[: self.sent])
+        out = [self._chunk({"content": rest}, None)] if rest else []
         if not calls:
-            return super().pieces(self.text, finish)
-        out = [self._chunk({"content": content}, None)] if content else []
+            return out + [self._chunk({}, finish)]
         deltas = [{"index": i} | c for i, c in enumerate(calls)]
         return out + [self._chunk({"tool_calls": deltas}, None), self._chunk({}, "tool_calls")]
 
@@ -107,6 +112,23 @@ class ToolChatShape(ChatShape):
         if calls:
             body["choices"][0]["message"]["tool_calls"] = calls
         return body
+
+
+def streamable(text: str) -> int:
+    """How much of an `auto` answer can go out before its end: the text before a `<tool_call>` or what may be its
+    start, less the whitespace just before it (the content around calls is stripped), so nothing while it is all
+    whitespace."""
+    at = text.find(TOOL_OPEN)
+    if at < 0:
+        held = next((k for k in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1) if TOOL_OPEN.startswith(text[-k:])), 0)
+        at = len(text) - held
+    return len(text[:at].rstrip())
+
+
+def _unsent(content: str, sent: str) -> str:
+    """What of the whole answer's content is still to send, after the streamed text (which may have had leading
+    whitespace that the content, stripped around a call, does not)."""
+    return content[len(sent) :] if content.startswith(sent) else content[len(sent.lstrip()) :]
 
 
 def read_answer(plan: ChatPlan, text: str, finish: str) -> tuple[str | None, list[dict]]:

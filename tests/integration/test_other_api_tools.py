@@ -59,10 +59,14 @@ def test_anthropic_tool_result_round_trip(claude: anthropic.Anthropic) -> None:
     result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 24 degrees."}
     history = [{"role": "user", "content": ASK}, {"role": "assistant", "content": [call]},
                {"role": "user", "content": [result]}]  # fmt: skip
-    m = claude.messages.create(model=MODEL, max_tokens=30, tools=CLAUDE_TOOLS, tool_choice={"type": "none"},
-                               messages=history, extra_body={"temperature": 0})  # type: ignore[arg-type]  # fmt: skip
+    ask = dict(model=MODEL, max_tokens=30, tools=CLAUDE_TOOLS, tool_choice={"type": "none"}, messages=history,
+               extra_body={"temperature": 0})  # fmt: skip
+    m = claude.messages.create(**ask)  # type: ignore[call-overload]
     assert m.stop_reason in ("end_turn", "max_tokens")
     assert [b.type for b in m.content] == ["text"] and "<tool_call>" not in m.content[0].text  # type: ignore[union-attr]
+    with claude.messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        pieces = [e.delta.text for e in stream if e.type == "content_block_delta" and e.delta.type == "text_delta"]
+    assert len(pieces) > 1 and "".join(pieces) == m.content[0].text  # type: ignore[union-attr]  # with tools, text still streams
     alone = claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": ASK}], tools=CLAUDE_TOOLS,  # type: ignore[arg-type]
                                          tool_choice={"type": "none"})  # fmt: skip
     assert m.usage.input_tokens > alone.input_tokens + 20  # the call and its result were in the prompt

@@ -128,15 +128,17 @@ def test_anthropic_auto_text_then_a_call_are_two_blocks():
     body = decode(an.MessagesRequest, {"model": "m", "max_tokens": 30, "tools": [WEATHER],
                                         "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     plan = an.translate(body)[1]
-    pieces = pieces_of(plan, 'Let me look. <tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>')
-    blocks = an.Blocks(text_open=False)
-    events = [e for p in pieces for e in blocks.events(p)]
-    assert [(n, e["index"]) for n, e in events] == [
-        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_stop", 0),
-        ("content_block_start", 1), ("content_block_delta", 1),
+    reader, blocks = AnswerPieces(plan), an.Blocks(text_open=False)
+    text = 'Let me look. <tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    early = [e for i in range(0, len(text), 5) for p in reader.feed(text[i : i + 5], None) for e in blocks.events(p)]
+    events = early + [e for p in reader.feed("", "stop") for e in blocks.events(p)]
+    assert early[0] == ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    assert len(early) > 2 and {n for n, _ in early[1:]} == {"content_block_delta"}  # the text streamed before the end
+    assert "".join(e["delta"]["text"] for _, e in early[1:]) == "Let me look."
+    assert [(n, e["index"]) for n, e in events[len(early) :]] == [
+        ("content_block_stop", 0), ("content_block_start", 1), ("content_block_delta", 1),
     ]  # fmt: skip
-    assert events[1][1]["delta"] == {"type": "text_delta", "text": "Let me look."} and blocks.open == 1
-    assert json.loads(events[4][1]["delta"]["partial_json"]) == {"city": "Oslo"}
+    assert json.loads(events[-1][1]["delta"]["partial_json"]) == {"city": "Oslo"} and blocks.open == 1
 
 
 def test_anthropic_stop_reasons():
