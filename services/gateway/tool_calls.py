@@ -161,8 +161,9 @@ Piece = Text | CallStart | Arguments | Finish
 
 class AnswerPieces:
     """A streamed chat answer as Chat Completions streams it (ToolChatShape with tools: a forced call's arguments
-    in pieces as they come, `auto` held to its end), read out of its chunks: the one place generated text becomes
-    tool-call pieces, for the Anthropic and Responses adapters, which only put the pieces in their own events."""
+    in pieces as they come; under `auto` the text up to a call as it comes, the calls at the end), read out of its
+    chunks: the one place generated text becomes tool-call pieces, for the Anthropic and Responses adapters, which
+    only put the pieces in their own events."""
 
     def __init__(self, plan: ChatPlan) -> None:
         self.shape = ToolChatShape("", "", plan) if plan.tool_names else ChatShape("", "")

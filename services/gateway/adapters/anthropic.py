@@ -215,8 +215,8 @@ def sse(name: str, data: dict) -> bytes:
 
 async def events(generation: Submitted, message_id: str, model: str, plan: ChatPlan) -> AsyncIterator[bytes]:
     """Anthropic's order; a failure after the 200 ends the stream with an `error` event in Anthropic's shape.
-    The pieces come as Chat Completions streams them: with tools a forced call's arguments in pieces as they are
-    generated, an `auto` answer once it ends (a call may start anywhere in it)."""
+    The pieces come as Chat Completions streams them (tool_calls.AnswerPieces): a forced call's arguments as they
+    are generated; under `auto` the text up to a `<tool_call>` as it comes, and the calls once the answer ends."""
     last, finish = None, "stop"
     reader, blocks = AnswerPieces(plan), Blocks(text_open=not plan.tool_names)
     try:

@@ -153,13 +153,13 @@ def response(rid: str, body: ResponsesRequest, created: int, text: str | None, l
 
 class StreamShape:
     """The Responses stream's events on plain data, numbered in order. Output items open with their first piece
-    (tool_calls.AnswerPieces): the assistant message with its first text (without tools it opens at once), a
+    (tool_calls.AnswerPieces): the assistant message with its first text (without `tools` it opens at once), a
     function_call item with its call (arguments ""), whose arguments then go as function_call_arguments.delta
     pieces as they come; an item is done when the next opens or the answer ends, then the finished response
     holds every item."""
 
-    def __init__(self, rid: str, body: ResponsesRequest, created: int, holding: bool = False) -> None:
-        self.rid, self.body, self.created, self.holding = rid, body, created, holding
+    def __init__(self, rid: str, body: ResponsesRequest, created: int, tools: bool = False) -> None:
+        self.rid, self.body, self.created, self.tools = rid, body, created, tools
         self.items: list[dict] = []  # the output items opened so far, the last one open until `_done`
         self.parts: list[str] = []  # the open message item's text
         self.seq = 0
@@ -167,7 +167,7 @@ class StreamShape:
     def opening(self) -> list[dict]:
         start = response(self.rid, self.body, self.created, None, None)
         events = [{"type": "response.created", "response": start}, {"type": "response.in_progress", "response": start}]
-        return self._numbered(events + ([] if self.holding else self._added_message()))
+        return self._numbered(events + ([] if self.tools else self._added_message()))
 
     def feed(self, piece: Piece) -> list[dict]:
         events: list[dict] = []
@@ -246,8 +246,9 @@ def sse(data: dict) -> bytes:
 
 
 async def events(generation: Submitted, shape: StreamShape, plan: ChatPlan) -> AsyncIterator[bytes]:
-    """The pieces as Chat Completions streams them (with tools a forced call's arguments as they are generated,
-    an `auto` answer once it ends); a failure after the 200 ends the stream with an `error` event."""
+    """The pieces as Chat Completions streams them (tool_calls.AnswerPieces: a forced call's arguments as they are
+    generated; under `auto` the text up to a `<tool_call>` as it comes, the calls once the answer ends); a failure
+    after the 200 ends the stream with an `error` event."""
     last, finish, reader = None, "stop", AnswerPieces(plan)
     try:
         for event in shape.opening():
@@ -286,6 +287,6 @@ async def create_response(request: Request):  # noqa: ANN201
     rid = "resp_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, rid, fields, messages=plan.messages, api="responses",
                                         json_schema=plan.json_schema)  # fmt: skip
-    shape = StreamShape(rid, body, int(time.time()), holding=bool(plan.tool_names))
+    shape = StreamShape(rid, body, int(time.time()), tools=bool(plan.tool_names))
     stream = events(generation, shape, plan) if body.stream else None
     return await answer(request, generation, stream, lambda text, last: whole(rid, body, plan, text, last))

@@ -217,7 +217,7 @@ def test_responses_function_tools_and_call_items_plan_like_chat():
     assert [m.role for m in plan.messages] == ["system", "user", "assistant", "tool"]
     answer = rs.whole("resp_1", body, plan, '{"name": "add", "arguments": {"a": 2}}', last("stop"))
     assert [(o["type"], o["name"], o["arguments"]) for o in answer["output"]] == [("function_call", "add", '{"a": 2}')]
-    shape = rs.StreamShape("resp_1", body, 0, holding=True)
+    shape = rs.StreamShape("resp_1", body, 0, tools=True)
     pieces = pieces_of(plan, '{"name": "add", "arguments": {"a": 2222}}', step=3)
     events = shape.opening() + [e for p in pieces for e in shape.feed(p)] + shape.closing(last("stop"), "tool_calls")
     kinds = [e["type"] for e in events]
@@ -234,7 +234,7 @@ def test_responses_function_tools_and_call_items_plan_like_chat():
 
 def test_responses_a_call_cut_by_max_output_tokens_is_incomplete():
     body = decode(rs.ResponsesRequest, {"model": "m", "tools": [ADD], "tool_choice": "required", "input": "1+1?"})
-    shape = rs.StreamShape("resp_1", body, 0, holding=True)
+    shape = rs.StreamShape("resp_1", body, 0, tools=True)
     reader = AnswerPieces(rs.translate(body)[1])
     events = [e for p in reader.feed('{"name": "add", "arguments": {"a": 2', "length") for e in shape.feed(p)]
     events += shape.closing(last("length"), "length")
