@@ -1,11 +1,13 @@
 """Reading tool calls back out of generated text, and the chat shape that answers with them (OpenAI's
-`message.tool_calls`, or streamed deltas: `index`, `id`, `function.name` once, then `arguments` in pieces)."""
+`message.tool_calls`, or streamed deltas: `index`, `id`, `function.name` once, then `arguments` in pieces), and
+those same pieces without the chat chunks around them, for the other APIs' adapters to put in their own events."""
 
 from __future__ import annotations
 
 import json
 import re
 import secrets
+from typing import NamedTuple
 
 from services.gateway.completion_output import ChatShape
 from services.gateway.generation_params import TOOL_CLOSE, TOOL_OPEN, ChatPlan
@@ -46,8 +48,9 @@ def parse_auto(text: str, names: tuple[str, ...]) -> tuple[str | None, list[dict
 
 class ToolChatShape(ChatShape):
     """A chat answer that may be tool calls. Forced calls stream: the name once its JSON is complete, then the
-    arguments as they come (holding back the closing brace of the call object). With `auto` the text is held
-    until the end, since a call may start anywhere in it."""
+    arguments as they come (holding back the closing brace of the call object). With `auto` (and `none`, whose
+    tool syntax is still taken out) the text streams up to a `<tool_call>` (see `streamable`), and what follows
+    it is read at the end: the calls, and the rest of the content, which then adds up to the whole answer's."""
 
     def __init__(self, request_id: str, model: str, plan: ChatPlan, index: int = 0) -> None:
         super().__init__(request_id, model, index)
@@ -58,14 +61,18 @@ class ToolChatShape(ChatShape):
     def pieces(self, text: str, finish: str | None) -> list[dict]:
         self.text += text
         if self.plan.tool_mode == "forced":
-            out = self._forced_deltas(final=finish is not None)
+            out = self._forced_deltas(cut=finish == "length")
             return out + ([self._chunk({}, "tool_calls" if finish == "stop" else finish)] if finish else [])
         if finish is None:
-            return []
+            end = streamable(self.text)
+            out = [self._chunk({"content": self.text[self.sent : end]}, None)] if end > self.sent else []
+            self.sent = max(self.sent, end)
+            return out
         content, calls = self._auto(self.text)
+        rest = _unsent(content or "", self.text[: self.sent])
+        out = [self._chunk({"content": rest}, None)] if rest else []
         if not calls:
-            return super().pieces(self.text, finish)
-        out = [self._chunk({"content": content}, None)] if content else []
+            return out + [self._chunk({}, finish)]
         deltas = [{"index": i} | c for i, c in enumerate(calls)]
         return out + [self._chunk({"tool_calls": deltas}, None), self._chunk({}, "tool_calls")]
 
@@ -75,7 +82,7 @@ class ToolChatShape(ChatShape):
             return (content or "") if calls else content, []
         return content, calls
 
-    def _forced_deltas(self, final: bool) -> list[dict]:
+    def _forced_deltas(self, cut: bool) -> list[dict]:
         out = []
         if not self.name_sent:
             head = re.match(r'\{"name": ("(?:[^"\\]|\\.)*"), "arguments": ', self.text)
@@ -84,7 +91,8 @@ class ToolChatShape(ChatShape):
             self.name_sent, self.sent = True, head.end()
             function = {"name": json.loads(head[1]), "arguments": ""}
             out.append(self._delta({"id": self.call_id, "type": "function", "function": function}))
-        end = len(self.text) - 1  # the last char may be the call object's closing brace, not the arguments'
+        # the last char may be the call object's closing brace, not the arguments' (unless the tokens ran out)
+        end = len(self.text) - (0 if cut else 1)
         if end > self.sent:
             out.append(self._delta({"function": {"arguments": self.text[self.sent : end]}}))
             self.sent = end
@@ -106,7 +114,73 @@ class ToolChatShape(ChatShape):
         return body
 
 
+def streamable(text: str) -> int:
+    """How much of an `auto` answer can go out before its end: the text before a `<tool_call>` or what may be its
+    start, less the whitespace just before it (the content around calls is stripped), so nothing while it is all
+    whitespace."""
+    at = text.find(TOOL_OPEN)
+    if at < 0:
+        held = next((k for k in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1) if TOOL_OPEN.startswith(text[-k:])), 0)
+        at = len(text) - held
+    return len(text[:at].rstrip())
+
+
+def _unsent(content: str, sent: str) -> str:
+    """What of the whole answer's content is still to send, after the streamed text (which may have had leading
+    whitespace that the content, stripped around a call, does not)."""
+    return content[len(sent) :] if content.startswith(sent) else content[len(sent.lstrip()) :]
+
+
 def read_answer(plan: ChatPlan, text: str, finish: str) -> tuple[str | None, list[dict]]:
     """(content, OpenAI tool_calls) of a whole answer, read as Chat Completions reads it: for the adapters."""
     message = ToolChatShape("", "", plan).whole(text, finish, {})["choices"][0]["message"]
     return message["content"], message.get("tool_calls", [])
+
+
+class Text(NamedTuple):
+    text: str
+
+
+class CallStart(NamedTuple):
+    call: int  # the call's index in the answer
+    call_id: str
+    name: str
+
+
+class Arguments(NamedTuple):
+    call: int
+    piece: str
+
+
+class Finish(NamedTuple):
+    reason: str  # OpenAI's: "stop", "length" or "tool_calls"
+
+
+Piece = Text | CallStart | Arguments | Finish
+
+
+class AnswerPieces:
+    """A streamed chat answer as Chat Completions streams it (ToolChatShape with tools: a forced call's arguments
+    in pieces as they come; under `auto` the text up to a call as it comes, the calls at the end), read out of its
+    chunks: the one place generated text becomes tool-call pieces, for the Anthropic and Responses adapters, which
+    only put the pieces in their own events."""
+
+    def __init__(self, plan: ChatPlan) -> None:
+        self.shape = ToolChatShape("", "", plan) if plan.tool_names else ChatShape("", "")
+
+    def feed(self, text: str, finish: str | None) -> list[Piece]:
+        """The pieces of one generated chunk (`finish`: its OpenAI finish reason, on the last)."""
+        out: list[Piece] = []
+        for chunk in self.shape.pieces(text, finish):
+            choice = chunk["choices"][0]
+            delta = choice["delta"]
+            if delta.get("content"):
+                out.append(Text(delta["content"]))
+            for call in delta.get("tool_calls", []):
+                if "id" in call:
+                    out.append(CallStart(call["index"], call["id"], call["function"]["name"]))
+                if call["function"].get("arguments"):
+                    out.append(Arguments(call["index"], call["function"]["arguments"]))
+            if choice["finish_reason"] is not None:
+                out.append(Finish(choice["finish_reason"]))
+        return out

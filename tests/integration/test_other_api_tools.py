@@ -42,10 +42,14 @@ def test_anthropic_forced_tool_use_validates_and_streams_the_same(claude: anthro
     assert block.type == "tool_use" and block.name == "get_weather"
     jsonschema.validate(block.input, WEATHER_PARAMS)
     with claude.messages.stream(**ask) as stream:  # type: ignore[arg-type]
-        kinds = [event.type for event in stream]
+        events = list(stream)
         final = stream.get_final_message()
+    kinds = [event.type for event in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
-    assert final.stop_reason == "tool_use"
+    pieces = [e.delta.partial_json for e in events if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+    assert len(pieces) > 1  # streamed as generated, not sent whole at the end
+    jsonschema.validate(json.loads("".join(pieces)), WEATHER_PARAMS)
+    assert final.stop_reason == "tool_use" and json.loads("".join(pieces)) == final.content[0].input  # type: ignore[union-attr]
     assert [(b.type, b.input) for b in final.content] == [("tool_use", block.input)]  # type: ignore[union-attr]
 
 
@@ -55,10 +59,14 @@ def test_anthropic_tool_result_round_trip(claude: anthropic.Anthropic) -> None:
     result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 24 degrees."}
     history = [{"role": "user", "content": ASK}, {"role": "assistant", "content": [call]},
                {"role": "user", "content": [result]}]  # fmt: skip
-    m = claude.messages.create(model=MODEL, max_tokens=30, tools=CLAUDE_TOOLS, tool_choice={"type": "none"},
-                               messages=history, extra_body={"temperature": 0})  # type: ignore[arg-type]  # fmt: skip
+    ask = dict(model=MODEL, max_tokens=30, tools=CLAUDE_TOOLS, tool_choice={"type": "none"}, messages=history,
+               extra_body={"temperature": 0})  # fmt: skip
+    m = claude.messages.create(**ask)  # type: ignore[call-overload]
     assert m.stop_reason in ("end_turn", "max_tokens")
     assert [b.type for b in m.content] == ["text"] and "<tool_call>" not in m.content[0].text  # type: ignore[union-attr]
+    with claude.messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        pieces = [e.delta.text for e in stream if e.type == "content_block_delta" and e.delta.type == "text_delta"]
+    assert len(pieces) > 1 and "".join(pieces) == m.content[0].text  # type: ignore[union-attr]  # with tools, text still streams
     alone = claude.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": ASK}], tools=CLAUDE_TOOLS,  # type: ignore[arg-type]
                                          tool_choice={"type": "none"})  # fmt: skip
     assert m.usage.input_tokens > alone.input_tokens + 20  # the call and its result were in the prompt
@@ -79,8 +87,12 @@ def test_responses_forced_function_call_validates_streamed_and_not(oai: openai.O
     assert item.type == "function_call" and item.name == "get_weather" and item.call_id
     jsonschema.validate(json.loads(item.arguments), WEATHER_PARAMS)
     events = list(oai.responses.create(stream=True, **ask))  # type: ignore[call-overload]
-    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
-    assert deltas == item.arguments and events[-1].type == "response.completed"
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(pieces) > 1 and "".join(pieces) == item.arguments  # streamed as generated, the same call
+    jsonschema.validate(json.loads("".join(pieces)), WEATHER_PARAMS)
+    (streamed,) = events[-1].response.output
+    assert events[-1].type == "response.completed" and (streamed.name, streamed.arguments) == ("get_weather", item.arguments)
+    assert [e.type for e in events if "output_item" in e.type] == ["response.output_item.added", "response.output_item.done"]
     round_trip = oai.responses.create(model=MODEL, tools=RESPONSES_TOOLS, tool_choice="none", max_output_tokens=20,  # type: ignore[arg-type]
                                       temperature=0, input=[{"role": "user", "content": ASK}, item.model_dump(),
                                       {"type": "function_call_output", "call_id": item.call_id, "output": "Sunny."}])  # fmt: skip

@@ -21,8 +21,8 @@ from services.gateway.errors import OpenAIError, bad_request
 from services.gateway.generate import answer, count_prompt_tokens, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.generation_params import ChatPlan, plan_of_openai_shapes
-from services.gateway.openai_schema import SamplingFields
-from services.gateway.tool_calls import read_answer
+from services.gateway.openai_schema import SamplingFields, openai_finish_reason
+from services.gateway.tool_calls import AnswerPieces, Arguments, CallStart, Finish, Piece, Text, read_answer
 
 router = APIRouter()
 
@@ -152,34 +152,61 @@ def message(message_id: str, model: str, text: str | None, last: TokenChunk | No
     }  # fmt: skip
 
 
-def opening_events(message_id: str, model: str, input_tokens: int) -> list[tuple[str, dict]]:
+def opening_events(message_id: str, model: str, input_tokens: int, text_block: bool = True) -> list[tuple[str, dict]]:
+    """message_start, the text block's start (with tools a block opens with its first piece instead), ping."""
+    start = [block_start(0, {"type": "text", "text": ""})] if text_block else []
     return [
         ("message_start", {"type": "message_start", "message": message(message_id, model, None, None, input_tokens)}),
-        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("ping", {"type": "ping"}),
+        *start, ("ping", {"type": "ping"}),
     ]  # fmt: skip
 
 
-def delta_event(text: str) -> tuple[str, dict]:
-    return "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+def block_start(index: int, block: dict) -> tuple[str, dict]:
+    return "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
 
 
-def closing_events(last: TokenChunk, calls: list[dict] | None = None, text_block: bool = True) -> list[tuple[str, dict]]:
-    """The text block's end (when there is one), each tool_use block whole (its input in one delta), then the
-    message's end."""
-    reason, sequence = stop_reason(last, bool(calls))
-    out = [("content_block_stop", {"type": "content_block_stop", "index": 0})] if text_block else []
-    for i, block in enumerate(anthropic_content("", calls or []), start=int(text_block)):
-        start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-        delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
-        out += [("content_block_start", {"type": "content_block_start", "index": i, "content_block": start}),
-                ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}),
-                ("content_block_stop", {"type": "content_block_stop", "index": i})]  # fmt: skip
+def delta_event(text: str, index: int = 0) -> tuple[str, dict]:
+    return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}
+
+
+def closing_events(last: TokenChunk, tool_use: bool = False, open_block: int | None = 0) -> list[tuple[str, dict]]:
+    """The open block's end (when one is open), then the message's."""
+    reason, sequence = stop_reason(last, tool_use)
+    out = [("content_block_stop", {"type": "content_block_stop", "index": open_block})] if open_block is not None else []
     return out + [
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                            "usage": {"output_tokens": last.completion_tokens}}),
         ("message_stop", {"type": "message_stop"}),
     ]  # fmt: skip
+
+
+class Blocks:
+    """An answer's pieces (tool_calls.AnswerPieces) as Anthropic's content blocks, in order: a block starts with
+    its first piece (a text block, or a tool_use block with its id, name and an empty input) and stops when the
+    next starts or the answer ends; text goes as text_delta, a call's arguments as input_json_delta pieces."""
+
+    def __init__(self, text_open: bool) -> None:
+        self.open: int | None = 0 if text_open else None  # the index of the open block
+        self.text = text_open  # whether the open block is a text block
+        self.count = int(text_open)
+
+    def events(self, piece: Piece) -> list[tuple[str, dict]]:
+        if isinstance(piece, Text):
+            out = [] if self.text else self._start({"type": "text", "text": ""})
+            self.text = True
+            return out + [delta_event(piece.text, self.open or 0)]
+        if isinstance(piece, CallStart):
+            self.text = False
+            return self._start({"type": "tool_use", "id": piece.call_id, "name": piece.name, "input": {}})
+        if isinstance(piece, Arguments):
+            delta = {"type": "input_json_delta", "partial_json": piece.piece}
+            return [("content_block_delta", {"type": "content_block_delta", "index": self.open, "delta": delta})]
+        return []
+
+    def _start(self, block: dict) -> list[tuple[str, dict]]:
+        out = [("content_block_stop", {"type": "content_block_stop", "index": self.open})] if self.open is not None else []
+        self.open, self.count = self.count, self.count + 1
+        return out + [block_start(self.open, block)]
 
 
 def sse(name: str, data: dict) -> bytes:
@@ -188,17 +215,18 @@ def sse(name: str, data: dict) -> bytes:
 
 async def events(generation: Submitted, message_id: str, model: str, plan: ChatPlan) -> AsyncIterator[bytes]:
     """Anthropic's order; a failure after the 200 ends the stream with an `error` event in Anthropic's shape.
-    With tools the answer is held to its end (a call may start anywhere in it), then sent as its blocks."""
-    last, held, holding = None, [], bool(plan.tool_names)
+    The pieces come as Chat Completions streams them (tool_calls.AnswerPieces): a forced call's arguments as they
+    are generated; under `auto` the text up to a `<tool_call>` as it comes, and the calls once the answer ends."""
+    last, finish = None, "stop"
+    reader, blocks = AnswerPieces(plan), Blocks(text_open=not plan.tool_names)
     try:
-        for name, data in opening_events(message_id, model, generation.accepted.prompt_tokens):
-            if not (holding and name == "content_block_start"):
-                yield sse(name, data)
+        for name, data in opening_events(message_id, model, generation.accepted.prompt_tokens, not plan.tool_names):
+            yield sse(name, data)
         async for last in generation:
-            if holding:
-                held.append(last.text)
-            elif last.text:
-                yield sse(*delta_event(last.text))
+            for piece in reader.feed(last.text, openai_finish_reason(last.finish_reason)):
+                finish = piece.reason if isinstance(piece, Finish) else finish
+                for name, data in blocks.events(piece):
+                    yield sse(name, data)
     except OpenAIError as exc:
         yield sse("error", anthropic_error(exc))
         return
@@ -206,13 +234,7 @@ async def events(generation: Submitted, message_id: str, model: str, plan: ChatP
         await generation.aclose()
     assert last is not None
     log_finished(last)
-    calls: list[dict] = []
-    if holding:
-        content, calls = read_answer(plan, "".join(held), last.finish_reason or "stop")
-        if content:
-            yield sse(*opening_events(message_id, model, 0)[1])
-            yield sse(*delta_event(content))
-    for name, data in closing_events(last, calls, text_block=not holding or bool(content)):
+    for name, data in closing_events(last, finish == "tool_calls", blocks.open):
         yield sse(name, data)
 
 

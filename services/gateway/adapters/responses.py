@@ -20,8 +20,8 @@ from services.gateway.errors import OpenAIError, bad_request
 from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.generation_params import ChatPlan, plan_of_openai_shapes
-from services.gateway.openai_schema import SamplingFields
-from services.gateway.tool_calls import read_answer
+from services.gateway.openai_schema import SamplingFields, openai_finish_reason
+from services.gateway.tool_calls import AnswerPieces, Arguments, CallStart, Finish, Piece, Text, read_answer
 
 router = APIRouter()
 
@@ -125,10 +125,11 @@ def output_item(item_id: str, text: str | None) -> dict:
 
 
 def response(rid: str, body: ResponsesRequest, created: int, text: str | None, last: TokenChunk | None,
-             calls: list[dict] | None = None) -> dict:  # fmt: skip
+             calls: list[dict] | None = None, streamed: list[dict] | None = None, cut: bool = False) -> dict:  # fmt: skip
     """The response object (last None: the one a stream opens); the output is the text's message item (none when
-    the answer is only calls), then a function_call item per call."""
-    incomplete = last is not None and last.finish_reason == "length" and not calls
+    the answer is only calls), then a function_call item per call; or the items a stream sent (`streamed`, `cut`
+    when the answer ran out of tokens)."""
+    incomplete = last is not None and (cut or (streamed is None and last.finish_reason == "length" and not calls))
     usage = None
     if last is not None:
         usage = {
@@ -143,7 +144,7 @@ def response(rid: str, body: ResponsesRequest, created: int, text: str | None, l
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
         "error": None, "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
         "temperature": body.temperature, "top_p": body.top_p, "metadata": body.metadata or {},
-        "output": items + responses_output(calls or []),
+        "output": items + responses_output(calls or []) if streamed is None else streamed,
         "parallel_tool_calls": bool(body.parallel_tool_calls), "tools": body.tools or [], "store": False,
         "tool_choice": body.tool_choice or ("auto" if body.tools else "none"),
         "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": usage,
@@ -151,58 +152,83 @@ def response(rid: str, body: ResponsesRequest, created: int, text: str | None, l
 
 
 class StreamShape:
-    """The Responses stream's events on plain data, numbered in order: the opening ones, one delta per piece, and
-    the closing ones (the whole text again, then the finished response). `holding` (tools): the answer is held
-    to its end, since a call may start anywhere in it, then its message and function_call items are sent."""
+    """The Responses stream's events on plain data, numbered in order. Output items open with their first piece
+    (tool_calls.AnswerPieces): the assistant message with its first text (without `tools` it opens at once), a
+    function_call item with its call (arguments ""), whose arguments then go as function_call_arguments.delta
+    pieces as they come; an item is done when the next opens or the answer ends, then the finished response
+    holds every item."""
 
-    def __init__(self, rid: str, body: ResponsesRequest, created: int, holding: bool = False) -> None:
-        self.rid, self.body, self.created, self.holding = rid, body, created, holding
-        self.item_id = "msg_" + rid.removeprefix("resp_")
-        self.at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-        self.parts: list[str] = []
+    def __init__(self, rid: str, body: ResponsesRequest, created: int, tools: bool = False) -> None:
+        self.rid, self.body, self.created, self.tools = rid, body, created, tools
+        self.items: list[dict] = []  # the output items opened so far, the last one open until `_done`
+        self.parts: list[str] = []  # the open message item's text
         self.seq = 0
 
     def opening(self) -> list[dict]:
         start = response(self.rid, self.body, self.created, None, None)
         events = [{"type": "response.created", "response": start}, {"type": "response.in_progress", "response": start}]
-        return self._numbered(events + ([] if self.holding else self._message_opening()))
+        return self._numbered(events + ([] if self.tools else self._added_message()))
 
-    def _message_opening(self) -> list[dict]:
-        empty = {"type": "output_text", "text": "", "annotations": []}
-        return [
-            {"type": "response.output_item.added", "output_index": 0, "item": output_item(self.item_id, None)},
-            {"type": "response.content_part.added", **self.at, "part": empty},
-        ]  # fmt: skip
+    def feed(self, piece: Piece) -> list[dict]:
+        events: list[dict] = []
+        if isinstance(piece, Text):
+            if not self.items or self.items[-1]["type"] != "message" or self.items[-1]["status"] != "in_progress":
+                events += self._done() + self._added_message()
+            self.parts.append(piece.text)
+            events.append({"type": "response.output_text.delta", **self._at(), "delta": piece.text, "logprobs": []})
+        elif isinstance(piece, CallStart):
+            events += self._done()
+            call = {"id": piece.call_id, "function": {"name": piece.name, "arguments": ""}}
+            self.items.append(responses_output([call])[0] | {"status": "in_progress"})
+            events.append({"type": "response.output_item.added", "output_index": len(self.items) - 1, "item": dict(self.items[-1])})
+        elif isinstance(piece, Arguments):
+            self.items[-1]["arguments"] += piece.piece
+            events.append({"type": "response.function_call_arguments.delta", **self._at(), "delta": piece.piece})
+        return self._numbered(events)
 
     def delta(self, text: str) -> list[dict]:
-        self.parts.append(text)
-        return self._numbered([{"type": "response.output_text.delta", **self.at, "delta": text, "logprobs": []}])
+        return self.feed(Text(text))
 
-    def closing(self, last: TokenChunk, content: str | None = None, calls: list[dict] | None = None) -> list[dict]:
-        text = "".join(self.parts) if content is None else content
-        events: list[dict] = []
-        if not self.holding or text:
-            if self.holding:
-                events += self._message_opening()
-                events.append({"type": "response.output_text.delta", **self.at, "delta": text, "logprobs": []})
-            events += [
-                {"type": "response.output_text.done", **self.at, "text": text, "logprobs": []},
-                {"type": "response.content_part.done", **self.at,
-                 "part": {"type": "output_text", "text": text, "annotations": []}},
-                {"type": "response.output_item.done", "output_index": 0, "item": output_item(self.item_id, text)},
+    def closing(self, last: TokenChunk, finish: str = "stop") -> list[dict]:
+        """The open item done, then the finished response (`finish`: OpenAI's reason; "length" is incomplete)."""
+        cut = finish == "length"
+        events = self._done(cut)
+        final = response(self.rid, self.body, self.created, None, last, streamed=self.items, cut=cut)
+        return self._numbered(events + [{"type": "response.incomplete" if cut else "response.completed", "response": final}])
+
+    def _added_message(self) -> list[dict]:
+        index = len(self.items)
+        item_id = "msg_" + self.rid.removeprefix("resp_") + (f"_{index}" if index else "")
+        self.items.append(output_item(item_id, None))
+        self.parts = []
+        empty = {"type": "output_text", "text": "", "annotations": []}
+        return [
+            {"type": "response.output_item.added", "output_index": index, "item": dict(self.items[-1])},
+            {"type": "response.content_part.added", **self._at(), "part": empty},
+        ]  # fmt: skip
+
+    def _at(self) -> dict:
+        at = {"item_id": self.items[-1]["id"], "output_index": len(self.items) - 1}
+        return at | ({"content_index": 0} if self.items[-1]["type"] == "message" else {})
+
+    def _done(self, cut: bool = False) -> list[dict]:
+        """The open item's closing events (none when no item is open)."""
+        if not self.items or self.items[-1]["status"] != "in_progress":
+            return []
+        item, at = self.items[-1], self._at()
+        if item["type"] == "message":
+            text = "".join(self.parts)
+            self.items[-1] = output_item(item["id"], text)
+            return [
+                {"type": "response.output_text.done", **at, "text": text, "logprobs": []},
+                {"type": "response.content_part.done", **at, "part": {"type": "output_text", "text": text, "annotations": []}},
+                {"type": "response.output_item.done", "output_index": at["output_index"], "item": self.items[-1]},
             ]  # fmt: skip
-        for index, item in enumerate(responses_output(calls or []), start=1 if events else 0):
-            at = {"item_id": item["id"], "output_index": index}
-            events += [
-                {"type": "response.output_item.added", "output_index": index,
-                 "item": item | {"arguments": "", "status": "in_progress"}},
-                {"type": "response.function_call_arguments.delta", **at, "delta": item["arguments"]},
-                {"type": "response.function_call_arguments.done", **at, "arguments": item["arguments"]},
-                {"type": "response.output_item.done", "output_index": index, "item": item},
-            ]  # fmt: skip
-        final = response(self.rid, self.body, self.created, text, last, calls)
-        done = "response.completed" if final["status"] == "completed" else "response.incomplete"
-        return self._numbered(events + [{"type": done, "response": final}])
+        item["status"] = "incomplete" if cut else "completed"
+        return [
+            {"type": "response.function_call_arguments.done", **at, "arguments": item["arguments"]},
+            {"type": "response.output_item.done", "output_index": at["output_index"], "item": dict(item)},
+        ]  # fmt: skip
 
     def error(self, exc: OpenAIError) -> list[dict]:
         return self._numbered([{"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}])
@@ -220,16 +246,17 @@ def sse(data: dict) -> bytes:
 
 
 async def events(generation: Submitted, shape: StreamShape, plan: ChatPlan) -> AsyncIterator[bytes]:
-    """A failure after the 200 ends the stream with an `error` event."""
-    last, held = None, []
+    """The pieces as Chat Completions streams them (tool_calls.AnswerPieces: a forced call's arguments as they are
+    generated; under `auto` the text up to a `<tool_call>` as it comes, the calls once the answer ends); a failure
+    after the 200 ends the stream with an `error` event."""
+    last, finish, reader = None, "stop", AnswerPieces(plan)
     try:
         for event in shape.opening():
             yield sse(event)
         async for last in generation:
-            if shape.holding:
-                held.append(last.text)
-            elif last.text:
-                for event in shape.delta(last.text):
+            for piece in reader.feed(last.text, openai_finish_reason(last.finish_reason)):
+                finish = piece.reason if isinstance(piece, Finish) else finish
+                for event in shape.feed(piece):
                     yield sse(event)
     except OpenAIError as exc:
         for event in shape.error(exc):
@@ -239,8 +266,7 @@ async def events(generation: Submitted, shape: StreamShape, plan: ChatPlan) -> A
         await generation.aclose()
     assert last is not None
     log_finished(last)
-    content, calls = read_answer(plan, "".join(held), last.finish_reason or "stop") if shape.holding else (None, [])
-    for event in shape.closing(last, (content or "") if shape.holding else None, calls):
+    for event in shape.closing(last, finish):
         yield sse(event)
 
 
@@ -261,6 +287,6 @@ async def create_response(request: Request):  # noqa: ANN201
     rid = "resp_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, rid, fields, messages=plan.messages, api="responses",
                                         json_schema=plan.json_schema)  # fmt: skip
-    shape = StreamShape(rid, body, int(time.time()), holding=bool(plan.tool_names))
+    shape = StreamShape(rid, body, int(time.time()), tools=bool(plan.tool_names))
     stream = events(generation, shape, plan) if body.stream else None
     return await answer(request, generation, stream, lambda text, last: whole(rid, body, plan, text, last))

@@ -12,6 +12,8 @@ from services.gateway.adapters import ollama as ol
 from services.gateway.adapters import responses as rs
 from services.gateway.adapters.error_shapes import error_body
 from services.gateway.errors import OpenAIError, bad_request, model_not_found
+from services.gateway.generation_params import ChatPlan
+from services.gateway.tool_calls import AnswerPieces
 from services.worker.runner.serve.stops import StopMatcher
 from shared.generation import ChatMessage, FinishedRequest, TokenChunk
 
@@ -97,9 +99,46 @@ def test_anthropic_answers_tool_use_blocks():
     whole = an.whole("msg_1", "m", plan, '{"name": "weather", "arguments": {"city": "Oslo"}}', last("stop"))
     assert whole["stop_reason"] == "tool_use"
     assert [(b["type"], b["name"], b["input"]) for b in whole["content"]] == [("tool_use", "weather", {"city": "Oslo"})]
-    names = [n for n, _ in an.closing_events(last("stop"), [{"id": "c", "function": {"name": "weather", "arguments": "{}"}}],
-                                             text_block=False)]  # fmt: skip
-    assert names == ["content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+
+
+def pieces_of(plan: ChatPlan, text: str, step: int = 5) -> list:
+    """The answer's pieces as the adapters get them, the text generated `step` characters at a time."""
+    reader = AnswerPieces(plan)
+    return [p for i in range(0, len(text), step) for p in reader.feed(text[i : i + step], None)] + reader.feed("", "stop")
+
+
+def test_anthropic_streams_a_forced_call_as_input_json_delta_pieces():
+    body = decode(an.MessagesRequest, {"model": "m", "max_tokens": 30, "tools": [WEATHER], "tool_choice": {"type": "any"},
+                                        "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    plan = an.translate(body)[1]
+    pieces = pieces_of(plan, '{"name": "weather", "arguments": {"city": "Oslo"}}')
+    blocks = an.Blocks(text_open=False)
+    events = [e for p in pieces for e in blocks.events(p)] + an.closing_events(last("stop"), True, blocks.open)
+    names = [n for n, _ in events]
+    assert names[0] == "content_block_start" and names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert set(names[1:-3]) == {"content_block_delta"} and len(names[1:-3]) > 2
+    start = events[0][1]["content_block"]
+    assert (start["type"], start["name"], start["input"]) == ("tool_use", "weather", {}) and start["id"].startswith("call_")
+    assert {e["delta"]["type"] for _, e in events[1:-3]} == {"input_json_delta"} and {e["index"] for _, e in events[:-2]} == {0}
+    assert json.loads("".join(e["delta"]["partial_json"] for _, e in events[1:-3])) == {"city": "Oslo"}
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_anthropic_auto_text_then_a_call_are_two_blocks():
+    body = decode(an.MessagesRequest, {"model": "m", "max_tokens": 30, "tools": [WEATHER],
+                                        "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    plan = an.translate(body)[1]
+    reader, blocks = AnswerPieces(plan), an.Blocks(text_open=False)
+    text = 'Let me look. <tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    early = [e for i in range(0, len(text), 5) for p in reader.feed(text[i : i + 5], None) for e in blocks.events(p)]
+    events = early + [e for p in reader.feed("", "stop") for e in blocks.events(p)]
+    assert early[0] == ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    assert len(early) > 2 and {n for n, _ in early[1:]} == {"content_block_delta"}  # the text streamed before the end
+    assert "".join(e["delta"]["text"] for _, e in early[1:]) == "Let me look."
+    assert [(n, e["index"]) for n, e in events[len(early) :]] == [
+        ("content_block_stop", 0), ("content_block_start", 1), ("content_block_delta", 1),
+    ]  # fmt: skip
+    assert json.loads(events[-1][1]["delta"]["partial_json"]) == {"city": "Oslo"} and blocks.open == 1
 
 
 def test_anthropic_stop_reasons():
@@ -178,15 +217,29 @@ def test_responses_function_tools_and_call_items_plan_like_chat():
     assert [m.role for m in plan.messages] == ["system", "user", "assistant", "tool"]
     answer = rs.whole("resp_1", body, plan, '{"name": "add", "arguments": {"a": 2}}', last("stop"))
     assert [(o["type"], o["name"], o["arguments"]) for o in answer["output"]] == [("function_call", "add", '{"a": 2}')]
-    shape = rs.StreamShape("resp_1", body, 0, holding=True)
-    calls = [{"id": "c2", "function": {"name": "add", "arguments": '{"a": 2}'}}]
-    events = shape.opening() + shape.closing(last("stop"), "", calls)
-    assert [e["type"] for e in events] == [
-        "response.created", "response.in_progress", "response.output_item.added",
-        "response.function_call_arguments.delta", "response.function_call_arguments.done",
-        "response.output_item.done", "response.completed",
-    ]  # fmt: skip
-    assert events[2]["output_index"] == 0 and events[-1]["response"]["output"][0]["call_id"] == "c2"
+    shape = rs.StreamShape("resp_1", body, 0, tools=True)
+    pieces = pieces_of(plan, '{"name": "add", "arguments": {"a": 2222}}', step=3)
+    events = shape.opening() + [e for p in pieces for e in shape.feed(p)] + shape.closing(last("stop"), "tool_calls")
+    kinds = [e["type"] for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert set(kinds[3:-3]) == {"response.function_call_arguments.delta"} and len(kinds[3:-3]) > 2
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    added, done, final = events[2]["item"], events[-2]["item"], events[-1]["response"]
+    assert (added["type"], added["name"], added["arguments"], added["status"]) == ("function_call", "add", "", "in_progress")
+    assert "".join(e["delta"] for e in events[3:-3]) == events[-3]["arguments"] == done["arguments"] == '{"a": 2222}'
+    assert {e["output_index"] for e in events[2:-1]} == {0} and {e["item_id"] for e in events[3:-2]} == {added["id"]}
+    assert final["output"] == [done] and done["status"] == "completed" and done["call_id"] == added["call_id"]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_responses_a_call_cut_by_max_output_tokens_is_incomplete():
+    body = decode(rs.ResponsesRequest, {"model": "m", "tools": [ADD], "tool_choice": "required", "input": "1+1?"})
+    shape = rs.StreamShape("resp_1", body, 0, tools=True)
+    reader = AnswerPieces(rs.translate(body)[1])
+    events = [e for p in reader.feed('{"name": "add", "arguments": {"a": 2', "length") for e in shape.feed(p)]
+    events += shape.closing(last("length"), "length")
+    assert events[-2]["item"]["status"] == "incomplete" and events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["output"][0]["arguments"] == '{"a": 2'  # all of it: no closing brace was generated
 
 
 def test_responses_stream_events_numbered_and_complete():

@@ -11,7 +11,7 @@ import pytest
 from services.gateway.errors import OpenAIError
 from services.gateway.generation_params import call_schema, plan_chat
 from services.gateway.openai_schema import ChatCompletionRequest
-from services.gateway.tool_calls import ToolChatShape, parse_auto, parse_forced
+from services.gateway.tool_calls import ToolChatShape, parse_auto, parse_forced, streamable
 
 WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
@@ -98,3 +98,21 @@ def test_forced_call_streams_name_once_then_arguments_in_pieces() -> None:
 def test_a_malformed_tool_choice_is_a_400_not_a_crash() -> None:
     rejected("tool_choice", tools=[WEATHER], tool_choice={"type": "function", "function": "weather"})
     rejected("tool_choice", tools=[WEATHER], tool_choice="sometimes")
+
+
+def test_auto_text_streams_up_to_a_call_and_adds_up_to_the_whole_content() -> None:
+    assert [streamable(t) for t in ("Hi there", "Hi <tool", "Hi <tool_call>{", "  ", "a < b", "Hi\n")] == [8, 2, 2, 0, 5, 2]
+    call = '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    for tool_choice in ("auto", "none"):
+        plan = plan_chat(request(tools=[WEATHER], tool_choice=tool_choice))
+        for text in ("Plain text, a < b. ", f"Let me look. {call}", f"Before {call} after", f"  Lead {call}", call):
+            shape = ToolChatShape("chatcmpl-1", "m", plan)
+            early = [c for i in range(0, len(text), 4) for c in shape.pieces(text[i : i + 4], None)]
+            chunks = early + shape.pieces("", "stop")
+            streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+            whole = ToolChatShape("chatcmpl-1", "m", plan).whole(text, "stop", {})["choices"][0]["message"]
+            lead = "  " if text.startswith(" ") else ""  # sent before the call shows; the whole answer strips it
+            assert streamed == lead + (whole["content"] or ""), (tool_choice, text, streamed)
+            assert bool(early) == (not text.startswith("<")), text  # text before a call is not held to the end
+            calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls", [])]
+            assert [d["function"]["name"] for d in calls] == [d["function"]["name"] for d in whole.get("tool_calls", [])]
