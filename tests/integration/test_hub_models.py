@@ -122,27 +122,30 @@ def test_a_pipeline_stage_fetches_only_the_files_of_its_layers(mirror: HubMirror
 
 
 def test_a_download_killed_mid_file_resumes_where_it_stopped(mirror: HubMirror, hf_home: Path):
-    mirror.throttle_bytes_per_s = 4 * 2**20
+    mirror.throttle_bytes_per_s = 4 * 2**20  # per connection; several files come at once
     proc = fetch(mirror.url, hf_home, BIG, wait=False)
     assert isinstance(proc, subprocess.Popen)
     from services.worker.models.hub_blobs import incomplete_bytes
 
-    def partial() -> int:  # what the parts on disk hold (each part is as large as its file; its record says)
-        return incomplete_bytes(hf_home / "hub" / "models--test-org--big-llama")
-
+    repo = hf_home / "hub" / "models--test-org--big-llama"
     deadline = time.monotonic() + 60
-    while partial() < 3 * 2**20 and time.monotonic() < deadline and proc.poll() is None:
+    while incomplete_bytes(repo) < 3 * 2**20 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    kept = partial()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    assert 0 < kept < 24 * 2**20, f"not killed mid-file ({kept} bytes)"
+    sizes = mirror.files(BIG)
+    held = {}  # each weight file's part, as the kill left it (these files come by one request each: appended)
+    for name, size in sizes.items():
+        part = repo / "blobs" / f"{mirror.etag(BIG, name)}.resume.incomplete"
+        if name.endswith(".safetensors") and part.exists() and 0 < part.stat().st_size < size:
+            held[name] = part.stat().st_size
+    assert held and max(held.values()) >= 2**20, f"not killed mid-file ({held})"
     mirror.throttle_bytes_per_s = None
     mirror.ranges.clear()
     lines = fetch(mirror.url, hf_home, BIG)
     assert isinstance(lines, list) and "folder" in lines[-1], lines[-1]
-    starts = [int(r.removeprefix("bytes=").split("-")[0]) for _, r in mirror.ranges]
-    assert starts and max(starts) >= kept - 2**20, f"no request resumed from {kept} bytes: {mirror.ranges}"
+    resumed = {name: int(r.removeprefix("bytes=").split("-")[0]) for name, r in mirror.ranges}
+    assert resumed == held, f"each part resumed from its end: {mirror.ranges} against {held}"
     for name in mirror.files(BIG):
         if name.endswith(".safetensors"):  # whole, and the same bytes as the mirror's
             digest = hashlib.sha256((snapshot_of(lines) / name).read_bytes()).digest()

@@ -16,6 +16,7 @@ import os
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -60,35 +61,45 @@ def listing(source: HubRepo) -> Listing:
     return Listing(info.sha, files)
 
 
+FILES_AT_ONCE = 4  # files fetched side by side (a large one is itself several requests: ranged_fetch)
+
+
 def place(repo_dir: Path, source: HubRepo, listed: Listing, names: Iterable[str]) -> Path:
-    """Each named file into its blob (resuming a part a killed run left) and linked into the snapshot; the
-    revision's ref points at the commit. Returns the snapshot folder."""
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+    """Each named file into its blob (resuming a part a killed run left) and linked into the snapshot, several
+    files at once; the revision's ref points at the commit. Returns the snapshot folder."""
+    from huggingface_hub.utils import build_hf_headers
 
     blobs, folder = repo_dir / "blobs", repo_dir / "snapshots" / listed.commit
     blobs.mkdir(parents=True, exist_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     headers = build_hf_headers()
-    for name in names:
-        file = listed.files[name]
-        blob, link = blobs / file.etag, folder / name
-        if not blob.exists():
-            with WeakFileLock(blobs / f"{file.etag}.lock"):
-                if not blob.exists():
-                    part = blobs / f"{file.etag}{RESUME_SUFFIX}"
-                    url = hf_hub_url(source.repo_id, name, revision=listed.commit)
-                    ranged_fetch.fetch(_OPENER, url, part, headers_for(url, headers), file.size)
-                    os.replace(part, blob)
-        if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.unlink(missing_ok=True)  # a dangling link
-            link.symlink_to(os.path.relpath(blob, link.parent))
+    with ThreadPoolExecutor(max_workers=FILES_AT_ONCE, thread_name_prefix="hub-file") as pool:
+        for done in [pool.submit(_place_one, blobs, folder, source, listed, name, headers) for name in names]:
+            done.result()
     if source.revision != listed.commit:
         ref = repo_dir / "refs" / source.revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(listed.commit)
     return folder
+
+
+def _place_one(blobs: Path, folder: Path, source: HubRepo, listed: Listing, name: str, headers: dict[str, str]) -> None:
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import WeakFileLock
+
+    file = listed.files[name]
+    blob, link = blobs / file.etag, folder / name
+    if not blob.exists():
+        with WeakFileLock(blobs / f"{file.etag}.lock"):
+            if not blob.exists():
+                part = blobs / f"{file.etag}{RESUME_SUFFIX}"
+                url = hf_hub_url(source.repo_id, name, revision=listed.commit)
+                ranged_fetch.fetch(_OPENER, url, part, headers_for(url, headers), file.size)
+                os.replace(part, blob)
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)  # a dangling link
+        link.symlink_to(os.path.relpath(blob, link.parent))
 
 
 class _TokenStaysHome(urllib.request.HTTPRedirectHandler):

@@ -68,10 +68,14 @@ def held_bytes(part: Path) -> int:
 
 def fetch(opener: urllib.request.OpenerDirector, url: str, part: Path, headers: dict[str, str], size: int,
           min_piece: int = MIN_PIECE_BYTES, chunk: int = CHUNK_BYTES) -> None:  # fmt: skip
-    """The file into `part`, whole: the pieces still missing, several at once."""
+    """The file into `part`, whole: the pieces still missing, several at once (one: appended, with no record)."""
     pieces = read_pieces(part) if part.exists() else None
     if pieces is None:
-        pieces = plan(size, part.stat().st_size if part.exists() else 0, min_piece=min_piece)
+        have = part.stat().st_size if part.exists() else 0
+        pieces = plan(size, have, min_piece=min_piece)
+        if len(pieces) == 1:
+            _sequential(opener, url, part, headers, size, have, chunk)
+            return
     record = _Record(part, pieces)
     record.write()
     with open(part, "ab") as out:
@@ -88,6 +92,22 @@ def fetch(opener: urllib.request.OpenerDirector, url: str, part: Path, headers: 
     if bytes_held(record.pieces) != size:
         raise ShortDownload(f"{part.name}: {bytes_held(record.pieces)} bytes received, {size} expected")
     record.remove()
+
+
+def _sequential(opener: urllib.request.OpenerDirector, url: str, part: Path, headers: dict[str, str], size: int,
+                have: int, chunk: int) -> None:  # fmt: skip
+    """The rest of a file after the `have` bytes its part holds: one request, appended, the part's size its record."""
+    if have < size or size == 0:
+        ranged = {"Range": f"bytes={have}-"} if have else {}
+        buffer = memoryview(bytearray(min(chunk, max(size - have, 1))))
+        with opener.open(urllib.request.Request(url, headers=headers | ranged), timeout=60) as answer:
+            with open(part, "ab") as out:
+                if have and answer.status != 206:  # the server ignored the range: start the file over
+                    out.truncate(0)
+                while n := answer.readinto(buffer):
+                    out.write(buffer[:n])
+    if part.stat().st_size != size:
+        raise ShortDownload(f"{part.name}: {part.stat().st_size} bytes received, {size} expected")
 
 
 def _piece(opener: urllib.request.OpenerDirector, url: str, fd: int, headers: dict[str, str], record: _Record,
