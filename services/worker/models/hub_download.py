@@ -63,13 +63,16 @@ def fetch(card: ModelCard, layers: tuple[int, int] | None, sink: ProgressSink) -
                              "HF_HUB_OFFLINE is set")  # fmt: skip
     where = repo_dir(source.repo_id)
     listed = _guarded(source, lambda: hub_blobs.listing(source))
-    folder = _guarded(source, lambda: hub_blobs.place(where, source, listed, listed.matching(METADATA_PATTERNS)))
+    folder, metadata = where / "snapshots" / listed.commit, listed.matching(METADATA_PATTERNS)
+    if layers is not None and INDEX_FILE in listed.files:  # the index says which files hold this node's layers
+        _guarded(source, lambda: hub_blobs.place(where, source, listed, metadata))
+        metadata = []
     files = listed.matching(needed_files(folder, card, layers))
     check_disk(card, folder, files)
     poller = _Poller(card, folder, files, sink)
     poller.start()
     try:
-        _guarded(source, lambda: hub_blobs.place(where, source, listed, files))
+        _guarded(source, lambda: hub_blobs.place(where, source, listed, [*metadata, *files]))
     except DownloadFailed as exc:
         poller.stop(failed=str(exc))
         raise
