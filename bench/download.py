@@ -1,12 +1,13 @@
 """Download throughput of a hub model from the tests' local mirror of the hub (tests/hub_mirror.py, over loopback
 HTTP, through huggingface-hub and the worker's fetch), against a plain copy of the same files, in one run.
 
-    .venv/bin/python -m bench.download [--mb 200] [--rounds 3]
+    .venv/bin/python -m bench.download [--mb 200] [--rounds 6]
 
 Each round downloads into a fresh HF_HOME and copies into a fresh folder (both read the source from the page
-cache); the timed download is the worker's (hub_download.fetch: listing, metadata, weights), the card is looked up
-once before, as the gateway does before placing; the figure is the median of the rounds' ratios (download MB/s over copy MB/s; goal >= 0.8), with a plain
-HTTP GET of the same files from the same mirror beside it (what loopback HTTP into Python costs by itself).
+cache), each round in another order (no way always runs first). The timed download is the worker's
+(hub_download.fetch: listing, metadata, weights); the card is looked up once before, as the gateway does before
+placing. The figure is the median of the rounds' ratios (download MB/s over copy MB/s; goal >= 0.8), with a
+plain HTTP GET of the same files from the same mirror beside it (what loopback HTTP into Python costs by itself).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def download(card, hf_home: Path) -> float:  # noqa: ANN001
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200, help="padding added to the tiny model's weights")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="exo-bench-download-"))
     from tests.hub_mirror import HubMirror
@@ -88,12 +89,15 @@ def main() -> None:
         total = sum((source / n).stat().st_size for n in names)
         card = card_of(root / "lookup")
         rounds = []
+        ways = {"copy": lambda i: copy_files(source, root / f"copy-{i}", names),
+                "raw_http": lambda i: raw_http(mirror.url, root / f"raw-{i}", names),
+                "download": lambda i: download(card, root / f"hf-{i}")}  # fmt: skip
+        order = list(ways)
         for i in range(args.rounds):
-            copy_s = copy_files(source, root / f"copy-{i}", names)
-            raw_s = raw_http(mirror.url, root / f"raw-{i}", names)
-            download_s = download(card, root / f"hf-{i}")
-            rounds.append({"copy_mb_s": total / 1e6 / copy_s, "raw_http_mb_s": total / 1e6 / raw_s,
-                           "download_mb_s": total / 1e6 / download_s})  # fmt: skip
+            seconds = {}
+            for way in order[i % 3 :] + order[: i % 3]:  # each round starts with the next: no way always goes first
+                seconds[way] = ways[way](i)
+            rounds.append({f"{way}_mb_s": total / 1e6 / seconds[way] for way in order})
             for folder in ("copy", "raw", "hf"):
                 shutil.rmtree(root / f"{folder}-{i}")
         over_copy = statistics.median(r["download_mb_s"] / r["copy_mb_s"] for r in rounds)
