@@ -35,9 +35,10 @@ class GroupMember(msgspec.Struct, frozen=True):
 
     role: GroupRole
     main: InstanceId | None = None  # the group's main instance; None on the main itself
-    validator: str | None = None  # the main's: the validator model
-    draft: str = "ngram"  # the main's: "ngram", "none" or the draft model
-    policy: Literal["block", "annotate"] = "annotate"  # the main's
+    # the main's (None on the others): the validator model, the draft ("ngram", "none" or a model), the policy
+    validator: str | None = None
+    draft: str | None = None
+    policy: Literal["block", "annotate"] | None = None
 
 
 class Instance(msgspec.Struct, frozen=True):

@@ -32,4 +32,4 @@ def group_defaults(state: ClusterState, model: str) -> GroupDefaults | None:
     validators = [v for v in state.group_members(main).get("validator", []) if state.instance_ready(v)]
     validator = validators[0] if validators else (group.validator or model_id)
     draft = group.draft if group.draft in SERVED_DRAFTS else "ngram"
-    return GroupDefaults(validator, group.policy, draft, main)
+    return GroupDefaults(validator, group.policy or "annotate", draft, main)

@@ -5,13 +5,16 @@ verdict deterministic; the guard model (the same SmolLM2, on the node's instance
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, Node
+from tests.conftest import MODEL, Node, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +72,82 @@ def _rows(node: Node, rid: str) -> dict[str, dict]:
         if len(found) == 3 or time.monotonic() > deadline:
             return found
         time.sleep(1)
+
+
+# --- a placed group (POST /instances with trifurcated): its roles, its preview and its defaults ---------------
+# On the session's one node the validator cannot be apart from the main model: the replies say what it shares.
+# These come last in the file: the tests above judge a node without a group.
+
+GROUP = {"validator": MODEL, "policy": "block"}
+DENIED = {"validator": "deny-list", "deny": ["orchard"]}  # says no policy: the group's `block` applies
+
+
+@pytest.fixture(scope="module")
+def group(node: Node) -> Iterator[dict[str, dict]]:
+    """The group's instances by role, placed once (and deleted after the module), ready."""
+    placed = httpx.post(f"{node.base_url}/instances", json={"model": MODEL, "trifurcated": GROUP}, timeout=60)
+    assert placed.status_code == 201, placed.text
+    roles = {i["role"]: i for i in placed.json()["instances"]}
+    try:
+        wait_for(lambda: {r["instance_id"] for r in roles.values()} <= set(node.health()["ready_instances"]), 240,
+                 "the group's instances ready", node)  # fmt: skip
+        yield roles | {"reply": placed.json()}
+    finally:
+        for role in roles.values():
+            httpx.delete(f"{node.base_url}/instances/{role['instance_id']}", timeout=30)
+
+
+def test_bad_group_fields_are_400s_naming_them_and_the_preview_says_what_each_role_shares(node: Node) -> None:
+    for fields, param in [({"validator": "no-such-model"}, "trifurcated.validator"), ({"policy": "warn"}, "trifurcated.policy"),
+                          ({"polcy": "block"}, "trifurcated.polcy"), ({"draft": "no-such-draft"}, "trifurcated.draft")]:  # fmt: skip
+        r = httpx.post(f"{node.base_url}/instances", json={"model": MODEL, "trifurcated": fields}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (fields, r.text)
+    r = httpx.get(f"{node.base_url}/instances/preview", params={"model": MODEL, "policy": "warn"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "trifurcated.policy"
+    preview = httpx.get(f"{node.base_url}/instances/preview", params={"model": MODEL, **GROUP}, timeout=30).json()["group"]
+    assert preview["feasible"] and [(r["role"], r["trit"]) for r in preview["roles"]] == [("main", 0), ("validator", -1)]
+    (main, validator) = preview["roles"]
+    assert main["shares"] is None and validator["nodes"] == main["nodes"]
+    assert validator["shares"] == f"shares {main['nodes'][0]} with main: no node is free of them"
+
+
+def test_a_placed_group_lists_its_roles_and_a_trifurcated_chat_takes_its_settings(node: Node, group: dict) -> None:
+    main, validator = group["main"], group["validator"]
+    assert group["reply"]["group"] == {"validator": MODEL, "draft": "ngram", "policy": "block"}
+    assert main["shares"] is None and validator["shares"] == f"shares {main['shards'][0]['node_id']} with {main['instance_id']}: no node is free of them"
+    listed = {i["instance_id"]: i for i in httpx.get(f"{node.base_url}/instances", timeout=30).json()["instances"]}
+    assert listed[validator["instance_id"]]["group"] == {"role": "validator", "main": main["instance_id"], "validator": None,
+                                                         "draft": None, "policy": None}  # fmt: skip
+    assert listed[main["instance_id"]]["group"]["policy"] == "block"
+    # `true`: the group's own validator instance judges (its verdict names it), under the group's `block`
+    try:
+        r = client(node).chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0,
+                                                 extra_body={"trifurcated": True})  # fmt: skip
+        verdict = r.model_extra["validator"]  # type: ignore[index]
+        assert verdict["validator"] == validator["instance_id"] and verdict["verdict"] in ("safe", "unsafe"), verdict
+        assert verdict["verdict"] == "safe"  # an unsafe one would have been blocked
+    except openai.PermissionDeniedError as denied:  # the 135M guard may judge it unsafe: blocked, by the group's policy
+        assert validator["instance_id"] in denied.message
+    # what the request says wins; what it leaves out (the policy) is the group's
+    with pytest.raises(openai.PermissionDeniedError):
+        client(node).chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, extra_body={"trifurcated": DENIED})
+    r = client(node).chat.completions.create(model=MODEL, messages=ASK, max_tokens=8,
+                                             extra_body={"trifurcated": DENIED | {"policy": "annotate"}})  # fmt: skip
+    assert r.model_extra["validator"]["verdict"] == "unsafe"  # type: ignore[index]
+    rows = _rows(node, r.id)
+    assert rows[r.id]["instance"] == main["instance_id"], rows  # the group's main instance answered
+
+
+def test_the_dashboard_labels_the_groups_roles(node: Node, group: dict) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+    chromium = os.environ.get("EXO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{node.base_url}/dashboard")
+        for role, label in (("main", "main 0"), ("validator", "validator -1")):
+            card = page.locator(f'.instance[data-instance="{group[role]["instance_id"]}"] .badge.role')
+            sync_api.expect(card).to_have_text(label, timeout=20_000)
+        browser.close()
