@@ -76,6 +76,7 @@ class GroupRoleModel(msgspec.Struct, frozen=True):
     role: GroupRole
     model_id: str
     card: ModelCard | None = None  # as in PlaceInstance
+    min_nodes: int = 1
 
 
 class PreviewGroup(msgspec.Struct, frozen=True):

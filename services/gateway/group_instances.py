@@ -105,8 +105,10 @@ async def place_group(request: Request, main_command: PlaceInstance, plan: Group
     }  # fmt: skip
 
 
-async def preview_group(request: Request, plan: GroupPlan) -> dict:
-    roles = tuple(GroupRoleModel(role, card.model_id, carried(card)) for role, card in plan.roles)
+async def preview_group(request: Request, plan: GroupPlan, min_nodes: int = 1) -> dict:
+    """Where each role would go now (`min_nodes` for the main model, as POST's body gives it)."""
+    roles = tuple(GroupRoleModel(role, card.model_id, carried(card), min_nodes if role == "main" else 1)
+                  for role, card in plan.roles)  # fmt: skip
     reply = await command(request, subjects.CMD_PREVIEW_GROUP, encode(PreviewGroup(roles)), GroupPreviewReply)
     if not reply.ok:
         return plan.settings() | {"feasible": False, "reason": reply.error, "roles": []}

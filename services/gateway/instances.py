@@ -82,7 +82,7 @@ async def preview_instances(
     found = {"model": model, "options": msgspec.to_builtins(reply.options), "memory": msgspec.to_builtins(reply.memory)}
     fields = {k: v for k, v in {"validator": validator, "draft": draft, "policy": policy}.items() if v is not None}
     if trifurcated or fields:
-        found["group"] = await preview_group(request, await plan_group(request, card, decode_group(fields)))
+        found["group"] = await preview_group(request, await plan_group(request, card, decode_group(fields)), min_nodes)
     return found
 
 

@@ -16,6 +16,7 @@ import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from shared.events import GROUP_TRITS
 from shared.generation import ChatMessage, FinishedRequest, GenerateRequest, SamplingParams, TokenChunk
 from shared.ids import InstanceId
 from shared.inference_log import InferenceRecord
@@ -40,7 +41,7 @@ from services.gateway.validator import (
     parse_verdict,
 )
 
-TRIT_VALIDATOR, TRIT_DRAFT = -1, 1
+TRIT_VALIDATOR, TRIT_DRAFT = GROUP_TRITS["validator"], GROUP_TRITS["draft"]
 
 
 def blocked(verdict: Verdict) -> OpenAIError:

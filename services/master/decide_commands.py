@@ -89,10 +89,12 @@ def decide_preview_group(state: ClusterState, cmd: PreviewGroup) -> GroupPreview
     "shares node-a with main")."""
     roles = []
     for role in cmd.roles:
+        if problem := node_count_problem(role.min_nodes):
+            return GroupPreviewReply(ok=False, error=f"the {role.role}: {problem}")
         card = command_card(state, role.model_id, role.card)
         if isinstance(card, str):
             return GroupPreviewReply(ok=False, error=f"the {role.role}: {card}")
-        roles.append((role.role, PlaceInstance(card.model_id), card, role.role))
+        roles.append((role.role, PlaceInstance(card.model_id, min_nodes=role.min_nodes), card, role.role))
     placed = place_group(state, roles)
     if isinstance(placed, NoPlacement):
         return GroupPreviewReply(ok=False, error=placed.reason)
