@@ -117,6 +117,7 @@ class InstanceAwaitingNodes(Event, frozen=True):
     strategy: Literal["pipeline", "tensor"]
     backend: Literal["ring", "jaccl"]
     reason: str
+    group: GroupMember | None = None  # its role in a trifurcated group, kept for the instance placed again
 
 
 class ModelCardRecorded(Event, frozen=True):
