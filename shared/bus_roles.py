@@ -49,7 +49,7 @@ READ_LOG = (
 MICRO = ("$SRV.>",)
 INBOXES = ("_INBOX.>",)
 OPERATOR_COMMANDS = (subjects.CMD_PLACE_INSTANCE, subjects.CMD_DELETE_INSTANCE, subjects.CMD_PREVIEW,
-                     subjects.INFERENCES_QUERY)  # fmt: skip
+                     subjects.CMD_PREVIEW_GROUP, subjects.INFERENCES_QUERY)  # fmt: skip
 # The gateway records each finished request in the inference log's stream (the leader writes it into DuckLake).
 RECORD_INFERENCES = (subjects.INFERENCES_SUBJECT,)
 RUNNER_REQUESTS = (subjects.runner_generate("*"), subjects.runner_cancel("*"), subjects.runner_count("*"))

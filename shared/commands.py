@@ -6,7 +6,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from shared.events import RunnerPhase, ShardAssignment
+from shared.events import GroupMember, GroupRole, RunnerPhase, ShardAssignment
 from shared.ids import InstanceId, NodeId
 from shared.models import ModelCard
 
@@ -25,6 +25,7 @@ class PlaceInstance(msgspec.Struct, frozen=True):
     card: ModelCard | None = None
     # a trifurcated group's other roles (docs/trifurcated.md): on nodes none of these uses, where it fits
     apart_from: tuple[InstanceId, ...] = ()
+    group: GroupMember | None = None  # the instance's role in its group, recorded on it (InstancePlaced)
 
 
 class DeleteInstance(msgspec.Struct, frozen=True):
@@ -71,6 +72,36 @@ class PlanPreview(msgspec.Struct, frozen=True):
     reason_now: str | None = None
 
 
+class GroupRoleModel(msgspec.Struct, frozen=True):
+    role: GroupRole
+    model_id: str
+    card: ModelCard | None = None  # as in PlaceInstance
+    min_nodes: int = 1
+
+
+class PreviewGroup(msgspec.Struct, frozen=True):
+    """Where a trifurcated group's roles would go now, in this order, each apart from the ones before it
+    (answered with GroupPreviewReply; what POST /instances with a group then does one role at a time)."""
+
+    roles: tuple[GroupRoleModel, ...]
+
+
+class RolePreview(msgspec.Struct, frozen=True):
+    role: GroupRole
+    model_id: str
+    nodes: tuple[str, ...]
+    strategy: str
+    backend: str
+    shards: tuple[ShardAssignment, ...]
+    shares: str | None = None  # what it would share with the roles before it; None: nothing
+
+
+class GroupPreviewReply(msgspec.Struct, frozen=True):
+    ok: bool
+    error: str | None = None
+    roles: list[RolePreview] = []
+
+
 class NodeMemory(msgspec.Struct, frozen=True):
     """One node's memory as placement sees it, in bytes: its budget (--memory, else measured free memory), what
     placed instances hold of it (per instance id), and what is left for the next one."""
@@ -100,7 +131,7 @@ class CommandReply(msgspec.Struct, frozen=True):
 SERVICE_ERROR_HEADER = "Nats-Service-Error"
 
 
-R = TypeVar("R", CommandReply, PreviewReply)
+R = TypeVar("R", CommandReply, PreviewReply, GroupPreviewReply)
 
 
 def decode_reply(data: bytes, headers: dict[str, str] | None, type_: type[R]) -> R:

@@ -23,6 +23,24 @@ class ShardAssignment(msgspec.Struct, frozen=True):
     end_layer: int  # exclusive
 
 
+GroupRole = Literal["validator", "main", "draft"]
+GROUP_ROLES: tuple[GroupRole, ...] = ("main", "validator", "draft")  # the order a group is placed in
+GROUP_TRITS: dict[str, int] = {"validator": -1, "main": 0, "draft": 1}
+
+
+class GroupMember(msgspec.Struct, frozen=True):
+    """An instance's role in a trifurcated group (docs/trifurcated.md). The main instance (0) carries the group's
+    settings, the defaults of a `"trifurcated": true` request for its model; its validator (-1) and draft (+1)
+    instances name it in `main`."""
+
+    role: GroupRole
+    main: InstanceId | None = None  # the group's main instance; None on the main itself
+    # the main's (None on the others): the validator model, the draft ("ngram", "none" or a model), the policy
+    validator: str | None = None
+    draft: str | None = None
+    policy: Literal["block", "annotate"] | None = None
+
+
 class Instance(msgspec.Struct, frozen=True):
     instance_id: InstanceId
     model_id: str
@@ -30,6 +48,7 @@ class Instance(msgspec.Struct, frozen=True):
     backend: Literal["ring", "jaccl"]
     shards: tuple[ShardAssignment, ...]
     memory_per_node: dict[str, int] = {}  # bytes placement reserved on each node (weights, KV cache, headroom)
+    group: GroupMember | None = None  # its role in a trifurcated group; None: on its own
 
     @property
     def world_size(self) -> int:
@@ -98,6 +117,7 @@ class InstanceAwaitingNodes(Event, frozen=True):
     strategy: Literal["pipeline", "tensor"]
     backend: Literal["ring", "jaccl"]
     reason: str
+    group: GroupMember | None = None  # its role in a trifurcated group, kept for the instance placed again
 
 
 class ModelCardRecorded(Event, frozen=True):

@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from shared.events import GROUP_TRITS
 from shared.subjects import INFERENCES_QUERY, INFERENCES_STREAM, INFERENCES_SUBJECT
 
 # The stream keeps records (it is not a work queue): a node that becomes leader fills its own lake from it.
@@ -24,8 +25,8 @@ RETENTION_S = 30 * 24 * 3600
 RETENTION_BYTES = 1024**3
 DUPLICATE_WINDOW_S = 120  # a publish retried with the same record id (Nats-Msg-Id) is stored once
 
-# trit: the request's role in trifurcated inference (-1 validator, 0 main, +1 speculative draft)
-TRIT_MAIN = 0
+# trit: the request's role in trifurcated inference (-1 validator, 0 main, +1 speculative draft; shared/events.py)
+TRIT_MAIN = GROUP_TRITS["main"]
 
 
 class InferenceRecord(msgspec.Struct, frozen=True):

@@ -39,3 +39,12 @@ class ClusterState(msgspec.Struct, frozen=True):
 
     def instances_of(self, model_id: str) -> list[Instance]:
         return [i for i in self.instances.values() if i.model_id == model_id]
+
+    def group_members(self, main_id: InstanceId) -> dict[str, list[InstanceId]]:
+        """A trifurcated group's instances by role (docs/trifurcated.md): the main and those that name it."""
+        members: dict[str, list[InstanceId]] = {"main": [main_id]} if main_id in self.instances else {}
+        for iid in sorted(self.instances):
+            group = self.instances[iid].group
+            if group is not None and group.main == main_id:
+                members.setdefault(group.role, []).append(iid)
+        return members

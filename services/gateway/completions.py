@@ -23,6 +23,7 @@ from services.gateway.errors import bad_request
 from services.gateway.generate import answer, gather, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.generation_params import ChatPlan, plan_chat
+from services.gateway.group_defaults import group_defaults
 from services.gateway.openapi_doc import error_responses, json_body
 from services.gateway.openai_schema import (
     ChatCompletionRequest,
@@ -47,7 +48,8 @@ async def chat_completions(request: Request):  # noqa: ANN201
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
     plan = plan_chat(body)  # the prompt's messages, the grammar, how tool calls are read back
-    tri = plan_trifurcated(body.trifurcated, body.model, body.speculative is not None)
+    group = group_defaults(request.app.state.gateway.follower.state, body.model) if body.trifurcated else None
+    tri = plan_trifurcated(body.trifurcated, body.model, body.speculative is not None, group)
     if tri is not None:
         if body.n != 1:
             raise bad_request("trifurcated inference gives one choice (n = 1)", param="n")

@@ -35,9 +35,11 @@ async def start_generation(
     api: str = "chat.completions",
     json_schema: str | None = None,
     choice: int = 0,
+    instance: str | None = None,
 ) -> Submitted:
     """Accepted, or an OpenAIError (404 unknown model, 400, 429, 503) raised before any byte is sent. The recorder
-    measures it for /metrics, the dashboard and the inference log (as `api`), however it ends."""
+    measures it for /metrics, the dashboard and the inference log (as `api`), however it ends. `instance`: the one
+    to serve it (a trifurcated group's main) while it is ready; else any ready instance of the model."""
     gateway = request.app.state.gateway
     try:
         card = get_card(fields.model, gateway.follower.state.models)
@@ -47,7 +49,9 @@ async def start_generation(
     if choice:  # one of `n`: its own seed schedule (the seed itself is the same, or fixed by its runner)
         sampling = msgspec.structs.replace(sampling, choice=choice)
     speculation = fields.speculation()
-    instance_id = pick_instance(gateway.follower.state, card.model_id, gateway.client.next_turn())
+    state = gateway.follower.state
+    ready = instance is not None and instance in state.instances and state.instance_ready(instance)
+    instance_id = instance if ready else pick_instance(state, card.model_id, gateway.client.next_turn())
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
                                json_schema=json_schema, speculative=speculation)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)

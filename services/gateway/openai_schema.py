@@ -82,10 +82,11 @@ class TrifurcatedField(msgspec.Struct, forbid_unknown_fields=True):
     """Our extension: `"trifurcated": {...}` (or `true`) runs a validator and a draft beside the main model
     (docs/trifurcated.md; services/gateway/validator.py plans it)."""
 
-    validator: str | None = None  # a model or instance id, or "deny-list"; None: the request's own model
-    policy: str = "annotate"
-    draft: str = "ngram"  # as speculative.draft, or "none"
-    tokens: int = 4
+    # None: the group's setting where the model has a trifurcated group (docs/trifurcated.md), else the default
+    validator: str | None = None  # a model or instance id, or "deny-list"; default: the request's own model
+    policy: str | None = None  # default "annotate"
+    draft: str | None = None  # as speculative.draft, or "none"; default "ngram"
+    tokens: int | None = None  # default 4
     deny: list[str] = []  # case-insensitive regexes: a match in a user message is an unsafe verdict at once
 
 

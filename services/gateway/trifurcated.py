@@ -16,6 +16,7 @@ import msgspec
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from shared.events import GROUP_TRITS
 from shared.generation import ChatMessage, FinishedRequest, GenerateRequest, SamplingParams, TokenChunk
 from shared.ids import InstanceId
 from shared.inference_log import InferenceRecord
@@ -40,7 +41,7 @@ from services.gateway.validator import (
     parse_verdict,
 )
 
-TRIT_VALIDATOR, TRIT_DRAFT = -1, 1
+TRIT_VALIDATOR, TRIT_DRAFT = GROUP_TRITS["validator"], GROUP_TRITS["draft"]
 
 
 def blocked(verdict: Verdict) -> OpenAIError:
@@ -56,7 +57,8 @@ async def serve_trifurcated(request: Request, body: ChatCompletionRequest, plan:
     main_body = msgspec.structs.replace(body, seed=seed, speculative=speculative, trifurcated=None)
     target = None if tri.validator == DENY_LIST else _validator_target(request, tri.validator)
     rid = shape.request_id
-    main = await start_generation(request, rid, main_body, messages=plan.messages, json_schema=plan.json_schema)
+    main = await start_generation(request, rid, main_body, messages=plan.messages, json_schema=plan.json_schema,
+                                  instance=tri.main_instance)  # fmt: skip
     assert isinstance(main, ObservedGeneration)
     state = request.app.state.gateway.follower.state
     after = main.first_token if target is not None and shares_devices(state, target[0], main.instance_id) else None

@@ -60,6 +60,20 @@ class TrifurcatedPlan(msgspec.Struct, frozen=True):
     draft: str  # "ngram" or a draft model, as `speculative.draft`
     tokens: int
     deny: tuple[str, ...] = ()
+    main_instance: str | None = None  # the group's main instance serves it; None: any instance of the model
+
+
+class GroupDefaults(msgspec.Struct, frozen=True):
+    """What a request leaves unsaid: the model's trifurcated group's settings (services/gateway/group_defaults.py),
+    else these."""
+
+    validator: str  # the group's validator instance (or model); by default the request's own model
+    policy: Policy = "annotate"
+    draft: str = "ngram"
+    main_instance: str | None = None
+
+
+DEFAULT_DRAFT_TOKENS = 4
 
 
 def guard_messages(messages: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
@@ -114,22 +128,28 @@ def compiled_patterns(patterns: list[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def plan_trifurcated(field: object, model: str, speculative_given: bool) -> TrifurcatedPlan | None:
-    """The plan of a request's `trifurcated` field (`true`, or a TrifurcatedField); None when it asks for none."""
+def plan_trifurcated(field: object, model: str, speculative_given: bool,
+                     group: GroupDefaults | None = None) -> TrifurcatedPlan | None:  # fmt: skip
+    """The plan of a request's `trifurcated` field (`true`, or a TrifurcatedField); None when it asks for none.
+    What the field says wins; what it leaves out comes from `group` (the model's group), else the defaults."""
     if field is None or field is False:
         return None
     spec = TrifurcatedField() if field is True else field
     assert isinstance(spec, TrifurcatedField)
-    if spec.policy not in POLICIES:
-        raise bad_request(f"unknown policy {spec.policy!r}: block or annotate", param="trifurcated.policy")
-    if spec.draft != "none" and speculative_given:
+    base = group or GroupDefaults(model)
+    policy = spec.policy if spec.policy is not None else base.policy
+    draft = spec.draft if spec.draft is not None else base.draft
+    tokens = spec.tokens if spec.tokens is not None else DEFAULT_DRAFT_TOKENS
+    if policy not in POLICIES:
+        raise bad_request(f"unknown policy {policy!r}: block or annotate", param="trifurcated.policy")
+    if draft != "none" and speculative_given:
         raise bad_request("give the draft once: trifurcated.draft or speculative, not both", param="speculative")
-    if not 1 <= spec.tokens <= MAX_DRAFT_TOKENS:
+    if not 1 <= tokens <= MAX_DRAFT_TOKENS:
         raise bad_request(f"trifurcated.tokens must be between 1 and {MAX_DRAFT_TOKENS}", param="trifurcated.tokens")
-    validator = spec.validator if spec.validator is not None else model
+    validator = spec.validator if spec.validator is not None else base.validator
     if not validator:
         raise bad_request("trifurcated.validator must name a model, an instance or \"deny-list\"", param="trifurcated.validator")
     deny = compiled_patterns(spec.deny)
     if validator == DENY_LIST and not deny:
         raise bad_request("the deny-list validator needs trifurcated.deny patterns", param="trifurcated.deny")
-    return TrifurcatedPlan(validator, spec.policy, spec.draft, spec.tokens, deny)  # type: ignore[arg-type]
+    return TrifurcatedPlan(validator, policy, draft, tokens, deny, base.main_instance)  # type: ignore[arg-type]

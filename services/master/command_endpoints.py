@@ -19,6 +19,7 @@ from services.master.decide_commands import (
     decide_delete,
     decide_place,
     decide_preview,
+    decide_preview_group,
     decide_report,
     decide_worker_started,
 )
@@ -27,7 +28,9 @@ from shared import subjects
 from shared.commands import (
     CommandReply,
     DeleteInstance,
+    GroupPreviewReply,
     PlaceInstance,
+    PreviewGroup,
     PreviewPlacements,
     PreviewReply,
     ReportRunner,
@@ -40,6 +43,7 @@ from shared.process_lifetime import register
 from shared.state import ClusterState
 
 log = structlog.get_logger()
+Reply = CommandReply | PreviewReply | GroupPreviewReply
 
 
 class CommandEndpoints:
@@ -53,18 +57,19 @@ class CommandEndpoints:
     async def register(self, nc: NATS, node_id: str) -> Service:
         service = await register(nc, subjects.SERVICE_MASTER, node_id, "cluster state, placement, commands")
         group = service.add_group(name=subjects.COMMAND_PREFIX)
-        endpoints: list[tuple[str, type, Callable[[Any], Awaitable[CommandReply | PreviewReply]]]] = [
+        endpoints: list[tuple[str, type, Callable[[Any], Awaitable[Reply]]]] = [
             (subjects.ENDPOINT_PLACE_INSTANCE, PlaceInstance, self._place),
             (subjects.ENDPOINT_DELETE_INSTANCE, DeleteInstance, self._delete),
             (subjects.ENDPOINT_REPORT_RUNNER, ReportRunner, self._report),
             (subjects.ENDPOINT_PREVIEW, PreviewPlacements, self._preview),
+            (subjects.ENDPOINT_PREVIEW_GROUP, PreviewGroup, self._preview_group),
             (subjects.ENDPOINT_WORKER_STARTED, ReportWorkerStarted, self._worker_started),
         ]
         for name, type_, handle in endpoints:
             await group.add_endpoint(name=name, handler=self._handler(type_, handle))
         return service
 
-    def _handler(self, type_: type, handle: Callable[[Any], Awaitable[CommandReply | PreviewReply]]) -> Callable:
+    def _handler(self, type_: type, handle: Callable[[Any], Awaitable[Reply]]) -> Callable:
         async def handler(req: Request) -> None:
             try:
                 cmd: Any = decode(req.data, type_)
@@ -97,6 +102,9 @@ class CommandEndpoints:
 
     async def _preview(self, cmd: PreviewPlacements) -> PreviewReply:
         return decide_preview(self.state(), cmd)
+
+    async def _preview_group(self, cmd: PreviewGroup) -> GroupPreviewReply:
+        return decide_preview_group(self.state(), cmd)
 
     async def _worker_started(self, cmd: ReportWorkerStarted) -> CommandReply:
         return await self.log.decide_and_append(lambda s: decide_worker_started(s, cmd))

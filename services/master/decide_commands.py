@@ -7,15 +7,19 @@ import msgspec
 from shared.commands import (
     CommandReply,
     DeleteInstance,
+    GroupPreviewReply,
     PlaceInstance,
+    PreviewGroup,
     PreviewPlacements,
     PreviewReply,
     ReportRunner,
     ReportWorkerStarted,
+    RolePreview,
 )
 from shared.events import (
     AnyEvent,
     InstanceDeleted,
+    GroupMember,
     InstancePlaced,
     ModelCardRecorded,
     NodeFactsRecorded,
@@ -28,7 +32,7 @@ from shared.ids import InstanceId
 from shared.models import ModelCard, builtin_card
 from shared.state import ClusterState
 
-from services.master.group_placement import place_apart
+from services.master.group_placement import place_apart, place_group
 from services.master.memory_budget import node_memory
 from services.master.placement import NoPlacement, preview, worker_nodes
 
@@ -59,12 +63,46 @@ def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: InstanceI
         return [], CommandReply(ok=False, error=card)
     if cmd.if_absent and (existing := state.instances_of(card.model_id)):
         return [], CommandReply(ok=True, instance_id=existing[0].instance_id)
+    if cmd.group is not None and (problem := group_problem(state, cmd.group)):
+        return [], CommandReply(ok=False, error=problem)
     request = msgspec.structs.replace(cmd, model_id=card.model_id, card=None)
     placed = place_apart(state, request, card, instance_id, cmd.apart_from)
     if isinstance(placed, NoPlacement):
         return [], CommandReply(ok=False, error=placed.reason)
     recorded: list[AnyEvent] = [] if card_known(state, card) else [ModelCardRecorded(card)]
-    return [*recorded, InstancePlaced(placed.instance)], CommandReply(ok=True, instance_id=instance_id, shares=placed.shares)
+    instance = msgspec.structs.replace(placed.instance, group=cmd.group)
+    return [*recorded, InstancePlaced(instance)], CommandReply(ok=True, instance_id=instance_id, shares=placed.shares)
+
+
+def group_problem(state: ClusterState, group: GroupMember) -> str | None:
+    """A group's main stands alone; its validator or draft names a main instance that exists."""
+    if group.role == "main":
+        return "a group's main instance names no main" if group.main is not None else None
+    main = state.instances.get(group.main) if group.main is not None else None
+    if main is None or main.group is None or main.group.role != "main":
+        return f"the {group.role} of a group must name its main instance, not {group.main!r}"
+    return None
+
+
+def decide_preview_group(state: ClusterState, cmd: PreviewGroup) -> GroupPreviewReply:
+    """Where each role would go now (place_group, each role's instance id its role's name: what it shares reads
+    "shares node-a with main")."""
+    roles = []
+    for role in cmd.roles:
+        if problem := node_count_problem(role.min_nodes):
+            return GroupPreviewReply(ok=False, error=f"the {role.role}: {problem}")
+        card = command_card(state, role.model_id, role.card)
+        if isinstance(card, str):
+            return GroupPreviewReply(ok=False, error=f"the {role.role}: {card}")
+        roles.append((role.role, PlaceInstance(card.model_id, min_nodes=role.min_nodes), card, role.role))
+    placed = place_group(state, roles)
+    if isinstance(placed, NoPlacement):
+        return GroupPreviewReply(ok=False, error=placed.reason)
+    return GroupPreviewReply(ok=True, roles=[
+        RolePreview(role, p.instance.model_id, tuple(sorted({s.node_id for s in p.instance.shards})),  # type: ignore[arg-type]
+                    p.instance.strategy, p.instance.backend, p.instance.shards, p.shares)
+        for role, p in placed
+    ])  # fmt: skip
 
 
 def command_card(state: ClusterState, model_id: str, given: ModelCard | None) -> ModelCard | str:

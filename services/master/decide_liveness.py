@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
+
 from shared.apply import apply
 from shared.commands import PlaceInstance
 from shared.events import AnyEvent, Instance, InstanceAwaitingNodes, InstanceDeleted, InstancePlaced, NodeLost
@@ -58,7 +60,7 @@ def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id:
             names = ", ".join(sorted({s.node_id for s in instance.shards} - after.nodes.keys()))
             event = InstanceAwaitingNodes(
                 instance.instance_id, instance.model_id, instance.strategy, instance.backend,
-                reason=f"does not fit on the nodes left after {names} was lost",
+                reason=f"does not fit on the nodes left after {names} was lost", group=instance.group,
             )  # fmt: skip
         events.append(event)
         after = apply(after, event)  # the next replacement sees this one (placement reads the state)
@@ -105,5 +107,5 @@ def replace_instance(state: ClusterState, old: Instance | InstanceAwaitingNodes,
     for request in (PlaceInstance(old.model_id, strategy=old.strategy, backend=old.backend), PlaceInstance(old.model_id)):
         plan = place(state, request, card, instance_id)
         if isinstance(plan, Instance):
-            return plan
+            return msgspec.structs.replace(plan, group=old.group)  # its role in a group, if it had one
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from shared.events import GROUP_TRITS
 from shared.facts import NodeFacts
 from shared.ids import InstanceId
 from shared.models import all_cards, builtin_card
@@ -91,4 +92,16 @@ def instance_view(state: ClusterState, instance_id: InstanceId, facts: Mapping[s
         "status": "failed" if "failed" in phases else "ready" if phases == {"ready"} else "starting",
         "memory_per_node": dict(instance.memory_per_node),
         "shards": shards,
+        "group": group_view(state, instance_id),
     }
+
+
+def group_view(state: ClusterState, instance_id: InstanceId) -> dict | None:
+    """Its role in a trifurcated group (validator -1, main 0, draft +1) and the group's main; None: on its own."""
+    group = state.instances[instance_id].group
+    if group is None:
+        return None
+    main = instance_id if group.role == "main" else group.main
+    main_group = state.instances[main].group if main in state.instances else None
+    return {"role": group.role, "trit": GROUP_TRITS[group.role], "main": main,
+            "policy": main_group.policy if main_group else None}  # fmt: skip

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
+
 from services.master.decide_liveness import (
     decide_forget_silent_nodes,
     decide_liveness,
@@ -12,6 +14,7 @@ from services.master.decide_liveness import (
 )
 from shared.apply import apply
 from shared.events import (
+    GroupMember,
     Instance,
     InstanceAwaitingNodes,
     InstanceDeleted,
@@ -179,3 +182,18 @@ def test_a_liveness_round_forgets_silent_nodes_then_places_waiting_models():
     assert [type(e) for e in events] == [NodeLost, InstancePlaced]  # placed on what is left after the loss
     assert {s.node_id for s in events[1].instance.shards} == {"node-a", "node-b"}
     assert decide_liveness(replay(state, events), {"node-a": 129.0, "node-b": 129.0}, 131.0, 10.0, ids()) == []
+
+
+def test_a_group_member_placed_again_keeps_its_role_directly_or_after_waiting():
+    role = GroupMember("validator", main="inst-main")
+    member = msgspec.structs.replace(single("inst-1", "node-a"), group=role)
+    state = cluster(facts("node-a"), facts("node-b"), instances=[member])
+    placed = decide_node_loss(state, [NodeLost("node-a", "x")], ids())[-1]
+    assert isinstance(placed, InstancePlaced) and placed.instance.group == role
+    budget = {"memory_budget": 70 * MB}
+    split = msgspec.structs.replace(two_stage("inst-1", "node-a", "node-b"), group=role)
+    state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[split])
+    after = replay(state, decide_node_loss(state, [NodeLost("node-b", "x")], ids()))
+    assert after.waiting["inst-1"].group == role
+    back = apply(after, NodeFactsRecorded(facts("node-b", **budget)))
+    assert decide_place_waiting(back, ids())[0].instance.group == role

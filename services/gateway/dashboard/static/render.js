@@ -65,8 +65,10 @@ export function renderInstances(box, instances) {
         <td><span class="pill ${failed ? "failed" : s.phase === "ready" ? "ready" : "starting"}">${esc(phaseText(s))}</span>
         ${s.detail && s.phase !== "ready" ? `<div class="detail ${failed ? "bad" : ""}">${esc(s.detail)}</div>` : ""}</td></tr>`;
     }).join("");
+    const g = inst.group;
+    const role = g ? `<span class="badge role" data-role="${esc(g.role)}" title="trifurcated group of ${esc(g.main)}${g.policy ? `, policy ${esc(g.policy)}` : ""}">${esc(g.role)} ${g.trit > 0 ? "+" : ""}${g.trit}</span>` : "";
     return `<article class="instance" data-instance="${esc(inst.instance_id)}">
-      <header><b>${esc(inst.model_name)}</b><span class="pill ${inst.status}">${inst.status}</span>
+      <header><b>${esc(inst.model_name)}</b>${role}<span class="pill ${inst.status}">${inst.status}</span>
         <span class="badge">${esc(inst.strategy)}</span><span class="badge">${esc(inst.backend)}</span>
         <span class="grow"></span><button class="ghost" data-delete="${esc(inst.instance_id)}">Delete</button></header>
       <div class="id detail inst-id">${esc(inst.instance_id)}</div>
