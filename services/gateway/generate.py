@@ -21,7 +21,7 @@ from services.gateway.completion_output import log_finished
 from services.gateway.errors import model_not_found
 from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import SamplingFields
-from services.gateway.routing import pick_instance
+from services.gateway.routing import draft_named_instance, pick_instance, resolve_draft
 
 DISCONNECT_POLL_S = 0.5
 
@@ -47,7 +47,10 @@ async def start_generation(
     if choice:  # one of `n`: its own seed schedule (the seed itself is the same, or fixed by its runner)
         sampling = msgspec.structs.replace(sampling, choice=choice)
     speculation = fields.speculation()
-    instance_id = pick_instance(gateway.follower.state, card.model_id, gateway.client.next_turn())
+    state = gateway.follower.state
+    avoid = draft_named_instance(state, speculation)
+    instance_id = pick_instance(state, card.model_id, gateway.client.next_turn(), avoid=avoid)
+    speculation = resolve_draft(state, speculation, instance_id)
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
                                json_schema=json_schema, speculative=speculation)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
