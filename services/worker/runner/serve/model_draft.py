@@ -1,0 +1,95 @@
+"""The main side of draft-model speculation: ModelDraft proposes like NgramDraft (extend, propose(k)), by asking
+the draft instance's `propose` endpoint over NATS (only token ids cross). It sends the context's delta since its
+last call (the draft instance keeps the rest), with a short timeout; a draft that does not answer, or answers an
+error, raises DraftUnavailable and the request goes on as plain decoding (Speculating turns its pace off).
+
+The engine thread calls it synchronously; the request itself goes through the runner's asyncio loop
+(`bridge`: run_coroutine_threadsafe), which is free meanwhile (it only awaits the engine thread's cycle)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from shared.generation import DraftProposal, ProposeDraft
+
+# The first call carries the prompt, which the draft model prefills: it may take long. After it a call is a
+# delta of a few tokens and k single-token steps of a small model.
+FIRST_PROPOSE_TIMEOUT_S = 30.0
+PROPOSE_TIMEOUT_S = 2.0
+ERROR_HEADER = "Nats-Service-Error"  # nats micro's error headers (…-Code beside it)
+
+Ask = Callable[[ProposeDraft, float], DraftProposal]  # (the request, its timeout): raises DraftUnavailable
+Tell = Callable[[ProposeDraft], None]  # fire and forget
+
+
+class DraftUnavailable(Exception):
+    pass
+
+
+class ModelDraft:
+    def __init__(self, key: str, tokens: Sequence[int], ask: Ask, tell: Tell) -> None:
+        self.key, self.ask, self.tell = key, ask, tell
+        self.tokens: list[int] = list(tokens)
+        self.sent = 0  # the context's tokens the draft instance has been sent
+        self.calls = 0
+        self.seconds = 0.0  # the calls' round trips, all together
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.tokens.extend(tokens)
+
+    def propose(self, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        timeout = FIRST_PROPOSE_TIMEOUT_S if self.sent == 0 else PROPOSE_TIMEOUT_S
+        start = time.perf_counter()
+        reply = self.ask(ProposeDraft(self.key, self.sent, self.tokens[self.sent :], k), timeout)
+        if reply.known < self.sent:  # it lost what it was sent (dropped idle, restarted): again from what it holds
+            reply = self.ask(ProposeDraft(self.key, reply.known, self.tokens[reply.known :], k), FIRST_PROPOSE_TIMEOUT_S)
+        self.calls += 1
+        self.seconds += time.perf_counter() - start
+        self.sent = len(self.tokens)
+        return list(reply.tokens[:k])
+
+    def close(self) -> None:
+        """The request ended or left speculation: the draft instance drops its cache (no answer awaited)."""
+        if self.sent:
+            self.tell(ProposeDraft(self.key, 0, [], 0, done=True))
+
+    @property
+    def mean_ms(self) -> float | None:
+        return round(1000 * self.seconds / self.calls, 2) if self.calls else None
+
+
+def bridge(nc: NATS, loop: asyncio.AbstractEventLoop, subject: str) -> tuple[Ask, Tell]:
+    """Ask and tell `subject` from a thread other than the loop's."""
+
+    def ask(request: ProposeDraft, timeout: float) -> DraftProposal:
+        call = asyncio.run_coroutine_threadsafe(nc.request(subject, msgspec.json.encode(request), timeout=timeout), loop)
+        try:
+            msg = call.result(timeout + 1.0)
+        except NoRespondersError:
+            raise DraftUnavailable(f"no draft runner answers on {subject}") from None
+        except (NatsTimeout, concurrent.futures.TimeoutError):
+            call.cancel()
+            raise DraftUnavailable(f"the draft instance did not answer within {timeout:.1f} s") from None
+        except Exception as exc:  # noqa: BLE001 - the bus closed, a reconnect: no draft this time
+            raise DraftUnavailable(f"asking the draft instance failed: {type(exc).__name__}: {exc}") from None
+        if msg.headers and ERROR_HEADER in msg.headers:
+            raise DraftUnavailable(f"the draft instance refused: {msg.headers[ERROR_HEADER]}")
+        try:
+            return msgspec.json.decode(msg.data, type=DraftProposal)
+        except msgspec.DecodeError as exc:
+            raise DraftUnavailable(f"unreadable draft proposal: {exc}") from None
+
+    def tell(request: ProposeDraft) -> None:
+        asyncio.run_coroutine_threadsafe(nc.publish(subject, msgspec.json.encode(request)), loop)
+
+    return ask, tell
