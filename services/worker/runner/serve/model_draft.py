@@ -20,10 +20,11 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from shared.generation import DraftProposal, ProposeDraft
 
-# The first call carries the prompt, which the draft model prefills: it may take long. After it a call is a
-# delta of a few tokens and k single-token steps of a small model.
-FIRST_PROPOSE_TIMEOUT_S = 30.0
+# A call's timeout: a few single-token steps of a small model, and the tokens it has not seen yet to prefill (the
+# whole prompt on the first call, a few after). Short, so a dead draft runner costs a request little: a call in
+# flight when it died waits this long, later ones find no responders at once.
 PROPOSE_TIMEOUT_S = 2.0
+PREFILL_TIMEOUT_S_PER_TOKEN = 0.02
 ERROR_HEADER = "Nats-Service-Error"  # nats micro's error headers (…-Code beside it)
 
 Ask = Callable[[ProposeDraft, float], DraftProposal]  # (the request, its timeout): raises DraftUnavailable
@@ -48,11 +49,11 @@ class ModelDraft:
     def propose(self, k: int) -> list[int]:
         if k <= 0:
             return []
-        timeout = FIRST_PROPOSE_TIMEOUT_S if self.sent == 0 else PROPOSE_TIMEOUT_S
         start = time.perf_counter()
-        reply = self.ask(ProposeDraft(self.key, self.sent, self.tokens[self.sent :], k), timeout)
+        reply = self.ask(ProposeDraft(self.key, self.sent, self.tokens[self.sent :], k), timeout_of(len(self.tokens) - self.sent))
         if reply.known < self.sent:  # it lost what it was sent (dropped idle, restarted): again from what it holds
-            reply = self.ask(ProposeDraft(self.key, reply.known, self.tokens[reply.known :], k), FIRST_PROPOSE_TIMEOUT_S)
+            delta = self.tokens[reply.known :]
+            reply = self.ask(ProposeDraft(self.key, reply.known, delta, k), timeout_of(len(delta)))
         self.calls += 1
         self.seconds += time.perf_counter() - start
         self.sent = len(self.tokens)
@@ -66,6 +67,10 @@ class ModelDraft:
     @property
     def mean_ms(self) -> float | None:
         return round(1000 * self.seconds / self.calls, 2) if self.calls else None
+
+
+def timeout_of(new_tokens: int) -> float:
+    return PROPOSE_TIMEOUT_S + PREFILL_TIMEOUT_S_PER_TOKEN * new_tokens
 
 
 def bridge(nc: NATS, loop: asyncio.AbstractEventLoop, subject: str) -> tuple[Ask, Tell]:
