@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -81,6 +82,20 @@ def draft_instance(node: Node) -> Iterator[str]:
     yield iid
     assert httpx.delete(f"{node.base_url}/instances/{iid}", timeout=60).status_code == 200
     node.wait_until(lambda h: iid not in h["ready_instances"], 60, "the draft instance gone")
+
+
+def test_two_instances_drafting_for_each_other_both_speculate(node: Node, draft_instance: str) -> None:
+    """Round robin puts two requests on the two instances, each the other's draft: both speculate, with the same
+    tokens. (Both threads waiting at once is a race this rarely hits; test_mlx_work.py makes it happen.)"""
+    by_model = {"speculative": {"draft": MODEL, "tokens": 4}}
+    client = openai.OpenAI(base_url=node.api_url, api_key="none", timeout=600, max_retries=0)
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda _: client.chat.completions.create(
+            model=MODEL, messages=REWRITE, max_tokens=48, temperature=0, extra_body=by_model), range(2)))  # fmt: skip
+    assert done[0].choices[0].message.content == done[1].choices[0].message.content
+    for r in done:
+        spec = r.usage.model_dump()["speculative"]  # type: ignore[union-attr]
+        assert spec["drafted_tokens"] >= 24 and spec["accepted_tokens"] >= 0.7 * spec["drafted_tokens"], spec
 
 
 def test_a_draft_model_gives_plain_decodings_tokens_and_a_dead_one_leaves_plain_decoding(node: Node, draft_instance: str) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -73,13 +76,57 @@ def timeout_of(new_tokens: int) -> float:
     return PROPOSE_TIMEOUT_S + PREFILL_TIMEOUT_S_PER_TOKEN * new_tokens
 
 
-def bridge(nc: NATS, loop: asyncio.AbstractEventLoop, subject: str) -> tuple[Ask, Tell]:
-    """Ask and tell `subject` from a thread other than the loop's."""
+class MlxWork:
+    """Work for the runner's MLX thread that is run meanwhile when that thread waits for a draft of its own: two
+    runners drafting for each other's requests (the same model placed twice, a speculating request on each) would
+    otherwise each wait for the other's thread until both time out. Run on the thread's executor otherwise."""
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self.executor = executor
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+
+    def submit(self, job: Callable[[], Any]) -> concurrent.futures.Future:
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((job, done))
+        self._wake.set()
+        self.executor.submit(self.run_pending)
+        return done
+
+    def run_pending(self) -> None:
+        while True:
+            try:
+                job, done = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(job())
+                except BaseException as exc:  # noqa: BLE001 - the submitter gets it
+                    done.set_exception(exc)
+
+    def wait(self, future: concurrent.futures.Future, timeout: float) -> Any:  # noqa: ANN401 - the future's
+        """On the MLX thread: the future's result, running the jobs that come meanwhile."""
+        deadline = time.monotonic() + timeout
+        future.add_done_callback(lambda _: self._wake.set())
+        while not future.done():
+            self.run_pending()
+            left = deadline - time.monotonic()
+            if left <= 0 or future.done():
+                break
+            self._wake.wait(left)
+            self._wake.clear()
+        return future.result(timeout=0)
+
+
+def bridge(nc: NATS, loop: asyncio.AbstractEventLoop, subject: str, work: MlxWork | None = None) -> tuple[Ask, Tell]:
+    """Ask and tell `subject` from a thread other than the loop's (the MLX thread of `work`, which runs its jobs
+    while it waits)."""
 
     def ask(request: ProposeDraft, timeout: float) -> DraftProposal:
         call = asyncio.run_coroutine_threadsafe(nc.request(subject, msgspec.json.encode(request), timeout=timeout), loop)
         try:
-            msg = call.result(timeout + 1.0)
+            msg = work.wait(call, timeout + 1.0) if work is not None else call.result(timeout + 1.0)
         except NoRespondersError:
             raise DraftUnavailable(f"no draft runner answers on {subject}") from None
         except (NatsTimeout, concurrent.futures.TimeoutError):

@@ -40,7 +40,7 @@ from services.worker.runner.serve import uploads
 from services.worker.runner.serve.admission import Limits, admit
 from services.worker.runner.serve.control import Control, ControlChannel, Submit
 from services.worker.runner.serve.drafting import Drafter
-from services.worker.runner.serve.model_draft import ModelDraft, bridge
+from services.worker.runner.serve.model_draft import MlxWork, ModelDraft, bridge
 from services.worker.runner.serve.engine import Engine, Step
 
 log = structlog.get_logger()
@@ -109,6 +109,7 @@ class RunnerServer:
         self._work = asyncio.Event()
         self.failed = False
         self._mlx_thread = mlx_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
+        self._mlx_work = MlxWork(self._mlx_thread)  # draft proposals for other instances' requests
         # Several ranks: each cycle's control goes to the other ranks one cycle ahead (see control.py).
         self.channel = ControlChannel(group) if group is not None else None
 
@@ -194,9 +195,9 @@ class RunnerServer:
             ask = msgspec.json.decode(req.data, type=ProposeDraft)
         except msgspec.DecodeError as exc:
             raise ServiceError("400", f"unreadable proposal request: {exc}") from None
-        loop = asyncio.get_running_loop()
+        now = time.monotonic()
         try:
-            proposal = await loop.run_in_executor(self._mlx_thread, self.drafter.propose, ask, time.monotonic())
+            proposal = await asyncio.wrap_future(self._mlx_work.submit(lambda: self.drafter.propose(ask, now)))
         except ValueError as exc:
             raise ServiceError("400", str(exc)) from None
         if not ask.done:
@@ -205,7 +206,7 @@ class RunnerServer:
     def _model_draft(self, request_id: str, speculation: Speculation, prompt: list[int]) -> ModelDraft:
         """On the MLX thread, for a request that speculates with a draft model's instance."""
         assert speculation.draft_instance is not None
-        ask, tell = bridge(self.nc, self._loop, subjects.runner_propose(speculation.draft_instance))
+        ask, tell = bridge(self.nc, self._loop, subjects.runner_propose(speculation.draft_instance), self._mlx_work)
         return ModelDraft(request_id, prompt, ask, tell)
 
     async def _on_cancel(self, req: Request) -> None:
