@@ -110,12 +110,13 @@ class Engine:
         cached = len(prompt) - len(rest)
         if speculation is not None:
             why = _no_speculation(json_schema, sampling, alone and not self.busy)
-            if why is None and speculation.draft != "ngram" and (speculation.draft_instance is None or self.model_drafts is None):
+            model_draft = speculation.draft != "ngram"
+            if why is None and model_draft and (speculation.draft_instance is None or self.model_drafts is None):
                 why = "a draft model drafts only for a one-rank instance, through the gateway"
             if why is None:
                 stops = frozenset(self.tokenizer.eos_token_ids)
                 draft = None
-                if speculation.draft != "ngram":
+                if model_draft:
                     assert self.model_drafts is not None
                     draft = self.model_drafts(request_id, speculation, prompt)
                 spec = Speculating(self.model, prompt, sampling, speculation, cache, rest, stops, draft)

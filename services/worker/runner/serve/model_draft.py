@@ -53,7 +53,8 @@ class ModelDraft:
         if k <= 0:
             return []
         start = time.perf_counter()
-        reply = self.ask(ProposeDraft(self.key, self.sent, self.tokens[self.sent :], k), timeout_of(len(self.tokens) - self.sent))
+        delta = self.tokens[self.sent :]
+        reply = self.ask(ProposeDraft(self.key, self.sent, delta, k), timeout_of(len(delta)))
         if reply.known < self.sent:  # it lost what it was sent (dropped idle, restarted): again from what it holds
             delta = self.tokens[reply.known :]
             reply = self.ask(ProposeDraft(self.key, reply.known, delta, k), timeout_of(len(delta)))
