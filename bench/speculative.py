@@ -3,7 +3,10 @@ with one change) and on free generation, greedy, in one run of the in-process en
 (SmolLM2-135M, in the weight format a node would choose here unless --format). Goals (issue 15): >= 1.5x on the
 rewrite, >= 0.95 on free generation. Runs alternate plain/speculative, the median of --repeats counts.
 
-    .venv/bin/python -m bench.speculative [--tokens 128] [--repeats 1] [--format f32] [--model DIR]
+    .venv/bin/python -m bench.speculative [--tokens 128] [--repeats 1] [--format f32] [--model DIR] [--draft-model]
+
+--draft-model: the draft is the same model in a process of its own, asked over a nats-server on loopback as a
+draft instance is (bench/draft_bus.py); the propose round trip is timed too (k = 0: the bus alone).
 
 Decode rate: completion tokens after the first over the time after the first token (the first holds the prefill)."""
 
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--format", default=None, help="weight format (default: what a node here would choose)")
     parser.add_argument("--model", type=Path, default=None, help="an imported model folder (skips the import)")
+    parser.add_argument("--draft-model", action="store_true", help="draft with the model in its own process, over NATS")
     args = parser.parse_args()
     # A runner's BLAS (the worker preloads MKL or OpenBLAS): with MLX's reference BLAS a forward pass of k + 1
     # tokens costs k + 1 single ones, which no draft can win back.
@@ -77,16 +81,33 @@ def main() -> None:
     path = args.model or ModelStore(Path(tempfile.mkdtemp())).ensure(card, fmt)
     model, tokenizer = load(str(path))
     print(f"model {path} ({fmt}), blas {current_blas()}, {args.tokens} tokens, k <= {args.draft_tokens}, median of {args.repeats}", flush=True)
+    speculation, bus = Speculation("ngram", args.draft_tokens), None
+    if args.draft_model:
+        from bench.draft_bus import DraftBus
+
+        bus = DraftBus(path)
+        speculation = Speculation(card.model_id, args.draft_tokens, draft_instance="bench")
+        context = list(range(100, 400))
+        for k in (0, 1, 4):
+            print(f"propose round trip, k = {k}: {bus.round_trip_ms(context, k):.2f} ms (median of 30)", flush=True)
+
+    def engine() -> Engine:
+        made = Engine(model, tokenizer)
+        made.model_drafts = bus.drafts if bus is not None else None
+        return made
+
     for task, question in TASKS.items():
         plain, spec = [], []
         for _ in range(args.repeats):
-            plain.append(decode_rate(Engine(model, tokenizer), question, args.tokens, None))
-            spec.append(decode_rate(Engine(model, tokenizer), question, args.tokens, Speculation("ngram", args.draft_tokens)))
+            plain.append(decode_rate(engine(), question, args.tokens, None))
+            spec.append(decode_rate(engine(), question, args.tokens, speculation))
         base, fast = statistics.median(r[0] for r in plain), statistics.median(r[0] for r in spec)
         _, made, drafted, accepted = spec[-1]
         rate = accepted / drafted if drafted else 0.0
         print(f"{task:8s} plain {base:6.1f} tok/s  speculative {fast:6.1f} tok/s  ratio {fast / base:.2f}  "
               f"({made} tokens, {drafted} drafted, {accepted} accepted: {rate:.0%})", flush=True)  # fmt: skip
+    if bus is not None:
+        bus.close()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ OPERATOR_COMMANDS = (subjects.CMD_PLACE_INSTANCE, subjects.CMD_DELETE_INSTANCE, 
 # The gateway records each finished request in the inference log's stream (the leader writes it into DuckLake).
 RECORD_INFERENCES = (subjects.INFERENCES_SUBJECT,)
 RUNNER_REQUESTS = (subjects.runner_generate("*"), subjects.runner_cancel("*"), subjects.runner_count("*"))
+# a runner asks a draft model's instance (another worker's runner, or one of its own) for proposals
+DRAFT_PROPOSALS = (subjects.runner_propose("*"),)
 NODE_ENDPOINTS = ("exo.node.*.>",)
 UPLOADS = (f"{subjects.UPLOAD_PREFIX}.>",)  # the gateway serves a big request's pieces; runners fetch them
 # each worker publishes its model cache and answers the scatter-gather `exo models` / GET /models ask for it
@@ -72,8 +74,8 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     WORKER: Permissions(
         publish=(*READ_LOG, subjects.CMD_REPORT_RUNNER, subjects.CMD_WORKER_STARTED, f"{subjects.TOKENS_PREFIX}.>",
-                 *UPLOADS, *MODEL_CACHE),
-        subscribe=(*INBOXES, *MICRO, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *ASK_MODELS),
+                 *UPLOADS, *MODEL_CACHE, *DRAFT_PROPOSALS),
+        subscribe=(*INBOXES, *MICRO, *RUNNER_REQUESTS, *NODE_ENDPOINTS, *ASK_MODELS, *DRAFT_PROPOSALS),
     ),
     DISCOVERY: Permissions(
         publish=(*READ_LOG, subjects.facts("*")),

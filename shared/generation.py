@@ -38,10 +38,33 @@ class SamplingParams(msgspec.Struct, frozen=True):
 
 class Speculation(msgspec.Struct, frozen=True):
     """Speculative decoding for one request: the draft proposes up to `tokens` tokens, the model verifies them in
-    one forward pass. Only prompt lookup ("ngram": the text so far proposes what followed its last n-gram)."""
+    one forward pass. `draft` is "ngram" (prompt lookup: the text so far proposes what followed its last n-gram)
+    or a draft model: the gateway resolves it to a ready instance of its own (`draft_instance`), which the main
+    runner asks for greedy tokens over NATS (subjects.runner_propose, ProposeDraft / DraftProposal)."""
 
-    draft: Literal["ngram"] = "ngram"
+    draft: str = "ngram"
     tokens: int = 4
+    draft_instance: str | None = None  # a draft model's instance (set by the gateway); None with "ngram"
+
+
+class ProposeDraft(msgspec.Struct, frozen=True):
+    """Main runner -> draft instance: the request's context (prompt and completion so far) from `start` on (the
+    draft instance keeps what it was sent before under `key`), and how many greedy tokens to propose. `k` = 0
+    with `done`: the request ended, its draft cache is dropped (no reply is awaited)."""
+
+    key: str  # the request id
+    start: int  # the position of tokens[0] in the context
+    tokens: list[int]
+    k: int
+    done: bool = False
+
+
+class DraftProposal(msgspec.Struct, frozen=True):
+    """The draft instance's answer: k greedy tokens; or none and `known` = how much of the context it holds under
+    the key, when `start` was past that (it dropped the key, or restarted): the caller sends again from there."""
+
+    tokens: list[int]
+    known: int
 
 
 class GenerateRequest(msgspec.Struct, frozen=True):

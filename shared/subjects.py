@@ -46,6 +46,9 @@ RUNNER_PREFIX = "exo.runner"
 RUNNER_GENERATE = "generate"
 RUNNER_CANCEL = "cancel"
 RUNNER_COUNT = "count"  # tokenize a request without generating (Anthropic count_tokens)
+# A draft model's instance proposes tokens for another instance's speculating request (its rank 0, one-rank
+# instances only; ProposeDraft / DraftProposal in shared/generation.py).
+RUNNER_PROPOSE = "propose"
 RUNNER_QUEUE = "rank0"
 TOKENS_PREFIX = "exo.tokens"
 UPLOAD_PREFIX = "exo.upload"  # the gateway serves the pieces of a request too large for one message here
@@ -73,6 +76,10 @@ def runner_cancel(instance_id: str) -> str:
 
 def runner_count(instance_id: str) -> str:
     return f"{runner_group(instance_id)}.{RUNNER_COUNT}"
+
+
+def runner_propose(instance_id: str) -> str:
+    return f"{runner_group(instance_id)}.{RUNNER_PROPOSE}"
 
 
 def tokens(request_id: str) -> str:

@@ -72,7 +72,8 @@ class ResponseFormat(msgspec.Struct):
 
 
 class SpeculativeField(msgspec.Struct):
-    """Our extension: `"speculative": {"draft": "ngram", "tokens": k}` asks for prompt-lookup speculation."""
+    """Our extension: `"speculative": {"draft": "ngram", "tokens": k}` asks for prompt-lookup speculation; a model
+    (or instance) id as the draft, for a draft model on an instance of its own (docs/speculative.md)."""
 
     draft: str = "ngram"
     tokens: int = 4
@@ -131,12 +132,11 @@ class SamplingFields(msgspec.Struct, forbid_unknown_fields=True):
         spec = self.speculative
         if spec is None:
             return None
-        if spec.draft != "ngram":
-            raise bad_request(f"unknown draft {spec.draft!r}: only \"ngram\" (prompt lookup) is served",
-                              param="speculative.draft")  # fmt: skip
+        if not spec.draft:  # a draft model is resolved to an instance with the cluster's state (routing.py)
+            raise bad_request("speculative.draft must be \"ngram\", a model or an instance id", param="speculative.draft")
         if not 1 <= spec.tokens <= MAX_DRAFT_TOKENS:
             raise bad_request(f"speculative.tokens must be between 1 and {MAX_DRAFT_TOKENS}", param="speculative.tokens")
-        return Speculation("ngram", spec.tokens)
+        return Speculation(spec.draft, spec.tokens)
 
     def sampling(self, context_length: int) -> SamplingParams:
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

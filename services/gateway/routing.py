@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
+
+from shared.generation import Speculation
 from shared.ids import InstanceId
+from shared.models import UnknownModel, get_card
 from shared.state import ClusterState
 
-from services.gateway.errors import OpenAIError, unavailable
+from services.gateway.errors import OpenAIError, bad_request, unavailable
 
 SHORT_REASON_CHARS = 120
 
 
-def pick_instance(state: ClusterState, model_id: str, turn: int) -> str:
-    """A ready instance of the model, round robin; otherwise a 503 that says why none is ready."""
+def pick_instance(state: ClusterState, model_id: str, turn: int, avoid: str | None = None) -> str:
+    """A ready instance of the model (not `avoid`), round robin; otherwise a 503 that says why none is ready."""
     instances = state.instances_of(model_id)
-    ready = sorted(i.instance_id for i in instances if state.instance_ready(i.instance_id))
+    ready = sorted(i.instance_id for i in instances if state.instance_ready(i.instance_id) and i.instance_id != avoid)
     if ready:
         return ready[turn % len(ready)]
     if not instances:
@@ -28,6 +32,40 @@ def pick_instance(state: ClusterState, model_id: str, turn: int) -> str:
             f'{{"model": "{model_id}"}} or start exo with --model {model_id}'
         )
     raise not_ready(state, instances[0].instance_id)
+
+
+def draft_named_instance(state: ClusterState, speculation: Speculation | None) -> str | None:
+    """The instance a draft names by its id (the main request must go to another one); None otherwise."""
+    if speculation is None or speculation.draft == "ngram":
+        return None
+    return speculation.draft if InstanceId(speculation.draft) in state.instances else None
+
+
+def resolve_draft(state: ClusterState, speculation: Speculation | None, main_instance: str) -> Speculation | None:
+    """A draft model's speculation with the instance that drafts (a ready one-rank instance of the draft model, or
+    the instance the draft names, never the main one); a 400 naming speculative.draft when there is none."""
+    if speculation is None or speculation.draft == "ngram":
+        return speculation
+    draft = speculation.draft
+    if InstanceId(draft) in state.instances:
+        candidates = [state.instances[InstanceId(draft)]]
+    else:
+        try:
+            model_id = get_card(draft, state.models).model_id
+        except UnknownModel:
+            raise bad_request(f"unknown draft {draft!r}: \"ngram\" (prompt lookup), a model or an instance id",
+                              param="speculative.draft") from None  # fmt: skip
+        candidates = state.instances_of(model_id)
+    usable = sorted(
+        i.instance_id for i in candidates
+        if i.instance_id != main_instance and len(i.shards) == 1 and state.instance_ready(i.instance_id)
+    )  # fmt: skip
+    if not usable:
+        raise bad_request(
+            f"no ready one-node instance of the draft {draft!r} other than the main one ({main_instance}); place one "
+            f'with POST /instances {{"model": "{draft}"}}', param="speculative.draft",
+        )  # fmt: skip
+    return msgspec.structs.replace(speculation, draft_instance=usable[0])
 
 
 def not_ready(state: ClusterState, instance_id: InstanceId) -> OpenAIError:

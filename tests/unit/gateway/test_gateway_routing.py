@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from services.gateway.errors import OpenAIError
-from services.gateway.routing import instance_down, pick_instance, short_reason
+from services.gateway.routing import draft_named_instance, instance_down, pick_instance, resolve_draft, short_reason
+from shared.generation import Speculation
 from shared.apply import apply
 from shared.events import InstanceDeleted, InstancePlaced, Instance, RunnerStatusChanged, ShardAssignment, WorkerStarted
 from shared.state import ClusterState
@@ -76,3 +77,30 @@ def test_the_not_ready_answer_carries_no_log_lines():
 )  # fmt: skip
 def test_short_reason(detail: str, short: str):
     assert short_reason(detail) == short
+
+
+def one_rank(iid: str, model: str = "smollm2-135m") -> tuple:
+    placed = InstancePlaced(Instance(iid, model, "pipeline", "ring", (ShardAssignment("node-a", 0, 0, 30),)))
+    return placed, RunnerStatusChanged(iid, "node-a", 0, "ready")
+
+
+def test_a_draft_model_resolves_to_a_ready_instance_other_than_the_main_one():
+    state = state_of(WorkerStarted("node-a"), *one_rank("inst-a"), *one_rank("inst-b"))
+    for main, draft in (("inst-a", "inst-b"), ("inst-b", "inst-a")):  # the same model drafts for itself
+        resolved = resolve_draft(state, Speculation("smollm2-135m", 5), main)
+        assert resolved == Speculation("smollm2-135m", 5, draft_instance=draft)
+    assert resolve_draft(state, Speculation("ngram", 5), "inst-a") == Speculation("ngram", 5)
+    # Named by its instance id: the main request avoids that instance.
+    named = Speculation("inst-a", 4)
+    assert draft_named_instance(state, named) == "inst-a"
+    assert pick_instance(state, "smollm2-135m", 0, avoid="inst-a") == "inst-b"
+    assert resolve_draft(state, named, "inst-b") == Speculation("inst-a", 4, draft_instance="inst-a")
+    assert draft_named_instance(state, Speculation("smollm2-135m", 4)) is None
+
+
+@pytest.mark.parametrize("draft", ["gpt-17", "smollm2-135m", "inst-a"], ids=["unknown", "only-the-main", "the-main"])
+def test_a_draft_without_an_instance_of_its_own_is_a_400_naming_speculative_draft(draft):
+    state = state_of(WorkerStarted("node-a"), *one_rank("inst-a"), two_ranks("inst-2"))
+    with pytest.raises(OpenAIError) as err:
+        resolve_draft(state, Speculation(draft, 4), "inst-a")
+    assert err.value.status == 400 and err.value.param == "speculative.draft"

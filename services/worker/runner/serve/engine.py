@@ -17,6 +17,7 @@ from shared.generation import GenerateRequest, SamplingParams, Speculation, Toke
 
 from services.worker.runner.serve.control import Control
 from services.worker.runner.serve.grammar import Grammars, constrained
+from services.worker.runner.serve.model_draft import ModelDraft
 from services.worker.runner.serve.sampling import processors_of, sampler_of, token_logprob
 from services.worker.runner.serve.speculating import PREFILL_STEP, Speculating, text_of
 from services.worker.runner.serve.stops import StopMatcher
@@ -84,6 +85,9 @@ class Engine:
         self.vocab_size: int | None = getattr(tokenizer, "vocab_size", None)
         # The request decoding with speculation beside the batch (at most one, and only while the batch is empty).
         self.speculating: tuple[Active, Speculating, SamplingParams] | None = None
+        # A draft model's proposer for a request (request id, its speculation, its prompt); set by a one-rank
+        # instance's server (on a split instance every rank would need the same drafts: none is asked).
+        self.model_drafts: Callable[[str, Speculation, list[int]], ModelDraft] | None = None
 
     @property
     def busy(self) -> bool:
@@ -106,9 +110,16 @@ class Engine:
         cached = len(prompt) - len(rest)
         if speculation is not None:
             why = _no_speculation(json_schema, sampling, alone and not self.busy)
+            model_draft = speculation.draft != "ngram"
+            if why is None and model_draft and (speculation.draft_instance is None or self.model_drafts is None):
+                why = "a draft model drafts only for a one-rank instance, through the gateway"
             if why is None:
                 stops = frozenset(self.tokenizer.eos_token_ids)
-                spec = Speculating(self.model, prompt, sampling, speculation, cache, rest, stops)
+                draft = None
+                if model_draft:
+                    assert self.model_drafts is not None
+                    draft = self.model_drafts(request_id, speculation, prompt)
+                spec = Speculating(self.model, prompt, sampling, speculation, cache, rest, stops, draft)
                 self.speculating = (Active(request_id, self.tokenizer.detokenizer, sampling.stop), spec, sampling)
                 return cached
             log.info("speculation steps aside", request=request_id, reason=why)
@@ -155,6 +166,7 @@ class Engine:
     def cancel(self, request_id: str) -> Step | None:
         if self.speculating is not None and self.speculating[0].request_id == request_id:
             active = self.speculating[0]
+            self.speculating[1].close()
             self.speculating = None
             return Step(request_id, "", active.tokens, "cancelled")
         uid = self.uids.pop(request_id, None)
@@ -261,9 +273,14 @@ class Engine:
             text, finish, kept = text_of(active, tokens, finish)
         except Exception as exc:  # noqa: BLE001 - this request alone fails
             self.speculating = None
+            spec.close()
             return [Step(active.request_id, "", active.tokens, "error", _reason(exc))]
         if finish is not None:
             self.speculating = None
+            spec.close()
+            if isinstance(spec.draft, ModelDraft):
+                log.info("speculation ended", request=active.request_id, drafted=spec.pace.drafted,
+                         accepted=spec.pace.accepted, propose_calls=spec.draft.calls, propose_ms=spec.draft.mean_ms)  # fmt: skip
             self._remember(*spec.ended(len(spec.completion) - len(tokens) + kept))
         elif not spec.pace.on:
             self.step_aside(spec.pace.off_reason or "")
@@ -278,9 +295,12 @@ class Engine:
         assert self.speculating is not None
         active, spec, sampling = self.speculating
         self.speculating = None
+        spec.close()
         rest, cache, done, made = spec.handover()
+        calls = spec.draft.calls if isinstance(spec.draft, ModelDraft) else None
+        mean_ms = spec.draft.mean_ms if isinstance(spec.draft, ModelDraft) else None
         log.info("speculation steps aside", request=active.request_id, reason=why, tokens=made,
-                 drafted=spec.pace.drafted, accepted=spec.pace.accepted)  # fmt: skip
+                 drafted=spec.pace.drafted, accepted=spec.pace.accepted, propose_calls=calls, propose_ms=mean_ms)  # fmt: skip
         self._insert(active.request_id, rest, sampling, None, cache, done, made, active)
 
 

@@ -23,7 +23,9 @@ from shared.generation import (
     GenerateAccepted,
     GenerateRejected,
     GenerateRequest,
+    ProposeDraft,
     SamplingParams,
+    Speculation,
     UPLOAD_HEADER,
     TokenChunk,
     TokenCount,
@@ -37,6 +39,8 @@ from services.worker.runner.reporting import report_runner
 from services.worker.runner.serve import uploads
 from services.worker.runner.serve.admission import Limits, admit
 from services.worker.runner.serve.control import Control, ControlChannel, Submit
+from services.worker.runner.serve.drafting import Drafter
+from services.worker.runner.serve.model_draft import MlxWork, ModelDraft, bridge
 from services.worker.runner.serve.engine import Engine, Step
 
 log = structlog.get_logger()
@@ -105,12 +109,13 @@ class RunnerServer:
         self._work = asyncio.Event()
         self.failed = False
         self._mlx_thread = mlx_thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
+        self._mlx_work = MlxWork(self._mlx_thread)  # draft proposals for other instances' requests
         # Several ranks: each cycle's control goes to the other ranks one cycle ahead (see control.py).
         self.channel = ControlChannel(group) if group is not None else None
 
     async def serve(self, stop: asyncio.Event) -> None:
         iid = self.args.instance_id
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self.channel is not None:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
         service = await self._register()
@@ -137,6 +142,10 @@ class RunnerServer:
         # Every runner of the instance hears a cancel (the one that holds the request acts): a queue of its own.
         own_queue = f"{subjects.RUNNER_QUEUE}-{secrets.token_hex(4)}"
         await group.add_endpoint(name=subjects.RUNNER_CANCEL, handler=self._on_cancel, queue_group=own_queue)
+        if self.group is None:  # a one-rank instance drafts for others, and asks a draft model's instance
+            self.drafter = Drafter(self.engine.model, self.engine.vocab_size)
+            await group.add_endpoint(name=subjects.RUNNER_PROPOSE, handler=self._on_propose)
+            self.engine.model_drafts = self._model_draft
         await self.nc.flush()
         return service
 
@@ -178,6 +187,27 @@ class RunnerServer:
         return GenerateAccepted(
             request.request_id, len(decision.prompt), len(self.streams) - 1, decision.sampling.seed
         )
+
+    async def _on_propose(self, req: Request) -> None:
+        """Greedy tokens of this instance's model for another instance's speculating request, computed on the MLX
+        thread between two steps of the batch (drafting.py); a `done` message has no answer."""
+        try:
+            ask = msgspec.json.decode(req.data, type=ProposeDraft)
+        except msgspec.DecodeError as exc:
+            raise ServiceError("400", f"unreadable proposal request: {exc}") from None
+        now = time.monotonic()
+        try:
+            proposal = await asyncio.wrap_future(self._mlx_work.submit(lambda: self.drafter.propose(ask, now)))
+        except ValueError as exc:
+            raise ServiceError("400", str(exc)) from None
+        if not ask.done:
+            await req.respond(msgspec.json.encode(proposal))
+
+    def _model_draft(self, request_id: str, speculation: Speculation, prompt: list[int]) -> ModelDraft:
+        """On the MLX thread, for a request that speculates with a draft model's instance."""
+        assert speculation.draft_instance is not None
+        ask, tell = bridge(self.nc, self._loop, subjects.runner_propose(speculation.draft_instance), self._mlx_work)
+        return ModelDraft(request_id, prompt, ask, tell)
 
     async def _on_cancel(self, req: Request) -> None:
         try:

@@ -16,6 +16,7 @@ from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
 from shared.generation import SamplingParams, Speculation
 
+from services.worker.runner.serve.model_draft import DraftUnavailable, ModelDraft
 from services.worker.runner.serve.sampling import token_at
 from services.worker.runner.serve.speculative import NgramDraft, Pace, accept, finish_of
 
@@ -27,7 +28,7 @@ class Speculating:
 
     def __init__(
         self, model, prompt: list[int], sampling: SamplingParams, speculation: Speculation,  # noqa: ANN001
-        cache: list | None, rest: list[int], stop_tokens: frozenset[int],
+        cache: list | None, rest: list[int], stop_tokens: frozenset[int], draft: ModelDraft | None = None,
     ) -> None:  # fmt: skip
         assert sampling.max_tokens is not None
         self.model, self.prompt, self.sampling = model, prompt, sampling
@@ -39,7 +40,7 @@ class Speculating:
         self.cache, self.rest = cache, list(rest)
         self.stop_tokens = stop_tokens
         self.completion: list[int] = []
-        self.draft = NgramDraft(prompt)
+        self.draft: NgramDraft | ModelDraft = draft if draft is not None else NgramDraft(prompt)
         self.pace = Pace(limit=speculation.tokens)
 
     def step(self) -> tuple[list[int], str | None]:
@@ -53,16 +54,22 @@ class Speculating:
             return [], None
         room = self.sampling.max_tokens - len(self.completion)  # type: ignore[operator]
         verifying = not self.rest
+        unavailable = None
         if not verifying:  # the prompt's last token, alone as in the batch: it gives the first token
             fed, drafts, self.rest = self.rest, [], []
         else:
-            drafts = self.draft.propose(min(self.pace.k, room - 1))
+            try:
+                drafts = self.draft.propose(min(self.pace.k, room - 1))
+            except DraftUnavailable as exc:  # this step verifies no draft; the engine hands the request over
+                unavailable, drafts = str(exc), []
             fed = [self.completion[-1], *drafts]
         picks = self._picks(fed, len(drafts) + 1)
         tokens = accept(drafts, picks)
         trim_prompt_cache(self.cache, len(drafts) - (len(tokens) - 1))  # the rejected drafts leave the cache
         if verifying:
             self.pace.record(len(drafts), len(tokens) - 1)
+        if unavailable is not None:
+            self.pace.off_reason = unavailable
         tokens, finish = finish_of(tokens, self.stop_tokens, room)
         self.completion += tokens
         self.draft.extend(tokens)
@@ -80,6 +87,11 @@ class Speculating:
                           choice=s.choice) for i in range(positions)]
             )
             return [int(t) for t in picks.tolist()]  # type: ignore[union-attr,arg-type]
+
+    def close(self) -> None:
+        """The request leaves speculation (it ended, was cancelled, or steps aside)."""
+        if isinstance(self.draft, ModelDraft):
+            self.draft.close()
 
     def ended(self, kept: int) -> tuple[list[int], list]:
         """The request ended after `kept` completion tokens: the tokens its cache holds and the cache, trimmed to
