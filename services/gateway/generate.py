@@ -50,9 +50,11 @@ async def start_generation(
         sampling = msgspec.structs.replace(sampling, choice=choice)
     speculation = fields.speculation()
     state = gateway.follower.state
-    ready = instance is not None and instance in state.instances and state.instance_ready(instance)
-    avoid = draft_named_instance(state, speculation)
-    instance_id = instance if ready else pick_instance(state, card.model_id, gateway.client.next_turn(), avoid=avoid)
+    if instance is not None and instance in state.instances and state.instance_ready(instance):
+        instance_id = instance
+    else:
+        avoid = draft_named_instance(state, speculation)
+        instance_id = pick_instance(state, card.model_id, gateway.client.next_turn(), avoid=avoid)
     speculation = resolve_draft(state, speculation, instance_id)
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
                                json_schema=json_schema, speculative=speculation)  # fmt: skip

@@ -3,7 +3,8 @@
 A group is placed with POST /instances (services/gateway/group_instances.py); its main instance records the
 group's settings (shared.events.GroupMember) and its validator and draft instances name it. A request for the
 model that leaves a setting out gets the group's: its main instance serves the answer, its own validator instance
-judges (on the devices placed apart for it), under its policy."""
+judges (on the devices placed apart for it), under its policy, and its own draft instance drafts (prompt lookup
+while a draft model's instance is not ready)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from shared.state import ClusterState
 
 from services.gateway.validator import GroupDefaults
 
-SERVED_DRAFTS = ("ngram", "none")  # a draft model's instance is placed, but the runner drafts by prompt lookup
+NO_MODEL_DRAFTS = ("ngram", "none")
 
 
 def group_defaults(state: ClusterState, model: str) -> GroupDefaults | None:
@@ -31,5 +32,8 @@ def group_defaults(state: ClusterState, model: str) -> GroupDefaults | None:
     assert isinstance(group, GroupMember)
     validators = [v for v in state.group_members(main).get("validator", []) if state.instance_ready(v)]
     validator = validators[0] if validators else (group.validator or model_id)
-    draft = group.draft if group.draft in SERVED_DRAFTS else "ngram"
+    draft = group.draft or "ngram"
+    if draft not in NO_MODEL_DRAFTS:  # a draft model: the group's own instance of it drafts, while it is ready
+        drafts = [d for d in state.group_members(main).get("draft", []) if state.instance_ready(d)]
+        draft = drafts[0] if drafts else "ngram"
     return GroupDefaults(validator, group.policy or "annotate", draft, main)

@@ -23,7 +23,7 @@ from shared.models import ModelCard
 from shared.state import ClusterState
 
 from services.gateway.errors import OpenAIError, bad_request
-from services.gateway.group_defaults import SERVED_DRAFTS
+from services.gateway.group_defaults import NO_MODEL_DRAFTS
 from services.gateway.instance_commands import COMMAND_TIMEOUT_S, card_for, carried, command, instance_view
 from services.gateway.openai_schema import invalid_field
 from services.gateway.validator import DENY_LIST, POLICIES, Policy
@@ -59,7 +59,7 @@ async def plan_group(request: Request, main: ModelCard, field: GroupField) -> Gr
                           param="trifurcated.validator")  # fmt: skip
     roles: list[tuple[GroupRole, ModelCard]] = [("main", main)]
     for role, name in (("validator", field.validator or main.model_id), ("draft", field.draft)):
-        if role == "draft" and name in SERVED_DRAFTS:
+        if role == "draft" and name in NO_MODEL_DRAFTS:
             continue
         try:
             roles.append((role, await card_for(request, name, param=f"trifurcated.{role}")))  # type: ignore[arg-type]
@@ -67,7 +67,7 @@ async def plan_group(request: Request, main: ModelCard, field: GroupField) -> Gr
             if exc.status not in (400, 404):
                 raise
             raise bad_request(f"trifurcated.{role}: {exc.message}", param=f"trifurcated.{role}") from None
-    return GroupPlan(tuple(roles), field.policy, field.draft if field.draft in SERVED_DRAFTS else roles[-1][1].model_id)  # type: ignore[arg-type]
+    return GroupPlan(tuple(roles), field.policy, field.draft if field.draft in NO_MODEL_DRAFTS else roles[-1][1].model_id)  # type: ignore[arg-type]
 
 
 def decode_group(raw: object) -> GroupField:

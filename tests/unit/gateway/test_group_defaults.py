@@ -43,9 +43,11 @@ def test_a_ready_group_gives_its_main_its_validator_instance_and_its_policy() ->
     assert (found.validator, found.policy, found.draft, found.main_instance) == (VALIDATOR, "block", "ngram", MAIN)
 
 
-def test_a_draft_model_drafts_by_prompt_lookup_and_an_unready_validator_falls_back_to_its_model() -> None:
+def test_a_draft_model_drafts_on_the_groups_instance_of_it_while_ready_else_by_prompt_lookup() -> None:
+    found = group_defaults(state_of(draft="some-draft-model"), MODEL)
+    assert found is not None and found.draft == DRAFT
     found = group_defaults(state_of(ready=(MAIN,), draft="some-draft-model"), MODEL)
-    assert found is not None and found.draft == "ngram" and found.validator == MODEL
+    assert found is not None and found.draft == "ngram" and found.validator == MODEL  # nor the validator: its model
 
 
 def test_no_ready_main_or_no_group_gives_no_defaults() -> None:
