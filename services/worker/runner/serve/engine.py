@@ -85,8 +85,8 @@ class Engine:
         self.vocab_size: int | None = getattr(tokenizer, "vocab_size", None)
         # The request decoding with speculation beside the batch (at most one, and only while the batch is empty).
         self.speculating: tuple[Active, Speculating, SamplingParams] | None = None
-        # A draft model's proposer for a request (request id, its speculation, its prompt); set by a one-rank
-        # instance's server (on a split instance every rank would need the same drafts: none is asked).
+        # A draft model's proposer for a request (request id, its speculation, its prompt); set by rank 0's server
+        # (which asks the draft instance) and, on a split instance, on the other ranks (rank 0's drafts reach them).
         self.model_drafts: Callable[[str, Speculation, list[int]], ModelDraft] | None = None
 
     @property
@@ -112,7 +112,7 @@ class Engine:
             why = _no_speculation(json_schema, sampling, alone and not self.busy)
             model_draft = speculation.draft != "ngram"
             if why is None and model_draft and (speculation.draft_instance is None or self.model_drafts is None):
-                why = "a draft model drafts only for a one-rank instance, through the gateway"
+                why = "a draft model needs the draft instance the gateway resolved"
             if why is None:
                 stops = frozenset(self.tokenizer.eos_token_ids)
                 draft = None

@@ -23,6 +23,8 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from shared.generation import DraftProposal, ProposeDraft
 
+from services.worker.runner.serve.rank_drafts import share
+
 # A call's timeout: a few single-token steps of a small model, and the tokens it has not seen yet to prefill (the
 # whole prompt on the first call, a few after). Short, so a dead draft runner costs a request little: a call in
 # flight when it died waits this long, later ones find no responders at once.
@@ -39,8 +41,11 @@ class DraftUnavailable(Exception):
 
 
 class ModelDraft:
-    def __init__(self, key: str, tokens: Sequence[int], ask: Ask, tell: Tell) -> None:
-        self.key, self.ask, self.tell = key, ask, tell
+    """On a split main instance every rank holds one: rank 0 asks the draft instance (`ask`), the others have no
+    `ask` and receive rank 0's drafts (rank_drafts.share), so every rank verifies the same ones."""
+
+    def __init__(self, key: str, tokens: Sequence[int], ask: Ask | None, tell: Tell | None, group=None) -> None:  # noqa: ANN001
+        self.key, self.ask, self.tell, self.group = key, ask, tell, group
         self.tokens: list[int] = list(tokens)
         self.sent = 0  # the context's tokens the draft instance has been sent
         self.calls = 0
@@ -52,6 +57,21 @@ class ModelDraft:
     def propose(self, k: int) -> list[int]:
         if k <= 0:
             return []
+        if self.group is None:
+            return self._asked(k)
+        proposed, failure = None, None
+        if self.ask is not None:
+            try:
+                proposed = self._asked(k)
+            except DraftUnavailable as exc:
+                failure = str(exc)
+        found = share(self.group, proposed, failure, k)
+        if found is None:
+            raise DraftUnavailable(failure or "rank 0 has no draft: its draft instance did not answer")
+        return found
+
+    def _asked(self, k: int) -> list[int]:
+        assert self.ask is not None
         start = time.perf_counter()
         delta = self.tokens[self.sent :]
         reply = self.ask(ProposeDraft(self.key, self.sent, delta, k), timeout_of(len(delta)))
@@ -65,7 +85,7 @@ class ModelDraft:
 
     def close(self) -> None:
         """The request ended or left speculation: the draft instance drops its cache (no answer awaited)."""
-        if self.sent:
+        if self.sent and self.tell is not None:
             self.tell(ProposeDraft(self.key, 0, [], 0, done=True))
 
     @property

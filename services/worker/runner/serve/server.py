@@ -142,10 +142,10 @@ class RunnerServer:
         # Every runner of the instance hears a cancel (the one that holds the request acts): a queue of its own.
         own_queue = f"{subjects.RUNNER_QUEUE}-{secrets.token_hex(4)}"
         await group.add_endpoint(name=subjects.RUNNER_CANCEL, handler=self._on_cancel, queue_group=own_queue)
-        if self.group is None:  # a one-rank instance drafts for others, and asks a draft model's instance
+        if self.group is None:  # a one-rank instance drafts for others
             self.drafter = Drafter(self.engine.model, self.engine.vocab_size)
             await group.add_endpoint(name=subjects.RUNNER_PROPOSE, handler=self._on_propose)
-            self.engine.model_drafts = self._model_draft
+        self.engine.model_drafts = self._model_draft  # and asks a draft model's instance (for all its ranks)
         await self.nc.flush()
         return service
 
@@ -207,7 +207,7 @@ class RunnerServer:
         """On the MLX thread, for a request that speculates with a draft model's instance."""
         assert speculation.draft_instance is not None
         ask, tell = bridge(self.nc, self._loop, subjects.runner_propose(speculation.draft_instance), self._mlx_work)
-        return ModelDraft(request_id, prompt, ask, tell)
+        return ModelDraft(request_id, prompt, ask, tell, self.group)
 
     async def _on_cancel(self, req: Request) -> None:
         try:
