@@ -143,40 +143,6 @@ def test_speculation_on_the_two_stage_pipeline_gives_the_single_nodes_tokens(two
     assert chat(first, True, temperature=0.8, seed=5)[0] == chat(node, False, temperature=0.8, seed=5)[0]
 
 
-def test_a_draft_model_on_a_third_node_drafts_for_the_two_stage_pipeline(
-    two_nodes: list[Node], node: Node, start_node: Callable[..., Node]
-) -> None:
-    """Rank 0 asks the draft instance (on a node of its own) and passes the drafts to rank 1 in one all_sum: both
-    verify the same drafts in one step through the ranks, and the tokens are the single node's."""
-    from tests.integration.test_speculative import REWRITE
-
-    first = two_nodes[0]
-    if not first.health()["ready_instances"]:
-        place(first)
-    pipeline_nodes = set(first.health()["nodes"])
-    third = start_node("pp2-draft", "--no-model", "--no-master", "--nats-url", first.nats_url)
-    draft = None
-    try:
-        first.wait_until(lambda h: len(h["nodes"]) == 3, 30, "the draft's node")
-        r = httpx.post(f"{first.base_url}/instances", json={"model": MODEL, "strategy": "pipeline"}, timeout=30)
-        assert r.status_code == 201, r.text
-        draft = r.json()["instance_id"]
-        assert not {s["node_id"] for s in r.json()["shards"]} & pipeline_nodes  # on the third node
-        first.wait_until(lambda h: len(h["ready_instances"]) == 2, 180, "the draft instance ready")
-        plain, _ = chat(node, False, temperature=0)
-        client = openai.OpenAI(base_url=first.api_url, api_key="none", timeout=600, max_retries=0)
-        done = client.chat.completions.create(model=MODEL, messages=REWRITE, max_tokens=TOKENS, temperature=0,
-                                              extra_body={"speculative": {"draft": draft, "tokens": 4}})  # fmt: skip
-        usage = done.usage.model_dump()  # type: ignore[union-attr]
-        assert done.choices[0].message.content == plain
-        assert usage["speculative"]["drafted_tokens"] >= usage["completion_tokens"] // 2, usage
-        assert usage["speculative"]["accepted_tokens"] >= 0.7 * usage["speculative"]["drafted_tokens"], usage
-    finally:
-        if draft is not None:
-            httpx.delete(f"{first.base_url}/instances/{draft}", timeout=30)
-        third.stop()
-        first.wait_until(lambda h: len(h["nodes"]) == 2 and len(h["ready_instances"]) == 1, 60, "the pipeline alone")
-
 
 def test_preview_lists_every_plan_with_memory_or_the_reason(two_nodes: list[Node]) -> None:
     r = httpx.get(f"{two_nodes[0].base_url}/instances/preview", params={"model": MODEL}, timeout=30)
@@ -217,6 +183,38 @@ def test_a_dead_rank_fails_the_stream_and_the_instance_comes_back(two_nodes: lis
     first.wait_until(lambda h: not h["ready_instances"], 30, "the instance reported not ready")
     first.wait_ready(timeout=120)
     assert generate(first, temperature=0)[1] > 0
+
+
+def test_a_draft_model_on_a_third_node_drafts_for_the_two_stage_pipeline(
+    two_nodes: list[Node], reference: dict, start_node: Callable[..., Node]
+) -> None:
+    """Rank 0 asks the draft instance (on a node of its own) and passes the drafts to rank 1 in one all_sum: both
+    verify the same drafts in one step through the ranks, and the tokens are the single node's. The last test of
+    the two nodes: the third node it adds is not waited out."""
+    first = two_nodes[0]
+    if not first.health()["ready_instances"]:
+        place(first)
+    pipeline_nodes = set(first.health()["nodes"])
+    third = start_node("pp2-draft", "--no-model", "--no-master", "--nats-url", first.nats_url)
+    draft = None
+    try:
+        first.wait_until(lambda h: len(h["nodes"]) == 3, 30, "the draft's node")
+        r = httpx.post(f"{first.base_url}/instances", json={"model": MODEL, "strategy": "pipeline"}, timeout=30)
+        assert r.status_code == 201, r.text
+        draft = r.json()["instance_id"]
+        assert not {s["node_id"] for s in r.json()["shards"]} & pipeline_nodes  # on the third node
+        first.wait_until(lambda h: len(h["ready_instances"]) == 2, 180, "the draft instance ready")
+        client = openai.OpenAI(base_url=first.api_url, api_key="none", timeout=600, max_retries=0)
+        done = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=TOKENS, temperature=0,
+                                              extra_body={"speculative": {"draft": draft, "tokens": 4}})  # fmt: skip
+        usage = done.usage.model_dump()  # type: ignore[union-attr]
+        assert (done.choices[0].message.content, usage["completion_tokens"]) == reference["greedy"]
+        assert usage["speculative"]["drafted_tokens"] >= usage["completion_tokens"] // 2, usage
+        assert usage["speculative"]["accepted_tokens"] >= 0.7 * usage["speculative"]["drafted_tokens"], usage
+    finally:
+        if draft is not None:
+            httpx.delete(f"{first.base_url}/instances/{draft}", timeout=30)
+        third.stop()
 
 
 def test_three_stage_pipeline_matches_one_node(three_nodes: list[Node], reference: dict) -> None:
