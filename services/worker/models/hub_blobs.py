@@ -74,7 +74,8 @@ def place(repo_dir: Path, source: HubRepo, listed: Listing, names: Iterable[str]
     folder.mkdir(parents=True, exist_ok=True)
     headers = build_hf_headers()
     with ThreadPoolExecutor(max_workers=FILES_AT_ONCE, thread_name_prefix="hub-file") as pool:
-        for done in [pool.submit(_place_one, blobs, folder, source, listed, name, headers) for name in names]:
+        largest_first = sorted(names, key=lambda n: -listed.files[n].size)  # the longest transfer starts at once
+        for done in [pool.submit(_place_one, blobs, folder, source, listed, n, headers) for n in largest_first]:
             done.result()
     if source.revision != listed.commit:
         ref = repo_dir / "refs" / source.revision
