@@ -7,6 +7,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from shared.events import GroupMember, GroupRole, RunnerPhase, ShardAssignment
+from shared.generation import Speculation
 from shared.ids import InstanceId, NodeId
 from shared.models import ModelCard
 
@@ -26,6 +27,7 @@ class PlaceInstance(msgspec.Struct, frozen=True):
     # a trifurcated group's other roles (docs/trifurcated.md): on nodes none of these uses, where it fits
     apart_from: tuple[InstanceId, ...] = ()
     group: GroupMember | None = None  # the instance's role in its group, recorded on it (InstancePlaced)
+    speculative: Speculation | None = None  # the instance's default speculation, recorded on it (InstancePlaced)
 
 
 class DeleteInstance(msgspec.Struct, frozen=True):

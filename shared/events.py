@@ -10,6 +10,7 @@ from typing import Literal
 import msgspec
 
 from shared.facts import NodeFacts
+from shared.generation import Speculation
 from shared.ids import InstanceId, NodeId
 from shared.models import ModelCard
 
@@ -49,6 +50,8 @@ class Instance(msgspec.Struct, frozen=True):
     shards: tuple[ShardAssignment, ...]
     memory_per_node: dict[str, int] = {}  # bytes placement reserved on each node (weights, KV cache, headroom)
     group: GroupMember | None = None  # its role in a trifurcated group; None: on its own
+    # the instance's speculative decoding for requests that ask none themselves (docs/speculative.md); None: off
+    speculative: Speculation | None = None
 
     @property
     def world_size(self) -> int:
@@ -118,6 +121,7 @@ class InstanceAwaitingNodes(Event, frozen=True):
     backend: Literal["ring", "jaccl"]
     reason: str
     group: GroupMember | None = None  # its role in a trifurcated group, kept for the instance placed again
+    speculative: Speculation | None = None  # its default speculation, kept too
 
 
 class ModelCardRecorded(Event, frozen=True):

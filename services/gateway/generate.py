@@ -21,7 +21,7 @@ from services.gateway.completion_output import log_finished
 from services.gateway.errors import model_not_found
 from services.gateway.generation_client import Submitted
 from services.gateway.openai_schema import SamplingFields
-from services.gateway.routing import draft_named_instance, pick_instance, resolve_draft
+from services.gateway.routing import draft_named_instance, pick_instance, speculation_for
 
 DISCONNECT_POLL_S = 0.5
 
@@ -55,7 +55,7 @@ async def start_generation(
     else:
         avoid = draft_named_instance(state, speculation)
         instance_id = pick_instance(state, card.model_id, gateway.client.next_turn(), avoid=avoid)
-    speculation = resolve_draft(state, speculation, instance_id)
+    speculation = speculation_for(state, speculation, instance_id)
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
                                json_schema=json_schema, speculative=speculation)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)

@@ -17,7 +17,8 @@ from shared.state import ClusterState
 from services.gateway.errors import OpenAIError, bad_request
 from services.gateway.group_instances import GroupField, decode_group, place_group, plan_group, preview_group
 from services.gateway.instance_commands import COMMAND_TIMEOUT_S, card_for, carried, command, instance_view
-from services.gateway.openai_schema import invalid_field
+from services.gateway.openai_schema import SpeculativeField, invalid_field, speculation_of
+from services.gateway.routing import default_speculation
 from services.gateway.openapi_doc import error_responses, json_body
 
 router = APIRouter()
@@ -62,6 +63,8 @@ class CreateInstance(msgspec.Struct):
     backend: str = "auto"
     min_nodes: Annotated[int, msgspec.Meta(ge=1)] = 1
     trifurcated: bool | GroupField | None = None  # a group (true: its defaults): validator (and draft) placed apart
+    # speculative decoding for the instance's requests that ask none themselves (docs/speculative.md)
+    speculative: SpeculativeField | None = None
 
 
 @router.get("/instances/preview", responses=error_responses(400, 403, 404, 503))
@@ -100,7 +103,9 @@ async def create_instance(request: Request) -> dict:
     except msgspec.DecodeError as exc:
         raise bad_request(f"invalid instance request: {exc}") from None
     card = await card_for(request, body.model, param="model")
-    place = msgspec.structs.replace(place, model_id=card.model_id, card=carried(card))
+    state: ClusterState = request.app.state.gateway.follower.state
+    default = None if body.speculative is None else default_speculation(state, speculation_of(body.speculative))
+    place = msgspec.structs.replace(place, model_id=card.model_id, card=carried(card), speculative=default)
     if body.trifurcated:
         group = GroupField() if body.trifurcated is True else body.trifurcated
         assert isinstance(group, GroupField)

@@ -94,6 +94,15 @@ class TrifurcatedField(msgspec.Struct, forbid_unknown_fields=True):
 MAX_DRAFT_TOKENS = 16  # as the runner's (runner/serve/speculative.py), which checks it again
 
 
+def speculation_of(spec: SpeculativeField) -> Speculation:
+    """The field checked (a request's, or an instance's default in POST /instances)."""
+    if not spec.draft:  # a draft model is resolved to an instance with the cluster's state (routing.py)
+        raise bad_request("speculative.draft must be \"ngram\", a model or an instance id", param="speculative.draft")
+    if not 1 <= spec.tokens <= MAX_DRAFT_TOKENS:
+        raise bad_request(f"speculative.tokens must be between 1 and {MAX_DRAFT_TOKENS}", param="speculative.tokens")
+    return Speculation(spec.draft, spec.tokens)
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
@@ -129,14 +138,7 @@ class SamplingFields(msgspec.Struct, forbid_unknown_fields=True):
         return False, 0
 
     def speculation(self) -> Speculation | None:
-        spec = self.speculative
-        if spec is None:
-            return None
-        if not spec.draft:  # a draft model is resolved to an instance with the cluster's state (routing.py)
-            raise bad_request("speculative.draft must be \"ngram\", a model or an instance id", param="speculative.draft")
-        if not 1 <= spec.tokens <= MAX_DRAFT_TOKENS:
-            raise bad_request(f"speculative.tokens must be between 1 and {MAX_DRAFT_TOKENS}", param="speculative.tokens")
-        return Speculation(spec.draft, spec.tokens)
+        return None if self.speculative is None else speculation_of(self.speculative)
 
     def sampling(self, context_length: int) -> SamplingParams:
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -18,6 +18,7 @@ from shared.state import ClusterState
 from services.gateway.errors import OpenAIError, bad_request, unavailable
 
 SHORT_REASON_CHARS = 120
+NO_DRAFT = "none"  # speculative.draft "none": no speculation, not even the instance's default
 
 
 def pick_instance(state: ClusterState, model_id: str, turn: int, avoid: str | None = None) -> str:
@@ -36,7 +37,7 @@ def pick_instance(state: ClusterState, model_id: str, turn: int, avoid: str | No
 
 def draft_named_instance(state: ClusterState, speculation: Speculation | None) -> str | None:
     """The instance a draft names by its id (the main request must go to another one); None otherwise."""
-    if speculation is None or speculation.draft == "ngram":
+    if speculation is None or speculation.draft in ("ngram", NO_DRAFT):
         return None
     return speculation.draft if InstanceId(speculation.draft) in state.instances else None
 
@@ -66,6 +67,35 @@ def resolve_draft(state: ClusterState, speculation: Speculation | None, main_ins
             f'with POST /instances {{"model": "{draft}"}}', param="speculative.draft",
         )  # fmt: skip
     return msgspec.structs.replace(speculation, draft_instance=usable[0])
+
+
+def default_speculation(state: ClusterState, speculation: Speculation) -> Speculation | None:
+    """An instance's default (POST /instances): prompt lookup, a model the cluster knows, or an instance; "none"
+    is no default."""
+    draft = speculation.draft
+    if draft == NO_DRAFT:
+        return None
+    if draft != "ngram" and InstanceId(draft) not in state.instances:
+        try:
+            get_card(draft, state.models)
+        except UnknownModel:
+            raise bad_request(f"unknown draft {draft!r}: \"ngram\" (prompt lookup), a model or an instance id",
+                              param="speculative.draft") from None  # fmt: skip
+    return speculation
+
+
+def speculation_for(state: ClusterState, requested: Speculation | None, main_instance: str) -> Speculation | None:
+    """The request's own speculation (resolved; what is wrong with it is the client's 400), else its instance's
+    default, whose draft model decodes by prompt lookup while no instance of it is ready."""
+    if requested is not None:
+        return None if requested.draft == NO_DRAFT else resolve_draft(state, requested, main_instance)
+    instance = state.instances.get(InstanceId(main_instance))
+    if instance is None or instance.speculative is None:
+        return None
+    try:
+        return resolve_draft(state, instance.speculative, main_instance)
+    except OpenAIError:
+        return msgspec.structs.replace(instance.speculative, draft="ngram", draft_instance=None)
 
 
 def not_ready(state: ClusterState, instance_id: InstanceId) -> OpenAIError:

@@ -53,7 +53,7 @@ async def serve_trifurcated(request: Request, body: ChatCompletionRequest, plan:
                             shape: Shape):  # noqa: ANN201  # fmt: skip
     """Every refusal (an unknown validator, no instance, the main model's) is raised before any byte is sent."""
     seed = body.seed if body.seed is not None else random.getrandbits(32)  # one seed for the three rows
-    speculative = None if tri.draft == "none" else SpeculativeField(tri.draft, tri.tokens)
+    speculative = SpeculativeField(tri.draft, tri.tokens)  # "none": no speculation, not even the instance's default
     main_body = msgspec.structs.replace(body, seed=seed, speculative=speculative, trifurcated=None)
     target = None if tri.validator == DENY_LIST else _validator_target(request, tri.validator)
     rid = shape.request_id

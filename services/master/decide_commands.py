@@ -70,7 +70,7 @@ def decide_place(state: ClusterState, cmd: PlaceInstance, instance_id: InstanceI
     if isinstance(placed, NoPlacement):
         return [], CommandReply(ok=False, error=placed.reason)
     recorded: list[AnyEvent] = [] if card_known(state, card) else [ModelCardRecorded(card)]
-    instance = msgspec.structs.replace(placed.instance, group=cmd.group)
+    instance = msgspec.structs.replace(placed.instance, group=cmd.group, speculative=cmd.speculative)
     return [*recorded, InstancePlaced(instance)], CommandReply(ok=True, instance_id=instance_id, shares=placed.shares)
 
 

@@ -61,6 +61,7 @@ def decide_node_loss(state: ClusterState, lost: list[NodeLost], new_instance_id:
             event = InstanceAwaitingNodes(
                 instance.instance_id, instance.model_id, instance.strategy, instance.backend,
                 reason=f"does not fit on the nodes left after {names} was lost", group=instance.group,
+                speculative=instance.speculative,
             )  # fmt: skip
         events.append(event)
         after = apply(after, event)  # the next replacement sees this one (placement reads the state)
@@ -107,5 +108,5 @@ def replace_instance(state: ClusterState, old: Instance | InstanceAwaitingNodes,
     for request in (PlaceInstance(old.model_id, strategy=old.strategy, backend=old.backend), PlaceInstance(old.model_id)):
         plan = place(state, request, card, instance_id)
         if isinstance(plan, Instance):
-            return msgspec.structs.replace(plan, group=old.group)  # its role in a group, if it had one
+            return msgspec.structs.replace(plan, group=old.group, speculative=old.speculative)  # a group role, a default
     return None

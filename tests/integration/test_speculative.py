@@ -134,3 +134,29 @@ def _stepped_aside_for_the_draft(node: Node) -> bool:
     lines = [line for path in node.runner_logs() for line in path.read_text(errors="replace").splitlines()]
     return any("speculation steps aside" in line and ("no draft runner answers" in line or "did not answer" in line)
                for line in lines)  # fmt: skip
+
+
+def test_an_instances_default_speculation_serves_requests_that_ask_none(start_node) -> None:  # noqa: ANN001
+    """POST /instances {"speculative": ...} sets the instance's default; a request's own field wins, "none" too."""
+    own = start_node("spec-default", "--no-model")
+    try:
+        own.wait_until(lambda h: len(h["nodes"]) == 1, 60, "its worker")
+        bad = httpx.post(f"{own.base_url}/instances", json={"model": MODEL, "speculative": {"draft": "gpt-17"}}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "speculative.draft", bad.text
+        made = httpx.post(f"{own.base_url}/instances", json={"model": MODEL, "speculative": {"draft": "ngram", "tokens": 6}},
+                          timeout=30)  # fmt: skip
+        assert made.status_code == 201, made.text
+        assert made.json()["speculative"] == {"draft": "ngram", "tokens": 6, "draft_instance": None}
+        own.wait_ready(timeout=180)
+        client = openai.OpenAI(base_url=own.api_url, api_key="none", timeout=600, max_retries=0)
+
+        def ask(extra: dict | None) -> tuple[str, dict]:
+            r = client.chat.completions.create(model=MODEL, messages=REWRITE, max_tokens=48, temperature=0, extra_body=extra)
+            return r.choices[0].message.content or "", r.usage.model_dump()["speculative"]  # type: ignore[union-attr]
+
+        by_default, spec = ask(None)
+        assert spec["drafted_tokens"] > 0 and spec["accepted_tokens"] > 0, spec
+        plain, none = ask({"speculative": {"draft": "none"}})
+        assert none == {"drafted_tokens": 0, "accepted_tokens": 0} and plain == by_default
+    finally:
+        own.stop()

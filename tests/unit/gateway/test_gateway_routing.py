@@ -3,10 +3,19 @@ went down is noticed from the state alone, and a runner's log lines never reach 
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from services.gateway.errors import OpenAIError
-from services.gateway.routing import draft_named_instance, instance_down, pick_instance, resolve_draft, short_reason
+from services.gateway.routing import (
+    default_speculation,
+    draft_named_instance,
+    instance_down,
+    pick_instance,
+    resolve_draft,
+    short_reason,
+    speculation_for,
+)
 from shared.generation import Speculation
 from shared.apply import apply
 from shared.events import InstanceDeleted, InstancePlaced, Instance, RunnerStatusChanged, ShardAssignment, WorkerStarted
@@ -103,4 +112,33 @@ def test_a_draft_without_an_instance_of_its_own_is_a_400_naming_speculative_draf
     state = state_of(WorkerStarted("node-a"), *one_rank("inst-a"), two_ranks("inst-2"))
     with pytest.raises(OpenAIError) as err:
         resolve_draft(state, Speculation(draft, 4), "inst-a")
+    assert err.value.status == 400 and err.value.param == "speculative.draft"
+
+
+def with_default(iid: str, speculative: Speculation) -> tuple:
+    placed, ready = one_rank(iid)
+    return (InstancePlaced(msgspec.structs.replace(placed.instance, speculative=speculative)), ready)
+
+
+def test_an_instances_default_speculation_applies_where_a_request_asks_none_and_yields_to_what_it_asks():
+    state = state_of(WorkerStarted("node-a"), *with_default("inst-a", Speculation("ngram", 6)), *one_rank("inst-b"))
+    assert speculation_for(state, None, "inst-a") == Speculation("ngram", 6)
+    assert speculation_for(state, None, "inst-b") is None  # no default there
+    assert speculation_for(state, Speculation("ngram", 2), "inst-a") == Speculation("ngram", 2)
+    assert speculation_for(state, Speculation("none", 4), "inst-a") is None  # "none": not even the default
+    # a default draft model drafts on another ready instance of it, and by prompt lookup while there is none
+    state = state_of(WorkerStarted("node-a"), *with_default("inst-a", Speculation("smollm2-135m", 4)), *one_rank("inst-b"))
+    assert speculation_for(state, None, "inst-a") == Speculation("smollm2-135m", 4, draft_instance="inst-b")
+    alone = state_of(WorkerStarted("node-a"), *with_default("inst-a", Speculation("smollm2-135m", 4)))
+    assert speculation_for(alone, None, "inst-a") == Speculation("ngram", 4)
+
+
+def test_an_instances_default_names_prompt_lookup_a_known_model_or_an_instance():
+    state = state_of(WorkerStarted("node-a"), *one_rank("inst-a"))
+    assert default_speculation(state, Speculation("ngram", 4)) == Speculation("ngram", 4)
+    assert default_speculation(state, Speculation("smollm2-135m", 4)) == Speculation("smollm2-135m", 4)
+    assert default_speculation(state, Speculation("inst-a", 4)) == Speculation("inst-a", 4)
+    assert default_speculation(state, Speculation("none", 4)) is None
+    with pytest.raises(OpenAIError) as err:
+        default_speculation(state, Speculation("gpt-17", 4))
     assert err.value.status == 400 and err.value.param == "speculative.draft"

@@ -13,6 +13,7 @@ from services.master.decide_liveness import (
     decide_place_waiting,
 )
 from shared.apply import apply
+from shared.generation import Speculation
 from shared.events import (
     GroupMember,
     Instance,
@@ -184,16 +185,17 @@ def test_a_liveness_round_forgets_silent_nodes_then_places_waiting_models():
     assert decide_liveness(replay(state, events), {"node-a": 129.0, "node-b": 129.0}, 131.0, 10.0, ids()) == []
 
 
-def test_a_group_member_placed_again_keeps_its_role_directly_or_after_waiting():
-    role = GroupMember("validator", main="inst-main")
-    member = msgspec.structs.replace(single("inst-1", "node-a"), group=role)
+def test_a_group_member_placed_again_keeps_its_role_and_default_directly_or_after_waiting():
+    role, default = GroupMember("validator", main="inst-main"), Speculation("ngram", 6)
+    member = msgspec.structs.replace(single("inst-1", "node-a"), group=role, speculative=default)
     state = cluster(facts("node-a"), facts("node-b"), instances=[member])
     placed = decide_node_loss(state, [NodeLost("node-a", "x")], ids())[-1]
-    assert isinstance(placed, InstancePlaced) and placed.instance.group == role
+    assert isinstance(placed, InstancePlaced) and (placed.instance.group, placed.instance.speculative) == (role, default)
     budget = {"memory_budget": 70 * MB}
-    split = msgspec.structs.replace(two_stage("inst-1", "node-a", "node-b"), group=role)
+    split = msgspec.structs.replace(two_stage("inst-1", "node-a", "node-b"), group=role, speculative=default)
     state = cluster(facts("node-a", **budget), facts("node-b", **budget), instances=[split])
     after = replay(state, decide_node_loss(state, [NodeLost("node-b", "x")], ids()))
-    assert after.waiting["inst-1"].group == role
+    assert (after.waiting["inst-1"].group, after.waiting["inst-1"].speculative) == (role, default)
     back = apply(after, NodeFactsRecorded(facts("node-b", **budget)))
-    assert decide_place_waiting(back, ids())[0].instance.group == role
+    again = decide_place_waiting(back, ids())[0].instance
+    assert (again.group, again.speculative) == (role, default)

@@ -9,6 +9,7 @@ from services.master.placement import NoPlacement
 from shared.apply import apply
 from shared.commands import GroupRoleModel, PlaceInstance, PreviewGroup
 from shared.events import GroupMember, InstancePlaced, decode_event, encode_event
+from shared.generation import Speculation
 from shared.ids import InstanceId
 from shared.models import get_card
 from tests.unit.master.test_placement import GB, cluster, node
@@ -80,10 +81,13 @@ def apply_all(state, events):  # noqa: ANN001, ANN201
 def test_placing_a_group_records_each_role_and_the_main_keeps_the_settings() -> None:
     state = cluster(node("a", 8 * GB), node("b", 4 * GB))
     settings = GroupMember("main", validator=SMOL.model_id, draft="ngram", policy="block")
-    events, reply = decide_place(state, PlaceInstance(SMOL.model_id, group=settings), InstanceId("inst-main"))
+    default = Speculation("ngram", 6)  # the instance's default speculation travels the same way
+    events, reply = decide_place(state, PlaceInstance(SMOL.model_id, group=settings, speculative=default),
+                                 InstanceId("inst-main"))  # fmt: skip
     assert reply.ok and reply.shares is None
     state = apply_all(state, events)
     assert state.instances[InstanceId("inst-main")].group == settings
+    assert state.instances[InstanceId("inst-main")].speculative == default
     validator = PlaceInstance(SMOL.model_id, apart_from=(InstanceId("inst-main"),),
                               group=GroupMember("validator", main=InstanceId("inst-main")))  # fmt: skip
     events, reply = decide_place(state, validator, InstanceId("inst-v"))
