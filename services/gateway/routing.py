@@ -42,6 +42,11 @@ def draft_named_instance(state: ClusterState, speculation: Speculation | None) -
     return speculation.draft if InstanceId(speculation.draft) in state.instances else None
 
 
+def unknown_draft(draft: str) -> OpenAIError:
+    return bad_request(f"unknown draft {draft!r}: \"ngram\" (prompt lookup), a model or an instance id",
+                       param="speculative.draft")
+
+
 def resolve_draft(state: ClusterState, speculation: Speculation | None, main_instance: str) -> Speculation | None:
     """A draft model's speculation with the instance that drafts (a ready one-rank instance of the draft model, or
     the instance the draft names, never the main one); a 400 naming speculative.draft when there is none."""
@@ -54,8 +59,7 @@ def resolve_draft(state: ClusterState, speculation: Speculation | None, main_ins
         try:
             model_id = get_card(draft, state.models).model_id
         except UnknownModel:
-            raise bad_request(f"unknown draft {draft!r}: \"ngram\" (prompt lookup), a model or an instance id",
-                              param="speculative.draft") from None  # fmt: skip
+            raise unknown_draft(draft) from None
         candidates = state.instances_of(model_id)
     usable = sorted(
         i.instance_id for i in candidates
@@ -79,8 +83,7 @@ def default_speculation(state: ClusterState, speculation: Speculation) -> Specul
         try:
             get_card(draft, state.models)
         except UnknownModel:
-            raise bad_request(f"unknown draft {draft!r}: \"ngram\" (prompt lookup), a model or an instance id",
-                              param="speculative.draft") from None  # fmt: skip
+            raise unknown_draft(draft) from None
     return speculation
 
 

@@ -5,9 +5,9 @@ listing call and one GET per missing file.
 Why not snapshot_download for the bytes: it asks for the listing again, sends a HEAD per file, writes each
 download to a file named for its process and deletes that file on failure (huggingface-hub 2.4), so a killed
 download starts over; and its HTTP client moved ~130 MB/s here where the standard library's moves ~1 GB/s. The
-bytes of each file come by ranged_fetch (several Range requests at once, resumable). The
-listing, the URLs, the headers, the token and the errors are still huggingface-hub's; what it writes stays
-readable by it (the tests load the result with HF_HUB_OFFLINE=1)."""
+bytes of each file come by ranged_fetch (one or several Range requests, resumable). The listing, the URLs, the
+headers, the token and the errors are still huggingface-hub's; what it writes stays readable by it (the tests
+find every file with snapshot_download(local_files_only=True) and try_to_load_from_cache)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,6 @@ import msgspec
 from shared.models import HubRepo
 
 from services.worker.models import ranged_fetch
-from services.worker.models.ranged_fetch import ShortDownload
-
-__all__ = ["Listing", "RepoFile", "ShortDownload", "incomplete_bytes", "listing", "place"]
 
 RESUME_SUFFIX = ".resume.incomplete"  # a file's bytes so far, kept across kills
 

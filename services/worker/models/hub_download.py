@@ -18,7 +18,7 @@ from shared.hub_errors import hub_failure
 from shared.downloads import CachedModel, DownloadProgress
 from shared.models import HubRepo, ModelCard
 
-from services.worker.models import hub_blobs
+from services.worker.models import hub_blobs, ranged_fetch
 from services.worker.models.hub_files import (
     INDEX_FILE,
     METADATA_PATTERNS,
@@ -84,7 +84,7 @@ def _guarded(source: HubRepo, step: Callable[[], T]) -> T:
     """A step that talks to the hub, its failure one clear reason (offline, unknown repo, gated, short file)."""
     try:
         return step()
-    except hub_blobs.ShortDownload as exc:
+    except ranged_fetch.ShortDownload as exc:
         raise DownloadFailed(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - the part a killed or failed transfer kept: the next try resumes it
         raise DownloadFailed(_failure(source.repo_id, exc)) from exc
