@@ -44,33 +44,31 @@ def drop_from_page_cache(folder: Path) -> None:
 
 
 def generate(engine: Any, prompt: list[int], max_tokens: int, greedy_only: bool) -> dict[str, Any]:
-    """Run the requests to their end; the tokens are read off the batch's responses."""
+    """Run the requests to their end; the tokens are read off what the engine advances each request by (the
+    batch's responses, and the first token of a request alone, which the engine computes itself)."""
     requests = {"greedy": SamplingParams(max_tokens=max_tokens, temperature=0.0)}
     if not greedy_only:
         requests["sampled"] = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=SEED)
-    tokens: dict[int, list[int]] = {}
-    step = engine.generator.next
+    tokens: dict[str, list[int]] = {name: [] for name in requests}
+    advance = engine._advance
 
-    def recording_next() -> Any:
-        progress, responses = step()
-        for r in responses:
-            tokens.setdefault(r.uid, []).append(int(r.token))
-        return progress, responses
+    def recording_advance(active: Any, response: Any) -> Any:
+        tokens[active.request_id].append(int(response.token))
+        return advance(active, response)
 
-    engine.generator.next = recording_next
+    engine._advance = recording_advance
     for name, sampling in requests.items():
         engine.submit(name, prompt, sampling)
-    uids = {name: engine.uids[name] for name in requests}
     first = last = None
     for _ in range(4 * max_tokens + 16):
         if not engine.busy:
             break
         engine.step()
         now = time.perf_counter()
-        if first is None and tokens:
+        if first is None and tokens["greedy"]:
             first = now
         last = now
-    out: dict[str, Any] = {name: tokens.get(uid, []) for name, uid in uids.items()}
+    out: dict[str, Any] = dict(tokens)
     n = len(out["greedy"])
     out["decode_tps"] = (n - 1) / (last - first) if first and last and last > first else 0.0
     return out

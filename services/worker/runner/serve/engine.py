@@ -10,8 +10,8 @@ import msgspec
 import numpy as np
 import psutil
 import structlog
-from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache
+from mlx_lm.generate import BatchGenerator, generation_stream
+from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 
 from shared.generation import GenerateRequest, SamplingParams, Speculation, TokenLogprob
 
@@ -41,6 +41,18 @@ class Step(msgspec.Struct, frozen=True):
     logprobs: list[TokenLogprob] | None = None  # the step's token's, when the request asked for them
     drafted: int = 0  # speculative decoding so far: tokens drafted, and of those kept
     accepted: int = 0
+
+
+class FirstToken(msgspec.Struct):
+    """A request's first token, computed by the engine itself (Engine._first_token), in the shape of the batch's
+    GenerationBatch.Response that _advance reads."""
+
+    uid: int  # its uid in the batch, or -1 when the first token ended it
+    token: int
+    logprobs: mx.array
+    finish_reason: str | None
+    prompt_cache: list | None  # the cache and the tokens it holds, when the request ended
+    all_tokens: list[int] | None
 
 
 class Active:
@@ -88,10 +100,12 @@ class Engine:
         # A draft model's proposer for a request (request id, its speculation, its prompt); set by rank 0's server
         # (which asks the draft instance) and, on a split instance, on the other ranks (rank 0's drafts reach them).
         self.model_drafts: Callable[[str, Speculation, list[int]], ModelDraft] | None = None
+        # First tokens computed at submit (a request alone, in one forward pass), for the next step to return.
+        self._firsts: list[Step] = []
 
     @property
     def busy(self) -> bool:
-        return bool(self.active) or self.speculating is not None
+        return bool(self.active) or self.speculating is not None or bool(self._firsts)
 
     def prompt_tokens(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
@@ -107,6 +121,9 @@ class Engine:
         nothing else runs, decodes beside it). Returns the prompt tokens reused from the prefix cache."""
         assert sampling.max_tokens is not None
         cache, rest = self.prefix_cache.fetch_nearest_cache(MODEL_KEY, prompt)
+        if cache is not None and not rest:  # an exact hit: the last prompt token is fed again for its logits
+            trim_prompt_cache(cache, 1)
+            rest = prompt[-1:]
         cached = len(prompt) - len(rest)
         if speculation is not None:
             why = _no_speculation(json_schema, sampling, alone and not self.busy)
@@ -123,18 +140,56 @@ class Engine:
                 self.speculating = (Active(request_id, self.tokenizer.detokenizer, sampling.stop), spec, sampling)
                 return cached
             log.info("speculation steps aside", request=request_id, reason=why)
-        self._insert(request_id, rest, sampling, json_schema, cache, prompt[:cached])
+        if alone and not self.busy and 0 < len(rest) <= PREFILL_STEP:
+            self._firsts.append(self._first_token(request_id, prompt, rest, sampling, json_schema, cache))
+        else:
+            self._insert(request_id, rest, sampling, json_schema, cache, prompt[:cached])
         return cached
+
+    def _first_token(
+        self, request_id: str, prompt: list[int], rest: list[int], sampling: SamplingParams, json_schema: str | None,
+        cache: list | None,
+    ) -> Step:  # fmt: skip
+        """A request alone: its prompt (what the prefix cache lacks) in one forward pass, whose last position
+        gives the first token, which goes out at once; the batch then goes on from that token. The batch itself
+        would feed the prompt's last token in a pass of its own, and return the first token a step later: two
+        more steps before the first token, the time to first token of a request alone."""
+        assert sampling.max_tokens is not None
+        if cache is None:
+            cache = make_prompt_cache(self.model)
+        sampler = self._request_sampler(request_id, sampling, json_schema)
+        processors = processors_of(sampling)
+        with mx.stream(generation_stream):
+            logits = self.model(mx.array([rest]), cache=cache)[:, -1, :]
+            context = mx.array(prompt, dtype=mx.int32)  # what the batch's processors see: the tokens so far
+            for processor in processors:
+                logits = processor(context, logits)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            drawn = sampler(logprobs)
+            mx.eval(drawn, logprobs)
+        if (fault := self._faults.pop(request_id, None)) is not None:
+            return Step(request_id, "", 0, "error", _reason(fault))
+        token = int(drawn.item())  # type: ignore[arg-type]
+        finish = "stop" if token in self.tokenizer.eos_token_ids else "length" if sampling.max_tokens <= 1 else None
+        uid = -1
+        if finish is None:
+            (uid,) = self.generator.insert(
+                [[token]], max_tokens=[sampling.max_tokens - 1], caches=[cache], all_tokens=[list(prompt)],
+                samplers=[sampler], logits_processors=[processors],
+            )  # fmt: skip
+            self.uids[request_id] = uid
+        top = sampling.top_logprobs if sampling.logprobs else None
+        active = self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
+        ended = finish is not None
+        first = FirstToken(uid, token, logprobs[0], finish, cache if ended else None, list(prompt) if ended else None)
+        return self._advance(active, first)
 
     def _insert(
         self, request_id: str, rest: list[int], sampling: SamplingParams, json_schema: str | None,
         cache: list | None, done: list[int], first_step: int = 0, active: Active | None = None,
     ) -> None:  # fmt: skip
         assert sampling.max_tokens is not None
-        sampler = self._sampler(sampling, first_step)
-        if json_schema is not None:  # compiled here, on every rank, before the request joins the batch
-            sampler = constrained(sampler, self.grammars.matcher(json_schema), self.grammars.eos_token)
-        sampler = self._guarded(request_id, sampler)
+        sampler = self._request_sampler(request_id, sampling, json_schema, first_step)
         (uid,) = self.generator.insert(
             [rest],
             max_tokens=[sampling.max_tokens - first_step],
@@ -146,6 +201,14 @@ class Engine:
         top = sampling.top_logprobs if sampling.logprobs else None
         self.active[uid] = active or Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
         self.uids[request_id] = uid
+
+    def _request_sampler(
+        self, request_id: str, sampling: SamplingParams, json_schema: str | None, first_step: int = 0
+    ) -> Callable[[mx.array], mx.array]:
+        sampler = self._sampler(sampling, first_step)
+        if json_schema is not None:  # compiled here, on every rank, before the request joins the batch
+            sampler = constrained(sampler, self.grammars.matcher(json_schema), self.grammars.eos_token)
+        return self._guarded(request_id, sampler)
 
     def _sampler(self, sampling: SamplingParams, first_step: int = 0) -> Callable[[mx.array], mx.array]:
         return sampler_of(sampling, first_step)
@@ -169,6 +232,7 @@ class Engine:
             self.speculating[1].close()
             self.speculating = None
             return Step(request_id, "", active.tokens, "cancelled")
+        self._firsts = [f for f in self._firsts if f.request_id != request_id]
         uid = self.uids.pop(request_id, None)
         if uid is None:
             return None
@@ -178,6 +242,9 @@ class Engine:
 
     def step(self) -> list[Step]:
         """One decode step for the whole batch (and a slice of prefill for newcomers)."""
+        if self._firsts:  # first tokens made at submit go out before the batch steps again (it holds only them)
+            firsts, self._firsts = self._firsts, []
+            return firsts
         if self.speculating is not None:
             return self._speculative_step()
         _prompt_progress, responses = self.generator.next()
