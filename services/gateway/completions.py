@@ -32,6 +32,7 @@ from services.gateway.openai_schema import (
     SamplingFields,
     decode_body,
 )
+from services.gateway.routing import tool_format
 from services.gateway.tool_calls import ToolChatShape
 from services.gateway.trifurcated import serve_trifurcated
 from services.gateway.validator import plan_trifurcated
@@ -48,7 +49,9 @@ async def chat_completions(request: Request):  # noqa: ANN201
     if not body.messages:
         raise bad_request("messages must not be empty", param="messages")
     plan = plan_chat(body)  # the prompt's messages, the grammar, how tool calls are read back
-    group = group_defaults(request.app.state.gateway.follower.state, body.model) if body.trifurcated else None
+    state = request.app.state.gateway.follower.state
+    plan = plan.reading(tool_format(state, body.model))
+    group = group_defaults(state, body.model) if body.trifurcated else None
     tri = plan_trifurcated(body.trifurcated, body.model, body.speculative is not None, group)
     if tri is not None:
         if body.n != 1:

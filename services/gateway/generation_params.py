@@ -16,6 +16,7 @@ import llguidance
 import msgspec
 
 from shared.generation import ChatMessage
+from shared.models import ToolCallFormat
 
 from services.gateway.errors import bad_request
 from services.gateway.openai_schema import ChatCompletionRequest, InMessage, ResponseFormat, ToolDef, invalid_field
@@ -31,6 +32,12 @@ class ChatPlan(msgspec.Struct, frozen=True):
     json_schema: str | None  # the grammar: None for free text
     tool_mode: ToolMode  # "auto": the text is parsed for tool calls; "forced": the whole output is one call
     tool_names: tuple[str, ...] = ()
+    tool_format: ToolCallFormat = "none"  # the model's own tool-call syntax, read back too under "auto"
+
+    def reading(self, tool_format: ToolCallFormat) -> ChatPlan:
+        """This plan, reading tool calls in the model's own syntax too (the routes set it from the model's card,
+        after the request's own checks)."""
+        return msgspec.structs.replace(self, tool_format=tool_format)
 
 
 def plan_chat(body: ChatCompletionRequest) -> ChatPlan:

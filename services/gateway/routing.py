@@ -12,7 +12,7 @@ import msgspec
 
 from shared.generation import Speculation
 from shared.ids import InstanceId
-from shared.models import UnknownModel, get_card
+from shared.models import ToolCallFormat, UnknownModel, get_card
 from shared.state import ClusterState
 
 from services.gateway.errors import OpenAIError, bad_request, unavailable
@@ -33,6 +33,14 @@ def pick_instance(state: ClusterState, model_id: str, turn: int, avoid: str | No
             f'{{"model": "{model_id}"}} or start exo with --model {model_id}'
         )
     raise not_ready(state, instances[0].instance_id)
+
+
+def tool_format(state: ClusterState, model: str) -> ToolCallFormat:
+    """The model's own tool-call syntax, from its card: "none" for a name with no card (routing answers for it)."""
+    try:
+        return get_card(model, state.models).tool_call_format
+    except UnknownModel:
+        return "none"
 
 
 def draft_named_instance(state: ClusterState, speculation: Speculation | None) -> str | None:

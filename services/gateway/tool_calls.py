@@ -12,6 +12,7 @@ from typing import NamedTuple
 from services.gateway.completion_output import ChatShape
 from services.gateway.generation_params import TOOL_CLOSE, TOOL_OPEN, ChatPlan
 from services.gateway.openai_schema import chat_completion
+from services.gateway.tool_formats import held_from, native_calls, xml_call
 
 _CALL = re.compile(re.escape(TOOL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CLOSE) + r"|$)", re.DOTALL)
 
@@ -30,20 +31,27 @@ def parse_forced(text: str) -> list[dict]:
     return [tool_call(call["name"], json.dumps(call["arguments"]))]
 
 
-def parse_auto(text: str, names: tuple[str, ...]) -> tuple[str | None, list[dict]]:
-    """The model's own `<tool_call>` blocks as calls (those that parse and name a known tool), and the text around
-    them as content; tool syntax never stays in the content, even a block that does not parse."""
-    calls = []
-    for body in _CALL.findall(text):
-        try:
-            call = json.loads(body.strip())
-        except ValueError:
-            continue
-        if isinstance(call, dict) and call.get("name") in names:
-            arguments = call.get("arguments", {})
-            calls.append(tool_call(call["name"], arguments if isinstance(arguments, str) else json.dumps(arguments)))
+def parse_auto(text: str, names: tuple[str, ...], fmt: str = "hermes") -> tuple[str | None, list[dict]]:
+    """The `<tool_call>` blocks the prompt asks for (JSON, or qwen3_coder's XML inside), then the calls in the
+    model's own syntax (`fmt`, its card's tool_call_format: tool_formats.py), as calls (those that name a known
+    tool), and the text around them as content; tool syntax never stays in the content, even a block that does
+    not parse."""
+    found = [call for body in _CALL.findall(text) if (call := _block_call(body)) is not None]
     content = _CALL.sub("", text).strip() if TOOL_OPEN in text else text
+    content, native = native_calls(fmt, content)
+    calls = [tool_call(name, arguments if isinstance(arguments, str) else json.dumps(arguments))
+             for name, arguments in found + native if name in names]  # fmt: skip
     return (content or None) if calls else content, calls
+
+
+def _block_call(body: str) -> tuple[str, object] | None:
+    try:
+        call = json.loads(body.strip())
+    except ValueError:
+        return xml_call(body)
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    return call["name"], call.get("arguments", {})
 
 
 class ToolChatShape(ChatShape):
@@ -64,7 +72,7 @@ class ToolChatShape(ChatShape):
             out = self._forced_deltas(cut=finish == "length")
             return out + ([self._chunk({}, "tool_calls" if finish == "stop" else finish)] if finish else [])
         if finish is None:
-            end = streamable(self.text)
+            end = streamable(self.text, self.plan.tool_format)
             out = [self._chunk({"content": self.text[self.sent : end]}, None)] if end > self.sent else []
             self.sent = max(self.sent, end)
             return out
@@ -77,7 +85,7 @@ class ToolChatShape(ChatShape):
         return out + [self._chunk({"tool_calls": deltas}, None), self._chunk({}, "tool_calls")]
 
     def _auto(self, text: str) -> tuple[str | None, list[dict]]:
-        content, calls = parse_auto(text, self.plan.tool_names)
+        content, calls = parse_auto(text, self.plan.tool_names, self.plan.tool_format)
         if self.plan.tool_mode == "none":  # the calls are not answered, but their syntax is still taken out
             return (content or "") if calls else content, []
         return content, calls
@@ -114,15 +122,15 @@ class ToolChatShape(ChatShape):
         return body
 
 
-def streamable(text: str) -> int:
+def streamable(text: str, fmt: str = "hermes") -> int:
     """How much of an `auto` answer can go out before its end: the text before a `<tool_call>` or what may be its
-    start, less the whitespace just before it (the content around calls is stripped), so nothing while it is all
-    whitespace."""
+    start (or the start of the model's own syntax, `fmt`), less the whitespace just before it (the content around
+    calls is stripped), so nothing while it is all whitespace."""
     at = text.find(TOOL_OPEN)
     if at < 0:
         held = next((k for k in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1) if TOOL_OPEN.startswith(text[-k:])), 0)
         at = len(text) - held
-    return len(text[:at].rstrip())
+    return len(text[: min(at, held_from(fmt, text))].rstrip())
 
 
 def _unsent(content: str, sent: str) -> str:

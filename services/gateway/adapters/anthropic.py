@@ -22,6 +22,7 @@ from services.gateway.generate import answer, count_prompt_tokens, start_generat
 from services.gateway.generation_client import Submitted
 from services.gateway.generation_params import ChatPlan, plan_of_openai_shapes
 from services.gateway.openai_schema import SamplingFields, openai_finish_reason
+from services.gateway.routing import tool_format
 from services.gateway.tool_calls import AnswerPieces, Arguments, CallStart, Finish, Piece, Text, read_answer
 
 router = APIRouter()
@@ -258,6 +259,7 @@ def decode(raw: bytes) -> MessagesRequest:
 async def messages(request: Request):  # noqa: ANN201
     body = decode(await request.body())
     fields, plan = translate(body)
+    plan = plan.reading(tool_format(request.app.state.gateway.follower.state, body.model))
     message_id = "msg_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, message_id, fields, messages=plan.messages, api="anthropic.messages",
                                         json_schema=plan.json_schema)  # fmt: skip

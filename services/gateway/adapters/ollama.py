@@ -24,6 +24,7 @@ from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.generation_params import ChatPlan, grammar_of_response_format, plan_of_openai_shapes
 from services.gateway.openai_schema import SamplingFields
+from services.gateway.routing import tool_format
 from services.gateway.tool_calls import read_answer
 
 router = APIRouter()
@@ -238,7 +239,7 @@ async def _serve(request: Request, fields: SamplingFields, stream: bool, plan: C
 async def chat(request: Request):  # noqa: ANN201
     body = decode(await request.body(), ChatRequest)
     fields = sampling_fields(body.model, body.options)
-    plan = chat_plan(body)
+    plan = chat_plan(body).reading(tool_format(request.app.state.gateway.follower.state, body.model))
     return await _serve(request, fields, body.stream, plan, messages=plan.messages, json_schema=plan.json_schema)
 
 

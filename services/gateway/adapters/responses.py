@@ -21,6 +21,7 @@ from services.gateway.generate import answer, start_generation
 from services.gateway.generation_client import Submitted
 from services.gateway.generation_params import ChatPlan, plan_of_openai_shapes
 from services.gateway.openai_schema import SamplingFields, openai_finish_reason
+from services.gateway.routing import tool_format
 from services.gateway.tool_calls import AnswerPieces, Arguments, CallStart, Finish, Piece, Text, read_answer
 
 router = APIRouter()
@@ -284,6 +285,7 @@ async def create_response(request: Request):  # noqa: ANN201
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise bad_request(f"invalid request body: {exc}") from None
     fields, plan = translate(body)
+    plan = plan.reading(tool_format(request.app.state.gateway.follower.state, body.model))
     rid = "resp_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, rid, fields, messages=plan.messages, api="responses",
                                         json_schema=plan.json_schema)  # fmt: skip
