@@ -8,7 +8,7 @@ then its calls are found here and its syntax never stays in the answer's content
 - mistral      `[TOOL_CALLS][{"name": NAME, "arguments": {...}}]`, or `[TOOL_CALLS]NAME[ARGS]{...}`
 - deepseek_v3  `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME ```json {...}``` <｜tool▁call▁end｜>...`
                (and V3.1's `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{...}<｜tool▁call▁end｜>`)
-- pythonic     `[NAME(P=VALUE, ...), ...]` as the whole answer
+- pythonic     `[NAME(P=VALUE, ...), ...]` as the whole answer, or between LFM2's `<|tool_call_start|>` and `_end|>`
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ Call = tuple[str, Any]  # the function's name and its arguments (a JSON value; a
 
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
+PYTHONIC_START, PYTHONIC_END = "<|tool_call_start|>", "<|tool_call_end|>"
 DEEPSEEK_BEGIN, DEEPSEEK_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 DEEPSEEK_CALL = re.compile(r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)(?:<｜tool▁call▁end｜>|$)", re.DOTALL)
 XML_FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)(?:</function>|$)", re.DOTALL)
@@ -29,7 +30,7 @@ XML_PARAMETER = re.compile(r"<parameter=([^>\s]+)>(.*?)(?:</parameter>|$)", re.D
 FENCED = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 # Where a format's syntax starts, when it starts with a marker: the text before it can stream, the rest is held.
-MARKERS = {"llama3_json": PYTHON_TAG, "mistral": MISTRAL_CALLS, "deepseek_v3": DEEPSEEK_BEGIN}
+MARKERS = {"llama3_json": PYTHON_TAG, "mistral": MISTRAL_CALLS, "deepseek_v3": DEEPSEEK_BEGIN, "pythonic": PYTHONIC_START}
 # Formats whose calls are the whole answer, with no marker: an answer that starts so is held to its end.
 WHOLE_ANSWER_OPENERS = {"llama3_json": "{", "pythonic": "["}
 
@@ -147,6 +148,11 @@ def _deepseek(text: str) -> tuple[str, list[Call]]:
 
 
 def _pythonic(text: str) -> tuple[str, list[Call]]:
+    at = text.find(PYTHONIC_START)
+    if at >= 0:  # LFM2 marks its list: the text before it is content, the list is read, the syntax goes
+        body = text[at + len(PYTHONIC_START) :].split(PYTHONIC_END)[0]
+        _listed, calls = _pythonic(body)
+        return text[:at].strip(), calls
     if not text.lstrip().startswith("["):
         return text, []
     try:

@@ -10,14 +10,19 @@ import jsonschema
 import pytest
 
 from services.worker.runner.serve.control import Control, Submit
-from services.worker.runner.serve.engine import Engine, Step
+from services.worker.runner.serve.engine import ONE_PASS_MAX_TOKENS, Engine, Step
 from shared.generation import GenerateRequest, SamplingParams
 from tests.integration.model_steps import greedy, run_batch, text
 from tests.shared_models import SharedModels
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = {"a": "The three colours of the flag of France are", "b": "Once upon a time, a dragon"}
+PROMPTS = {
+    "a": "The three colours of the flag of France are",
+    "b": "Once upon a time, a dragon",
+    # more tokens than one pass takes (ONE_PASS_MAX_TOKENS): all but the last in a pass of their own
+    "long": "Counting slowly from one up to twenty, in words, with commas between: one, two, three, four, five,",
+}
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 SEEDED = SamplingParams(max_tokens=12, temperature=1.0, seed=4321)
 
@@ -33,10 +38,12 @@ def prompt_of(engine: Engine, rid: str) -> list[int]:
     return engine.prompt_tokens(GenerateRequest(rid, "smollm2-135m", GREEDY, prompt=PROMPTS[rid]))
 
 
-def test_a_request_alone_has_its_first_token_from_the_admitting_cycle_and_the_batchs_text(engine_parts) -> None:
+@pytest.mark.parametrize("rid", ["a", "long"])
+def test_a_request_alone_has_its_first_token_from_the_admitting_cycle_and_the_batchs_text(engine_parts, rid) -> None:
     model, tokenizer = engine_parts
     engine = Engine(model, tokenizer)
-    prompt = prompt_of(engine, "a")
+    prompt = prompt_of(engine, rid)
+    assert (len(prompt) > ONE_PASS_MAX_TOKENS) == (rid == "long")
     steps, _ = engine.run_cycle(Control([Submit("a", prompt, GREEDY)]))
     assert [(s.request_id, s.completion_tokens) for s in steps] == [("a", 1)]
     out = [*steps]

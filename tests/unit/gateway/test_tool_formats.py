@@ -29,7 +29,7 @@ NATIVE = {
         '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris", "days": 3}<｜tool▁call▁end｜>'
         "<｜tool▁calls▁end｜>",
     ],
-    "pythonic": ['[get_weather(city="Paris", days=3)]'],
+    "pythonic": ['[get_weather(city="Paris", days=3)]', '<|tool_call_start|>[get_weather(city="Paris", days=3)]<|tool_call_end|>'],
     "qwen3_coder": ["<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
                     "</parameter>\n</function>\n</tool_call>"],
 }
