@@ -35,6 +35,7 @@ ISAS = [isa for isa in ("scalar", "avx2", "avx512vnni") if ("scalar", "avx2", "a
 SHAPES = [  # (rows, N, K, group_size)
     (1, 1, 32, 32), (1, 7, 64, 32), (2, 33, 96, 32), (3, 5, 160, 32), (4, 130, 576, 32), (5, 17, 128, 64),
     (6, 9, 256, 128), (7, 64, 1536, 32), (8, 576, 1536, 32), (13, 20, 64, 32),
+    (4, 9, 96, 32), (8, 11, 160, 32), (6, 5, 1056, 32),  # from 4 rows VNNI takes 2 blocks at once: an odd last one
 ]  # fmt: skip
 
 
