@@ -15,6 +15,11 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 class ChatMessage(msgspec.Struct, frozen=True):
     role: str
     content: str
+    # For a chat template with its own tool format (GenerateRequest.tools): an assistant's earlier calls, as JSON
+    # in the templates' shape ([{"type": "function", "id", "function": {"name", "arguments": {...}}}]), and the
+    # call a tool message answers.
+    tool_calls: str | None = None
+    tool_call_id: str | None = None
 
 
 class SamplingParams(msgspec.Struct, frozen=True):
@@ -77,6 +82,9 @@ class GenerateRequest(msgspec.Struct, frozen=True):
     # the sampled token stays the same. None: free text.
     json_schema: str | None = None
     speculative: Speculation | None = None  # None: plain decoding
+    # The tools, as JSON (OpenAI's [{"type": "function", "function": {"name", "description", "parameters"}}]), for
+    # the model's chat template to render in its own tool format; None: the prompt describes them itself, if at all.
+    tools: str | None = None
 
 
 class GenerateAccepted(msgspec.Struct, frozen=True, tag="accepted"):

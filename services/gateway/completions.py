@@ -58,7 +58,8 @@ async def chat_completions(request: Request):  # noqa: ANN201
             raise bad_request("trifurcated inference gives one choice (n = 1)", param="n")
         rid = "chatcmpl-" + new_request_id().removeprefix("req-")
         return await serve_trifurcated(request, body, plan, tri, _shape(rid, body.model, True, plan, 0))
-    return await _serve(request, body, chat=True, plan=plan, messages=plan.messages, json_schema=plan.json_schema)
+    return await _serve(request, body, chat=True, plan=plan, messages=plan.messages, json_schema=plan.json_schema,
+                        tools=plan.tools)
 
 
 @router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_ERRORS)

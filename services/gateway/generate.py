@@ -36,10 +36,12 @@ async def start_generation(
     json_schema: str | None = None,
     choice: int = 0,
     instance: str | None = None,
+    tools: str | None = None,
 ) -> Submitted:
     """Accepted, or an OpenAIError (404 unknown model, 400, 429, 503) raised before any byte is sent. The recorder
     measures it for /metrics, the dashboard and the inference log (as `api`), however it ends. `instance`: the one
-    to serve it (a trifurcated group's main) while it is ready; else any ready instance of the model."""
+    to serve it (a trifurcated group's main) while it is ready; else any ready instance of the model. `tools`: for
+    the chat template (ChatPlan.tools)."""
     gateway = request.app.state.gateway
     try:
         card = get_card(fields.model, gateway.follower.state.models)
@@ -57,11 +59,13 @@ async def start_generation(
         instance_id = pick_instance(state, card.model_id, gateway.client.next_turn(), avoid=avoid)
     speculation = speculation_for(state, speculation, instance_id)
     generate = GenerateRequest(request_id, fields.model, sampling, messages=messages, prompt=prompt,
-                               json_schema=json_schema, speculative=speculation)  # fmt: skip
+                               json_schema=json_schema, speculative=speculation, tools=tools)  # fmt: skip
     return await gateway.recorder.submit(gateway.client, instance_id, generate, fields.stream, api)
 
 
-async def count_prompt_tokens(request: Request, model: str, messages: tuple[ChatMessage, ...]) -> int:
+async def count_prompt_tokens(
+    request: Request, model: str, messages: tuple[ChatMessage, ...], tools: str | None = None
+) -> int:
     """The prompt's tokens as a generation of these messages would count them (a runner of the model tokenizes)."""
     gateway = request.app.state.gateway
     try:
@@ -69,7 +73,7 @@ async def count_prompt_tokens(request: Request, model: str, messages: tuple[Chat
     except UnknownModel:
         raise model_not_found(model) from None
     instance_id = pick_instance(gateway.follower.state, card.model_id, gateway.client.next_turn())
-    ask = GenerateRequest(new_request_id(), model, SamplingParams(max_tokens=None), messages=messages)
+    ask = GenerateRequest(new_request_id(), model, SamplingParams(max_tokens=None), messages=messages, tools=tools)
     return await gateway.client.count(instance_id, ask)
 
 

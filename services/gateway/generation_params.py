@@ -2,9 +2,12 @@
 (a JSON schema) its output must match, and how the output is read back (text, or tool calls). Pure; the OpenAI
 handler calls it, and other APIs' adapters can build the same ChatCompletionRequest shape and call it too.
 
-Tools are rendered with a fallback, since SmolLM2's chat template ignores `tools`: a system message lists the
+Tools are rendered by the model's chat template in its own tool format where its card names one we read back
+(TEMPLATE_TOOL_FORMATS: the runner passes `tools` to the template, and earlier calls and tool results as the
+templates take them). Elsewhere (SmolLM2's template ignores `tools`) a fallback: a system message lists the
 functions (their JSON schemas) and asks for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`; earlier
-assistant calls are written back in that syntax and `tool` messages keep their role. Forced output (`required`,
+assistant calls are written back in that syntax and `tool` messages keep their role. The plan holds both; the
+route picks one by the card (ChatPlan.reading). Forced output (`required`,
 a named function) is decoded under a grammar: `{"name": <one of the tools>, "arguments": <its parameters>}`."""
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from services.gateway.openai_schema import ChatCompletionRequest, InMessage, Res
 ToolMode = Literal["none", "auto", "forced"]
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 ANY_OBJECT = {"type": "object"}
+# Tool-call formats whose syntax we read back (tool_formats.py): a model with one gets the tools from its template.
+TEMPLATE_TOOL_FORMATS = frozenset({"hermes", "qwen3_coder", "llama3_json", "mistral", "deepseek_v3", "pythonic"})
 NO_PARAMETERS = {"type": "object", "properties": {}}
 
 
@@ -33,10 +38,18 @@ class ChatPlan(msgspec.Struct, frozen=True):
     tool_mode: ToolMode  # "auto": the text is parsed for tool calls; "forced": the whole output is one call
     tool_names: tuple[str, ...] = ()
     tool_format: ToolCallFormat = "none"  # the model's own tool-call syntax, read back too under "auto"
+    tools: str | None = None  # for the chat template (GenerateRequest.tools): set by `reading`
+    # The same request for a template with its own tool format: its messages (calls and tool results as templates
+    # take them, no tool description) and the tools as JSON. None: no tools in play.
+    templated: tuple[tuple[ChatMessage, ...], str] | None = None
 
     def reading(self, tool_format: ToolCallFormat) -> ChatPlan:
-        """This plan, reading tool calls in the model's own syntax too (the routes set it from the model's card,
-        after the request's own checks)."""
+        """This plan for a model whose tool-call syntax is `tool_format` (the routes read it off the model's card,
+        after the request's own checks): its calls are read back in that syntax too, and where the template has
+        that format of its own, it renders the tools."""
+        if tool_format in TEMPLATE_TOOL_FORMATS and self.templated is not None:
+            messages, tools = self.templated
+            return msgspec.structs.replace(self, tool_format=tool_format, messages=messages, tools=tools, templated=None)
         return msgspec.structs.replace(self, tool_format=tool_format)
 
 
@@ -50,13 +63,15 @@ def plan_chat(body: ChatCompletionRequest) -> ChatPlan:
     if schema is not None and mode == "forced":
         raise bad_request("response_format cannot be combined with a forced tool call", param="response_format")
     messages = tuple(_message(m) for m in body.messages)
+    templated = None
     if tools and mode != "none":
         messages = _with_tools_system(messages, tools)
+        templated = tuple(_template_message(m) for m in body.messages), _template_tools(body.tools or [])
     if mode == "forced":
         schema = call_schema({n: tools[n] for n in chosen})
     elif not tools:
         mode = "none"
-    return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools))
+    return ChatPlan(messages, None if schema is None else json.dumps(schema), mode, tuple(tools), templated=templated)
 
 
 def plan_of_openai_shapes(model: str, messages: list[dict], tools: list[dict] | None, tool_choice: str | dict | None,
@@ -166,6 +181,23 @@ def _message(m: InMessage) -> ChatMessage:
         calls = "".join(TOOL_OPEN + json.dumps(call) + TOOL_CLOSE for call in written)
         return ChatMessage("assistant", m.text + calls)
     return m.as_chat_message()
+
+
+def _template_message(m: InMessage) -> ChatMessage:
+    """A message for a template with its own tool format: an assistant's calls and a tool's call id as fields."""
+    if m.role == "assistant" and m.tool_calls:
+        calls = [{"type": "function", "id": c.id, "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                 for c in m.tool_calls]  # fmt: skip
+        return ChatMessage("assistant", m.text, tool_calls=json.dumps(calls))
+    if m.role == "tool":
+        return ChatMessage("tool", m.text, tool_call_id=m.tool_call_id)
+    return m.as_chat_message()
+
+
+def _template_tools(tools: list[ToolDef]) -> str:
+    return json.dumps([{"type": "function", "function": {
+        "name": t.function.name, "description": t.function.description or "",
+        "parameters": t.function.parameters or NO_PARAMETERS}} for t in tools if t.function is not None])  # fmt: skip
 
 
 def _arguments(text: str) -> object:

@@ -58,7 +58,7 @@ async def serve_trifurcated(request: Request, body: ChatCompletionRequest, plan:
     target = None if tri.validator == DENY_LIST else _validator_target(request, tri.validator)
     rid = shape.request_id
     main = await start_generation(request, rid, main_body, messages=plan.messages, json_schema=plan.json_schema,
-                                  instance=tri.main_instance)  # fmt: skip
+                                  instance=tri.main_instance, tools=plan.tools)  # fmt: skip
     assert isinstance(main, ObservedGeneration)
     state = request.app.state.gateway.follower.state
     after = main.first_token if target is not None and shares_devices(state, target[0], main.instance_id) else None

@@ -30,6 +30,16 @@ GATED = "test-org/gated-llama"
 BERT = "test-org/bert-thing"
 BROKEN = "test-org/broken-llama"  # listed, but its weight files answer 500
 TWIN = "test-org/tiny-llama-twin"  # the same files as TINY under another id: not in any node's cache yet
+TOOLS = "test-org/tiny-llama-tools"  # TINY with a chat template that renders tools in its own (hermes) format
+# A hermes-style template (the card reads `<tool_call>`: tool_call_format "hermes"): the tools in a system turn,
+# an assistant's calls as <tool_call> blocks of their `function` objects, tool results as turns of their own.
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n<tools>{% for tool in tools %}{{ tool | tojson }}{% endfor %}</tools>\n"
+    "Call a tool with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{%- if m.tool_calls %}{% for c in m.tool_calls %}"
+    "<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n"
+    "{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +55,13 @@ def mirror() -> Iterator[HubMirror]:
     (bert / "model.safetensors").write_bytes(b"\0" * 64)
     hub = HubMirror()
     for repo, folder, gated in ((TINY, tiny, False), (BIG, big, False), (GATED, tiny, True), (BERT, bert, False),
-                                (BROKEN, root / "broken", False), (TWIN, root / "twin", False)):  # fmt: skip
+                                (BROKEN, root / "broken", False), (TWIN, root / "twin", False),
+                                (TOOLS, root / "tools", False)):  # fmt: skip
         if not folder.exists():
             shutil.copytree(tiny, folder)
+        if repo == TOOLS:
+            config = json.loads((folder / "tokenizer_config.json").read_text())
+            (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TOOLS_TEMPLATE}))
         hub.add(repo, folder, gated)
     hub.broken = {BROKEN}
     hub.start()
@@ -231,6 +245,7 @@ def test_a_node_serves_a_model_by_repo_id_from_the_mirror(mirror: HubMirror, sta
         assert done and done[0]["state"] == "done" and done[0]["bytes_done"] == done[0]["bytes_total"]
         check_bad_inputs(node)
         check_ollama_show(node)
+        check_template_renders_the_tools(node, client, mirror)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-b"))
         second = start_node("hub-b", "--no-model", "--no-master", "--nats-url", node.nats_url)
         try:
@@ -253,6 +268,35 @@ def check_bad_inputs(node) -> None:  # noqa: ANN001 - a tests.nodes.Node
     failed = wait_for(lambda: (i := instance_of(node, BROKEN)) and i["runners"][0]
                       and i["runners"][0]["phase"] == "failed" and i["runners"][0], 90, "the broken download fails", node)  # fmt: skip
     assert "500" in failed["detail"], failed  # type: ignore[index]
+    httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def check_template_renders_the_tools(node, client, mirror: HubMirror) -> None:  # noqa: ANN001
+    """A model whose template has its own tool format gets the tools, earlier calls and tool results through its
+    template (not our fallback system message): the prompt's token count is the template's own rendering."""
+    from transformers import AutoTokenizer
+
+    r = httpx.post(f"{node.base_url}/instances", json={"model": TOOLS}, timeout=30)
+    assert r.status_code == 201, r.text
+    wait_for(lambda: (i := instance_of(node, TOOLS)) and i["ready"], 180, "the tools model is ready", node)
+    tokenizer = AutoTokenizer.from_pretrained(str(mirror.repos[TOOLS]))
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]  # fmt: skip
+    for messages in (history[:1], history):
+        answer = client.chat.completions.create(model=TOOLS, messages=messages, tools=[WEATHER_TOOL], max_tokens=1)
+        as_template = [{**m, "content": m["content"] or ""} for m in messages]
+        for m in as_template:
+            for c in m.get("tool_calls", []):
+                c["function"] = {**c["function"], "arguments": json.loads(c["function"]["arguments"])}
+        expected = tokenizer.apply_chat_template(as_template, tools=[WEATHER_TOOL], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        assert answer.usage is not None and answer.usage.prompt_tokens == len(expected), (answer.usage, len(expected))
     httpx.delete(f"{node.base_url}/instances/{r.json()['instance_id']}", timeout=30)
 
 

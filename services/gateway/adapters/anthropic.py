@@ -262,7 +262,7 @@ async def messages(request: Request):  # noqa: ANN201
     plan = plan.reading(tool_format(request.app.state.gateway.follower.state, body.model))
     message_id = "msg_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, message_id, fields, messages=plan.messages, api="anthropic.messages",
-                                        json_schema=plan.json_schema)  # fmt: skip
+                                        json_schema=plan.json_schema, tools=plan.tools)  # fmt: skip
     stream = events(generation, message_id, body.model, plan) if body.stream else None
     return await answer(request, generation, stream, lambda text, last: whole(message_id, body.model, plan, text, last))
 
@@ -270,4 +270,5 @@ async def messages(request: Request):  # noqa: ANN201
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(request: Request) -> dict:
     fields, plan = translate(decode(await request.body()), count_only=True)
-    return {"input_tokens": await count_prompt_tokens(request, fields.model, plan.messages)}
+    plan = plan.reading(tool_format(request.app.state.gateway.follower.state, fields.model))
+    return {"input_tokens": await count_prompt_tokens(request, fields.model, plan.messages, plan.tools)}

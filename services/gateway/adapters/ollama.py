@@ -240,7 +240,8 @@ async def chat(request: Request):  # noqa: ANN201
     body = decode(await request.body(), ChatRequest)
     fields = sampling_fields(body.model, body.options)
     plan = chat_plan(body).reading(tool_format(request.app.state.gateway.follower.state, body.model))
-    return await _serve(request, fields, body.stream, plan, messages=plan.messages, json_schema=plan.json_schema)
+    return await _serve(request, fields, body.stream, plan, messages=plan.messages, json_schema=plan.json_schema,
+                        tools=plan.tools)
 
 
 @router.post("/api/generate")

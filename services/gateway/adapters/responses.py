@@ -288,7 +288,7 @@ async def create_response(request: Request):  # noqa: ANN201
     plan = plan.reading(tool_format(request.app.state.gateway.follower.state, body.model))
     rid = "resp_" + new_request_id().removeprefix("req-")
     generation = await start_generation(request, rid, fields, messages=plan.messages, api="responses",
-                                        json_schema=plan.json_schema)  # fmt: skip
+                                        json_schema=plan.json_schema, tools=plan.tools)  # fmt: skip
     shape = StreamShape(rid, body, int(time.time()), tools=bool(plan.tool_names))
     stream = events(generation, shape, plan) if body.stream else None
     return await answer(request, generation, stream, lambda text, last: whole(rid, body, plan, text, last))

@@ -116,3 +116,26 @@ def test_auto_text_streams_up_to_a_call_and_adds_up_to_the_whole_content() -> No
             assert bool(early) == (not text.startswith("<")), text  # text before a call is not held to the end
             calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls", [])]
             assert [d["function"]["name"] for d in calls] == [d["function"]["name"] for d in whole.get("tool_calls", [])]
+
+
+def test_a_template_with_its_own_tool_format_gets_the_tools_and_the_history_as_fields() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    history = USER + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                      {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]  # fmt: skip
+    plan = plan_chat(request(messages=history, tools=[WEATHER]))
+    # The fallback: our system message and the calls written in <tool_call> syntax, no tools for the template.
+    fallback = plan.reading("none")
+    assert fallback.tools is None and fallback.messages[0].role == "system" and "weather" in fallback.messages[0].content
+    assert "<tool_call>" in fallback.messages[2].content and fallback.tool_format == "none"
+    for fmt in ("hermes", "llama3_json", "mistral"):
+        native = plan.reading(fmt)
+        assert native.tool_format == fmt and [m.role for m in native.messages] == ["user", "assistant", "tool"]
+        assert json.loads(native.tools or "") == [{"type": "function", "function": {
+            "name": "weather", "description": "", "parameters": WEATHER["function"]["parameters"]}}]  # fmt: skip
+        (written,) = json.loads(native.messages[1].tool_calls or "")
+        assert written == {"type": "function", "id": "call_1", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+        assert native.messages[2].tool_call_id == "call_1" and native.messages[2].content == "sunny"
+    assert plan.reading("other").tools is None  # a template format we cannot read back keeps our fallback
+    # No tools (or tool_choice none): nothing for the template, whatever the format.
+    assert plan_chat(request()).reading("hermes").tools is None
+    assert plan_chat(request(tools=[WEATHER], tool_choice="none")).reading("hermes").tools is None

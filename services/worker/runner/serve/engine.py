@@ -3,6 +3,7 @@ prompts' KV caches, per-request sampling, stop strings and streaming detokenizat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import mlx.core as mx
@@ -13,7 +14,7 @@ import structlog
 from mlx_lm.generate import BatchGenerator, generation_stream
 from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 
-from shared.generation import GenerateRequest, SamplingParams, Speculation, TokenLogprob
+from shared.generation import ChatMessage, GenerateRequest, SamplingParams, Speculation, TokenLogprob
 
 from services.worker.runner.serve.control import Control
 from services.worker.runner.serve.grammar import Grammars, constrained
@@ -113,8 +114,9 @@ class Engine:
 
     def prompt_tokens(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            messages = [template_message(m) for m in request.messages]
+            tools = json.loads(request.tools) if request.tools else None
+            return list(self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True))
         return list(self.tokenizer.encode(request.prompt or ""))
 
     def submit(
@@ -381,6 +383,16 @@ class Engine:
         log.info("speculation steps aside", request=active.request_id, reason=why, tokens=made,
                  drafted=spec.pace.drafted, accepted=spec.pace.accepted, propose_calls=calls, propose_ms=mean_ms)  # fmt: skip
         self._insert(active.request_id, rest, sampling, None, cache, done, made, active)
+
+
+def template_message(m: ChatMessage) -> dict:
+    """A message as chat templates read it: role and content, and an assistant's calls or a tool's call id."""
+    out: dict = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = json.loads(m.tool_calls)
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 def _no_speculation(json_schema: str | None, sampling: SamplingParams, alone: bool) -> str | None:
