@@ -301,12 +301,16 @@ def check_template_renders_the_tools(node, client, mirror: HubMirror) -> None:  
 
 
 def check_ollama_show(node) -> None:  # noqa: ANN001
-    """Ollama's /api/show knows a hub model by the card the cluster recorded; one it has no card for is a 404."""
+    """Ollama's /api/show, /api/tags and /api/generate's load know a hub model by the card the cluster recorded;
+    one it has no card for is a 404 (and not listed)."""
     import ollama
 
     olla = ollama.Client(host=node.base_url, timeout=30.0)
     shown = olla.show(TINY)
     assert shown.modelinfo and shown.modelinfo["llama.block_count"] == 4 and shown.details.format == "mlx", shown
+    listed = [m.model for m in olla.list().models]
+    assert TINY in listed and "smollm2-135m" in listed and TWIN not in listed, listed
+    assert olla.generate(model=TINY, prompt="").done_reason == "load"
     with pytest.raises(ollama.ResponseError) as caught:
         olla.show(TWIN)  # on the mirror, but no card recorded yet
     assert caught.value.status_code == 404 and TWIN in caught.value.error

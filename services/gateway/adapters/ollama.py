@@ -5,7 +5,7 @@ unless told `"stream": false`). The translations are pure functions; the routes 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from shared.generation import ChatMessage, TokenChunk
 from shared.ids import new_request_id
-from shared.models import MODEL_CARDS, ModelCard, UnknownModel, all_cards, get_card
+from shared.models import ModelCard, UnknownModel, all_cards, get_card
 from shared.state import ClusterState
 
 from services.gateway.adapters.tool_shapes import ollama_format, ollama_tool_calls, ollama_turn
@@ -196,8 +196,9 @@ def model_entry(card: ModelCard) -> dict:
             "size": card.storage_bytes, "digest": "", "details": details(card)}  # fmt: skip
 
 
-def tags() -> dict:
-    return {"models": [model_entry(card) for card in MODEL_CARDS.values()]}
+def tags(recorded: Mapping[str, ModelCard]) -> dict:
+    """The built-in models and every hub model or folder the cluster recorded a card for."""
+    return {"models": [model_entry(card) for card in all_cards(recorded)]}
 
 
 def running(state: ClusterState) -> dict:
@@ -250,21 +251,21 @@ async def generate(request: Request):  # noqa: ANN201
     fields = sampling_fields(body.model, body.options)
     grammar = grammar_of_response_format(response_format(body.format))
     if not body.prompt and not body.system:  # Ollama's "load the model": ours are loaded by placement
-        _card(body.model)
+        _card(body.model, request.app.state.gateway.follower.state.models)
         return {"model": body.model, "created_at": now(), "response": "", "done": True, "done_reason": "load"}
     return await _serve(request, fields, body.stream, None, json_schema=grammar, **generate_input(body))
 
 
-def _card(model: str) -> ModelCard:
+def _card(model: str, recorded: Mapping[str, ModelCard]) -> ModelCard:
     try:
-        return get_card(model)
+        return get_card(model, recorded)
     except UnknownModel:
         raise model_not_found(model) from None
 
 
 @router.get("/api/tags")
-async def list_tags() -> dict:
-    return tags()
+async def list_tags(request: Request) -> dict:
+    return tags(request.app.state.gateway.follower.state.models)
 
 
 @router.get("/api/ps")
