@@ -117,3 +117,17 @@ def test_a_request_cancelled_before_its_first_step_sends_no_token(engine_parts) 
     cancelled = engine.cancel("c")
     assert cancelled is not None and cancelled.finish_reason == "cancelled"
     assert engine.step() == [] and not engine.busy
+
+
+def test_a_first_token_whose_text_breaks_fails_that_request_alone_and_leaves_nothing_behind(engine_parts) -> None:
+    model, tokenizer = engine_parts
+
+    class Broken(Engine):
+        def _advance(self, active, response):  # noqa: ANN001, ANN202
+            raise RuntimeError("injected detokenizer fault")
+
+    engine = Broken(model, tokenizer)
+    steps, _ = engine.run_cycle(Control([Submit("x", prompt_of(engine, "a"), GREEDY)]))
+    assert [(s.finish_reason, "injected" in (s.error or "")) for s in steps] == [("error", True)]
+    assert not engine.busy and not engine.active and not engine.uids
+    assert engine.generator.next() == ([], [])  # the batch holds nothing of it

@@ -105,7 +105,7 @@ class Engine:
         # A draft model's proposer for a request (request id, its speculation, its prompt); set by rank 0's server
         # (which asks the draft instance) and, on a split instance, on the other ranks (rank 0's drafts reach them).
         self.model_drafts: Callable[[str, Speculation, list[int]], ModelDraft] | None = None
-        # First tokens computed at submit (a request alone, in one forward pass), for the next step to return.
+        # First tokens computed at submit (a request alone: Engine._first_token), for the next step to return.
         self._firsts: list[Step] = []
 
     @property
@@ -196,7 +196,13 @@ class Engine:
         active = self.active[uid] = Active(request_id, self.tokenizer.detokenizer, sampling.stop, top)
         ended = finish is not None
         first = FirstToken(uid, token, logprobs[0], finish, cache if ended else None, list(prompt) if ended else None)
-        return self._advance(active, first)
+        try:
+            return self._advance(active, first)
+        except Exception as exc:  # noqa: BLE001 - its text or stops broke: it alone fails, and leaves the batch
+            self.active.pop(uid, None)
+            if self.uids.pop(request_id, None) is not None:
+                self.generator.remove([uid])
+            return Step(request_id, "", 1, "error", _reason(exc))
 
     def _insert(
         self, request_id: str, rest: list[int], sampling: SamplingParams, json_schema: str | None,
