@@ -13,7 +13,7 @@ import pytest
 
 from services.worker.runners import registry
 from shared.runner_record import RunnerRecord
-from shared.processes import create_time, process_alive
+from shared.processes import Anchor, create_time, process_alive
 from services.worker.runner.lifetime import ADOPTION_TIMEOUT_S, lifetime_verdict
 
 
@@ -67,6 +67,31 @@ def test_process_alive_checks_the_create_time():
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone = int(done.stdout)
     assert not process_alive(gone, create_time(gone) or 0.0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the start since boot is read from /proc (Linux)")
+def test_a_step_of_the_wall_clock_does_not_make_a_live_process_look_gone(monkeypatch: pytest.MonkeyPatch):
+    """psutil's create time adds the boot time, which Linux derives from the wall clock: a clock step moves it
+    (simulated here by moving psutil's boot time). CI saw every service of a node take one for its supervisor's
+    death. Anchors hold a process by its start since boot instead."""
+    import psutil._pslinux as pslinux
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        parent, me = Anchor.of(os.getppid()), os.getpid()
+        named = Anchor.known(child.pid, create_time(child.pid) or 0.0)  # a worker named by a runner record
+        mine = create_time(me)
+        assert mine is not None and parent.alive() and named.alive() and process_alive(me, mine)
+        real = pslinux.boot_time
+        monkeypatch.setattr(pslinux, "boot_time", lambda: real() + 100.0)  # the wall clock stepped 100 s ahead
+        assert not process_alive(me, mine)  # what a create time says after the step
+        assert parent.alive() and named.alive()  # what the anchors say
+        # Left as it was: a create time recorded before the step no longer matches when first read after it.
+        assert not Anchor.known(child.pid, (create_time(child.pid) or 0.0) - 100.0).alive()
+    finally:
+        child.kill()
+        child.wait()
+    assert not named.alive()  # gone is still gone
 
 
 def test_the_supervisor_passes_its_own_pid_to_the_services():

@@ -52,11 +52,17 @@ async def watch_lifetime(
     node = supervisor_anchor(supervisor_pid) or parent
     orphaned_since: float | None = None
     loop = asyncio.get_running_loop()
+    # The worker a record names, by its (wall-clock) create time when first seen, then by its start since boot,
+    # which a later step of the clock does not move (shared/processes.py).
+    named: dict[tuple[int, float], Anchor] = {}
     while not stop.is_set():
         worker = parent
         record = read_record(record_path) if record_path is not None else None
         if record is not None and record.pid == os.getpid():
-            worker = Anchor(record.worker_pid, record.worker_create_time)
+            key = (record.worker_pid, record.worker_create_time)
+            worker = named.get(key) or Anchor.known(*key)
+            if worker.ticks is not None:  # found alive: held by its start since boot from now on
+                named[key] = worker
         was_orphaned = orphaned_since is not None
         reason, orphaned_since = lifetime_verdict(node.alive(), worker.alive(), orphaned_since, loop.time(), timeout)
         if reason is not None:
