@@ -5,8 +5,9 @@ process that was younger than the one asking cannot be the parent it knew (the p
 someone else). The node's supervisor passes its pid to every service and runner (their specs' `supervisor_pid`); they stop
 when it is gone, so nothing of a node outlives it, not even after a kill -9 of the `exo` process.
 
-A create time is wall-clock: psutil adds the boot time, which Linux derives from the wall clock at each read, so
-a step of the clock (NTP, a VM resumed) moves every process's create time at once. An Anchor, which a process
+A create time is wall-clock: psutil adds the boot time (/proc/stat `btime`, whole seconds, which Linux derives
+from the wall clock at each read), so a step of the clock, or its slewing against the boot clock across a second,
+moves every process's create time at once. An Anchor, which a process
 takes and checks itself, compares the start in clock ticks since boot instead (/proc/PID/stat), which no clock
 step moves: CI saw every service of a node take a clock step for its supervisor's death and restart.
 """
