@@ -12,7 +12,7 @@ from typing import NamedTuple
 from services.gateway.completion_output import ChatShape
 from services.gateway.generation_params import TOOL_CLOSE, TOOL_OPEN, ChatPlan
 from services.gateway.openai_schema import chat_completion
-from services.gateway.tool_formats import held_from, native_calls, xml_call
+from services.gateway.tool_formats import held_from, marker_at, native_calls, xml_call
 
 _CALL = re.compile(re.escape(TOOL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CLOSE) + r"|$)", re.DOTALL)
 
@@ -126,11 +126,7 @@ def streamable(text: str, fmt: str = "hermes") -> int:
     """How much of an `auto` answer can go out before its end: the text before a `<tool_call>` or what may be its
     start (or the start of the model's own syntax, `fmt`), less the whitespace just before it (the content around
     calls is stripped), so nothing while it is all whitespace."""
-    at = text.find(TOOL_OPEN)
-    if at < 0:
-        held = next((k for k in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1) if TOOL_OPEN.startswith(text[-k:])), 0)
-        at = len(text) - held
-    return len(text[: min(at, held_from(fmt, text))].rstrip())
+    return len(text[: min(marker_at(text, TOOL_OPEN), held_from(fmt, text))].rstrip())
 
 
 def _unsent(content: str, sent: str) -> str:

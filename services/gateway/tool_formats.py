@@ -67,6 +67,12 @@ def held_from(fmt: str, text: str) -> int:
     marker = MARKERS.get(fmt)
     if marker is None:
         return len(text)
+    return marker_at(text, marker)
+
+
+def marker_at(text: str, marker: str) -> int:
+    """Where `marker` starts in the text, or where its start may be beginning at the end of the text, else
+    len(text)."""
     at = text.find(marker)
     if at >= 0:
         return at
