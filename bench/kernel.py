@@ -84,10 +84,11 @@ def decode_once(model_path: str, tokens: int) -> dict:
     from mlx_lm.sample_utils import make_sampler
 
     from services.worker.runner.blas import current_blas
-    from services.worker.runner.model.quantized_cpu import weights_detail
+    from services.worker.runner.model.quantized_cpu import configure, weights_detail
     from services.worker.runner.model.sharding import load_shard
 
-    model, tokenizer = load_shard(model_path, "single")
+    configure(threads=int(os.environ["EXO_KERNEL_THREADS"]))
+    model, tokenizer = load_shard(model_path, "single", cpu_kernel=os.environ["EXO_CPU_KERNEL"])
     prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
     for _ in stream_generate(model, tokenizer, mx.array(tokenizer.encode("Warm up.")), max_tokens=4):
         pass

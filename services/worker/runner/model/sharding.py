@@ -100,4 +100,8 @@ def load_shard(
         quantized_cpu.use_cpu_kernel(model)
     if fuse:  # fused norms and RoPEs on a CPU (cpu_fusion.py); every rank decides the same way
         fusion.fuse_for_cpu(model)
+    if fuse and kernel:  # decode steps of llama blocks in two primitives each (fused_layer.py)
+        from services.worker.runner.model.fused_layer import fuse_layers
+
+        fuse_layers(model)
     return model, tokenizer

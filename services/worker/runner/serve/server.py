@@ -34,6 +34,7 @@ from shared.process_lifetime import register
 from shared.specs import RunnerSpec
 
 from services.worker.runner.blas import current_blas
+from services.worker.runner.model.fused_layer import fused_layer_count
 from services.worker.runner.model.quantized_cpu import weights_detail
 from services.worker.runner.reporting import report_runner
 from services.worker.runner.serve import uploads
@@ -120,6 +121,8 @@ class RunnerServer:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
         service = await self._register()
         weights = weights_detail(self.engine.model)  # e.g. "weights q4+exo-kernel (avx512vnni)"
+        if fused := fused_layer_count(self.engine.model):
+            weights += f", fused decode layers {fused}"
         detail = f"pid {os.getpid()}, blas {current_blas()}, {weights}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)

@@ -73,6 +73,8 @@ RowsFn rows_fn(Isa isa) {
   return rows_scalar;
 }
 
+} // namespace
+
 // x rows as one contiguous float buffer (a copy only when x is strided).
 const float* contiguous_rows(const mx::array& x, std::vector<float>& scratch) {
   if (x.flags().row_contiguous) return x.data<float>();
@@ -92,29 +94,34 @@ const float* contiguous_rows(const mx::array& x, std::vector<float>& scratch) {
   return scratch.data();
 }
 
+namespace {
+
 // Fewer weights than this per call: one thread (waking a worker costs more than it saves).
 constexpr int64_t kMinWeightsPerThread = 64 * 1024;
 
-void run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases, mx::array& out,
-         int group_size, int bits) {
-  thread_local std::vector<float> x_copy, d, sum;
-  thread_local std::vector<int8_t> q;
-  const int K = x.shape(-1), N = w.shape(0), M = (int)(x.size() / K);
-  const float* xs = contiguous_rows(x, x_copy);
-  const QWeights qw{w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scales.dtype() == mx::float16,
-                    N, K, group_size, bits};
+} // namespace
+
+QWeights qweights(const mx::array& w, const mx::array& scales, const mx::array& biases, int group_size, int bits) {
+  return QWeights{w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), scales.dtype() == mx::float16,
+                  (int)w.shape(0), (int)(w.shape(1) * 32 / bits), group_size, bits};
+}
+
+void QuantizedActs::set(const float* x, int rows, int k, int b) {
+  M = rows, K = k, bits = b;
+  q.resize((size_t)M * K);
+  d.resize((size_t)M * (K / kBlock));
+  sum.resize((size_t)M * (K / kBlock));
+  quantize_x(x, M, K, bits, q.data(), d.data(), sum.data());
+}
+
+void matvec_quantized(const QuantizedActs& a, const QWeights& qw, float* y) {
+  const int N = qw.N, K = qw.K, nb = K / kBlock;
   const RowsFn fn = rows_fn(static_cast<Isa>(g_isa.load()));
   Pool& pool = exo::pool();
   const int tasks = (int)std::max<int64_t>(1, std::min<int64_t>(pool.threads(), (int64_t)N * K / kMinWeightsPerThread));
-  float* y = out.data<float>();
-  const int nb = K / kBlock;
-  q.resize((size_t)kMaxBatch * K);
-  d.resize((size_t)kMaxBatch * nb);
-  sum.resize((size_t)kMaxBatch * nb);
-  for (int m0 = 0; m0 < M; m0 += kMaxBatch) {
-    const int B = std::min(kMaxBatch, M - m0);
-    quantize_x(xs + (size_t)m0 * K, B, K, bits, q.data(), d.data(), sum.data());
-    const QuantX qx{q.data(), d.data(), sum.data()};
+  for (int m0 = 0; m0 < a.M; m0 += kMaxBatch) {
+    const int B = std::min(kMaxBatch, a.M - m0);
+    const QuantX qx{a.q.data() + (size_t)m0 * K, a.d.data() + (size_t)m0 * nb, a.sum.data() + (size_t)m0 * nb};
     float* ym = y + (size_t)m0 * N;
     pool.run(tasks, [&](int t) {
       // Row ranges in multiples of 4 so that threads do not share output cache lines.
@@ -122,6 +129,17 @@ void run(const mx::array& x, const mx::array& w, const mx::array& scales, const 
       fn(qw, qx, B, ym, n0, n1);
     });
   }
+}
+
+namespace {
+
+void run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases, mx::array& out,
+         int group_size, int bits) {
+  thread_local std::vector<float> x_copy;
+  thread_local QuantizedActs acts;
+  const int K = x.shape(-1), M = (int)(x.size() / K);
+  acts.set(contiguous_rows(x, x_copy), M, K, bits);
+  matvec_quantized(acts, qweights(w, scales, biases, group_size, bits), out.data<float>());
 }
 
 void check(bool ok, const std::string& what) {

@@ -4,12 +4,30 @@
 
 #include <string>
 
+#include <vector>
+
 #include "mlx/array.h"
 #include "mlx/primitives.h"
+#include "qmv_kernels.h"
 
 namespace exo {
 
 namespace mx = mlx::core;
+
+// The kernel on raw buffers, for primitives that chain several products in one call (fused_layer.cpp).
+// Activation rows quantized once, for every weight with the same K and bits.
+struct QuantizedActs {
+  std::vector<int8_t> q;
+  std::vector<float> d, sum;
+  int M = 0, K = 0, bits = 0;
+  void set(const float* x, int rows, int k, int bits);
+};
+// y (M, N) = the activations times w transposed, split across the kernel's threads.
+void matvec_quantized(const QuantizedActs& a, const QWeights& w, float* y);
+// The weights of (w, scales, biases), which must be row-contiguous.
+QWeights qweights(const mx::array& w, const mx::array& scales, const mx::array& biases, int group_size, int bits);
+// x rows as one contiguous float buffer (a copy into scratch only when x is strided).
+const float* contiguous_rows(const mx::array& x, std::vector<float>& scratch);
 
 // x: (..., K) float32; w: (N, K * bits / 32) uint32 in MLX's affine layout; scales and biases: (N, K /
 // group_size), float32 or float16. Returns (..., N) float32.

@@ -1,48 +1,34 @@
 // AVX-512 VNNI: vpdpbusd sums four u8 x s8 products straight into int32, for 4-bit and 8-bit weights alike.
-// Two blocks of 32 weights go through one 512-bit instruction (16 int32 lanes: 8 per block), and each lane is
-// scaled by its block's weight scale times the activation block's scale: the activation scales of every row are
-// laid out once per call as 512-bit vectors (d of block j in lanes 0-7, of block j+1 in lanes 8-15), so the
-// inner loop per row and block pair is a load, a vpdpbusd, a convert, a multiply and an FMA. The bias term
-// (bias * the activation block's exact sum) is a dot product over the groups, taken 16 groups at a time after
-// the blocks. An odd last block goes through the 256-bit form.
+//
+// 1-3 activation rows (decode): one block of 32 weights per 256-bit vpdpbusd, four weight rows at a time so that
+// each activation block is loaded once for four rows and the four accumulators are independent chains. Before a
+// group of weight rows, each row's scales are multiplied by the activation block scales once, vectorized, so the
+// inner loop per block is a load and unpack, a vpdpbusd, a convert and an FMA with a broadcast from memory; the
+// bias term (bias * the activation group's exact sum) is one vectorized dot product per row after the blocks.
+//
+// 4-8 rows: two blocks of 32 weights go through one 512-bit instruction (16 int32 lanes: 8 per block), and each
+// lane is scaled by its block's weight scale times the activation block's scale: the activation scales of every row
+// are laid out once per call as 512-bit vectors (d of block j in lanes 0-7, of block j+1 in lanes 8-15), so the
+// inner loop per row and block pair is a load, a vpdpbusd, a convert, a multiply and an FMA. The bias term is a dot
+// product over the groups, taken 16 groups at a time after the blocks. An odd last block goes through the 256-bit
+// form.
 #include <immintrin.h>
 
 #include <vector>
 
 #include "qmv_kernels.h"
 
-// The 256-bit form for one block per instruction (qmv_simd.inc), for the fewest rows: see rows_avx512vnni.
-static inline __m256i exo_dot_vnni(__m256i w, __m256i x) {
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
-}
-#define EXO_DOT4 exo_dot_vnni
-#define EXO_DOT8 exo_dot_vnni
-#define EXO_ROWS_FN rows_vnni256
-#include "qmv_simd.inc"
-
 namespace exo {
-void rows_vnni256(const QWeights& w, const QuantX& x, int B, float* y, int n0, int n1);
-
-// Up to this many rows the 256-bit form is faster (measured: 1 row 10%, 2 rows 10-20%, 3 rows even; from 4 rows the
-// wide form wins, 8 rows 15-20%): with few rows its setup per call and 16-lane reductions cost more than they save.
-constexpr int kRowsOn256 = 3;
-
-namespace wide {
 
 inline float param(const void* p, size_t i, bool f16) {
   return f16 ? _cvtsh_ss(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
 }
 
-// 16 consecutive scales or biases (masked: `count` of them) as floats.
+// `count` (1..16) consecutive scales or biases from index i as floats, the rest of the lanes zero.
 inline __m512 params16(const void* p, size_t i, int count, bool f16) {
   const __mmask16 m = (__mmask16)((1u << count) - 1);
   if (f16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
   return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
-}
-
-inline __m512 pair(float lo, float hi) {
-  const __m512d low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(lo)));  // AVX-512F only (no DQ)
-  return _mm512_castpd_ps(_mm512_insertf64x4(low, _mm256_castps_pd(_mm256_set1_ps(hi)), 1));
 }
 
 // One block as 32 unsigned bytes in the activations' order (4-bit: the low nibbles are the even elements).
@@ -54,6 +40,108 @@ inline __m256i load_block(const uint8_t* row, int blk) {
   } else {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + blk * kBlock));
   }
+}
+
+// Weights are read once per call, from memory: the hardware prefetcher alone leaves the kernel waiting on them
+// (measured, weights not in cache, one row: 1536x576 q4 88 -> 54-60 us and the 49152x576 q8 head 4.7 -> 3.1-3.3 ms
+// with a software prefetch 3-6 KB ahead; 4 KB taken).
+constexpr size_t kPrefetchBytes = 4096;
+template <int BITS>
+constexpr int kBlockBytes = BITS * kBlock / 8;
+
+namespace narrow {
+
+// Scale products of weight row n for activation row b: out[blk] = scale(n, group of blk) * d[b][blk], 16 blocks at
+// a time (a group's scale is spread over its blocks by a permute).
+template <bool F16>
+inline void scale_products(const QWeights& w, const QuantX& x, int n, int b, float* out) {
+  const int nb = w.K / kBlock, groups = w.K / w.group_size, bpg = w.group_size / kBlock;
+  const int shift = bpg == 1 ? 0 : bpg == 2 ? 1 : 2;  // group sizes 32, 64, 128
+  const __m512i spread = _mm512_srl_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm_cvtsi32_si128(shift));
+  const size_t g0 = (size_t)n * groups;
+  const float* d = x.d + (size_t)b * nb;
+  for (int j = 0; j < nb; j += 16) {
+    const int count = nb - j < 16 ? nb - j : 16, gcount = (count + bpg - 1) / bpg;
+    const __m512 s = _mm512_permutexvar_ps(spread, params16(w.scales, g0 + j / bpg, gcount, F16));
+    const __mmask16 m = (__mmask16)((1u << count) - 1);
+    _mm512_mask_storeu_ps(out + j, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, d + j)));
+  }
+}
+
+template <int R, int B, int BITS, bool F16>
+void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
+  const int nb = w.K / kBlock, groups = w.K / w.group_size, row_bytes = w.K * BITS / 8;
+  const int bpg = w.group_size / kBlock, stride = nb + 16;
+  // Thread-local scratch, used through plain pointers: in a shared library each access to a thread_local goes
+  // through __tls_get_addr, which the compiler does not hoist out of the inner loop (measured: 1.5x slower).
+  thread_local std::vector<float> gsum_buf, sd_buf;  // [B][groups] exact activation sums per group; [R][B][stride]
+  gsum_buf.assign((size_t)B * groups + 16, 0.f);
+  sd_buf.resize((size_t)R * B * stride);
+  float* const gsum = gsum_buf.data();
+  float* const sd = sd_buf.data();
+  for (int b = 0; b < B; ++b) {
+    for (int blk = 0; blk < nb; ++blk) gsum[(size_t)b * groups + blk / bpg] += x.sum[(size_t)b * nb + blk];
+  }
+  int n = n0;
+  for (; n + R <= n1; n += R) {
+    for (int r = 0; r < R; ++r) {
+      for (int b = 0; b < B; ++b) scale_products<F16>(w, x, n + r, b, &sd[((size_t)r * B + b) * stride]);
+    }
+    __m256 acc[R][B];
+    for (int r = 0; r < R; ++r) {
+      for (int b = 0; b < B; ++b) acc[r][b] = _mm256_setzero_ps();
+    }
+    const uint8_t* row = w.w + (size_t)n * row_bytes;
+    for (int blk = 0; blk < nb; ++blk) {
+      // The R rows are one contiguous stretch: fetch the same share of the stretch kPrefetchBytes ahead.
+      const uint8_t* ahead = row + kPrefetchBytes + (size_t)blk * kBlockBytes<BITS> * R;
+      for (int l = 0; l < kBlockBytes<BITS> * R; l += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + l), _MM_HINT_T0);
+      __m256i xv[B];
+      for (int b = 0; b < B; ++b) {
+        xv[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + (size_t)b * w.K + blk * kBlock));
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256i wv = load_block<BITS>(row + (size_t)r * row_bytes, blk);
+        for (int b = 0; b < B; ++b) {
+          const __m256 dot = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, xv[b]));
+          acc[r][b] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&sd[((size_t)r * B + b) * stride + blk]), acc[r][b]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const size_t g0 = (size_t)(n + r) * groups;
+      for (int b = 0; b < B; ++b) {
+        __m512 total = _mm512_zextps256_ps512(acc[r][b]);
+        for (int g = 0; g < groups; g += 16) {
+          const __m512 bias = params16(w.biases, g0 + g, groups - g < 16 ? groups - g : 16, F16);
+          total = _mm512_fmadd_ps(bias, _mm512_loadu_ps(&gsum[(size_t)b * groups + g]), total);
+        }
+        y[(size_t)b * w.N + n + r] = _mm512_reduce_add_ps(total);
+      }
+    }
+  }
+  if constexpr (R > 1) {
+    if (n < n1) rows_t<1, B, BITS, F16>(w, x, y, n, n1);
+  }
+}
+
+template <int R, int B>
+void rows_b(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
+  if (w.bits == 4) {
+    w.f16 ? rows_t<R, B, 4, true>(w, x, y, n0, n1) : rows_t<R, B, 4, false>(w, x, y, n0, n1);
+  } else {
+    w.f16 ? rows_t<R, B, 8, true>(w, x, y, n0, n1) : rows_t<R, B, 8, false>(w, x, y, n0, n1);
+  }
+}
+
+} // namespace narrow
+
+namespace wide {
+
+inline __m512 pair(float lo, float hi) {
+  const __m512d low = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(lo)));  // AVX-512F only (no DQ)
+  return _mm512_castpd_ps(_mm512_insertf64x4(low, _mm256_castps_pd(_mm256_set1_ps(hi)), 1));
 }
 
 // Blocks blk and blk + 1 as 64 unsigned bytes, each block in the activations' order.
@@ -75,10 +163,13 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
   const int nb = w.K / kBlock, pairs = nb / 2, groups = w.K / w.group_size, row_bytes = w.K * BITS / 8;
   const int blocks_per_group = w.group_size / kBlock;
   // Per row b: the activation scales of each block pair, and the exact sums of each group's activations.
-  thread_local std::vector<float> dv;  // [B][pairs][16]
-  thread_local std::vector<float> gsum;
-  dv.resize((size_t)B * pairs * 16);
-  gsum.assign((size_t)B * groups + 16, 0.f);
+  // Through plain pointers, as in the narrow form (a thread_local's every access is a call in a shared library).
+  thread_local std::vector<float> dv_buf;  // [B][pairs][16]
+  thread_local std::vector<float> gsum_buf;
+  dv_buf.resize((size_t)B * pairs * 16);
+  gsum_buf.assign((size_t)B * groups + 16, 0.f);
+  float* const dv = dv_buf.data();
+  float* const gsum = gsum_buf.data();
   for (int b = 0; b < B; ++b) {
     const float* d = x.d + (size_t)b * nb;
     for (int p = 0; p < pairs; ++p) _mm512_storeu_ps(&dv[((size_t)b * pairs + p) * 16], pair(d[2 * p], d[2 * p + 1]));
@@ -92,6 +183,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
     for (int b = 0; b < B; ++b) acc[b] = _mm512_setzero_ps();
     for (int p = 0; p < pairs; ++p) {
       const int blk = 2 * p;
+      _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchBytes + (size_t)blk * kBlockBytes<BITS>), _MM_HINT_T0);
       const __m512i wv = load_pair<BITS>(row, blk);
       const __m512 sv = pair(param(w.scales, g0 + blk / blocks_per_group, F16),
                              param(w.scales, g0 + (blk + 1) / blocks_per_group, F16));
@@ -133,11 +225,12 @@ void rows_b(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
 } // namespace wide
 
 void rows_avx512vnni(const QWeights& w, const QuantX& x, int B, float* y, int n0, int n1) {
-  if (B <= kRowsOn256) return rows_vnni256(w, x, B, y, n0, n1);
+  // 1-3 rows: the narrow form, faster there (measured: the wide form took 10-20% longer on 1-2 rows, as long on 3);
+  // from 4 rows the wide form wins (8 rows: 15-20%).
   switch (B) {
-    case 1: return wide::rows_b<1>(w, x, y, n0, n1);
-    case 2: return wide::rows_b<2>(w, x, y, n0, n1);
-    case 3: return wide::rows_b<3>(w, x, y, n0, n1);
+    case 1: return narrow::rows_b<4, 1>(w, x, y, n0, n1);
+    case 2: return narrow::rows_b<4, 2>(w, x, y, n0, n1);
+    case 3: return narrow::rows_b<2, 3>(w, x, y, n0, n1);
     case 4: return wide::rows_b<4>(w, x, y, n0, n1);
     case 5: return wide::rows_b<5>(w, x, y, n0, n1);
     case 6: return wide::rows_b<6>(w, x, y, n0, n1);

@@ -1,0 +1,205 @@
+#include "fused_layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+
+namespace exo {
+
+namespace {
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("exo fused layer: " + what);
+}
+
+// The few float loops outside the matrix products, built for AVX-512, AVX2 and any x86-64 CPU, picked at load.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EXO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EXO_CLONES
+#endif
+
+EXO_CLONES float dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+EXO_CLONES void axpy(float a, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+EXO_CLONES void rms_norm(const float* x, const float* w, float eps, int n, float* out) {
+  float ss = 0.f;
+  for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.f / std::sqrt(ss / n + eps);
+  for (int i = 0; i < n; ++i) out[i] = x[i] * r * w[i];
+}
+
+// One head of one row rotated in place: theta = position * inverse frequency, x * cos + rotated(x) * sin.
+void rope(float* x, const float* inv_freqs, float position, int hd, bool traditional) {
+  const int half = hd / 2;
+  for (int i = 0; i < half; ++i) {
+    const int a = traditional ? 2 * i : i, b = traditional ? 2 * i + 1 : i + half;
+    const float ta = position * inv_freqs[a], tb = position * inv_freqs[b];
+    const float xa = x[a], xb = x[b];
+    x[a] = xa * std::cos(ta) + -xb * std::sin(ta);
+    x[b] = xb * std::cos(tb) + xa * std::sin(tb);
+  }
+}
+
+QWeights triple(const std::vector<mx::array>& ws, int i, const LayerShape& s) {
+  for (int j = 0; j < 3; ++j) check(ws[3 * i + j].flags().row_contiguous, "weights must be contiguous");
+  return qweights(ws[3 * i], ws[3 * i + 1], ws[3 * i + 2], s.group_size, s.bits);
+}
+
+void encode(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
+            std::function<void(std::vector<mx::array>&, std::vector<mx::array>&)> work) {
+  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (const auto& in : inputs) encoder.set_input_array(in);
+  for (auto& out : outputs) encoder.set_output_array(out);
+  std::vector<mx::array> ins, outs;
+  for (const auto& in : inputs) ins.push_back(mx::array::unsafe_weak_copy(in));
+  for (const auto& out : outputs) outs.push_back(mx::array::unsafe_weak_copy(out));
+  encoder.dispatch([ins = std::move(ins), outs = std::move(outs), work = std::move(work)]() mutable { work(ins, outs); });
+}
+
+// Element (b, h, s, 0) of a (B, H, S, hd) array with unit stride in its last axis.
+inline const float* at4(const mx::array& a, int b, int h, int s) {
+  const auto& st = a.strides();
+  return a.data<float>() + (int64_t)b * st[0] + (int64_t)h * st[1] + (int64_t)s * st[2];
+}
+
+void run_attention_in(const std::vector<mx::array>& in, std::vector<mx::array>& out, const LayerShape& s) {
+  // in: x, norm, wq sq bq, wk sk bk, wv sv bv, inv_freqs, positions
+  const mx::array& x = in[0];
+  const int D = x.shape(-1), B = (int)(x.size() / D), hd = s.head_dim;
+  std::vector<float> x_copy, xn((size_t)B * D);
+  const float* xs = contiguous_rows(x, x_copy);
+  const float* nw = in[1].data<float>();
+  for (int b = 0; b < B; ++b) rms_norm(xs + (size_t)b * D, nw, s.eps, D, xn.data() + (size_t)b * D);
+  QuantizedActs acts;
+  acts.set(xn.data(), B, D, s.bits);
+  const std::vector<mx::array> ws(in.begin() + 2, in.begin() + 11);
+  for (int i = 0; i < 3; ++i) matvec_quantized(acts, triple(ws, i, s), out[i].data<float>());
+  const float* inv = in[11].data<float>();
+  const int32_t* pos = in[12].data<int32_t>();
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < s.n_heads; ++h) rope(out[0].data<float>() + ((size_t)b * s.n_heads + h) * hd, inv, (float)pos[b], hd, s.traditional);
+    for (int h = 0; h < s.n_kv_heads; ++h) rope(out[1].data<float>() + ((size_t)b * s.n_kv_heads + h) * hd, inv, (float)pos[b], hd, s.traditional);
+  }
+}
+
+void run_attention_out(const std::vector<mx::array>& in, std::vector<mx::array>& out, const LayerShape& s, float scale) {
+  // in: h, q, keys, values, starts, wo so bo, wg sg bg, wu su bu, wd sd bd, norm
+  const mx::array &h = in[0], &q = in[1], &keys = in[2], &values = in[3];
+  const int D = h.shape(-1), B = (int)(h.size() / D), hd = s.head_dim, H = s.n_heads, S = keys.shape(2);
+  const int per_kv = H / s.n_kv_heads;
+  const int32_t* starts = in[4].data<int32_t>();
+  std::vector<float> h_copy, q_copy;
+  const float* hs = contiguous_rows(h, h_copy);
+  const float* qs = contiguous_rows(q, q_copy);
+  std::vector<float> att((size_t)B * H * hd, 0.f), scores(std::max(S, 1)), qh(hd);
+  for (int b = 0; b < B; ++b) {
+    const int first = std::clamp(starts[b], 0, S);
+    for (int head = 0; head < H; ++head) {
+      const int kv = head / per_kv;
+      const float* qv = qs + ((size_t)b * H + head) * hd;
+      for (int i = 0; i < hd; ++i) qh[i] = qv[i] * scale;  // MLX scales the queries before the product
+      float mx_score = -INFINITY;
+      for (int t = first; t < S; ++t) {
+        scores[t] = dot(qh.data(), at4(keys, b, kv, t), hd);
+        mx_score = std::max(mx_score, scores[t]);
+      }
+      float total = 0.f;
+      for (int t = first; t < S; ++t) total += (scores[t] = std::exp(scores[t] - mx_score));
+      float* o = att.data() + ((size_t)b * H + head) * hd;
+      if (total > 0.f) {
+        for (int t = first; t < S; ++t) axpy(scores[t] / total, at4(values, b, kv, t), o, hd);
+      }
+    }
+  }
+  const std::vector<mx::array> ws(in.begin() + 5, in.begin() + 17);
+  QuantizedActs acts;
+  acts.set(att.data(), B, H * hd, s.bits);
+  float* y = out[0].data<float>();
+  matvec_quantized(acts, triple(ws, 0, s), y);  // o projection
+  for (size_t i = 0; i < (size_t)B * D; ++i) y[i] += hs[i];  // h2 = h + attention
+  const float* nw = in[17].data<float>();
+  std::vector<float> hn((size_t)B * D);
+  for (int b = 0; b < B; ++b) rms_norm(y + (size_t)b * D, nw, s.eps, D, hn.data() + (size_t)b * D);
+  const QWeights gate = triple(ws, 1, s), up = triple(ws, 2, s), down = triple(ws, 3, s);
+  const int F = gate.N;
+  std::vector<float> g((size_t)B * F), u((size_t)B * F), d((size_t)B * D);
+  acts.set(hn.data(), B, D, s.bits);
+  matvec_quantized(acts, gate, g.data());
+  matvec_quantized(acts, up, u.data());
+  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] * (1.f / (1.f + std::exp(-g[i]))) * u[i];  // SiLU(gate) * up
+  acts.set(g.data(), B, F, s.bits);
+  matvec_quantized(acts, down, d.data());
+  for (size_t i = 0; i < (size_t)B * D; ++i) y[i] += d[i];
+}
+
+} // namespace
+
+std::vector<mx::array> attention_in(const mx::array& x, const mx::array& norm, const std::vector<mx::array>& qkv,
+                                    const mx::array& inv_freqs, const mx::array& positions, const LayerShape& s) {
+  check(x.dtype() == mx::float32 && x.ndim() == 3 && x.shape(1) == 1, "x must be float32 (B, 1, D)");
+  check(qkv.size() == 9, "q, k and v as 9 arrays");
+  check(norm.dtype() == mx::float32 && inv_freqs.dtype() == mx::float32, "norm and inv_freqs must be float32");
+  check(positions.dtype() == mx::int32 && positions.size() == (size_t)x.shape(0), "one int32 position per row");
+  check(inv_freqs.size() == (size_t)s.head_dim, "inv_freqs must hold head_dim values");
+  auto stream = mx::to_stream({});
+  check(stream.device == mx::Device::cpu, "runs on the CPU only");
+  const int B = x.shape(0);
+  std::vector<mx::array> inputs = {x, norm};
+  inputs.insert(inputs.end(), qkv.begin(), qkv.end());
+  inputs.push_back(inv_freqs);
+  inputs.push_back(positions);
+  return mx::array::make_arrays({{B, s.n_heads, 1, s.head_dim}, {B, s.n_kv_heads, 1, s.head_dim}, {B, s.n_kv_heads, 1, s.head_dim}},
+                                {mx::float32, mx::float32, mx::float32}, std::make_shared<AttentionIn>(stream, s), inputs);
+}
+
+mx::array attention_out(const mx::array& h, const mx::array& q, const mx::array& keys, const mx::array& values,
+                        const mx::array& starts, const std::vector<mx::array>& weights, const mx::array& norm,
+                        float scale, const LayerShape& s) {
+  check(h.dtype() == mx::float32 && h.ndim() == 3 && h.shape(1) == 1, "h must be float32 (B, 1, D)");
+  check(keys.dtype() == mx::float32 && values.dtype() == mx::float32, "the cache must be float32");
+  check(keys.ndim() == 4 && keys.shape() == values.shape() && keys.shape(0) == h.shape(0), "keys and values (B, Hkv, S, hd)");
+  check(keys.shape(1) == s.n_kv_heads && keys.shape(3) == s.head_dim, "keys and values (B, Hkv, S, hd)");
+  check(starts.dtype() == mx::int32 && starts.size() == (size_t)h.shape(0), "one int32 start per row");
+  check(weights.size() == 12, "o, gate, up and down as 12 arrays");
+  auto stream = mx::to_stream({});
+  check(stream.device == mx::Device::cpu, "runs on the CPU only");
+  std::vector<mx::array> inputs = {h, q, keys, values, starts};
+  inputs.insert(inputs.end(), weights.begin(), weights.end());
+  inputs.push_back(norm);
+  return mx::array(h.shape(), mx::float32, std::make_shared<AttentionOut>(stream, s, scale), inputs);
+}
+
+void AttentionIn::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  const LayerShape s = shape_;
+  encode(stream(), inputs, outputs, [s](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention_in(in, out, s); });
+}
+
+void AttentionOut::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  for (int i : {2, 3}) check(inputs[i].strides()[3] == 1, "keys and values need unit stride in their last axis");
+  const LayerShape s = shape_;
+  const float scale = scale_;
+  encode(stream(), inputs, outputs,
+         [s, scale](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention_out(in, out, s, scale); });
+}
+
+void AttentionIn::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("exo's fused layer runs on the CPU only");
+}
+
+void AttentionOut::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("exo's fused layer runs on the CPU only");
+}
+
+} // namespace exo
