@@ -94,9 +94,9 @@ class FusedDecoderLayer(nn.Module):
         assert _kernels is not None
         layer, batch = self.original, x.shape[0]
         if type(cache) is BatchKVCache:  # each row from its own first valid key; its position past its padding
-            positions, starts = cache.offset.astype(mx.int32), cache.left_padding.astype(mx.int32)
-        else:
-            positions, starts = mx.full((batch,), cache.offset, mx.int32), mx.zeros((batch,), mx.int32)
+            positions, starts = _int32(cache.offset), _int32(cache.left_padding)
+        else:  # a plain cache: every row at the same position, from its first key
+            positions, starts = _plain_positions(cache.offset, batch)
         q, k, v = _kernels.attention_in(x, layer.input_layernorm.weight, self._qkv, layer.self_attn.rope._inv_freqs,
                                         positions, traditional=self._traditional, **self._shape)  # fmt: skip
         keys, values = cache.update_and_fetch(k, v)
@@ -118,6 +118,25 @@ class FusedDecoderLayer(nn.Module):
         if x.ndim != 3 or x.shape[1] != 1 or x.dtype != mx.float32 or type(cache) not in (KVCache, BatchKVCache):
             return False
         return cache.keys is None or cache.keys.dtype == mx.float32
+
+
+_PLAIN: dict[tuple[int, int], tuple[mx.array, mx.array]] = {}
+
+
+def _int32(a: mx.array) -> mx.array:
+    return a if a.dtype == mx.int32 else a.astype(mx.int32)
+
+
+def _plain_positions(offset: int, batch: int) -> tuple[mx.array, mx.array]:
+    """The positions and starts of a plain cache at `offset`, made once per step and shared by the layers (all at the
+    same offset): two ops a step instead of two a layer."""
+    key = (offset, batch)
+    if (known := _PLAIN.get(key)) is not None:
+        return known
+    made = (mx.full((batch,), offset, mx.int32), mx.zeros((batch,), mx.int32))
+    _PLAIN.clear()  # one entry: the step in progress
+    _PLAIN[key] = made
+    return made
 
 
 def fuse_layers(model: nn.Module) -> int:
