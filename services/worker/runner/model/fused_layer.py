@@ -6,10 +6,12 @@ new token per sequence a layer becomes: `attention_in` (RMSNorm, the q/k/v proje
 update in MLX (mlx-lm's caches own their buffers and write in place), and `attention_out` (attention over the cache,
 the o projection, residual, RMSNorm, SwiGLU MLP, residual): 6 ops where there were ~53.
 
-Used where our kernel serves the layer's linears (all 7 `KernelLinear`, no biases, one group size and bit width),
-the layer is mlx-lm's llama block (Llama 2/3, SmolLM2, Mistral's llama layout) with our fused RoPE, and the cache is
-a plain `KVCache` or the batch's `BatchKVCache` in float32. Anything else (a prefill, a rotating or quantized cache,
-another family, a GPU) runs the original layer, so the swap can only fall back, never refuse.
+Used when a runner has both the CPU fusion and our kernel (`load_shard`: `--cpu-fusion on`, the default, and
+`--cpu-kernel on|auto`), on layers whose 7 linears are all the kernel's (`KernelLinear`, no biases, one group size
+and bit width), that are mlx-lm's llama block (Llama 2/3, SmolLM2, Mistral's llama layout) with our fused RoPE, and
+for calls whose cache is a plain `KVCache` or the batch's `BatchKVCache` in float32. Anything else (a prefill, a
+rotating or quantized cache, another family, a GPU) runs the original layer, so the swap can only fall back, never
+refuse.
 
 The numbers are the kernel's for the linears and float32 for the rest, in MLX's order of operations; they differ
 from the unfused layer by float rounding (tests/integration/test_fused_layer.py measures it and compares tokens).

@@ -8,7 +8,7 @@ unchanged. `use_cpu_kernel` swaps a loaded model's `QuantizedLinear` layers (and
 
 Decode steps (a few rows) run through the kernel; a long prefill dequantizes the weights and uses the
 dense BLAS product, which is faster there. The int8 activations move the logits by ~1e-2 relative, as
-llama.cpp's do (tests/unit/test_quantized_cpu.py measures it).
+llama.cpp's do (tests/integration/test_quantized_cpu.py measures it).
 
 `EXO_CPU_KERNEL=auto` uses it where it is built and the CPU has AVX2 (see `wanted`); off (the default) keeps
 MLX's own layers (and the worker then chooses dense f32 on a CPU). Float32 scales and biases that are exact in
