@@ -44,6 +44,16 @@ async def last_seq(node: Node) -> int:
         await nc.close()
 
 
+async def events_after(node: Node, seq: int) -> list[bytes]:
+    nc = await nats.connect(node.nats_url)
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+        return [(await js.get_msg(EVENTS_STREAM, s)).data for s in range(seq + 1, last + 1)]
+    finally:
+        await nc.close()
+
+
 @pytest.mark.parametrize("role", [r for r in ROLES if r != MASTER])
 async def test_no_other_role_may_write_the_log(node: Node, role: str) -> None:
     before = node.health()
@@ -68,7 +78,9 @@ async def test_no_other_role_may_write_the_log(node: Node, role: str) -> None:
         await nc.close()
     for subject in WRITES:
         assert any(f'permissions violation for publish to "{subject.lower()}"' in e for e in errors), (subject, errors)
-    assert await last_seq(node) == seq
+    # The master may write an event of its own meanwhile (a runner's status, a node's facts: seen in CI), so the
+    # check is that none of what came after is the forgery, not that nothing came.
+    assert forged not in await events_after(node, seq)
     after = node.health()
     assert (after["ready_instances"], after["master"]) == (before["ready_instances"], before["master"])
 
