@@ -19,8 +19,6 @@ from the unfused layer by float rounding (tests/integration/test_fused_layer.py 
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Any
 
 import mlx.core as mx
@@ -29,18 +27,11 @@ from mlx_lm.models import llama
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from services.worker.runner.model.cpu_fusion import FusedRMSNorm, FusedRoPE
-from services.worker.runner.model.quantized_cpu import KernelLinear
+from services.worker.runner.model.quantized_cpu import KernelLinear, kernels_module
 from services.worker.runner.model.swap import replace_modules
 
 
-def _load() -> ModuleType | None:
-    try:
-        return importlib.import_module("services.worker.runner.model.kernels._exo_kernels")
-    except ImportError:
-        return None
-
-
-_kernels = _load()
+_kernels = kernels_module()
 
 _NORMS = (FusedRMSNorm, nn.RMSNorm)
 

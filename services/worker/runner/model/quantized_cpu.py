@@ -46,6 +46,11 @@ def kernel_built() -> bool:
     return _kernels is not None
 
 
+def kernels_module() -> ModuleType | None:
+    """The built extension (kernels/_exo_kernels), or None where setup.sh did not build it."""
+    return _kernels
+
+
 def wanted(setting: str = "off") -> bool:
     """Whether to use the kernel: `setting` (the runner setting EXO_CPU_KERNEL) is on, off (the default) or auto. auto: where
     it is built, MLX runs on the CPU and the CPU has the kernel's SIMD path (AVX2 or AVX-512 VNNI): measured

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
+#include "mlx/utils.h"
+
 
 namespace exo {
 
@@ -54,18 +54,6 @@ void rope(float* x, const float* inv_freqs, float position, int hd, bool traditi
 QWeights triple(const std::vector<mx::array>& ws, int i, const LayerShape& s) {
   for (int j = 0; j < 3; ++j) check(ws[3 * i + j].flags().row_contiguous, "weights must be contiguous");
   return qweights(ws[3 * i], ws[3 * i + 1], ws[3 * i + 2], s.group_size, s.bits);
-}
-
-void encode(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
-            std::function<void(std::vector<mx::array>&, std::vector<mx::array>&)> work) {
-  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  for (const auto& in : inputs) encoder.set_input_array(in);
-  for (auto& out : outputs) encoder.set_output_array(out);
-  std::vector<mx::array> ins, outs;
-  for (const auto& in : inputs) ins.push_back(mx::array::unsafe_weak_copy(in));
-  for (const auto& out : outputs) outs.push_back(mx::array::unsafe_weak_copy(out));
-  encoder.dispatch([ins = std::move(ins), outs = std::move(outs), work = std::move(work)]() mutable { work(ins, outs); });
 }
 
 // Element (b, h, s, 0) of a (B, H, S, hd) array with unit stride in its last axis.
@@ -183,14 +171,14 @@ mx::array attention_out(const mx::array& h, const mx::array& q, const mx::array&
 
 void AttentionIn::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   const LayerShape s = shape_;
-  encode(stream(), inputs, outputs, [s](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention_in(in, out, s); });
+  dispatch_cpu(stream(), inputs, outputs, [s](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention_in(in, out, s); });
 }
 
 void AttentionOut::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   for (int i : {2, 3}) check(inputs[i].strides()[3] == 1, "keys and values need unit stride in their last axis");
   const LayerShape s = shape_;
   const float scale = scale_;
-  encode(stream(), inputs, outputs,
+  dispatch_cpu(stream(), inputs, outputs,
          [s, scale](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention_out(in, out, s, scale); });
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 
 #include "mlx/allocator.h"
@@ -170,19 +171,24 @@ mx::array quantized_matvec(
   return mx::array(shape, mx::float32, std::make_shared<QuantizedMatVec>(stream, group_size, bits), {x, w, scales, biases});
 }
 
+void dispatch_cpu(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
+                  std::function<void(std::vector<mx::array>&, std::vector<mx::array>&)> work) {
+  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (const auto& in : inputs) encoder.set_input_array(in);
+  for (auto& out : outputs) encoder.set_output_array(out);
+  std::vector<mx::array> ins, outs;
+  for (const auto& in : inputs) ins.push_back(mx::array::unsafe_weak_copy(in));
+  for (const auto& out : outputs) outs.push_back(mx::array::unsafe_weak_copy(out));
+  encoder.dispatch([ins = std::move(ins), outs = std::move(outs), work = std::move(work)]() mutable { work(ins, outs); });
+}
+
 void QuantizedMatVec::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  auto& out = outputs[0];
   for (int i = 1; i < 4; ++i) {
     check(inputs[i].flags().row_contiguous, "w, scales and biases must be contiguous");
   }
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream());
-  for (const auto& in : inputs) encoder.set_input_array(in);
-  encoder.set_output_array(out);
-  encoder.dispatch([x = mx::array::unsafe_weak_copy(inputs[0]), w = mx::array::unsafe_weak_copy(inputs[1]),
-                    s = mx::array::unsafe_weak_copy(inputs[2]), b = mx::array::unsafe_weak_copy(inputs[3]),
-                    o = mx::array::unsafe_weak_copy(out), gs = group_size_, bits = bits_]() mutable {
-    run(x, w, s, b, o, gs, bits);
+  dispatch_cpu(stream(), inputs, outputs, [gs = group_size_, bits = bits_](auto& in, auto& out) {
+    run(in[0], in[1], in[2], in[3], out[0], gs, bits);
   });
 }
 

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include <functional>
 #include <vector>
 
 #include "mlx/array.h"
@@ -26,6 +27,9 @@ struct QuantizedActs {
 void matvec_quantized(const QuantizedActs& a, const QWeights& w, float* y);
 // The weights of (w, scales, biases), which must be row-contiguous.
 QWeights qweights(const mx::array& w, const mx::array& scales, const mx::array& biases, int group_size, int bits);
+// A primitive's eval_cpu: allocates the outputs and runs work(inputs, outputs) on the stream's thread.
+void dispatch_cpu(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs,
+                  std::function<void(std::vector<mx::array>&, std::vector<mx::array>&)> work);
 // x rows as one contiguous float buffer (a copy into scratch only when x is strided).
 const float* contiguous_rows(const mx::array& x, std::vector<float>& scratch);
 
