@@ -125,8 +125,9 @@ void matvec_quantized(const QuantizedActs& a, const QWeights& qw, float* y) {
     const QuantX qx{a.q.data() + (size_t)m0 * K, a.d.data() + (size_t)m0 * nb, a.sum.data() + (size_t)m0 * nb};
     float* ym = y + (size_t)m0 * N;
     pool.run(tasks, [&](int t) {
-      // Row ranges in multiples of 4 so that threads do not share output cache lines.
-      const int n0 = (int)((int64_t)N * t / tasks) & ~3, n1 = t + 1 == tasks ? N : (int)((int64_t)N * (t + 1) / tasks) & ~3;
+      // Row ranges in multiples of 16: threads share no output cache line, and each range is whole tiles of the
+      // AVX-512 form (qmv_vnni.cpp).
+      const int n0 = (int)((int64_t)N * t / tasks) & ~15, n1 = t + 1 == tasks ? N : (int)((int64_t)N * (t + 1) / tasks) & ~15;
       fn(qw, qx, B, ym, n0, n1);
     });
   }
