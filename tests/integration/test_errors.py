@@ -315,7 +315,11 @@ def test_requests_right_after_the_runner_died_get_503_at_once_with_a_short_reaso
     assert max(t for _, t, _ in answers) < 2.0
     for message in [in_flight["response"].json()["error"]["message"]] + [b["error"]["message"] for _, _, b in answers]:
         assert "request=" not in message and "cmpl-" not in message and "tokens=" not in message, message
-    assert "exited with code -9" in answers[-1][2]["error"]["message"]
+    # Answers name the exit until the worker restarts the runner (after its 1 s backoff); from then they name the
+    # restart's loading (seen in CI), never anything else.
+    reasons = [in_flight["response"].json()["error"]["message"]] + [b["error"]["message"] for _, _, b in answers]
+    assert any("exited with code -9" in m for m in reasons), sorted(set(reasons))
+    assert all("exited with code -9" in m or "loading" in m for m in reasons), sorted(set(reasons))
 
 
 async def test_the_runner_is_a_micro_service_that_counts_its_errors(node: Node) -> None:
