@@ -51,6 +51,23 @@ constexpr size_t kPrefetchBytes = 4096;
 template <int BITS>
 constexpr int kBlockBytes = BITS * kBlock / 8;
 
+// Runs f.template operator()<BITS, F16>() for w's bits and scale type: each form's kernel is compiled per format.
+template <class F>
+inline void by_format(const QWeights& w, F&& f) {
+  if (w.bits == 4) {
+    w.f16 ? f.template operator()<4, true>() : f.template operator()<4, false>();
+  } else {
+    w.f16 ? f.template operator()<8, true>() : f.template operator()<8, false>();
+  }
+}
+
+// gsum[b * groups + g] += the exact sum of activation row b's group g (the bias term's factor), for B rows.
+inline void add_group_sums(const QuantX& x, int B, int nb, int groups, int blocks_per_group, float* gsum) {
+  for (int b = 0; b < B; ++b) {
+    for (int blk = 0; blk < nb; ++blk) gsum[(size_t)b * groups + blk / blocks_per_group] += x.sum[(size_t)b * nb + blk];
+  }
+}
+
 namespace narrow {
 
 // Scale products of weight row n for activation row b: out[blk] = scale(n, group of blk) * d[b][blk], 16 blocks at
@@ -82,9 +99,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
   sd_buf.resize((size_t)R * B * stride);
   float* const gsum = gsum_buf.data();
   float* const sd = sd_buf.data();
-  for (int b = 0; b < B; ++b) {
-    for (int blk = 0; blk < nb; ++blk) gsum[(size_t)b * groups + blk / bpg] += x.sum[(size_t)b * nb + blk];
-  }
+  add_group_sums(x, B, nb, groups, bpg, gsum);
   int n = n0;
   for (; n + R <= n1; n += R) {
     for (int r = 0; r < R; ++r) {
@@ -130,11 +145,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
 
 template <int R, int B>
 void rows_b(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
-  if (w.bits == 4) {
-    w.f16 ? rows_t<R, B, 4, true>(w, x, y, n0, n1) : rows_t<R, B, 4, false>(w, x, y, n0, n1);
-  } else {
-    w.f16 ? rows_t<R, B, 8, true>(w, x, y, n0, n1) : rows_t<R, B, 8, false>(w, x, y, n0, n1);
-  }
+  by_format(w, [&]<int BITS, bool F16>() { rows_t<R, B, BITS, F16>(w, x, y, n0, n1); });
 }
 
 } // namespace narrow
@@ -175,8 +186,8 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
   for (int b = 0; b < B; ++b) {
     const float* d = x.d + (size_t)b * nb;
     for (int p = 0; p < pairs; ++p) _mm512_storeu_ps(&dv[((size_t)b * pairs + p) * 16], pair(d[2 * p], d[2 * p + 1]));
-    for (int blk = 0; blk < nb; ++blk) gsum[(size_t)b * groups + blk / blocks_per_group] += x.sum[(size_t)b * nb + blk];
   }
+  add_group_sums(x, B, nb, groups, blocks_per_group, gsum);
   const __m512i zero = _mm512_setzero_si512();
   for (int n = n0; n < n1; ++n) {
     const uint8_t* row = w.w + (size_t)n * row_bytes;
@@ -217,11 +228,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
 
 template <int B>
 void rows_b(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
-  if (w.bits == 4) {
-    w.f16 ? rows_t<B, 4, true>(w, x, y, n0, n1) : rows_t<B, 4, false>(w, x, y, n0, n1);
-  } else {
-    w.f16 ? rows_t<B, 8, true>(w, x, y, n0, n1) : rows_t<B, 8, false>(w, x, y, n0, n1);
-  }
+  by_format(w, [&]<int BITS, bool F16>() { rows_t<B, BITS, F16>(w, x, y, n0, n1); });
 }
 
 } // namespace wide
@@ -284,9 +291,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
   float* const sv = sb_buf.data();
   float* const bv = sv + (size_t)groups * kRows;
   float* const gsum = gsum_buf.data();
-  for (int b = 0; b < B; ++b) {
-    for (int blk = 0; blk < nb; ++blk) gsum[(size_t)b * groups + blk / bpg] += x.sum[(size_t)b * nb + blk];
-  }
+  add_group_sums(x, B, nb, groups, bpg, gsum);
   const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);  // lane_row
   for (int n = n0; n + kRows <= n1; n += kRows) {
     for (int lane = 0; lane < kRows; ++lane) {
@@ -327,11 +332,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
 
 template <int B>
 void rows_b(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
-  if (w.bits == 4) {
-    w.f16 ? rows_t<B, 4, true>(w, x, y, n0, n1) : rows_t<B, 4, false>(w, x, y, n0, n1);
-  } else {
-    w.f16 ? rows_t<B, 8, true>(w, x, y, n0, n1) : rows_t<B, 8, false>(w, x, y, n0, n1);
-  }
+  by_format(w, [&]<int BITS, bool F16>() { rows_t<B, BITS, F16>(w, x, y, n0, n1); });
 }
 
 } // namespace tile
@@ -344,7 +345,6 @@ void rows_avx512vnni(const QWeights& w, const QuantX& x, int B, float* y, int n0
   if (B >= 2) {
     nt = n0 + (n1 - n0) / tile::kRows * tile::kRows;
     switch (B) {
-      case 1: tile::rows_b<1>(w, x, y, n0, nt); break;
       case 2: tile::rows_b<2>(w, x, y, n0, nt); break;
       case 3: tile::rows_b<3>(w, x, y, n0, nt); break;
       case 4: tile::rows_b<4>(w, x, y, n0, nt); break;
