@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "mlx/utils.h"
 
@@ -22,14 +23,67 @@ void check(bool ok, const std::string& what) {
 #define EXO_CLONES
 #endif
 
-EXO_CLONES float dot(const float* a, const float* b, int n) {
-  float s = 0.f;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+// Sixteen floats as one value (GCC's vector extension): one register with AVX-512, two or four narrower ones in the
+// other clones. Loads and stores through it need no alignment.
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+[[gnu::always_inline]] inline v16 load16(const float* p) { return *reinterpret_cast<const v16*>(p); }
+
+// A sum of sixteen partial sums, halving: the same order in every clone and every caller.
+[[gnu::always_inline]] inline float sum16(v16 v) {
+  float l[16];
+  __builtin_memcpy(l, &v, sizeof l);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) l[j] += l[j + w];
+  return l[0];
+}
+
+// a . b in sixteen partial sums (a single running sum would be a chain of dependent adds, one per element).
+[[gnu::always_inline]] inline float dot16(const float* a, const float* b, int n) {
+  v16 acc = {};
+  int i = 0;
+  for (; i + 16 <= n; i += 16) acc += load16(a + i) * load16(b + i);
+  float s = sum16(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
-EXO_CLONES void axpy(float a, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+// scores[t] = q . keys[t] for t in [first, last), keys `stride` floats apart: four keys at a time, whose products
+// run side by side (one at a time, each waits for the last). Every score is summed as dot16 sums it, so a row's
+// scores do not depend on where its keys fall in the blocks.
+EXO_CLONES void scores_of(const float* q, const float* keys, int64_t stride, int first, int last, int hd, float* scores) {
+  const int whole = hd - hd % 16;
+  int t = first;
+  for (; t + 4 <= last; t += 4) {
+    const float* k[4] = {keys + t * stride, keys + (t + 1) * stride, keys + (t + 2) * stride, keys + (t + 3) * stride};
+    v16 acc[4] = {};
+    for (int i = 0; i < whole; i += 16) {
+      const v16 qi = load16(q + i);
+      for (int r = 0; r < 4; ++r) acc[r] += qi * load16(k[r] + i);
+    }
+    for (int r = 0; r < 4; ++r) {
+      float s = sum16(acc[r]);
+      for (int i = whole; i < hd; ++i) s += q[i] * k[r][i];
+      scores[t + r] = s;
+    }
+  }
+  for (; t < last; ++t) scores[t] = dot16(q, keys + t * stride, hd);
+}
+
+// out += sum over t in [first, last) of w[t] * values[t], each element summed in t's order; 64 elements at a time
+// held in registers across every t (one value at a time, out went to memory and back for each).
+EXO_CLONES void weighted_sum(const float* w, const float* values, int64_t stride, int first, int last, int hd, float* out) {
+  int c = 0;
+  for (; c + 64 <= hd; c += 64) {
+    v16 acc[4] = {load16(out + c), load16(out + c + 16), load16(out + c + 32), load16(out + c + 48)};
+    for (int t = first; t < last; ++t) {
+      const float* v = values + t * stride + c;
+      for (int r = 0; r < 4; ++r) acc[r] += w[t] * load16(v + 16 * r);
+    }
+    __builtin_memcpy(out + c, acc, sizeof acc);
+  }
+  for (int t = first; t < last; ++t)
+    for (int i = c; i < hd; ++i) out[i] += w[t] * values[t * stride + i];
 }
 
 EXO_CLONES void rms_norm(const float* x, const float* w, float eps, int n, float* out) {
@@ -39,15 +93,24 @@ EXO_CLONES void rms_norm(const float* x, const float* w, float eps, int n, float
   for (int i = 0; i < n; ++i) out[i] = x[i] * r * w[i];
 }
 
-// One head of one row rotated in place: theta = position * inverse frequency, x * cos + rotated(x) * sin.
-void rope(float* x, const float* inv_freqs, float position, int hd, bool traditional) {
+// A row's rotation at `position`: cos and sin of theta = position * inverse frequency, per dimension, made once
+// and shared by all its heads (the trigonometry was a cost of its own at 8 rows: 12 heads x 64 dims a layer).
+struct Rotation {
+  std::vector<float> cos, sin;
+  void set(const float* inv_freqs, float position, int hd) {
+    cos.resize(hd), sin.resize(hd);
+    for (int i = 0; i < hd; ++i) cos[i] = std::cos(position * inv_freqs[i]), sin[i] = std::sin(position * inv_freqs[i]);
+  }
+};
+
+// One head of one row rotated in place: x * cos + rotated(x) * sin.
+void rope(float* x, const Rotation& r, int hd, bool traditional) {
   const int half = hd / 2;
   for (int i = 0; i < half; ++i) {
     const int a = traditional ? 2 * i : i, b = traditional ? 2 * i + 1 : i + half;
-    const float ta = position * inv_freqs[a], tb = position * inv_freqs[b];
     const float xa = x[a], xb = x[b];
-    x[a] = xa * std::cos(ta) + -xb * std::sin(ta);
-    x[b] = xb * std::cos(tb) + xa * std::sin(tb);
+    x[a] = xa * r.cos[a] + -xb * r.sin[a];
+    x[b] = xb * r.cos[b] + xa * r.sin[b];
   }
 }
 
@@ -76,9 +139,11 @@ void run_attention_in(const std::vector<mx::array>& in, std::vector<mx::array>& 
   for (int i = 0; i < 3; ++i) matvec_quantized(acts, triple(ws, i, s), out[i].data<float>());
   const float* inv = in[11].data<float>();
   const int32_t* pos = in[12].data<int32_t>();
+  Rotation r;
   for (int b = 0; b < B; ++b) {
-    for (int h = 0; h < s.n_heads; ++h) rope(out[0].data<float>() + ((size_t)b * s.n_heads + h) * hd, inv, (float)pos[b], hd, s.traditional);
-    for (int h = 0; h < s.n_kv_heads; ++h) rope(out[1].data<float>() + ((size_t)b * s.n_kv_heads + h) * hd, inv, (float)pos[b], hd, s.traditional);
+    r.set(inv, (float)pos[b], hd);
+    for (int h = 0; h < s.n_heads; ++h) rope(out[0].data<float>() + ((size_t)b * s.n_heads + h) * hd, r, hd, s.traditional);
+    for (int h = 0; h < s.n_kv_heads; ++h) rope(out[1].data<float>() + ((size_t)b * s.n_kv_heads + h) * hd, r, hd, s.traditional);
   }
 }
 
@@ -98,16 +163,15 @@ void run_attention_out(const std::vector<mx::array>& in, std::vector<mx::array>&
       const int kv = head / per_kv;
       const float* qv = qs + ((size_t)b * H + head) * hd;
       for (int i = 0; i < hd; ++i) qh[i] = qv[i] * scale;  // MLX scales the queries before the product
+      scores_of(qh.data(), at4(keys, b, kv, 0), keys.strides()[2], first, S, hd, scores.data());
       float mx_score = -INFINITY;
-      for (int t = first; t < S; ++t) {
-        scores[t] = dot(qh.data(), at4(keys, b, kv, t), hd);
-        mx_score = std::max(mx_score, scores[t]);
-      }
+      for (int t = first; t < S; ++t) mx_score = std::max(mx_score, scores[t]);
       float total = 0.f;
       for (int t = first; t < S; ++t) total += (scores[t] = std::exp(scores[t] - mx_score));
       float* o = att.data() + ((size_t)b * H + head) * hd;
       if (total > 0.f) {
-        for (int t = first; t < S; ++t) axpy(scores[t] / total, at4(values, b, kv, t), o, hd);
+        for (int t = first; t < S; ++t) scores[t] /= total;
+        weighted_sum(scores.data(), at4(values, b, kv, 0), values.strides()[2], first, S, hd, o);
       }
     }
   }
