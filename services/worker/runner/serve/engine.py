@@ -17,6 +17,7 @@ from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_c
 from shared.generation import ChatMessage, GenerateRequest, SamplingParams, Speculation, TokenLogprob
 
 from services.worker.runner.serve.control import Control
+from services.worker.runner.serve import logsumexp
 from services.worker.runner.serve.grammar import Grammars, constrained
 from services.worker.runner.serve.model_draft import ModelDraft
 from services.worker.runner.serve.sampling import processors_of, sampler_of, token_logprob
@@ -78,6 +79,7 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = MAX_BATCH, world_size: int = 1) -> None:  # noqa: ANN001
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
+        logsumexp.install()  # on a CPU: the batch's per-step logsumexp through our kernel (logsumexp.py)
         self.generator = BatchGenerator(
             self.model,
             stop_tokens=[[t] for t in sorted(self.tokenizer.eos_token_ids)],
@@ -178,7 +180,7 @@ class Engine:
             context = mx.array(prompt, dtype=mx.int32)  # what the batch's processors see: the tokens so far
             for processor in processors:
                 logits = processor(context, logits)
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            logprobs = logits - logsumexp.logsumexp(logits, axis=-1, keepdims=True)
             drawn = sampler(logprobs)
             mx.eval(drawn, logprobs)
         if (fault := self._faults.pop(request_id, None)) is not None:

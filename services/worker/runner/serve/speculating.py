@@ -16,6 +16,7 @@ from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
 from shared.generation import SamplingParams, Speculation
 
+from services.worker.runner.serve.logsumexp import logsumexp
 from services.worker.runner.serve.model_draft import DraftUnavailable, ModelDraft
 from services.worker.runner.serve.sampling import token_at
 from services.worker.runner.serve.speculative import NgramDraft, Pace, accept, finish_of
@@ -81,7 +82,7 @@ class Speculating:
         s = self.sampling
         with mx.stream(generation_stream):
             logits = self.model(mx.array([fed]), cache=self.cache)[0, -positions:, :]
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            logprobs = logits - logsumexp(logits, axis=-1, keepdims=True)
             picks = mx.concatenate(
                 [token_at(logprobs[i : i + 1], s.temperature, s.top_p, s.seed, first + i, top_k=s.top_k, min_p=s.min_p,
                           choice=s.choice) for i in range(positions)]

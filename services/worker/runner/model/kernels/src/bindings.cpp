@@ -3,6 +3,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "fused_layer.h"
+#include "logsumexp.h"
 #include "qmv.h"
 
 namespace nb = nanobind;
@@ -35,6 +36,8 @@ NB_MODULE(_exo_kernels, m) {
       "h"_a, "q"_a, "keys"_a, "values"_a, "starts"_a, "weights"_a, "norm"_a, "scale"_a, "n_heads"_a, "n_kv_heads"_a,
       "head_dim"_a, "group_size"_a, "bits"_a, "eps"_a,
       "a decode step's attention over the cache, o projection, residual, RMSNorm, SwiGLU MLP and residual: (B, 1, D)");
+  m.def("logsumexp_rows", &exo::logsumexp_rows, "x"_a,
+        "log(sum(exp(x))) over the last axis of float32 x (..., V): (..., 1), with a vectorized exp");
   m.def("isa", &exo::isa_name, "the kernel in use: scalar, avx2 or avx512vnni");
   m.def("best_isa", &exo::best_isa_name, "the best kernel this CPU supports");
   m.def("set_isa", &exo::set_isa, "name"_a, "use this kernel (at most the best supported)");

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "mlx/utils.h"
+#include "vec16.h"
 
 
 namespace exo {
@@ -16,34 +17,14 @@ void check(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("exo fused layer: " + what);
 }
 
-// The few float loops outside the matrix products, built for AVX-512, AVX2 and any x86-64 CPU, picked at load.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EXO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EXO_CLONES
-#endif
-
-// Sixteen floats as one value (GCC's vector extension): one register with AVX-512, two or four narrower ones in the
-// other clones. Loads and stores through it need no alignment.
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-
-[[gnu::always_inline]] inline v16 load16(const float* p) { return *reinterpret_cast<const v16*>(p); }
-
-// A sum of sixteen partial sums, halving: the same order in every clone and every caller.
-[[gnu::always_inline]] inline float sum16(v16 v) {
-  float l[16];
-  __builtin_memcpy(l, &v, sizeof l);
-  for (int w = 8; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) l[j] += l[j + w];
-  return l[0];
-}
+using vec::f16x;
 
 // a . b in sixteen partial sums (a single running sum would be a chain of dependent adds, one per element).
-[[gnu::always_inline]] inline float dot16(const float* a, const float* b, int n) {
-  v16 acc = {};
+EXO_VEC_INLINE float dot16(const float* a, const float* b, int n) {
+  f16x acc = {};
   int i = 0;
-  for (; i + 16 <= n; i += 16) acc += load16(a + i) * load16(b + i);
-  float s = sum16(acc);
+  for (; i + 16 <= n; i += 16) acc += vec::load(a + i) * vec::load(b + i);
+  float s = vec::sum(acc);
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
@@ -56,13 +37,13 @@ EXO_CLONES void scores_of(const float* q, const float* keys, int64_t stride, int
   int t = first;
   for (; t + 4 <= last; t += 4) {
     const float* k[4] = {keys + t * stride, keys + (t + 1) * stride, keys + (t + 2) * stride, keys + (t + 3) * stride};
-    v16 acc[4] = {};
+    f16x acc[4] = {};
     for (int i = 0; i < whole; i += 16) {
-      const v16 qi = load16(q + i);
-      for (int r = 0; r < 4; ++r) acc[r] += qi * load16(k[r] + i);
+      const f16x qi = vec::load(q + i);
+      for (int r = 0; r < 4; ++r) acc[r] += qi * vec::load(k[r] + i);
     }
     for (int r = 0; r < 4; ++r) {
-      float s = sum16(acc[r]);
+      float s = vec::sum(acc[r]);
       for (int i = whole; i < hd; ++i) s += q[i] * k[r][i];
       scores[t + r] = s;
     }
@@ -75,10 +56,10 @@ EXO_CLONES void scores_of(const float* q, const float* keys, int64_t stride, int
 EXO_CLONES void weighted_sum(const float* w, const float* values, int64_t stride, int first, int last, int hd, float* out) {
   int c = 0;
   for (; c + 64 <= hd; c += 64) {
-    v16 acc[4] = {load16(out + c), load16(out + c + 16), load16(out + c + 32), load16(out + c + 48)};
+    f16x acc[4] = {vec::load(out + c), vec::load(out + c + 16), vec::load(out + c + 32), vec::load(out + c + 48)};
     for (int t = first; t < last; ++t) {
       const float* v = values + t * stride + c;
-      for (int r = 0; r < 4; ++r) acc[r] += w[t] * load16(v + 16 * r);
+      for (int r = 0; r < 4; ++r) acc[r] += w[t] * vec::load(v + 16 * r);
     }
     __builtin_memcpy(out + c, acc, sizeof acc);
   }

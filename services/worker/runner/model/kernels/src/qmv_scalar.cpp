@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "qmv_kernels.h"
+#include "vec16.h"
 
 namespace exo {
 
@@ -32,44 +33,12 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
-// Built for AVX-512, AVX2 and any x86-64 CPU, picked at load (it runs for every activation row of every product).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EXO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EXO_CLONES
-#endif
+using vec::b16x;
+using vec::f16x;
+using vec::i16x;
 
-namespace {
-// Sixteen floats or ints as one value (GCC's and clang's vector extension); loads need no alignment.
-typedef float f16x __attribute__((vector_size(64), aligned(4)));
-typedef int32_t i16x __attribute__((vector_size(64), aligned(4)));
-typedef int8_t b16x __attribute__((vector_size(16), aligned(1)));
-
-// Round to the nearest integer, ties to even (lrintf's default mode), for |v| <= 2^22: adding and taking away
-// 1.5 * 2^23 leaves no fraction bits.
-[[gnu::always_inline]] inline f16x round_even(f16x v) {
-  const float magic = 12582912.f;
-  return (v + magic) - magic;
-}
-
-[[gnu::always_inline]] inline float lane_max(f16x v) {
-  float l[16];
-  std::memcpy(l, &v, sizeof l);
-  for (int w = 8; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) l[j] = l[j] > l[j + w] ? l[j] : l[j + w];
-  return l[0];
-}
-
-[[gnu::always_inline]] inline float lane_sum(f16x v) {
-  float l[16];
-  std::memcpy(l, &v, sizeof l);
-  for (int w = 8; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) l[j] += l[j + w];
-  return l[0];
-}
-}  // namespace
-
-// Each block of 32: scale = max |x| / 127, q = x / scale rounded (ties to even), and the block's sum.
+// Each block of 32: scale = max |x| / 127, q = x / scale rounded (ties to even), and the block's sum. Built per ISA
+// (EXO_CLONES): it runs for every activation row of every product.
 EXO_CLONES void quantize_x(const float* x, int B, int K, int bits, int8_t* q, float* d, float* sum) {
   static_assert(kBlock == 32, "two vectors of sixteen per block");
   const int nb = K / kBlock;
@@ -77,13 +46,13 @@ EXO_CLONES void quantize_x(const float* x, int B, int K, int bits, int8_t* q, fl
   for (int b = 0; b < B; ++b) {
     for (int blk = 0; blk < nb; ++blk) {
       const float* xb = x + (size_t)b * K + blk * kBlock;
-      const f16x lo = *reinterpret_cast<const f16x*>(xb), hi = *reinterpret_cast<const f16x*>(xb + 16);
+      const f16x lo = vec::load(xb), hi = vec::load(xb + 16);
       const f16x a_lo = (f16x)((i16x)lo & magnitude), a_hi = (f16x)((i16x)hi & magnitude);
-      const float amax = lane_max(a_lo > a_hi ? a_lo : a_hi);
+      const float amax = vec::max(a_lo > a_hi ? a_lo : a_hi);
       const float scale = amax / 127.f;
       const float inv = scale > 0.f ? 1.f / scale : 0.f;
-      const b16x q_lo = __builtin_convertvector(__builtin_convertvector(round_even(lo * inv), i16x), b16x);
-      const b16x q_hi = __builtin_convertvector(__builtin_convertvector(round_even(hi * inv), i16x), b16x);
+      const b16x q_lo = __builtin_convertvector(__builtin_convertvector(vec::round_even(lo * inv), i16x), b16x);
+      const b16x q_hi = __builtin_convertvector(__builtin_convertvector(vec::round_even(hi * inv), i16x), b16x);
       int8_t* qb = q + (size_t)b * K + blk * kBlock;
       if (bits == 4) {  // evens in the first half, odds in the second (the nibble order of MLX's packing)
         int8_t v[32];
@@ -95,7 +64,7 @@ EXO_CLONES void quantize_x(const float* x, int B, int K, int bits, int8_t* q, fl
         std::memcpy(qb + 16, &q_hi, 16);
       }
       d[(size_t)b * nb + blk] = scale;
-      sum[(size_t)b * nb + blk] = lane_sum(lo + hi);
+      sum[(size_t)b * nb + blk] = vec::sum(lo + hi);
     }
   }
 }
