@@ -279,13 +279,23 @@ inline void load_block16(const uint8_t* rows, size_t row_bytes, int blk, __m512i
   }
 }
 
+// Values p[first + at[lane]] as floats (scales or biases, float32 or float16).
+template <bool F16>
+inline __m512 gathered(const void* p, size_t first, __m512i at) {
+  if constexpr (F16) {  // 4 bytes at each value's address, of which the low 2 are the value
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(at, static_cast<const uint16_t*>(p) + first, 2)));
+  } else {
+    return _mm512_i32gather_ps(at, static_cast<const float*>(p) + first, 4);
+  }
+}
+
 template <int B, int BITS, bool F16>
 void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
   const int nb = w.K / kBlock, groups = w.K / w.group_size, bpg = w.group_size / kBlock;
   const size_t row_bytes = (size_t)w.K * BITS / 8, tile_bytes = kRows * row_bytes;
-  // Per tile, the scales and biases of its 16 rows by group, in lane order: float32 ones gathered a group at a time
-  // (the scalar copy was a third of the tile's time at 8 rows), float16 ones copied per tile. Per activation row,
-  // the exact sum of each group. Through plain pointers, as in the other forms.
+  // Per tile, the scales and biases of its 16 rows by group, in lane order, gathered a group at a time (a scalar
+  // copy per tile was ~30% of the tile's time at 8 rows); per activation row, the exact sum of each group. Through
+  // plain pointers, as in the other forms.
   thread_local std::vector<float> sb_buf, gsum_buf;
   sb_buf.resize((size_t)2 * groups * kRows);
   gsum_buf.assign((size_t)B * groups, 0.f);
@@ -296,7 +306,10 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
   const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);  // lane_row
   const __m512i lane_groups = _mm512_mullo_epi32(order, _mm512_set1_epi32(groups));  // lane -> its row's group 0
   for (int n = n0; n + kRows <= n1; n += kRows) {
-    if constexpr (F16) {
+    // A float16 gather reads 4 bytes at each value: the matrix's last tile copies its values instead, so as not to
+    // read past the array's end.
+    const bool copied = F16 && n + kRows >= w.N;
+    if (copied) {
       for (int lane = 0; lane < kRows; ++lane) {
         const size_t g0 = (size_t)(n + lane_row(lane)) * groups;
         for (int g = 0; g < groups; ++g) {
@@ -305,8 +318,7 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
         }
       }
     }
-    const float* tile_scales = static_cast<const float*>(w.scales) + (size_t)n * groups;
-    const float* tile_biases = static_cast<const float*>(w.biases) + (size_t)n * groups;
+    const size_t first_value = (size_t)n * groups;
     const uint8_t* rows = w.w + (size_t)n * row_bytes;
     const uint8_t* next = rows + tile_bytes;  // the next tile, fetched a block's share at a time
     const size_t share = tile_bytes / nb;
@@ -314,11 +326,11 @@ void rows_t(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
     for (int b = 0; b < B; ++b) acc[b] = _mm512_setzero_ps();
     for (int g = 0; g < groups; ++g) {
       __m512 bias, scale;
-      if constexpr (F16) {
+      if (copied) {
         bias = _mm512_loadu_ps(bv + (size_t)g * kRows), scale = _mm512_loadu_ps(sv + (size_t)g * kRows);
       } else {
         const __m512i at = _mm512_add_epi32(lane_groups, _mm512_set1_epi32(g));
-        bias = _mm512_i32gather_ps(at, tile_biases, 4), scale = _mm512_i32gather_ps(at, tile_scales, 4);
+        bias = gathered<F16>(w.biases, first_value, at), scale = gathered<F16>(w.scales, first_value, at);
       }
       for (int b = 0; b < B; ++b) acc[b] = _mm512_fmadd_ps(bias, _mm512_set1_ps(gsum[(size_t)b * groups + g]), acc[b]);
       for (int blk = g * bpg; blk < (g + 1) * bpg; ++blk) {
