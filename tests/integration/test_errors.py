@@ -313,11 +313,11 @@ def test_requests_right_after_the_runner_died_get_503_at_once_with_a_short_reaso
           f"slowest {max(t for _, t, _ in answers):.3f} s")  # fmt: skip
     assert all(status == 503 for status, _, _ in answers), answers[:3]
     assert max(t for _, t, _ in answers) < 2.0
-    for message in [in_flight["response"].json()["error"]["message"]] + [b["error"]["message"] for _, _, b in answers]:
+    reasons = [in_flight["response"].json()["error"]["message"]] + [b["error"]["message"] for _, _, b in answers]
+    for message in reasons:
         assert "request=" not in message and "cmpl-" not in message and "tokens=" not in message, message
     # Answers name the exit until the worker restarts the runner (after its 1 s backoff); from then they name the
     # restart's loading (seen in CI), never anything else.
-    reasons = [in_flight["response"].json()["error"]["message"]] + [b["error"]["message"] for _, _, b in answers]
     assert any("exited with code -9" in m for m in reasons), sorted(set(reasons))
     assert all("exited with code -9" in m or "loading" in m for m in reasons), sorted(set(reasons))
 

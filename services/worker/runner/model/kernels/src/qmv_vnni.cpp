@@ -362,9 +362,9 @@ void rows_b(const QWeights& w, const QuantX& x, float* y, int n0, int n1) {
 } // namespace tile
 
 void rows_avx512vnni(const QWeights& w, const QuantX& x, int B, float* y, int n0, int n1) {
-  // 1 row: the narrow form (the tile form measured 3-5% faster there since its scales are gathered, but its float sums
-  // run in another order, and the tests' 128 greedy tokens against MLX's q4 path then part at a near-tie; kept). From 2 rows
-  // the tile form, whole tiles of 16 rows, the rest through the older forms (measured over every matrix of
+  // 1 row: the narrow form (the tile form measured 3-5% faster there since its scales are gathered, but its float
+  // sums run in another order, and the tests' 128 greedy tokens against MLX's q4 path then part at a near-tie; kept).
+  // From 2 rows the tile form, whole tiles of 16 rows, the rest through the older forms (measured over every matrix of
   // SmolLM2-135M q4, one thread: 2 rows 15.0 -> 10.9 ms, 4 rows 16.1 -> 13.0 ms, 8 rows 26.3 -> 17.2 ms; with the
   // gathered scales 2 rows ~10.1, 8 rows 15.0-16.5).
   int nt = n0;

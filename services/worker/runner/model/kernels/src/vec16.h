@@ -1,6 +1,6 @@
 // Sixteen floats (or int32s) as one value, with GCC's and clang's vector extension: one AVX-512 register, or two or
-// four narrower ones, in whichever target_clones clone of a function uses them. Loads and stores need no alignment.
-// Only for the float loops around the matrix products (norms, attention, the activations' quantizer, logsumexp);
+// four narrower ones, in whichever target_clones clone of a function uses them. Loads need no alignment.
+// Only for the float loops around the matrix products (attention, the activations' quantizer, logsumexp);
 // the products themselves have their own intrinsics per ISA.
 #pragma once
 
@@ -23,7 +23,6 @@ typedef int32_t i16x __attribute__((vector_size(64), aligned(4)));
 typedef int8_t b16x __attribute__((vector_size(16), aligned(1)));
 
 EXO_VEC_INLINE f16x load(const float* p) { return *reinterpret_cast<const f16x*>(p); }
-EXO_VEC_INLINE void store(float* p, f16x v) { std::memcpy(p, &v, sizeof v); }
 
 // Halving sums and maxima: the same order in every clone and every caller.
 EXO_VEC_INLINE float sum(f16x v) {
