@@ -14,7 +14,7 @@ import structlog
 
 from shared import subjects
 from shared.bus import connect, disconnect
-from shared.config import add_common_args, common_from_args, parse_with_environment
+from shared.config import add_common_args, common_from_args, parse_with_environment, remember_secret
 from shared.downloads import ModelsReply, NodeModels, PullModel, RemoveModel, gather_node_models
 from shared.identity import load_or_create_node_id
 from shared.models import HubRepo
@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
     args, found = parse_with_environment(parser(), argv)  # EXO_NATS_URL, EXO_STATE_DIR
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     config = common_from_args(args, found)
+    remember_secret(config.state_dir, found.get("cluster_secret"))  # this node's bus credentials, not ~/.exo's
     node_id = args.node if getattr(args, "node", None) else load_or_create_node_id(config.state_dir)
     try:
         code, text = asyncio.run(_run(args, config.nats_url, node_id))

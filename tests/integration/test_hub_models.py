@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.cluster_secret import write_private
 from tests.hub_mirror import HubMirror
 from tests.nodes import REPO_ROOT, free_port, poll_until, wait_for
 from tests.tiny_hub_model import build_tiny_llama, gguf_metadata
@@ -214,9 +215,15 @@ def test_a_hub_failing_mid_download_is_the_reason(mirror: HubMirror, hf_home: Pa
 
 
 def exo_models(node, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001 - a tests.nodes.Node
+    """`exo models ... --state-dir <the node's>`, run by a user whose ~/.exo holds another cluster's secret
+    (as on a machine that also ran `exo` alone): the node's state dir names the secret, not the home's."""
+    home = node.state_dir.parent / "home-of-another-cluster"
+    (home / ".exo").mkdir(parents=True, exist_ok=True)
+    write_private(home / ".exo" / "cluster.secret", "a7" * 32)
     argv = [sys.executable, "-m", "services.node.cli", "models", *args, "--nats-url", node.nats_url,
             "--state-dir", str(node.state_dir)]  # fmt: skip
-    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "HOME": str(home)}
+    return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def instance_of(node, model: str) -> dict | None:  # noqa: ANN001
