@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--temp", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--logits-on", choices=["every_rank", "last_rank", "vocab_split"], default="vocab_split")
+    parser.add_argument("--cpu-kernel", choices=["auto", "on", "off"], default="off")
     args = parser.parse_args()
 
     group = init_group(args.world_size) if args.strategy != "single" else None
@@ -58,7 +59,7 @@ def main() -> None:
     if args.strategy == "pipeline" and args.layers:
         start, end = (int(x) for x in args.layers.split(",")[rank].split(":"))
     t0 = time.perf_counter()
-    model, tokenizer = load_shard(args.model, args.strategy, group, start, end, args.logits_on)
+    model, tokenizer = load_shard(args.model, args.strategy, group, start, end, args.logits_on, cpu_kernel=args.cpu_kernel)
     load_s = time.perf_counter() - t0
     rss_loaded = peak_rss()
 

@@ -147,6 +147,22 @@ def test_pipeline_is_token_identical_and_each_rank_holds_its_share(f32_model, si
 
 
 @pytest.mark.slow
+def test_a_pipeline_with_the_cpu_kernel_gives_one_kernel_processs_tokens(shared_models, tmp_path):  # noqa: ANN001
+    """With exo's CPU kernel the activations are int8, so any change in the order of a float sum grows over 30
+    layers into logits as far apart as the int8 error: only the same arithmetic gives the same tokens. A pipeline
+    stage runs its layers as one process does, and the head split by vocabulary (rank 0's slice a view of the tied
+    embedding) goes through the kernel as one process's head does: the tokens are identical. (Before the slices
+    took the kernel, they were MLX's float product and the tokens parted at the 49th.)"""
+    q4 = shared_models.path("q4")
+    kernel = ("--cpu-kernel", "on")
+    (tmp_path / "single").mkdir(), (tmp_path / "pipeline").mkdir()
+    (alone,) = run_ranks(q4, "single", 1, tmp_path / "single", max_tokens=128, extra=kernel)
+    results = run_ranks(q4, "pipeline", 3, tmp_path / "pipeline", [(0, 10), (10, 20), (20, 30)], 128, kernel)
+    for r in results:
+        assert r["tokens"] == alone["tokens"], f"rank {r['rank']} differs at {common_prefix(r['tokens'], alone['tokens'])}"
+
+
+@pytest.mark.slow
 def test_tensor_parallel_refuses_two_ranks_for_smollm2(f32_model):
     from mlx_lm.utils import load_model
 

@@ -60,6 +60,8 @@ class PipelineStage(nn.Module):
     cache per local layer. mlx-lm's classes are not modified.
     """
 
+    UNCOUNTED_HEADS = ("_head_view",)  # for quantized_cpu.use_cpu_kernel: a head outside the parameters
+
     def __init__(
         self,
         model: nn.Module,

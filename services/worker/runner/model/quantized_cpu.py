@@ -3,12 +3,12 @@
 MLX's CPU quantized matmul is scalar on x86 and single-threaded, so a 4-bit model decodes ~5x slower than
 the dense float32 one. Our kernel quantizes the activations to int8 per block of 32 (as llama.cpp's q8
 does) and takes integer dot products with AVX2 or AVX-512 VNNI, reading MLX's own 4-bit and 8-bit layout
-unchanged. `use_cpu_kernel` swaps a loaded model's `QuantizedLinear` layers (and the tied head of a
-`QuantizedEmbedding`) for modules that call it.
+unchanged. `use_cpu_kernel` swaps a loaded model's `QuantizedLinear` layers (a tensor split's sharded ones too,
+and the tied head of a `QuantizedEmbedding`, whole or split by vocabulary) for modules that call it.
 
-Decode steps (a few rows) run through the kernel; a long prefill dequantizes the weights and uses the
-dense BLAS product, which is faster there. The int8 activations move the logits by ~1e-2 relative, as
-llama.cpp's do (tests/integration/test_quantized_cpu.py measures it).
+Every product runs through the kernel, a prefill's too (measured faster than dequantize + BLAS at every length).
+The int8 activations move the logits by ~1e-2 relative, as llama.cpp's do (tests/integration/test_quantized_cpu.py
+measures it).
 
 `EXO_CPU_KERNEL=auto` uses it where it is built and the CPU has AVX2 (see `wanted`); off (the default) keeps
 MLX's own layers (and the worker then chooses dense f32 on a CPU). Float32 scales and biases that are exact in
@@ -22,13 +22,12 @@ from types import ModuleType
 
 import mlx.core as mx
 from mlx import nn
+from mlx.nn.layers.distributed import QuantizedAllToShardedLinear, QuantizedShardedToAllLinear
 
 from services.worker.runner.model.swap import replace_modules
 
 ENV = "EXO_CPU_KERNEL"
-# Rows of activations above which a matmul dequantizes and uses the BLAS: the kernel re-reads the weights
-# every 8 rows, a BLAS product of a long prefill does not. Chosen, not yet measured (prefill is a follow-up).
-MAX_KERNEL_ROWS = 64
+_LINEARS = (nn.QuantizedLinear, QuantizedAllToShardedLinear, QuantizedShardedToAllLinear)
 _DTYPE_NAMES = {mx.float32: "f32", mx.float16: "f16", mx.bfloat16: "bf16"}
 
 
@@ -81,12 +80,12 @@ def _supported(group_size: int, bits: int, mode: str, in_dims: int) -> bool:
 def kernel_matmul(
     x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None, group_size: int, bits: int
 ) -> mx.array:
-    """x @ dequantize(w).T: the kernel for a few rows, dequantize + BLAS for many."""
+    """x @ dequantize(w).T through the kernel, for any number of rows: a prefill's too. Each row's value is the same
+    whatever else the call holds (tests/integration/test_quantized_cpu.py), so a prompt's tokens do not depend on
+    its batch or its split. Measured in one process with the runner's MKL, SmolLM2-135M q4, one thread: a prefill
+    of 128 / 512 / 1024 tokens in 357 / 2227 / 6904 ms against 904 / 2817 / 7678 with MLX's dequantize and the BLAS
+    product above 64 rows, as before; the same to 64 tokens (docs/cpu-engine.md, session 16)."""
     assert biases is not None, "affine quantization has biases"
-    rows = x.size // x.shape[-1] if x.ndim else 1
-    if rows > MAX_KERNEL_ROWS:  # float16 scales (_compact) widened first: s * q + b in float32, as before
-        dense = mx.dequantize(w, _wide(scales), _wide(biases), group_size=group_size, bits=bits)
-        return x @ dense.astype(x.dtype).T
     assert _kernels is not None
     y = _kernels.quantized_matvec(x if x.dtype == mx.float32 else x.astype(mx.float32), w, scales, biases, group_size, bits)
     return y if x.dtype == mx.float32 else y.astype(x.dtype)
@@ -122,6 +121,25 @@ class KernelLinear(nn.Module):
         return y + self.bias if "bias" in self else y
 
 
+class KernelShardedLinear(KernelLinear):
+    """A tensor split's quantized linear (mlx's `QuantizedAllToShardedLinear`: this rank's output rows, or
+    `QuantizedShardedToAllLinear`: its input columns, the ranks' partial products added) computed by our kernel,
+    so that every topology quantizes the activations as one node does: the int8 blocks of a column slice are the
+    whole row's (a slice starts on a group, `width_problems`), and only the sum over the ranks adds in another
+    order. A type of its own: the fused layer (fused_layer.py) takes plain `KernelLinear`s only."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__(layer)  # type: ignore[arg-type]  # the same parameters as a QuantizedLinear
+        self.sums = type(layer) is QuantizedShardedToAllLinear
+        self.group = layer.group
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = kernel_matmul(x, self.weight, self.scales, self.biases, self.group_size, self.bits)
+        if self.sums:
+            y = mx.distributed.all_sum(y, group=self.group)
+        return y + self.bias if "bias" in self else y
+
+
 class KernelEmbedding(nn.QuantizedEmbedding):
     """`nn.QuantizedEmbedding` whose `as_linear` (a tied head) uses our kernel; lookups give the same float32 values
     (the looked-up rows' float16 scales widened before the product)."""
@@ -144,19 +162,28 @@ class KernelEmbedding(nn.QuantizedEmbedding):
 
 
 def _swapped(module: nn.Module) -> nn.Module | None:
-    # Exact types only: the distributed (sharded) quantized linears keep their own modules.
-    if type(module) is nn.QuantizedLinear and _supported(
+    # Exact types only: a subclass may compute something else.
+    if type(module) in _LINEARS and _supported(
         module.group_size, module.bits, module.mode, module.weight.shape[1] * 32 // module.bits
     ):
-        return KernelLinear(module)
+        return KernelLinear(module) if type(module) is nn.QuantizedLinear else KernelShardedLinear(module)
     if type(module) is nn.QuantizedEmbedding and _supported(module.group_size, module.bits, module.mode, module.dims):
         return KernelEmbedding(module)
     return None
 
 
 def use_cpu_kernel(model: nn.Module) -> int:
-    """Replace the model's supported quantized layers in place (also inside lists); returns how many."""
-    return replace_modules(model, _swapped)
+    """Replace the model's supported quantized layers in place (also inside lists); returns how many. Also the
+    heads that a module keeps outside its parameters (a vocabulary slice that is a view of the tied embedding,
+    named in its class's `UNCOUNTED_HEADS`), so that a split head computes its logits as one node's head does."""
+    replaced = replace_modules(model, _swapped)
+    for _, module in model.named_modules():
+        for name in getattr(type(module), "UNCOUNTED_HEADS", ()):
+            head = module.__dict__.get(name)
+            if head is not None and (swapped := _swapped(head)) is not None:
+                object.__setattr__(module, name, swapped)
+                replaced += 1
+    return replaced
 
 
 def weights_detail(model: nn.Module) -> str:

@@ -84,6 +84,8 @@ class SplitTiedEmbedding(nn.Module):
     rank embeds its input) and, used as the head (`as_linear`), computes this rank's vocabulary slice and
     gathers the rest. The slice is a view of the matrix, kept out of the parameters (not counted twice)."""
 
+    UNCOUNTED_HEADS = ("_part",)  # for quantized_cpu.use_cpu_kernel: a head outside the parameters
+
     def __init__(self, embedding: nn.Module, group: mx.distributed.Group, vocab: int) -> None:
         super().__init__()
         self.embedding = embedding
