@@ -53,7 +53,7 @@ def test_greedy_tokens_match_mlx_quantized_path(q4_path: Path) -> None:
     assert all(isinstance(layer, FusedDecoderLayer) for layer in ours.model.layers)
     expected, expected_logits = model_steps.greedy(theirs, 128, PROMPT)
     got = model_steps.forced(ours, PROMPT, expected)  # teacher-forced on MLX's tokens
-    assert fused_steps(ours) == 127 * 30  # every decode step of every layer took the fused path (the prefill did not)
+    assert fused_steps(ours) == 128 * 30  # every step of every layer took the fused path (the prompt's 30 tokens too)
     # The same bounds as the unfused kernel's (test_quantized_cpu.py): the int8 activations' error, no more.
     # Measured: the same argmax at all 128 steps (free-running too: the same 128 tokens), worst max 1.07 / mean 0.54.
     seen = model_steps.agreement(expected, expected_logits, got)
@@ -105,6 +105,36 @@ def test_a_padded_batch_layer_equals_the_unfused_layer(q4_path: Path) -> None:
         assert diff < 1e-3, (row, diff)
 
 
+def test_rows_at_once_equal_them_one_at_a_time(q4_path: Path) -> None:
+    """A prompt prefilled whole or in pieces (the prefix cache held part of it, the batch's prefill slices), a draft's
+    tokens verified at once: through the fused layers each row is what it is alone (the same products, each row's
+    attention over the keys up to its own), so the tokens are the same either way. Bit for bit, in a plain cache and
+    in a left-padded batch; the keys too."""
+    model, _ = load_shard(q4_path, "single", cpu_kernel="on", cpu_fusion="on")
+    prompt, new = PROMPT * 2, [504, 3458, 282, 4649, 314, 253]
+    steps, once = make_prompt_cache(model), make_prompt_cache(model)
+    mx.eval(model(mx.array([prompt[:23]]), cache=steps), model(mx.array([prompt[23:]]), cache=steps))  # two pieces
+    mx.eval(model(mx.array([prompt]), cache=once))  # whole
+    assert mx.array_equal(steps[5].keys[..., : steps[5].offset, :], once[5].keys[..., : once[5].offset, :])
+    one_by_one = [model(mx.array([[t]]), cache=steps)[0, -1] for t in new]
+    before = fused_steps(model)
+    together = model(mx.array([new]), cache=once)[0]
+    assert fused_steps(model) == before + 30
+    assert all(mx.array_equal(a, together[i]) for i, a in enumerate(one_by_one))
+    assert mx.array_equal(steps[5].keys[..., : steps[5].offset, :], once[5].keys[..., : once[5].offset, :])
+
+    padded = [[0] * 6 + PROMPT[:24], PROMPT]  # two sequences, the first after 6 of padding
+    rows = mx.array([new[:3], new[3:]])
+    caches = [[BatchKVCache([6, 0]) for _ in model.model.layers] for _ in range(2)]
+    for cache in caches:
+        mx.eval(model(mx.array(padded), cache=cache))
+    stepped = mx.concatenate([model(rows[:, i : i + 1], cache=caches[0]) for i in range(3)], axis=1)
+    assert mx.array_equal(stepped, model(rows, cache=caches[1]))
+    alone = make_prompt_cache(model)  # the unpadded sequence of the batch, alone: its rows are the batch's
+    mx.eval(model(mx.array([PROMPT]), cache=alone))
+    assert mx.array_equal(model(rows[1:], cache=alone)[0], stepped[1])
+
+
 def test_a_padded_batch_through_the_engine(q4_path: Path) -> None:
     """The same two-row batch as a runner runs it: both requests finish, the fused path took the steps, and each
     request's text is the one it has alone: a row's arithmetic does not depend on its batch (the kernel's products,
@@ -121,18 +151,19 @@ def test_a_padded_batch_through_the_engine(q4_path: Path) -> None:
     steps = model_steps.run_batch(engine, submits)
     assert fused_steps(fused) >= 15 * 30
     texts = {rid: model_steps.text(s) for rid, s in steps.items()}
-    assert all(len(s) == 16 for s in steps.values())
+    assert all(s[-1].finish_reason in ("length", "stop") and len(s) <= 16 for s in steps.values())
     for rid, prompt in prompts.items():
         alone = model_steps.run_batch(Engine(fused, tokenizer), [Submit(rid, prompt, SamplingParams(max_tokens=16, temperature=0.0))])
         assert model_steps.text(alone[rid]) == texts[rid], (rid, texts)
 
 
-def test_prefill_and_other_caches_take_the_original_layer(q4_path: Path) -> None:
+def test_a_prefill_takes_the_fused_path_and_no_cache_the_original_layer(q4_path: Path) -> None:
     model, _ = load_shard(q4_path, "single", cpu_kernel="on", cpu_fusion="on")
     layer = model.model.layers[0]
-    layer(mx.random.normal((1, 5, 576)), "causal", KVCache())  # a prefill: 5 tokens
     layer(mx.random.normal((1, 1, 576)), None, None)  # no cache
     assert layer.fused_steps == 0
+    layer(mx.random.normal((1, 40, 576)), "causal", KVCache())  # a prefill of 40 tokens
+    assert layer.fused_steps == 1
     assert layer.use_sliding is False  # what llama's make_cache reads off its layers
 
 

@@ -1,17 +1,27 @@
-"""A Llama-family decoder layer's decode step in two of our kernel's primitives (kernels/src/fused_layer.cpp).
+"""A Llama-family decoder layer in two of our kernel's primitives (kernels/src/fused_layer.cpp), for any number of
+new tokens: a decode step's one, a draft's verification, a prompt's prefill.
 
 On a CPU each MLX op costs ~7-9 us to evaluate however little it computes (measured: an add of 576 floats), and a
-decode step of SmolLM2 was ~1,600 ops, so ~12 ms of every token went to evaluating ops, not to the weights. For one
-new token per sequence a layer becomes: `attention_in` (RMSNorm, the q/k/v projections, RoPE), the KV cache's own
+decode step of SmolLM2 was ~1,600 ops, so ~12 ms of every token went to evaluating ops, not to the weights. A layer
+becomes: `attention_in` (RMSNorm, the q/k/v projections, RoPE), the KV cache's own
 update in MLX (mlx-lm's caches own their buffers and write in place), and `attention_out` (attention over the cache,
 the o projection, residual, RMSNorm, SwiGLU MLP, residual): 6 ops where there were ~53.
 
 Used when a runner has both the CPU fusion and our kernel (`load_shard`: `--cpu-fusion on`, the default, and
 `--cpu-kernel on|auto`), on layers whose 7 linears are all the kernel's (`KernelLinear`, no biases, one group size
 and bit width), that are mlx-lm's llama block (Llama 2/3, SmolLM2, Mistral's llama layout) with our fused RoPE, and
-for calls whose cache is a plain `KVCache` or the batch's `BatchKVCache` in float32. Anything else (a prefill, a
+for calls whose cache is a plain `KVCache` or the batch's `BatchKVCache` in float32. Anything else (no cache, a
 rotating or quantized cache, another family, a GPU) runs the original layer, so the swap can only fall back, never
 refuse.
+
+Every row is computed as it is alone: the kernel's products row by row, each new token's attention over the keys up
+to its own (causal) from its sequence's first valid one (left padding), in the same order. With int8 activations
+that matters: any change in the order of a float sum grows, over 30 layers, into logits as far apart as the int8
+error itself (tests/integration/test_quantized_cpu.py), so only the same arithmetic gives the same tokens. Hence a
+prefill here too, not only decode steps: a prompt's tokens are then the same whether the prefix cache held part of
+it, whatever chunks it was prefilled in, in a batch or alone, on one node or a pipeline, and a draft's verified
+tokens are plain decoding's. A prefill is also faster here than through the original block (measured, one process
+with the runner's MKL, SmolLM2-135M q4: 13 / 128 / 512 tokens in 28 / 220 / 1210 ms against 56 / 358 / 2234).
 
 The numbers are the kernel's for the linears and float32 for the rest, in MLX's order of operations; they differ
 from the unfused layer by float rounding (tests/integration/test_fused_layer.py measures it and compares tokens).
@@ -32,6 +42,7 @@ from services.worker.runner.model.swap import replace_modules
 
 
 _kernels = kernels_module()
+
 
 _NORMS = (FusedRMSNorm, nn.RMSNorm)
 
@@ -108,7 +119,9 @@ class FusedDecoderLayer(nn.Module):
 
     @staticmethod
     def _takes(x: mx.array, cache: Any) -> bool:
-        if x.ndim != 3 or x.shape[1] != 1 or x.dtype != mx.float32 or type(cache) not in (KVCache, BatchKVCache):
+        if x.ndim != 3 or x.shape[1] < 1 or x.dtype != mx.float32:
+            return False
+        if type(cache) not in (KVCache, BatchKVCache):
             return False
         return cache.keys is None or cache.keys.dtype == mx.float32
 

@@ -106,104 +106,129 @@ inline const float* at4(const mx::array& a, int b, int h, int s) {
   return a.data<float>() + (int64_t)b * st[0] + (int64_t)h * st[1] + (int64_t)s * st[2];
 }
 
+// Row r of a (B, H, L, hd) array (r = b * L + l, head h) as a pointer: outputs are written in the caches' layout.
+inline float* head_row(float* a, int H, int L, int r, int h, int hd) {
+  const int b = r / L, l = r % L;
+  return a + (((size_t)b * H + h) * L + l) * hd;
+}
+
 void run_attention_in(const std::vector<mx::array>& in, std::vector<mx::array>& out, const LayerShape& s) {
   // in: x, norm, wq sq bq, wk sk bk, wv sv bv, inv_freqs, positions
   const mx::array& x = in[0];
-  const int D = x.shape(-1), B = (int)(x.size() / D), hd = s.head_dim;
-  std::vector<float> x_copy, xn((size_t)B * D);
+  const int D = x.shape(-1), L = x.shape(1), R = (int)(x.size() / D), hd = s.head_dim;
+  std::vector<float> x_copy, xn((size_t)R * D);
   const float* xs = contiguous_rows(x, x_copy);
   const float* nw = in[1].data<float>();
-  for (int b = 0; b < B; ++b) rms_norm(xs + (size_t)b * D, nw, s.eps, D, xn.data() + (size_t)b * D);
+  for (int r = 0; r < R; ++r) rms_norm(xs + (size_t)r * D, nw, s.eps, D, xn.data() + (size_t)r * D);
   QuantizedActs acts;
-  acts.set(xn.data(), B, D, s.bits);
+  acts.set(xn.data(), R, D, s.bits);
   const std::vector<mx::array> ws(in.begin() + 2, in.begin() + 11);
-  for (int i = 0; i < 3; ++i) matvec_quantized(acts, triple(ws, i, s), out[i].data<float>());
+  // One row per sequence: the products' (B, H * hd) rows are already (B, H, 1, hd). More: through a scratch, then
+  // each head's row to its place in (B, H, L, hd).
+  std::vector<float> rows;
+  for (int i = 0; i < 3; ++i) {
+    const int heads = i == 0 ? s.n_heads : s.n_kv_heads;
+    float* o = out[i].data<float>();
+    if (L == 1) {
+      matvec_quantized(acts, triple(ws, i, s), o);
+      continue;
+    }
+    rows.resize((size_t)R * heads * hd);
+    matvec_quantized(acts, triple(ws, i, s), rows.data());
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < heads; ++h)
+        std::copy_n(rows.data() + ((size_t)r * heads + h) * hd, hd, head_row(o, heads, L, r, h, hd));
+  }
   const float* inv = in[11].data<float>();
   const int32_t* pos = in[12].data<int32_t>();
-  Rotation r;
-  for (int b = 0; b < B; ++b) {
-    r.set(inv, (float)pos[b], hd);
-    for (int h = 0; h < s.n_heads; ++h) rope(out[0].data<float>() + ((size_t)b * s.n_heads + h) * hd, r, hd, s.traditional);
-    for (int h = 0; h < s.n_kv_heads; ++h) rope(out[1].data<float>() + ((size_t)b * s.n_kv_heads + h) * hd, r, hd, s.traditional);
+  Rotation rot;
+  for (int r = 0; r < R; ++r) {
+    rot.set(inv, (float)(pos[r / L] + r % L), hd);  // a sequence's rows from its position on
+    for (int h = 0; h < s.n_heads; ++h) rope(head_row(out[0].data<float>(), s.n_heads, L, r, h, hd), rot, hd, s.traditional);
+    for (int h = 0; h < s.n_kv_heads; ++h) rope(head_row(out[1].data<float>(), s.n_kv_heads, L, r, h, hd), rot, hd, s.traditional);
   }
 }
 
 void run_attention_out(const std::vector<mx::array>& in, std::vector<mx::array>& out, const LayerShape& s, float scale) {
   // in: h, q, keys, values, starts, wo so bo, wg sg bg, wu su bu, wd sd bd, norm
   const mx::array &h = in[0], &q = in[1], &keys = in[2], &values = in[3];
-  const int D = h.shape(-1), B = (int)(h.size() / D), hd = s.head_dim, H = s.n_heads, S = keys.shape(2);
+  const int D = h.shape(-1), L = h.shape(1), R = (int)(h.size() / D), hd = s.head_dim, H = s.n_heads, S = keys.shape(2);
   const int per_kv = H / s.n_kv_heads;
   const int32_t* starts = in[4].data<int32_t>();
   std::vector<float> h_copy, q_copy;
   const float* hs = contiguous_rows(h, h_copy);
-  const float* qs = contiguous_rows(q, q_copy);
-  std::vector<float> att((size_t)B * H * hd, 0.f), scores(std::max(S, 1)), qh(hd);
-  for (int b = 0; b < B; ++b) {
-    const int first = std::clamp(starts[b], 0, S);
+  const float* qs = contiguous_rows(q, q_copy);  // (B, H, L, hd)
+  std::vector<float> att((size_t)R * H * hd, 0.f), scores(std::max(S, 1)), qh(hd);
+  for (int r = 0; r < R; ++r) {
+    // Row l of a sequence's L new ones sees the keys up to its own (causal): the cache ends with the L new keys.
+    const int b = r / L, last = std::clamp(S - L + r % L + 1, 0, S), first = std::clamp(starts[b], 0, last);
     for (int head = 0; head < H; ++head) {
       const int kv = head / per_kv;
-      const float* qv = qs + ((size_t)b * H + head) * hd;
+      const float* qv = qs + (((size_t)b * H + head) * L + r % L) * hd;
       for (int i = 0; i < hd; ++i) qh[i] = qv[i] * scale;  // MLX scales the queries before the product
-      scores_of(qh.data(), at4(keys, b, kv, 0), keys.strides()[2], first, S, hd, scores.data());
+      scores_of(qh.data(), at4(keys, b, kv, 0), keys.strides()[2], first, last, hd, scores.data());
       float mx_score = -INFINITY;
-      for (int t = first; t < S; ++t) mx_score = std::max(mx_score, scores[t]);
+      for (int t = first; t < last; ++t) mx_score = std::max(mx_score, scores[t]);
       float total = 0.f;
-      for (int t = first; t < S; ++t) total += (scores[t] = std::exp(scores[t] - mx_score));
-      float* o = att.data() + ((size_t)b * H + head) * hd;
+      for (int t = first; t < last; ++t) total += (scores[t] = std::exp(scores[t] - mx_score));
+      float* o = att.data() + ((size_t)r * H + head) * hd;
       if (total > 0.f) {
-        for (int t = first; t < S; ++t) scores[t] /= total;
-        weighted_sum(scores.data(), at4(values, b, kv, 0), values.strides()[2], first, S, hd, o);
+        for (int t = first; t < last; ++t) scores[t] /= total;
+        weighted_sum(scores.data(), at4(values, b, kv, 0), values.strides()[2], first, last, hd, o);
       }
     }
   }
   const std::vector<mx::array> ws(in.begin() + 5, in.begin() + 17);
   QuantizedActs acts;
-  acts.set(att.data(), B, H * hd, s.bits);
+  acts.set(att.data(), R, H * hd, s.bits);
   float* y = out[0].data<float>();
   matvec_quantized(acts, triple(ws, 0, s), y);  // o projection
-  for (size_t i = 0; i < (size_t)B * D; ++i) y[i] += hs[i];  // h2 = h + attention
+  for (size_t i = 0; i < (size_t)R * D; ++i) y[i] += hs[i];  // h2 = h + attention
   const float* nw = in[17].data<float>();
-  std::vector<float> hn((size_t)B * D);
-  for (int b = 0; b < B; ++b) rms_norm(y + (size_t)b * D, nw, s.eps, D, hn.data() + (size_t)b * D);
+  std::vector<float> hn((size_t)R * D);
+  for (int r = 0; r < R; ++r) rms_norm(y + (size_t)r * D, nw, s.eps, D, hn.data() + (size_t)r * D);
   const QWeights gate = triple(ws, 1, s), up = triple(ws, 2, s), down = triple(ws, 3, s);
   const int F = gate.N;
-  std::vector<float> g((size_t)B * F), u((size_t)B * F), d((size_t)B * D);
-  acts.set(hn.data(), B, D, s.bits);
+  std::vector<float> g((size_t)R * F), u((size_t)R * F), d((size_t)R * D);
+  acts.set(hn.data(), R, D, s.bits);
   matvec_quantized(acts, gate, g.data());
   matvec_quantized(acts, up, u.data());
   for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] * (1.f / (1.f + std::exp(-g[i]))) * u[i];  // SiLU(gate) * up
-  acts.set(g.data(), B, F, s.bits);
+  acts.set(g.data(), R, F, s.bits);
   matvec_quantized(acts, down, d.data());
-  for (size_t i = 0; i < (size_t)B * D; ++i) y[i] += d[i];
+  for (size_t i = 0; i < (size_t)R * D; ++i) y[i] += d[i];
 }
 
 } // namespace
 
 std::vector<mx::array> attention_in(const mx::array& x, const mx::array& norm, const std::vector<mx::array>& qkv,
                                     const mx::array& inv_freqs, const mx::array& positions, const LayerShape& s) {
-  check(x.dtype() == mx::float32 && x.ndim() == 3 && x.shape(1) == 1, "x must be float32 (B, 1, D)");
+  check(x.dtype() == mx::float32 && x.ndim() == 3, "x must be float32 (B, L, D)");
   check(qkv.size() == 9, "q, k and v as 9 arrays");
   check(norm.dtype() == mx::float32 && inv_freqs.dtype() == mx::float32, "norm and inv_freqs must be float32");
   check(positions.dtype() == mx::int32 && positions.size() == (size_t)x.shape(0), "one int32 position per row");
   check(inv_freqs.size() == (size_t)s.head_dim, "inv_freqs must hold head_dim values");
   auto stream = mx::to_stream({});
   check(stream.device == mx::Device::cpu, "runs on the CPU only");
-  const int B = x.shape(0);
+  const int B = x.shape(0), L = x.shape(1);
   std::vector<mx::array> inputs = {x, norm};
   inputs.insert(inputs.end(), qkv.begin(), qkv.end());
   inputs.push_back(inv_freqs);
   inputs.push_back(positions);
-  return mx::array::make_arrays({{B, s.n_heads, 1, s.head_dim}, {B, s.n_kv_heads, 1, s.head_dim}, {B, s.n_kv_heads, 1, s.head_dim}},
+  return mx::array::make_arrays({{B, s.n_heads, L, s.head_dim}, {B, s.n_kv_heads, L, s.head_dim}, {B, s.n_kv_heads, L, s.head_dim}},
                                 {mx::float32, mx::float32, mx::float32}, std::make_shared<AttentionIn>(stream, s), inputs);
 }
 
 mx::array attention_out(const mx::array& h, const mx::array& q, const mx::array& keys, const mx::array& values,
                         const mx::array& starts, const std::vector<mx::array>& weights, const mx::array& norm,
                         float scale, const LayerShape& s) {
-  check(h.dtype() == mx::float32 && h.ndim() == 3 && h.shape(1) == 1, "h must be float32 (B, 1, D)");
+  check(h.dtype() == mx::float32 && h.ndim() == 3, "h must be float32 (B, L, D)");
+  check(q.ndim() == 4 && q.shape(0) == h.shape(0) && q.shape(1) == s.n_heads && q.shape(2) == h.shape(1) && q.shape(3) == s.head_dim,
+        "q must be (B, H, L, hd)");
   check(keys.dtype() == mx::float32 && values.dtype() == mx::float32, "the cache must be float32");
   check(keys.ndim() == 4 && keys.shape() == values.shape() && keys.shape(0) == h.shape(0), "keys and values (B, Hkv, S, hd)");
   check(keys.shape(1) == s.n_kv_heads && keys.shape(3) == s.head_dim, "keys and values (B, Hkv, S, hd)");
+  check(keys.shape(2) >= h.shape(1), "the cache must hold the L new keys");
   check(starts.dtype() == mx::int32 && starts.size() == (size_t)h.shape(0), "one int32 start per row");
   check(weights.size() == 12, "o, gate, up and down as 12 arrays");
   auto stream = mx::to_stream({});

@@ -1,9 +1,11 @@
-// A decode step of a Llama-family decoder layer in two MLX primitives instead of ~50 ops.
+// A Llama-family decoder layer (a decode step, a draft's rows, a prefill) in two MLX primitives instead of ~50 ops.
 //
 // On a CPU every MLX op costs ~7-9 us to evaluate however small it is (allocation, the hand-off to the stream
 // thread, its wake-up), and one decode step of SmolLM2 is ~1,600 ops: ~12 ms a token of overhead, more than the
-// matrix products themselves. For one new token per sequence a layer is two primitives here, around the KV cache
-// update that stays in MLX (mlx-lm's caches own their buffers):
+// matrix products themselves. For L new tokens per sequence a layer is two primitives here, around the KV cache
+// update that stays in MLX (mlx-lm's caches own their buffers). Each row is computed as it would be alone (the
+// kernel's products are row by row, each new token attends the keys up to its own), so a prompt prefilled in any
+// chunks, or a draft verified at once, gives the values of one token at a time, bit for bit:
 //
 //   attention_in:  RMSNorm -> q, k, v projections (the activations quantized once) -> RoPE on q and k
 //   cache.update_and_fetch(k, v)                                    (MLX: the new k and v written in place)
@@ -25,14 +27,16 @@ struct LayerShape {
   bool traditional;  // RoPE's pairing: (2i, 2i+1) when true, (i, i + head_dim / 2) otherwise
 };
 
-// x (B, 1, D); norm weight (D); q/k/v as (w, scales, biases) triples; inv_freqs (head_dim) the rotation's
-// frequency per dimension (full width); positions (B) int32. Returns q (B, H, 1, hd), k and v (B, Hkv, 1, hd).
+// x (B, L, D); norm weight (D); q/k/v as (w, scales, biases) triples; inv_freqs (head_dim) the rotation's
+// frequency per dimension (full width); positions (B) int32, each sequence's first new row's (row l at + l).
+// Returns q (B, H, L, hd), k and v (B, Hkv, L, hd).
 std::vector<mx::array> attention_in(const mx::array& x, const mx::array& norm, const std::vector<mx::array>& qkv,
                                     const mx::array& inv_freqs, const mx::array& positions, const LayerShape& shape);
 
-// h (B, 1, D) the layer's input; q (B, H, 1, hd); keys and values (B, Hkv, S, hd), views of the cache after the
-// update; starts (B) int32 the first valid key of each row (left padding); o, gate, up, down as 12 arrays (w,
-// scales, biases each); norm the post-attention RMSNorm's weight. Returns the layer's output (B, 1, D).
+// h (B, L, D) the layer's input; q (B, H, L, hd); keys and values (B, Hkv, S, hd), views of the cache after the
+// update (its last L keys the new ones; new row l attends the keys up to S - L + l); starts (B) int32 the first
+// valid key of each sequence (left padding); o, gate, up, down as 12 arrays (w, scales, biases each); norm the
+// post-attention RMSNorm's weight. Returns the layer's output (B, L, D).
 mx::array attention_out(const mx::array& h, const mx::array& q, const mx::array& keys, const mx::array& values,
                         const mx::array& starts, const std::vector<mx::array>& weights, const mx::array& norm,
                         float scale, const LayerShape& shape);
