@@ -26,11 +26,10 @@ class RunnerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_waiting: Annotated[int, Meta(ge=0, description="requests allowed to wait per batch slot (default 4)")] | None = None  # noqa: E501
     ring_wait: Annotated[Literal["block", "spin"], Meta(description="ring sockets wait in the kernel or spin")] = "block"
     cpu_fusion: Annotated[Literal["on", "off"], Meta(description="fused norms and RoPEs on a CPU")] = "on"
-    # off by default: the kernel serves unsplit quantized layers only, so a split instance would not give one
-    # node's tokens (docs/cpu-engine.md); auto takes it where it is built and the CPU has AVX2 or AVX-512 VNNI
+    # auto (the default) takes it where it is built and the CPU has AVX2 or AVX-512 VNNI (docs/cpu-engine.md)
     cpu_kernel: Annotated[Literal["auto", "on", "off"], Meta(
         description="quantized layers through exo's CPU kernel (auto: where built, on a CPU with AVX2 or AVX-512 VNNI)"
-    )] = "off"
+    )] = "auto"
     kernel_isa: Annotated[Literal["", "scalar", "avx2", "avx512vnni"], Meta(description="force the CPU kernel's ISA")] = ""  # noqa: E501
     kernel_threads: Annotated[int, Meta(ge=0, description="CPU kernel threads per call (0: its default)")] = 0
 

@@ -1,5 +1,6 @@
-"""One model across several nodes on one machine (one bus), through the gateway: 2- and 3-stage pipelines and
-3-rank tensor parallel give the single node's tokens; activations stay off NATS; each rank holds its share.
+"""One model across several nodes on one machine (one bus), through the gateway: 2- and 3-stage pipelines give
+the single node's tokens, 3-rank tensor parallel too up to a near-tie (the CPU kernel quantizes each rank's
+activations apart); activations stay off NATS; each rank holds its share.
 
 Nodes declare memory budgets (--memory) that no single node meets, so placement has to spread the model.
 """
@@ -243,18 +244,36 @@ def test_three_stage_pipeline_matches_one_node(three_nodes: list[Node], referenc
     three_nodes[0].wait_until(lambda h: not h["ready_instances"], 30, "no instance")
 
 
-def test_three_rank_tensor_parallel_agrees_with_one_node(three_nodes: list[Node], reference: dict) -> None:
-    """SmolLM2 has 9 heads and 3 KV heads: 3 ranks. Measured here: the 128 greedy tokens are identical to the
-    single node's. They need not be: the all_sum adds 3 partial products in another order than one matmul,
-    so logits differ in the last bits and a near-tie could flip a token; we assert a long common prefix and
-    report the measured agreement."""
+def greedy_logprobs(node: Node) -> list:
+    client = openai.OpenAI(base_url=node.api_url, api_key="none", timeout=600, max_retries=0)
+    r = client.chat.completions.create(
+        model=MODEL, messages=PROMPT, max_tokens=TOKENS, temperature=0, logprobs=True, top_logprobs=5
+    )
+    return r.choices[0].logprobs.content
+
+
+def test_three_rank_tensor_parallel_parts_from_one_node_only_at_a_near_tie(three_nodes: list[Node], node: Node) -> None:
+    """SmolLM2 has 9 heads and 3 KV heads: 3 ranks. The all_sum adds 3 partial products in another order than one
+    matmul, and with the CPU kernel (the default where the CPU has AVX2) each rank quantizes its activations to
+    int8 apart, so the logits differ from one node's beyond the last bits and greedy text may part from one node's
+    where two tokens are close (docs/cpu-engine.md: the one exception to "one node's tokens whatever topology").
+    Asserted: the tensor split is deterministic, and where its greedy tokens first part from one node's, one node's
+    token is among its top 5 and within max_gap nats of its pick; a wrong split (a lost shard, a misrouted head)
+    parts at once and by far."""
+    max_gap = 1.5  # measured here: parts at token 3 of 128, 0.35 nats apart
     instance = place(three_nodes[0], strategy="tensor")
     assert instance["strategy"] == "tensor" and len(instance["shards"]) == 3
-    text, tokens = generate(three_nodes[0], temperature=0)
-    expected = reference["greedy"][0]
-    common = next((i for i, (a, b) in enumerate(zip(text, expected)) if a != b), min(len(text), len(expected)))
-    print(f"tensor parallel: {common} of {len(expected)} characters agree with one node")
-    assert common >= len(expected) // 2
+    split = greedy_logprobs(three_nodes[0])
+    assert [e.token for e in greedy_logprobs(three_nodes[0])] == [e.token for e in split]
+    alone = greedy_logprobs(node)
+    parted = next((i for i, (a, b) in enumerate(zip(split, alone)) if a.token != b.token), None)
+    print(f"tensor parallel: greedy tokens part from one node's at {parted} of {len(alone)}")
+    if parted is None:
+        return
+    top = {t.token: t.logprob for t in split[parted].top_logprobs}
+    gap = split[parted].logprob - top.get(alone[parted].token, float("-inf"))
+    print(f"at {parted}: {split[parted].token!r} against one node's {alone[parted].token!r}, {gap:.3f} nats apart")
+    assert gap <= max_gap
 
 
 def _rss(pid: int) -> int:

@@ -160,7 +160,7 @@ def test_env_turns_the_kernel_off() -> None:
 def test_auto_is_the_kernel_where_the_cpu_has_its_simd_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(quantized_cpu.ENV, raising=False)
     simd = k.best_isa() != "scalar"
-    assert not quantized_cpu.wanted()  # the default: off (split instances would not give one node's tokens)
+    assert quantized_cpu.wanted() is simd  # the default: auto
     assert quantized_cpu.wanted("auto") is simd
     assert not quantized_cpu.wanted("off")
 

@@ -44,7 +44,7 @@ def choose_weight_format(has_gpu: bool, dense_bytes: int, available_bytes: int, 
     return "q4"
 
 
-def default_weight_format(card: ModelCard, cpu_kernel: str = "off") -> str:
+def default_weight_format(card: ModelCard, cpu_kernel: str = "auto") -> str:
     """`cpu_kernel`: the runner setting the runners of this worker get, so the format matches what they run."""
     import mlx.core as mx
     import psutil

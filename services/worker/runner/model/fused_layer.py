@@ -58,7 +58,7 @@ def _linears(layer: Any) -> list[KernelLinear] | None:
 
 
 def fusable(layer: nn.Module) -> bool:
-    """Whether `layer` is a llama block whose decode steps this module can take over."""
+    """Whether `layer` is a llama block whose steps (decode, prefill, verification) this module can take over."""
     if _kernels is None or not hasattr(_kernels, "attention_in") or type(layer) is not llama.TransformerBlock:
         return False
     if getattr(layer, "use_sliding", False) or type(layer.self_attn) is not llama.Attention or type(layer.mlp) is not llama.MLP:
@@ -71,7 +71,7 @@ def fusable(layer: nn.Module) -> bool:
 
 
 class FusedDecoderLayer(nn.Module):
-    """A llama block whose one-token steps run as two fused primitives; every other call runs the block itself."""
+    """A llama block whose steps run as two fused primitives (where `_takes`); any other call runs the block itself."""
 
     def __init__(self, layer: llama.TransformerBlock) -> None:
         super().__init__()

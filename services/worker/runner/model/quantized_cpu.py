@@ -10,7 +10,7 @@ Every product runs through the kernel, a prefill's too (measured faster than deq
 The int8 activations move the logits by ~1e-2 relative, as llama.cpp's do (tests/integration/test_quantized_cpu.py
 measures it).
 
-`EXO_CPU_KERNEL=auto` uses it where it is built and the CPU has AVX2 (see `wanted`); off (the default) keeps
+`EXO_CPU_KERNEL=auto` (the default) uses it where it is built and the CPU has AVX2 (see `wanted`); off keeps
 MLX's own layers (and the worker then chooses dense f32 on a CPU). Float32 scales and biases that are exact in
 float16 (a GGUF's) are stored as float16 for the kernel (`_compact`).
 """
@@ -50,8 +50,8 @@ def kernels_module() -> ModuleType | None:
     return _kernels
 
 
-def wanted(setting: str = "off") -> bool:
-    """Whether to use the kernel: `setting` (the runner setting EXO_CPU_KERNEL) is on, off (the default) or auto. auto: where
+def wanted(setting: str = "auto") -> bool:
+    """Whether to use the kernel: `setting` (the runner setting EXO_CPU_KERNEL) is on, off or auto (the default). auto: where
     it is built, MLX runs on the CPU and the CPU has the kernel's SIMD path (AVX2 or AVX-512 VNNI): measured
     faster than dense f32 there (bench.kernel, bench.llamacpp); the portable scalar kernel is not, so a CPU
     without them keeps dense f32. on: also with the scalar kernel."""

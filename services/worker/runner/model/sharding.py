@@ -60,7 +60,7 @@ def load_shard(
     end_layer: int | None = None,
     logits_on: LogitsOn = "vocab_split",
     cpu_fusion: str = "on",
-    cpu_kernel: str = "off",
+    cpu_kernel: str = "auto",
 ) -> tuple[nn.Module, Any]:
     """Load an MLX model folder lazily, shard it for this rank, read only this rank's weights.
 
