@@ -144,13 +144,20 @@ class LeaseKeeper:
                 self._kv.update(LEADER_KEY, self._node_id.encode(), last=lease.revision), budget
             )
         except KeyWrongLastSequenceError:
-            self._lose("the lease was taken over (it expired)")
+            if self._lease is lease:  # else dropped meanwhile (give_up, release): its delete came first
+                self._lose("the lease was taken over (it expired)")
             return
         except BUS_ERRORS as exc:
-            self._lose(f"renewal failed: {exc!r}")
+            if self._lease is lease:
+                self._lose(f"renewal failed: {exc!r}")
             return
-        if self._lease is lease:  # not given up meanwhile
+        if self._lease is lease:
             self._lease = lease.renewed(revision, now)
+        else:
+            # Dropped while this renewal was in flight, and the renewal landed first: the key now has the
+            # renewal's revision, so the delete made with the old one failed. Delete it with this one, or the
+            # next master waits out the TTL.
+            await self._delete(lease.renewed(revision, now))
 
     def _lose(self, reason: str) -> None:
         lease, self._lease = self._lease, None

@@ -112,6 +112,48 @@ async def test_a_master_that_gives_up_leaves_the_next_term_to_another(bus_url: s
         await b_nc.close()
 
 
+@pytest.mark.parametrize("lands", ["before the delete", "after the delete"])
+async def test_a_lease_given_up_while_a_renewal_is_in_flight_is_released(bus_url: str, lands: str) -> None:
+    """give_up sends a delete conditional on the lease's revision; a renewal already on its way either lands
+    first (the key's revision moves, that delete fails: the renewal's own revision must delete it) or after
+    (the renewal fails: that is not a lost lease to report). Either way the next master wins at once."""
+    a_nc, b_nc = await nats.connect(bus_url), await nats.connect(bus_url)
+    try:
+        a = Campaigner(a_nc, "node-a")
+        await wait_for(lambda: a.won, 5, "leader")
+        kv = a.keeper._kv
+        assert kv is not None
+        update, in_flight, answered = kv.update, asyncio.Event(), asyncio.Event()
+
+        async def slow_update(*args: object, **kwargs: object) -> int:
+            in_flight.set()
+            try:
+                if lands == "after the delete":
+                    await asyncio.sleep(0.3)
+                revision = await update(*args, **kwargs)  # type: ignore[arg-type]
+                if lands == "before the delete":
+                    await asyncio.sleep(0.3)
+                return revision
+            finally:
+                answered.set()
+
+        kv.update = slow_update  # type: ignore[method-assign]
+        await asyncio.wait_for(in_flight.wait(), 2)  # the next renewal is on its way
+        a.keeper.give_up("could not lead: TimeoutError()")
+        b = Campaigner(b_nc, "node-b")
+        took = await wait_for(lambda: b.won, LEASE_TTL_S, "the other master taking over")
+        assert took < 1.0, took  # no TTL waited out
+        await asyncio.wait_for(answered.wait(), 2)
+        await asyncio.sleep(0.1)  # what a's keeper does with the renewal's answer
+        assert a.lost == [] and len(a.won) == 1
+        assert b.keeper.lease is not None and b.lost == []
+        a.kill()
+        b.kill()
+    finally:
+        await a_nc.close()
+        await b_nc.close()
+
+
 async def writer(nc: NATS) -> EventLog:
     js = nc.jetstream()
     await ensure_event_stream(js)
