@@ -130,9 +130,11 @@ def test_rows_at_once_equal_them_one_at_a_time(q4_path: Path) -> None:
         mx.eval(model(mx.array(padded), cache=cache))
     stepped = mx.concatenate([model(rows[:, i : i + 1], cache=caches[0]) for i in range(3)], axis=1)
     assert mx.array_equal(stepped, model(rows, cache=caches[1]))
-    alone = make_prompt_cache(model)  # the unpadded sequence of the batch, alone: its rows are the batch's
-    mx.eval(model(mx.array([PROMPT]), cache=alone))
-    assert mx.array_equal(model(rows[1:], cache=alone)[0], stepped[1])
+    for row, sequence in enumerate([PROMPT[:24], PROMPT]):  # each sequence alone: its rows are the batch's
+        alone = make_prompt_cache(model)
+        mx.eval(model(mx.array([sequence]), cache=alone))
+        # The padded one's attention starts 6 keys on, at its own first key, and its RoPE at its own position 0.
+        assert mx.array_equal(model(rows[row : row + 1], cache=alone)[0], stepped[row]), row
 
 
 def test_a_padded_batch_through_the_engine(q4_path: Path) -> None:

@@ -28,7 +28,7 @@ from services.worker.runner.serve.engine import MAX_BATCH, Engine
 from services.worker.runner.serve.model_draft import ModelDraft
 from services.worker.runner.lifetime import watch_lifetime
 from services.worker.runner.ring.ring_wait import ring_connect_reason
-from services.worker.runner.serve.server import WAITING_PER_SLOT, RunnerServer
+from services.worker.runner.serve.server import WAITING_PER_SLOT, RunnerServer, model_detail
 
 log = structlog.get_logger()
 
@@ -109,7 +109,7 @@ async def run(args: RunnerSpec, stop: asyncio.Event) -> None:
         await server.serve(stop)
         failed = server.failed
     else:
-        await report("ready", f"pid {os.getpid()}, blas {current_blas()}, follows rank 0")
+        await report("ready", f"pid {os.getpid()}, blas {current_blas()}, {model_detail(engine.model)}, follows rank 0")
         # a draft model's drafts come from rank 0, which asks the draft instance (rank_drafts.py)
         engine.model_drafts = lambda request_id, _speculation, prompt: ModelDraft(request_id, prompt, None, None, group)
         try:

@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+import mlx.nn as nn
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
@@ -36,6 +37,7 @@ from shared.specs import RunnerSpec
 from services.worker.runner.blas import current_blas
 from services.worker.runner.model.fused_layer import fused_layer_count
 from services.worker.runner.model.quantized_cpu import weights_detail
+from services.worker.runner.model.sharding import parameter_bytes
 from services.worker.runner.reporting import report_runner
 from services.worker.runner.serve import uploads
 from services.worker.runner.serve.admission import Limits, admit
@@ -86,6 +88,15 @@ class Stream:
         )
 
 
+def model_detail(model: nn.Module) -> str:
+    """What a rank's ready status says of its model: e.g. 'weights q4+exo-kernel (avx512vnni), weights in
+    memory 65.1 MB, fused decode layers 30' (the bytes of this rank's part only)."""
+    detail = f"{weights_detail(model)}, weights in memory {parameter_bytes(model) / 1e6:.1f} MB"
+    if fused := fused_layer_count(model):
+        detail += f", fused decode layers {fused}"
+    return detail
+
+
 class RunnerServer:
     """NATS callbacks run on the event loop; every MLX call runs on one dedicated thread, between which the
     loop admits newcomers and cancels, so a long prefill never stops the runner from answering."""
@@ -120,10 +131,7 @@ class RunnerServer:
         if self.channel is not None:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
         service = await self._register()
-        weights = weights_detail(self.engine.model)  # e.g. "weights q4+exo-kernel (avx512vnni)"
-        if fused := fused_layer_count(self.engine.model):
-            weights += f", fused decode layers {fused}"
-        detail = f"pid {os.getpid()}, blas {current_blas()}, {weights}, batch {self.engine.max_batch}"
+        detail = f"pid {os.getpid()}, blas {current_blas()}, {model_detail(self.engine.model)}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         self.stop = stop

@@ -29,12 +29,38 @@ EXO_VEC_INLINE float dot16(const float* a, const float* b, int n) {
   return s;
 }
 
+bool wide_registers() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");  // the clone target_clones picks, too
+  return avx512;
+#else
+  return false;
+#endif
+}
+
 // scores[t] = q . keys[t] for t in [first, last), keys `stride` floats apart: four keys at a time, whose products
 // run side by side (one at a time, each waits for the last). Every score is summed as dot16 sums it, so a row's
-// scores do not depend on where its keys fall in the blocks.
+// scores do not depend on where its keys fall in the blocks (of 16, of 4 or alone).
 EXO_CLONES void scores_of(const float* q, const float* keys, int64_t stride, int first, int last, int hd, float* scores) {
   const int whole = hd - hd % 16;
   int t = first;
+  // Sixteen keys at a time where 16 accumulators fit in registers (AVX-512; narrower clones would spill them):
+  // their sums reduced together (vec::sums), not each alone, which was most of a score's cost at 64 dimensions.
+  for (; wide_registers() && t + 16 <= last; t += 16) {
+    f16x acc[16] = {};
+    for (int i = 0; i < whole; i += 16) {
+      const f16x qi = vec::load(q + i);
+      for (int r = 0; r < 16; ++r) acc[r] += qi * vec::load(keys + (t + r) * stride + i);
+    }
+    float s[16];
+    const f16x all = vec::sums(acc);
+    __builtin_memcpy(s, &all, sizeof s);
+    for (int r = 0; r < 16; ++r) {
+      const float* k = keys + (t + r) * stride;
+      for (int i = whole; i < hd; ++i) s[r] += q[i] * k[i];
+      scores[t + r] = s[r];
+    }
+  }
   for (; t + 4 <= last; t += 4) {
     const float* k[4] = {keys + t * stride, keys + (t + 1) * stride, keys + (t + 2) * stride, keys + (t + 3) * stride};
     f16x acc[4] = {};

@@ -33,6 +33,24 @@ EXO_VEC_INLINE float sum(f16x v) {
   return l[0];
 }
 
+// sum(a[k]) for each of 16 vectors, as lane k of one vector, each bit for bit what sum(a[k]) gives: the same
+// halving adds (lane j plus lane j + w), done for several vectors at once by pairing their halves with shuffles.
+EXO_VEC_INLINE f16x sums(const f16x (&a)[16]) {
+  const i16x lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const i16x hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const i16x lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const i16x hi4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  const i16x lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  const i16x hi2 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+  const i16x lo1 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const i16x hi1 = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  f16x p[8], q[4], r[2];
+  for (int k = 0; k < 8; ++k) p[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], lo8) + __builtin_shuffle(a[2 * k], a[2 * k + 1], hi8);
+  for (int k = 0; k < 4; ++k) q[k] = __builtin_shuffle(p[2 * k], p[2 * k + 1], lo4) + __builtin_shuffle(p[2 * k], p[2 * k + 1], hi4);
+  for (int k = 0; k < 2; ++k) r[k] = __builtin_shuffle(q[2 * k], q[2 * k + 1], lo2) + __builtin_shuffle(q[2 * k], q[2 * k + 1], hi2);
+  return __builtin_shuffle(r[0], r[1], lo1) + __builtin_shuffle(r[0], r[1], hi1);
+}
+
 EXO_VEC_INLINE float max(f16x v) {
   float l[16];
   std::memcpy(l, &v, sizeof l);
