@@ -90,7 +90,7 @@ class Stream:
 
 def model_detail(model: nn.Module) -> str:
     """What a rank's ready status says of its model: e.g. 'weights q4+exo-kernel (avx512vnni), weights in
-    memory 65.1 MB, fused decode layers 30' (the bytes of this rank's part only)."""
+    memory 98.3 MB, fused decode layers 30' (the bytes of this rank's part only)."""
     detail = f"{weights_detail(model)}, weights in memory {parameter_bytes(model) / 1e6:.1f} MB"
     if fused := fused_layer_count(model):
         detail += f", fused decode layers {fused}"
