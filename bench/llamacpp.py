@@ -6,12 +6,13 @@ same client (openai, streaming, greedy), the same chat. Four servers, asked in i
 - our node without it (EXO_CPU_KERNEL=off: the format choice then loads dense f32 on a CPU);
 - llama.cpp's server (llama-cpp-python, in this benchmark's own venv, built from PyPI for this CPU), 2 threads.
 
-Reports single-stream decode tokens/s and time to first token, each as a ratio over llama.cpp's; 8 concurrent
-streams' aggregate decode over our single stream; and the kernel alone (GB/s of weights streamed over this
-machine's memory bandwidth, from bench.kernel).
+Reports single-stream decode tokens/s and time to first token (the median over each round's long request and
+--ttft-requests short ones), each as a ratio over llama.cpp's; 8 concurrent streams' aggregate decode over our
+single stream; and the kernel alone (GB/s of weights streamed over this machine's memory bandwidth, from
+bench.kernel).
 
     .venv/bin/python -m bench.llamacpp [--rounds 3] [--tokens 200] [--streams 8] [--kernel-threads 2]
-                                       [--venv /tmp/exo-bench-llamacpp]
+                                       [--ttft-requests 5] [--venv /tmp/exo-bench-llamacpp]
 
 The venv is made (and llama-cpp-python[server] built into it: minutes on 2 cores) only when it cannot already
 import llama_cpp.server or was built with other CMake options (llama_cmake_args: no AMX where the CPU reports it).
@@ -177,6 +178,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads")
+    parser.add_argument("--ttft-requests", type=int, default=5,
+                        help="short requests a round and server for the time to first token (median of all)")
     parser.add_argument("--llama-concurrent", action="store_true",
                         help="also run the concurrent streams against llama.cpp (serialized there: slow)")
     parser.add_argument("--venv", type=Path, default=Path("/tmp/exo-bench-llamacpp"))
@@ -219,15 +222,21 @@ def main() -> None:
 
 def measure(clients: dict[str, openai.OpenAI], args: argparse.Namespace) -> dict:
     singles: dict[str, list[dict]] = {name: [] for name in clients}
+    firsts: dict[str, list[float]] = {name: [] for name in clients}  # TTFT of short requests: many samples
     for _ in range(args.rounds):  # interleaved: drift on the machine hits every server alike
         for name, client in clients.items():
             singles[name].append(stream_once(client, args.tokens))
+        for _ in range(args.ttft_requests):
+            for name, client in clients.items():
+                if (first := stream_once(client, 2)["ttft_s"]) is not None:
+                    firsts[name].append(first)
     decode = {n: round(statistics.median(r["decode_tok_s"] for r in rs), 2) for n, rs in singles.items()}
-    ttft = {n: round(statistics.median(r["ttft_s"] for r in rs), 4) for n, rs in singles.items()}
+    ttft = {n: round(statistics.median([r["ttft_s"] for r in singles[n]] + firsts[n]), 4) for n in clients}
     print(json.dumps({"single_decode_tok_s": decode, "ttft_s": ttft}), file=sys.stderr, flush=True)  # if cut short
     many = {name: concurrent(client, args.streams, args.tokens) for name, client in clients.items()
             if name != "llama_cpp" or args.llama_concurrent}  # fmt: skip
-    out: dict = {"single_decode_tok_s": decode, "ttft_s": ttft, "concurrent": many,
+    out: dict = {"single_decode_tok_s": decode, "ttft_s": ttft, "ttft_samples": args.rounds * (1 + args.ttft_requests),
+                 "concurrent": many,
                  "chunks": {n: [r["chunks"] for r in rs] for n, rs in singles.items()}}  # fmt: skip
     ours = "exo_kernel"
     out["goals"] = {
