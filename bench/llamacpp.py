@@ -235,8 +235,8 @@ def measure(clients: dict[str, openai.OpenAI], args: argparse.Namespace) -> dict
     print(json.dumps({"single_decode_tok_s": decode, "ttft_s": ttft}), file=sys.stderr, flush=True)  # if cut short
     many = {name: concurrent(client, args.streams, args.tokens) for name, client in clients.items()
             if name != "llama_cpp" or args.llama_concurrent}  # fmt: skip
-    out: dict = {"single_decode_tok_s": decode, "ttft_s": ttft, "ttft_samples": args.rounds * (1 + args.ttft_requests),
-                 "concurrent": many,
+    out: dict = {"single_decode_tok_s": decode, "ttft_s": ttft,
+                 "ttft_samples": {n: len(singles[n]) + len(firsts[n]) for n in clients}, "concurrent": many,
                  "chunks": {n: [r["chunks"] for r in rs] for n, rs in singles.items()}}  # fmt: skip
     ours = "exo_kernel"
     out["goals"] = {

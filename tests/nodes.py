@@ -139,6 +139,12 @@ class Node:
         response.raise_for_status()
         return response.json()
 
+    def runner_details(self) -> list[str]:
+        """The ready status of each ready runner of the cluster's instances (`GET /instances`): what it runs."""
+        response = httpx.get(f"{self.base_url}/instances", timeout=10)
+        response.raise_for_status()
+        return [r["detail"] for i in response.json()["instances"] for r in i["runners"] if r["phase"] == "ready"]
+
     def try_health(self) -> dict | None:
         try:
             return self.health(timeout=2.0)

@@ -282,6 +282,4 @@ def test_three_rank_tensor_parallel_parts_from_one_node_only_at_a_near_tie(three
 
 def weights_in_memory(node: Node) -> list[float]:
     """Bytes of weights each runner of the node's instances holds, from its ready status."""
-    instances = httpx.get(node.base_url + "/instances", timeout=10).json()["instances"]
-    details = [r["detail"] for i in instances for r in i["runners"]]
-    return [float(m[1]) * 1e6 for d in details if (m := re.search(r"weights in memory ([\d.]+) MB", d))]
+    return [float(m[1]) * 1e6 for d in node.runner_details() if (m := re.search(r"weights in memory ([\d.]+) MB", d))]

@@ -98,7 +98,7 @@ def test_seeded_request_gives_one_text_alone_and_its_agreement_inside_a_busy_bat
     agreement = [next((i for i, (a, b) in enumerate(zip(r, text)) if a != b), min(len(r), len(text))) for r in seeded_results]
     print(f"seeded in a busy batch: {agreement} leading characters agree with the text alone ({len(text)})")
     assert all(r.startswith(first_word) for r in seeded_results), (text, seeded_results)
-    details = [r["detail"] for i in httpx.get(node.base_url + "/instances", timeout=10).json()["instances"] for r in i["runners"]]
+    details = node.runner_details()
     if any("exo-kernel" in d for d in details):
         assert seeded_results == [text] * len(seeded_results), (details, text, seeded_results)
 

@@ -5,11 +5,9 @@ unfused; a batch with left padding through the engine; the fallbacks; and the op
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -216,8 +214,8 @@ def test_a_node_with_the_kernel_decodes_through_fused_layers(start_node: Callabl
     the same streamed or not, and four concurrent streams (one batch) all finish."""
     node = start_node("fused", "--cpu-kernel", "on")
     try:
-        runners = [r for i in (node_instances(node)["instances"]) for r in i["runners"] if r["phase"] == "ready"]
-        assert runners and "q4+exo-kernel" in runners[0]["detail"] and "fused decode layers 30" in runners[0]["detail"]
+        details = node.runner_details()
+        assert details and "q4+exo-kernel" in details[0] and "fused decode layers 30" in details[0]
         client = openai.OpenAI(base_url=node.api_url, api_key="none", timeout=120.0, max_retries=0)
         messages = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
         whole = client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=24, temperature=0)
@@ -239,8 +237,3 @@ def test_a_node_with_the_kernel_decodes_through_fused_layers(start_node: Callabl
         assert all(c is not None and 0 < c <= 16 for c in counts), counts
     finally:
         node.stop()
-
-
-def node_instances(node: Node) -> dict:
-    with urllib.request.urlopen(node.base_url + "/instances", timeout=10) as reply:
-        return json.load(reply)

@@ -131,7 +131,8 @@ class RunnerServer:
         if self.channel is not None:
             await loop.run_in_executor(self._mlx_thread, self.channel.post, Control())
         service = await self._register()
-        detail = f"pid {os.getpid()}, blas {current_blas()}, {model_detail(self.engine.model)}, batch {self.engine.max_batch}"
+        model = model_detail(self.engine.model)
+        detail = f"pid {os.getpid()}, blas {current_blas()}, {model}, batch {self.engine.max_batch}"
         await report_runner(self.nc, iid, self.args.node_id, self.args.rank, "ready", detail)
         log.info("runner serving", instance=iid, max_batch=self.engine.max_batch, max_admitted=self.max_admitted)
         self.stop = stop

@@ -46,7 +46,8 @@ EXO_CLONES void scores_of(const float* q, const float* keys, int64_t stride, int
   int t = first;
   // Sixteen keys at a time where 16 accumulators fit in registers (AVX-512; narrower clones would spill them):
   // their sums reduced together (vec::sums), not each alone, which was most of a score's cost at 64 dimensions.
-  for (; wide_registers() && t + 16 <= last; t += 16) {
+  const bool wide = wide_registers();
+  for (; wide && t + 16 <= last; t += 16) {
     f16x acc[16] = {};
     for (int i = 0; i < whole; i += 16) {
       const f16x qi = vec::load(q + i);
